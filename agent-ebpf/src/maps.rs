@@ -1,0 +1,103 @@
+//! The maps and the small helpers every program uses on them.
+
+use core::intrinsics::AtomicOrdering;
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+};
+use mqtrace_common::{
+    COUNTER_SLOTS, Config, Counter, DataRecord, MAX_SOCKETS, SocketKey, SocketState,
+};
+
+/// Set by user space before attaching; absent means "trace nothing".
+#[map(name = "CONFIG")]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// The allow-list of process ids, used when `Config::trace_all` is 0.
+#[map(name = "SELECTED_PROCESSES")]
+pub static SELECTED_PROCESSES: HashMap<u32, u8> = HashMap::with_max_entries(16_384, 0);
+
+/// Sockets whose payloads are copied, with their stream positions.
+#[map(name = "SOCKETS")]
+pub static SOCKETS: HashMap<SocketKey, SocketState> = HashMap::with_max_entries(MAX_SOCKETS, 0);
+
+/// Size set by user space at load time.
+#[map(name = "RECORDS")]
+pub static RECORDS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Where a data record is assembled before it is copied into the ring buffer at its exact
+/// length: reserving a full chunk for every small write would waste the ring.
+#[map(name = "SCRATCH")]
+pub static SCRATCH: PerCpuArray<DataRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// Source of kernel-assigned connection ids.
+#[map(name = "NEXT_CONNECTION_ID")]
+pub static NEXT_CONNECTION_ID: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Arguments of the syscall each thread is inside, from enter to exit.
+#[map(name = "ACTIVE")]
+pub static ACTIVE: HashMap<u64, ActiveSyscall> = HashMap::with_max_entries(16_384, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ActiveSyscall {
+    /// The data buffer, the iovec array, or the sockaddr of connect/accept.
+    pub buf: u64,
+    /// Buffer length, or iovec count.
+    pub len: u64,
+    pub fd: i32,
+    pub syscall: u8,
+    pub vectored: u8,
+    pub _pad: u16,
+}
+
+/// Removes and returns the calling thread's stashed syscall.
+#[inline(always)]
+pub fn take_active() -> Option<ActiveSyscall> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the entry belongs to this thread; nothing else writes it meanwhile.
+    let active = unsafe { *ACTIVE.get_ptr(pid_tgid)? };
+    let _ = ACTIVE.remove(pid_tgid);
+    Some(active)
+}
+
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    CONFIG.get(0)
+}
+
+#[inline(always)]
+pub fn process_selected(pid: u32) -> bool {
+    let Some(config) = config() else {
+        return false;
+    };
+    if pid == config.agent_pid {
+        return false;
+    }
+    config.trace_all != 0 || SELECTED_PROCESSES.get_ptr(pid).is_some()
+}
+
+#[inline(always)]
+pub fn count(counter: Counter, n: u64) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // Atomic: a preempted program and the one that preempted it may share this CPU's slot.
+        // SAFETY: the pointer is a live, aligned map value.
+        unsafe { core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, n) };
+    }
+}
+
+/// Atomic add returning the previous value. The BPF target offers no `AtomicU64::fetch_add`,
+/// but the instruction exists (BPF_ATOMIC | BPF_FETCH, kernel 5.12). SeqCst, because LLVM 22
+/// lowers a relaxed add to the non-fetching BPF_ADD even when the result is used.
+///
+/// # Safety
+/// `ptr` must point to a live, 8-byte aligned u64 in a map value.
+#[inline(always)]
+pub unsafe fn fetch_add(ptr: *mut u64, n: u64) -> u64 {
+    unsafe { core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(ptr, n) }
+}

@@ -1,0 +1,323 @@
+//! The live source: eBPF programs on syscall tracepoints copy the payloads of tracked sockets of
+//! selected processes into a ring buffer, which this module reads.
+
+mod preflight;
+pub mod procfs;
+pub mod records;
+
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use anyhow::{Context, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use mqtrace_common::{
+    COUNTER_SLOTS, Config, Counter, DEFAULT_MAX_BYTES_PER_SYSCALL, MAX_BYTES_PER_SYSCALL_LIMIT,
+    SocketKey, SocketState, USER_CONNECTION_ID_BIT, maps,
+};
+use tokio::io::unix::AsyncFd;
+
+use crate::sources::{Connection, ConnectionId, Origin, SourceEvent};
+
+/// The compiled kernel programs, built by build.rs from `agent-ebpf`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mqtrace-ebpf.o"));
+
+/// (program, tracepoint category, tracepoint name). One exit program serves every data
+/// syscall: the arguments stashed at enter say what to copy.
+const ATTACHMENTS: &[(&str, &str, &str)] = &[
+    ("enter_write", "syscalls", "sys_enter_write"),
+    ("enter_writev", "syscalls", "sys_enter_writev"),
+    ("enter_sendto", "syscalls", "sys_enter_sendto"),
+    ("enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
+    ("enter_read", "syscalls", "sys_enter_read"),
+    ("enter_readv", "syscalls", "sys_enter_readv"),
+    ("enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
+    ("enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
+    ("exit_transfer", "syscalls", "sys_exit_write"),
+    ("exit_transfer", "syscalls", "sys_exit_writev"),
+    ("exit_transfer", "syscalls", "sys_exit_sendto"),
+    ("exit_transfer", "syscalls", "sys_exit_sendmsg"),
+    ("exit_transfer", "syscalls", "sys_exit_read"),
+    ("exit_transfer", "syscalls", "sys_exit_readv"),
+    ("exit_transfer", "syscalls", "sys_exit_recvfrom"),
+    ("exit_transfer", "syscalls", "sys_exit_recvmsg"),
+    ("enter_connect", "syscalls", "sys_enter_connect"),
+    ("enter_accept", "syscalls", "sys_enter_accept"),
+    ("enter_accept4", "syscalls", "sys_enter_accept4"),
+    ("exit_open", "syscalls", "sys_exit_connect"),
+    ("exit_open", "syscalls", "sys_exit_accept"),
+    ("exit_open", "syscalls", "sys_exit_accept4"),
+    ("enter_close", "syscalls", "sys_enter_close"),
+    ("process_exit", "sched", "sched_process_exit"),
+];
+
+/// Records read per wake-up at most, so that one busy ring cannot starve the rest.
+const MAX_RECORDS_PER_POLL: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub struct CaptureOptions {
+    /// Trace every process (but the agent) instead of only selected ones.
+    pub trace_all: bool,
+    /// Payload bytes copied per syscall at most; the rest is reported as a gap.
+    pub max_bytes_per_syscall: u32,
+    /// Ring buffer size in bytes: a power of two, a multiple of the page size.
+    pub ring_buffer_bytes: u32,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        Self {
+            trace_all: false,
+            max_bytes_per_syscall: DEFAULT_MAX_BYTES_PER_SYSCALL,
+            ring_buffer_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Kernel-side counters, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelCounters(pub BTreeMap<&'static str, u64>);
+
+impl KernelCounters {
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0.get(counter.name()).copied().unwrap_or(0)
+    }
+}
+
+/// The loaded and attached probes. Dropping it detaches them.
+pub struct KernelCapture {
+    ebpf: Ebpf,
+    records: AsyncFd<RingBuf<MapData>>,
+    options: CaptureOptions,
+    next_user_connection: u64,
+    /// Events produced by user space itself (sockets found in /proc), delivered first.
+    pending: Vec<SourceEvent>,
+    /// Records that could not be decoded (never expected: a layout mismatch).
+    pub malformed_records: u64,
+}
+
+impl KernelCapture {
+    /// Checks the host, loads and attaches the probes. Must run inside a tokio runtime.
+    pub fn start(options: CaptureOptions) -> anyhow::Result<Self> {
+        preflight::check_privileges()?;
+        preflight::ensure_tracefs()?;
+        preflight::check_ring_buffer()?;
+        if options.max_bytes_per_syscall == 0
+            || options.max_bytes_per_syscall > MAX_BYTES_PER_SYSCALL_LIMIT
+        {
+            bail!(
+                "max bytes per syscall must be between 1 and {MAX_BYTES_PER_SYSCALL_LIMIT}, not {}",
+                options.max_bytes_per_syscall
+            );
+        }
+        let ring = options.ring_buffer_bytes;
+        if !ring.is_power_of_two() || ring < 4096 {
+            bail!("ring buffer size must be a power of two of at least 4096 bytes, not {ring}");
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(maps::RECORDS, ring)
+            .load(EBPF_OBJECT)
+            .context("loading the mqtrace eBPF object")?;
+        let config = Config {
+            trace_all: options.trace_all as u32,
+            agent_pid: std::process::id(),
+            max_bytes_per_syscall: options.max_bytes_per_syscall,
+            _pad: 0,
+        };
+        let mut config_map: Array<_, Config> =
+            Array::try_from(ebpf.map_mut(maps::CONFIG).context("CONFIG map missing")?)?;
+        config_map.set(0, config, 0)?;
+        attach_all(&mut ebpf)?;
+        let records = RingBuf::try_from(ebpf.take_map(maps::RECORDS).context("RECORDS map missing")?)?;
+        let mut capture = Self {
+            ebpf,
+            // SAFETY: the ring buffer owns its fd and keeps it open while the AsyncFd lives.
+            records: unsafe { AsyncFd::register(records) }
+                .context("registering the ring buffer with tokio")?,
+            options,
+            next_user_connection: 0,
+            pending: Vec::new(),
+            malformed_records: 0,
+        };
+        if capture.options.trace_all {
+            let me = std::process::id();
+            for pid in procfs::all_pids().into_iter().filter(|&pid| pid != me) {
+                // Processes may vanish while we look: that is not an error.
+                let _ = capture.register_existing_sockets(pid);
+            }
+        }
+        Ok(capture)
+    }
+
+    pub fn options(&self) -> &CaptureOptions {
+        &self.options
+    }
+
+    /// Starts copying `pid`'s traffic, including on the connections it already has open.
+    pub fn select(&mut self, pid: u32) -> anyhow::Result<()> {
+        if pid == std::process::id() {
+            bail!("mqtrace does not trace itself (pid {pid})");
+        }
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            bail!("no process with pid {pid}");
+        }
+        // Selected first, so that a connection opened during the scan is caught by the kernel;
+        // the scan then leaves it alone.
+        let mut selected: HashMap<_, u32, u8> = HashMap::try_from(
+            self.ebpf.map_mut(maps::SELECTED_PROCESSES).context("SELECTED_PROCESSES map missing")?,
+        )?;
+        selected.insert(pid, 1, 0).with_context(|| format!("selecting pid {pid}"))?;
+        self.register_existing_sockets(pid)
+    }
+
+    /// Stops copying `pid`'s traffic and forgets its sockets (their positions would be wrong
+    /// after bytes moved unseen).
+    pub fn deselect(&mut self, pid: u32) -> anyhow::Result<()> {
+        let mut selected: HashMap<_, u32, u8> = HashMap::try_from(
+            self.ebpf.map_mut(maps::SELECTED_PROCESSES).context("SELECTED_PROCESSES map missing")?,
+        )?;
+        let _ = selected.remove(&pid);
+        self.forget_sockets(pid)
+    }
+
+    fn forget_sockets(&mut self, pid: u32) -> anyhow::Result<()> {
+        let mut sockets: HashMap<_, SocketKey, SocketState> =
+            HashMap::try_from(self.ebpf.map_mut(maps::SOCKETS).context("SOCKETS map missing")?)?;
+        let keys: Vec<SocketKey> = sockets.keys().filter_map(Result::ok).filter(|k| k.pid == pid).collect();
+        for key in keys {
+            let _ = sockets.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Adds the established TCP sockets `pid` has now to the kernel's socket table.
+    fn register_existing_sockets(&mut self, pid: u32) -> anyhow::Result<()> {
+        let found = procfs::established_sockets(pid)
+            .with_context(|| format!("reading the open sockets of pid {pid} in /proc"))?;
+        let mut sockets: HashMap<_, SocketKey, SocketState> =
+            HashMap::try_from(self.ebpf.map_mut(maps::SOCKETS).context("SOCKETS map missing")?)?;
+        for socket in found {
+            self.next_user_connection += 1;
+            let id = USER_CONNECTION_ID_BIT | self.next_user_connection;
+            let state = SocketState {
+                connection_id: id,
+                positions: [0, 0],
+            };
+            const BPF_NOEXIST: u64 = 1;
+            if sockets.insert(SocketKey { pid, fd: socket.fd }, state, BPF_NOEXIST).is_err() {
+                continue; // already tracked (connected during the scan) or table full
+            }
+            self.pending.push(SourceEvent::Opened(Connection {
+                id: ConnectionId(id),
+                pid,
+                fd: socket.fd,
+                origin: Origin::Existing,
+                local: Some(socket.local),
+                peer: Some(socket.peer),
+                timestamp_ns: monotonic_ns(),
+            }));
+        }
+        Ok(())
+    }
+
+    /// Waits until records are available and appends their events to `out`.
+    pub async fn next_events(&mut self, out: &mut Vec<SourceEvent>) -> anyhow::Result<()> {
+        if !self.pending.is_empty() {
+            out.append(&mut self.pending);
+            return Ok(());
+        }
+        let start = out.len();
+        let mut guard = self.records.readable_mut().await?;
+        let cap = self.options.max_bytes_per_syscall as u64;
+        let ring = guard.get_inner_mut();
+        let mut read = 0;
+        let mut malformed = 0;
+        while read < MAX_RECORDS_PER_POLL {
+            let Some(record) = ring.next() else { break };
+            if records::decode(&record, cap, out).is_err() {
+                malformed += 1;
+            }
+            read += 1;
+        }
+        if read < MAX_RECORDS_PER_POLL {
+            guard.clear_ready();
+        }
+        self.malformed_records += malformed;
+        self.forget_exited(&out[start..]);
+        Ok(())
+    }
+
+    /// Appends whatever records are available now, without waiting.
+    pub fn drain_now(&mut self, out: &mut Vec<SourceEvent>) {
+        out.append(&mut self.pending);
+        let start = out.len();
+        let cap = self.options.max_bytes_per_syscall as u64;
+        let ring = self.records.get_mut();
+        while let Some(record) = ring.next() {
+            if records::decode(&record, cap, out).is_err() {
+                self.malformed_records += 1;
+            }
+        }
+        self.forget_exited(&out[start..]);
+    }
+
+    /// An exiting process closes its fds without close(2): drop its kernel state here.
+    fn forget_exited(&mut self, events: &[SourceEvent]) {
+        for event in events {
+            if let SourceEvent::ProcessExited { pid } = *event {
+                let _ = self.deselect(pid);
+            }
+        }
+    }
+
+    pub fn counters(&self) -> anyhow::Result<KernelCounters> {
+        let counters: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map(maps::COUNTERS).context("COUNTERS map missing")?)?;
+        let mut out = BTreeMap::new();
+        for counter in Counter::ALL {
+            debug_assert!((counter as u32) < COUNTER_SLOTS);
+            let per_cpu = counters.get(&(counter as u32), 0)?;
+            out.insert(counter.name(), per_cpu.iter().sum());
+        }
+        Ok(KernelCounters(out))
+    }
+}
+
+fn attach_all(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    for &(program, category, name) in ATTACHMENTS {
+        if !preflight::tracepoint_exists(category, name) {
+            bail!(
+                "tracepoint {category}:{name} does not exist on this kernel (syscall tracepoints \
+                 need CONFIG_FTRACE_SYSCALLS)"
+            );
+        }
+        let tracepoint: &mut TracePoint = ebpf
+            .program_mut(program)
+            .with_context(|| format!("program {program} missing from the eBPF object"))?
+            .try_into()?;
+        if tracepoint.fd().is_err() {
+            tracepoint
+                .load()
+                .with_context(|| format!("the kernel verifier rejected {program}"))?;
+        }
+        tracepoint
+            .attach(category, name)
+            .with_context(|| format!("attaching {program} to {category}:{name}"))?;
+    }
+    Ok(())
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of the kernel's record timestamps.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The peer address of a connection, for display.
+pub fn describe(peer: Option<SocketAddr>) -> String {
+    peer.map_or_else(|| "?".to_string(), |p| p.to_string())
+}

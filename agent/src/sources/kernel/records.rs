@@ -1,0 +1,189 @@
+//! Decoding of ring-buffer records into [`SourceEvent`]s. Pure: unit-tested without a kernel.
+
+use std::{
+    mem::size_of,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    ptr,
+};
+
+use bytes::Bytes;
+use mqtrace_common::{
+    ConnectionClosed, ConnectionOpened, DataHeader, Direction, Origin as KernelOrigin,
+    ProcessExited, RecordKind,
+};
+
+use crate::sources::{Chunk, Connection, ConnectionId, Origin, SourceEvent};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("ring-buffer record of {0} bytes is too short")]
+    Truncated(usize),
+    #[error("ring-buffer record has unknown kind {0}")]
+    UnknownKind(u32),
+}
+
+/// Reads a `T` from the start of `bytes`, which must be long enough.
+fn read<T: Copy>(bytes: &[u8]) -> Result<T, RecordError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(RecordError::Truncated(bytes.len()));
+    }
+    // SAFETY: length checked; T is a repr(C) plain-data type from mqtrace-common.
+    Ok(unsafe { ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Appends the events one record stands for. `max_bytes_per_syscall` is the cap the kernel was
+/// given: with it the last record of a capped syscall also reports the bytes left out.
+pub fn decode(
+    record: &[u8],
+    max_bytes_per_syscall: u64,
+    out: &mut Vec<SourceEvent>,
+) -> Result<(), RecordError> {
+    let kind: u32 = read(record)?;
+    match kind {
+        k if k == RecordKind::Data as u32 => {
+            let header: DataHeader = read(record)?;
+            let payload = &record[size_of::<DataHeader>()..];
+            let copied = header.copied_len as usize;
+            if payload.len() < copied {
+                return Err(RecordError::Truncated(record.len()));
+            }
+            let direction = if header.direction == Direction::Egress as u8 {
+                Direction::Egress
+            } else {
+                Direction::Ingress
+            };
+            let connection = ConnectionId(header.connection_id);
+            out.push(SourceEvent::Data(Chunk {
+                connection,
+                direction,
+                position: header.syscall_pos + header.chunk_offset,
+                bytes: Bytes::copy_from_slice(&payload[..copied]),
+                timestamp_ns: header.timestamp_ns,
+            }));
+            let copy_target = header.syscall_len.min(max_bytes_per_syscall);
+            if header.chunk_offset + copied as u64 == copy_target
+                && copy_target < header.syscall_len
+            {
+                out.push(SourceEvent::Gap {
+                    connection,
+                    direction,
+                    position: header.syscall_pos + copy_target,
+                    length: header.syscall_len - copy_target,
+                });
+            }
+        }
+        k if k == RecordKind::ConnectionOpened as u32 => {
+            let opened: ConnectionOpened = read(record)?;
+            let ip = match opened.family {
+                AF_INET => {
+                    let mut v4 = [0u8; 4];
+                    v4.copy_from_slice(&opened.peer_addr[..4]);
+                    Some(IpAddr::V4(Ipv4Addr::from(v4)))
+                }
+                AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(opened.peer_addr))),
+                _ => None,
+            };
+            out.push(SourceEvent::Opened(Connection {
+                id: ConnectionId(opened.connection_id),
+                pid: opened.pid,
+                fd: opened.fd,
+                origin: if opened.origin == KernelOrigin::Accept as u8 {
+                    Origin::Accept
+                } else {
+                    Origin::Connect
+                },
+                local: None,
+                peer: ip.map(|ip| SocketAddr::new(ip, opened.peer_port)),
+                timestamp_ns: opened.timestamp_ns,
+            }));
+        }
+        k if k == RecordKind::ConnectionClosed as u32 => {
+            let closed: ConnectionClosed = read(record)?;
+            out.push(SourceEvent::Closed {
+                connection: ConnectionId(closed.connection_id),
+                final_positions: Some([closed.egress_pos, closed.ingress_pos]),
+                timestamp_ns: closed.timestamp_ns,
+            });
+        }
+        k if k == RecordKind::ProcessExited as u32 => {
+            let exited: ProcessExited = read(record)?;
+            out.push(SourceEvent::ProcessExited { pid: exited.pid });
+        }
+        other => return Err(RecordError::UnknownKind(other)),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data_record(syscall_pos: u64, syscall_len: u64, chunk_offset: u64, payload: &[u8]) -> Vec<u8> {
+        let header = DataHeader {
+            kind: RecordKind::Data as u32,
+            direction: Direction::Ingress as u8,
+            syscall: mqtrace_common::Syscall::Read as u8,
+            _pad: 0,
+            timestamp_ns: 7,
+            connection_id: 3,
+            pid: 10,
+            tid: 11,
+            fd: 4,
+            copied_len: payload.len() as u32,
+            syscall_len,
+            syscall_pos,
+            chunk_offset,
+        };
+        // SAFETY: DataHeader is plain repr(C) data without padding.
+        let raw = unsafe {
+            std::slice::from_raw_parts((&header as *const DataHeader).cast::<u8>(), size_of::<DataHeader>())
+        };
+        [raw, payload].concat()
+    }
+
+    #[test]
+    fn data_record_places_bytes_at_stream_position() {
+        let mut out = Vec::new();
+        decode(&data_record(100, 5, 0, b"hello"), 1024, &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![SourceEvent::Data(Chunk {
+                connection: ConnectionId(3),
+                direction: Direction::Ingress,
+                position: 100,
+                bytes: Bytes::from_static(b"hello"),
+                timestamp_ns: 7,
+            })]
+        );
+    }
+
+    #[test]
+    fn last_record_of_a_capped_syscall_reports_the_gap() {
+        let mut out = Vec::new();
+        // 10 bytes moved, cap 4: the record covering [0,4) is the last one copied.
+        decode(&data_record(50, 10, 0, b"abcd"), 4, &mut out).unwrap();
+        assert_eq!(
+            out[1],
+            SourceEvent::Gap {
+                connection: ConnectionId(3),
+                direction: Direction::Ingress,
+                position: 54,
+                length: 6
+            }
+        );
+    }
+
+    #[test]
+    fn short_and_unknown_records_are_errors() {
+        let mut out = Vec::new();
+        assert_eq!(decode(&[1, 0], 4, &mut out), Err(RecordError::Truncated(2)));
+        assert_eq!(decode(&[9, 0, 0, 0], 4, &mut out), Err(RecordError::UnknownKind(9)));
+        let mut short_payload = data_record(0, 5, 0, b"hello");
+        short_payload.truncate(short_payload.len() - 1);
+        assert!(decode(&short_payload, 4, &mut out).is_err());
+        assert!(out.is_empty());
+    }
+}
