@@ -1,9 +1,10 @@
 //! Copying the bytes a data syscall moved into the ring buffer.
 
-use core::mem::size_of;
+use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::helpers::{
     bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
+    generated::bpf_loop,
 };
 use mqtrace_common::{
     CHUNK_SIZE, Counter, DataHeader, DataRecord, MAX_RECORDS_PER_SYSCALL, RecordKind, SocketKey,
@@ -46,8 +47,7 @@ pub fn copy_out(active: &ActiveSyscall, moved: u64) {
         return;
     };
     // SAFETY: this CPU's scratch value; nothing else runs on it until this program returns.
-    let record: &mut DataRecord = unsafe { &mut *record };
-    record.header = DataHeader {
+    unsafe { &mut *record }.header = DataHeader {
         kind: RecordKind::Data as u32,
         direction: direction as u8,
         syscall: active.syscall,
@@ -63,72 +63,132 @@ pub fn copy_out(active: &ActiveSyscall, moved: u64) {
         chunk_offset: 0,
     };
 
-    // A plain buffer is a single segment; a vectored call walks the caller's iovec array.
-    let mut segment = IoVec {
-        base: active.buf,
-        len: moved,
-    };
-    let mut segment_index = 0u64;
-    let mut segment_offset = 0u64;
-    let mut done = 0u64;
-    for _ in 0..MAX_RECORDS_PER_SYSCALL {
-        if done >= wanted {
-            break;
-        }
-        if active.vectored != 0 {
-            if segment_offset == 0 {
-                if segment_index >= active.len {
-                    break;
-                }
-                let at = active.buf + segment_index * size_of::<IoVec>() as u64;
-                // SAFETY: a user pointer read through the helper.
-                match unsafe { bpf_probe_read_user(at as *const IoVec) } {
-                    Ok(read) => segment = read,
-                    Err(_) => {
-                        count(Counter::UserReadFailures, 1);
-                        break;
-                    }
-                }
-            }
-            if segment_offset >= segment.len {
-                segment_index += 1;
-                segment_offset = 0;
-                continue;
-            }
-        }
-        let mut piece = segment.len - segment_offset;
-        if piece > wanted - done {
-            piece = wanted - done;
-        }
-        if piece > CHUNK_SIZE as u64 {
-            piece = CHUNK_SIZE as u64;
-        }
-        emit(record, segment.base + segment_offset, piece as usize, done);
-        done += piece;
-        segment_offset += piece;
-        if active.vectored != 0 && segment_offset >= segment.len {
-            segment_index += 1;
-            segment_offset = 0;
-        }
+    // bpf_loop (Linux 5.17) has the verifier check one step instead of every unrolled
+    // iteration. The per-chunk step only reads its context and derives everything from the
+    // loop index: with state carried from step to step the verifier, which simulates the
+    // callback until its state converges, never converged.
+    if active.vectored != 0 {
+        let mut walk = IovWalk {
+            iov_array: active.buf,
+            iov_count: active.len,
+            wanted,
+            done: 0,
+        };
+        // SAFETY: the callback only touches `walk`, which outlives the call.
+        unsafe { bpf_loop(MAX_IOVECS, copy_iovec as *mut c_void, (&raw mut walk).cast(), 0) };
+    } else {
+        let mut segment = Segment {
+            base: active.buf,
+            len: moved,
+            stream_offset: 0,
+            wanted,
+        };
+        copy_segment(&mut segment);
     }
-    if moved > done {
-        count(Counter::BytesNotCopied, moved - done);
+    if moved > wanted {
+        count(Counter::BytesNotCopied, moved - wanted);
     }
 }
 
-/// Copies `len` user bytes at `src` into the scratch record and outputs header plus payload.
+/// iovec entries walked at most; bytes in further entries show as a gap.
+const MAX_IOVECS: u32 = 128;
+
+/// One user buffer, at `stream_offset` within the syscall's bytes, of which the first
+/// `wanted` are to be copied.
+#[repr(C)]
+struct Segment {
+    base: u64,
+    len: u64,
+    stream_offset: u64,
+    wanted: u64,
+}
+
 #[inline(always)]
-fn emit(record: &mut DataRecord, src: u64, len: usize, chunk_offset: u64) {
-    if len == 0 || len > CHUNK_SIZE {
-        return;
+fn copy_segment(segment: &mut Segment) {
+    // SAFETY: the callback only reads `segment`, which outlives the call.
+    unsafe {
+        bpf_loop(
+            MAX_RECORDS_PER_SYSCALL,
+            copy_chunk as *mut c_void,
+            (segment as *mut Segment).cast(),
+            0,
+        )
+    };
+}
+
+/// Emits chunk `index` of a segment. Returns 1 to stop the loop.
+extern "C" fn copy_chunk(index: u64, segment: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer given to it in copy_segment.
+    let segment = unsafe { &*segment.cast::<Segment>() };
+    let offset = index * CHUNK_SIZE as u64;
+    let at = segment.stream_offset + offset;
+    if offset >= segment.len || at >= segment.wanted {
+        return 1;
     }
-    // SAFETY: a user pointer read through the helper into a bounded slice of the scratch map.
-    if unsafe { bpf_probe_read_user_buf(src as *const u8, &mut record.payload[..len]) }.is_err() {
+    let mut piece = segment.len - offset;
+    if piece > segment.wanted - at {
+        piece = segment.wanted - at;
+    }
+    if piece > CHUNK_SIZE as u64 {
+        piece = CHUNK_SIZE as u64;
+    }
+    if emit(segment.base + offset, piece as usize, at) { 0 } else { 1 }
+}
+
+/// Progress through a vectored call's iovec array.
+#[repr(C)]
+struct IovWalk {
+    iov_array: u64,
+    iov_count: u64,
+    wanted: u64,
+    /// Bytes of the syscall before the current iovec entry.
+    done: u64,
+}
+
+/// Copies iovec entry `index`. Returns 1 to stop the loop.
+extern "C" fn copy_iovec(index: u64, walk: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer given to it in copy_out.
+    let walk = unsafe { &mut *walk.cast::<IovWalk>() };
+    if index >= walk.iov_count || walk.done >= walk.wanted {
+        return 1;
+    }
+    let at = walk.iov_array + index * size_of::<IoVec>() as u64;
+    // SAFETY: a user pointer read through the helper.
+    let Ok(iov) = (unsafe { bpf_probe_read_user(at as *const IoVec) }) else {
         count(Counter::UserReadFailures, 1);
-        return;
+        return 1;
+    };
+    let mut segment = Segment {
+        base: iov.base,
+        len: iov.len,
+        stream_offset: walk.done,
+        wanted: walk.wanted,
+    };
+    copy_segment(&mut segment);
+    walk.done += iov.len;
+    0
+}
+
+/// Copies `len` user bytes at `src` into this CPU's scratch record, whose header copy_out
+/// filled, and outputs header plus payload. False when the bytes could not be read: the rest
+/// of the segment is then left out, and the gap shows at the next record.
+#[inline(always)]
+fn emit(src: u64, len: usize, chunk_offset: u64) -> bool {
+    let Some(record) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch value; nothing else runs on it until this program returns.
+    let record: &mut DataRecord = unsafe { &mut *record };
+    if len == 0 || len > CHUNK_SIZE {
+        return false;
     }
     record.header.copied_len = len as u32;
     record.header.chunk_offset = chunk_offset;
+    // SAFETY: a user pointer read through the helper into a bounded slice of the scratch map.
+    if unsafe { bpf_probe_read_user_buf(src as *const u8, &mut record.payload[..len]) }.is_err() {
+        count(Counter::UserReadFailures, 1);
+        return false;
+    }
     // SAFETY: DataRecord is plain repr(C) data; the slice stays inside the map value.
     let bytes = unsafe {
         core::slice::from_raw_parts(
@@ -137,12 +197,14 @@ fn emit(record: &mut DataRecord, src: u64, len: usize, chunk_offset: u64) {
         )
     };
     let Some(bytes) = bytes.get(..HEADER_SIZE + len) else {
-        return;
+        return false;
     };
     if RECORDS.output::<[u8]>(bytes, 0).is_ok() {
         count(Counter::RecordsEmitted, 1);
         count(Counter::BytesCopied, len as u64);
     } else {
+        // The bytes are gone but the walk goes on: later records still carry their positions.
         count(Counter::RecordsLost, 1);
     }
+    true
 }

@@ -298,15 +298,27 @@ fn attach_all(ebpf: &mut Ebpf) -> anyhow::Result<()> {
             .with_context(|| format!("program {program} missing from the eBPF object"))?
             .try_into()?;
         if tracepoint.fd().is_err() {
-            tracepoint
-                .load()
-                .with_context(|| format!("the kernel verifier rejected {program}"))?;
+            tracepoint.load().map_err(|e| rejected(program, &e))?;
         }
         tracepoint
             .attach(category, name)
             .with_context(|| format!("attaching {program} to {category}:{name}"))?;
     }
     Ok(())
+}
+
+/// A load error with the verifier log cut to its end, where the reason is: the whole log of a
+/// complex program runs to megabytes.
+fn rejected(program: &str, error: &aya::programs::ProgramError) -> anyhow::Error {
+    const KEEP_LINES: usize = 30;
+    let text = error.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    let shown = if lines.len() > KEEP_LINES {
+        format!("{}\n[... {} lines ...]\n{}", lines[0], lines.len() - KEEP_LINES, lines[lines.len() - KEEP_LINES + 1..].join("\n"))
+    } else {
+        text
+    };
+    anyhow::anyhow!("the kernel refused to load {program}: {shown}")
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock of the kernel's record timestamps.

@@ -1,0 +1,71 @@
+//! Child processes that are always stopped, by pid, even when a test fails.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+};
+
+use anyhow::{Context, bail};
+
+/// A child process driven line by line over stdin/stdout; killed on drop.
+pub struct Driven {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Driven {
+    pub fn spawn(mut command: Command) -> anyhow::Result<Self> {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {command:?}"))?;
+        let stdin = child.stdin.take().context("child stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("child stdout")?);
+        Ok(Self { child, stdin, stdout })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Reads lines until one equals `line`.
+    pub fn expect_line(&mut self, line: &str) -> anyhow::Result<()> {
+        let mut buf = String::new();
+        loop {
+            buf.clear();
+            if self.stdout.read_line(&mut buf)? == 0 {
+                bail!("child {} exited before saying {line:?}", self.pid());
+            }
+            if buf.trim_end() == line {
+                return Ok(());
+            }
+        }
+    }
+
+    pub fn say(&mut self, line: &str) -> anyhow::Result<()> {
+        writeln!(self.stdin, "{line}")?;
+        self.stdin.flush()?;
+        Ok(())
+    }
+
+    /// Waits for the child to exit and fails unless it exited with success.
+    pub fn wait_success(&mut self) -> anyhow::Result<()> {
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("child {} failed: {status}", self.pid());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Driven {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) on our own child's pid, which we have not yet reaped.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+            let _ = self.child.wait();
+        }
+    }
+}
