@@ -15,9 +15,15 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let ebpf_dir = manifest_dir.join("../agent-ebpf");
     for watched in ["src", "Cargo.toml", "Cargo.lock", ".cargo/config.toml"] {
-        println!("cargo:rerun-if-changed={}", ebpf_dir.join(watched).display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            ebpf_dir.join(watched).display()
+        );
     }
-    println!("cargo:rerun-if-changed={}", manifest_dir.join("../common/src").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("../common/src").display()
+    );
     println!("cargo:rerun-if-env-changed=MQTRACE_EBPF_CARGO");
 
     let mut cargo = bpf_cargo();
@@ -64,6 +70,8 @@ fn bpf_cargo() -> Command {
         return command;
     }
     let mut command = Command::new("rustup");
-    command.args(["run", "nightly", "cargo"]).env_remove("RUSTC");
+    command
+        .args(["run", "nightly", "cargo"])
+        .env_remove("RUSTC");
     command
 }

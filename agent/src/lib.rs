@@ -5,5 +5,6 @@
 //! direction) → decoder → correlation → spans → exporters. The `mqtrace` binary is a thin CLI
 //! over this library.
 
+pub mod cli;
 pub mod sources;
 pub mod streams;

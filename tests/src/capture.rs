@@ -31,11 +31,21 @@ impl Captured {
                 self.connections.entry(c.id).or_default();
                 self.pids.insert(c.id, c.pid);
             }
-            StreamEvent::Data { connection, direction, bytes, .. } => {
+            StreamEvent::Data {
+                connection,
+                direction,
+                bytes,
+                ..
+            } => {
                 let entry = self.connections.entry(*connection).or_default();
                 entry[*direction as usize].bytes.extend_from_slice(bytes);
             }
-            StreamEvent::Gap { connection, direction, position, length } => {
+            StreamEvent::Gap {
+                connection,
+                direction,
+                position,
+                length,
+            } => {
                 let entry = self.connections.entry(*connection).or_default();
                 entry[*direction as usize].gaps.push((*position, *length));
             }
@@ -59,7 +69,12 @@ impl Captured {
     pub fn direction(&self, egress_prefix: &[u8], direction: Direction) -> Option<&Rebuilt> {
         self.connections
             .values()
-            .find(|c| c[Direction::Egress as usize].bytes.starts_with(egress_prefix) && !egress_prefix.is_empty())
+            .find(|c| {
+                c[Direction::Egress as usize]
+                    .bytes
+                    .starts_with(egress_prefix)
+                    && !egress_prefix.is_empty()
+            })
             .map(|c| &c[direction as usize])
     }
 }

@@ -68,7 +68,14 @@ pub fn all_families_plan(seed: u64) -> Vec<Exchange> {
         ex(1, Family::WriteRead, false, 200_000, 50_000, usize::MAX),
         ex(2, Family::WritevReadv, false, 150_000, 20_000, usize::MAX),
         ex(3, Family::SendtoRecvfrom, false, 120_000, 7_000, usize::MAX),
-        ex(4, Family::SendmsgRecvmsg, false, 100_000, 30_000, usize::MAX),
+        ex(
+            4,
+            Family::SendmsgRecvmsg,
+            false,
+            100_000,
+            30_000,
+            usize::MAX,
+        ),
         // 8 MiB, written 64 KiB at a time and read at most 64 KiB at a time.
         ex(5, Family::WriteRead, false, 8 << 20, 1_000, 64 * 1024),
     ]

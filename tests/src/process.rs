@@ -23,7 +23,11 @@ impl Driven {
             .with_context(|| format!("starting {command:?}"))?;
         let stdin = child.stdin.take().context("child stdin")?;
         let stdout = BufReader::new(child.stdout.take().context("child stdout")?);
-        Ok(Self { child, stdin, stdout })
+        Ok(Self {
+            child,
+            stdin,
+            stdout,
+        })
     }
 
     pub fn pid(&self) -> u32 {

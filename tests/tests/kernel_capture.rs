@@ -26,15 +26,33 @@ fn helper(mode: &str, seed: u64) -> Driven {
 /// Equality of long byte strings, reported by first difference instead of a megabyte dump.
 fn assert_same(what: &str, got: &[u8], want: &[u8]) {
     if got != want {
-        let first = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
-        panic!("{what}: got {} bytes, want {}; first difference at offset {first}", got.len(), want.len());
+        let first = got
+            .iter()
+            .zip(want)
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(want.len()));
+        panic!(
+            "{what}: got {} bytes, want {}; first difference at offset {first}",
+            got.len(),
+            want.len()
+        );
     }
 }
 
 fn assert_no_loss(capture: &KernelCapture) {
     let counters = capture.counters().unwrap();
-    for counter in [Counter::RecordsLost, Counter::BytesNotCopied, Counter::UserReadFailures, Counter::SocketTableFull] {
-        assert_eq!(counters.get(counter), 0, "{} must be 0: {counters:?}", counter.name());
+    for counter in [
+        Counter::RecordsLost,
+        Counter::BytesNotCopied,
+        Counter::UserReadFailures,
+        Counter::SocketTableFull,
+    ] {
+        assert_eq!(
+            counters.get(counter),
+            0,
+            "{} must be 0: {counters:?}",
+            counter.name()
+        );
     }
     assert_eq!(capture.malformed_records, 0);
 }
@@ -48,7 +66,9 @@ async fn every_syscall_family_is_rebuilt_byte_for_byte() {
     let mut capture = KernelCapture::start(CaptureOptions::default()).expect("start capture");
     capture.select(child.pid()).unwrap();
     child.say("go").unwrap();
-    let captured = collect_until_exit(&mut capture, child.pid(), TIMEOUT).await.unwrap();
+    let captured = collect_until_exit(&mut capture, child.pid(), TIMEOUT)
+        .await
+        .unwrap();
     child.wait_success().unwrap();
 
     let plan = all_families_plan(seed);
@@ -65,9 +85,16 @@ async fn every_syscall_family_is_rebuilt_byte_for_byte() {
         assert_same(&format!("connection {i} ingress"), got_in, want_in);
     }
     for streams in captured.connections.values() {
-        assert!(streams.iter().all(|s| s.gaps.is_empty()), "no gaps expected: {:?}", streams.iter().map(|s| &s.gaps).collect::<Vec<_>>());
+        assert!(
+            streams.iter().all(|s| s.gaps.is_empty()),
+            "no gaps expected: {:?}",
+            streams.iter().map(|s| &s.gaps).collect::<Vec<_>>()
+        );
     }
-    assert!(captured.pids.values().all(|&pid| pid == child.pid()), "only the selected process");
+    assert!(
+        captured.pids.values().all(|&pid| pid == child.pid()),
+        "only the selected process"
+    );
     assert_no_loss(&capture);
 }
 
@@ -77,28 +104,54 @@ async fn a_write_over_the_cap_leaves_an_exact_gap_and_the_stream_goes_on() {
     let cap = 64 * 1024;
     let mut child = helper("cap", seed);
     child.expect_line("ready").unwrap();
-    let options = CaptureOptions { max_bytes_per_syscall: cap, ..CaptureOptions::default() };
+    let options = CaptureOptions {
+        max_bytes_per_syscall: cap,
+        ..CaptureOptions::default()
+    };
     let mut capture = KernelCapture::start(options).expect("start capture");
     capture.select(child.pid()).unwrap();
     child.say("go").unwrap();
-    let captured = collect_until_exit(&mut capture, child.pid(), TIMEOUT).await.unwrap();
+    let captured = collect_until_exit(&mut capture, child.pid(), TIMEOUT)
+        .await
+        .unwrap();
     child.wait_success().unwrap();
 
     let (big, small) = cap_plan(seed);
     let cap = cap as usize;
-    let writer = captured.direction(&big[..cap], Direction::Egress).expect("writer's connection");
-    assert_eq!(writer.gaps, vec![(cap as u64, (big.len() - cap) as u64)], "gap at the cap, of the uncopied size");
-    assert_same("writer egress around the gap", &writer.bytes, &[&big[..cap], &small[..]].concat());
+    let writer = captured
+        .direction(&big[..cap], Direction::Egress)
+        .expect("writer's connection");
+    assert_eq!(
+        writer.gaps,
+        vec![(cap as u64, (big.len() - cap) as u64)],
+        "gap at the cap, of the uncopied size"
+    );
+    assert_same(
+        "writer egress around the gap",
+        &writer.bytes,
+        &[&big[..cap], &small[..]].concat(),
+    );
     let reader = captured
         .connections
         .values()
-        .find(|c| c[Direction::Ingress as usize].bytes.starts_with(&big[..cap]))
+        .find(|c| {
+            c[Direction::Ingress as usize]
+                .bytes
+                .starts_with(&big[..cap])
+        })
         .expect("reader's connection");
-    assert_same("reader ingress (reads of 64 KiB, under the cap)", &reader[Direction::Ingress as usize].bytes, &[&big[..], &small[..]].concat());
+    assert_same(
+        "reader ingress (reads of 64 KiB, under the cap)",
+        &reader[Direction::Ingress as usize].bytes,
+        &[&big[..], &small[..]].concat(),
+    );
     assert!(reader[Direction::Ingress as usize].gaps.is_empty());
 
     let counters = capture.counters().unwrap();
-    assert_eq!(counters.get(Counter::BytesNotCopied), (big.len() - cap) as u64);
+    assert_eq!(
+        counters.get(Counter::BytesNotCopied),
+        (big.len() - cap) as u64
+    );
     assert_eq!(counters.get(Counter::RecordsLost), 0);
 }
 
@@ -111,13 +164,20 @@ async fn unselected_process_yields_nothing_until_selected() {
     child.say("go").unwrap();
     child.expect_line("phase1").unwrap();
     let before = drain(&mut capture);
-    assert!(before.is_empty(), "an unselected process produced {} events: {:?}", before.len(), before.first());
+    assert!(
+        before.is_empty(),
+        "an unselected process produced {} events: {:?}",
+        before.len(),
+        before.first()
+    );
     assert_eq!(capture.counters().unwrap().get(Counter::RecordsEmitted), 0);
 
     // Selected while running: its open connection and a new one are captured from now on.
     capture.select(child.pid()).unwrap();
     child.say("go2").unwrap();
-    let captured = collect_until_exit(&mut capture, child.pid(), TIMEOUT).await.unwrap();
+    let captured = collect_until_exit(&mut capture, child.pid(), TIMEOUT)
+        .await
+        .unwrap();
     child.wait_success().unwrap();
     let mut want: Vec<_> = phase_plan(seed, 2)
         .iter()

@@ -1,1 +1,102 @@
-fn main() {}
+//! `cargo xtask <task>`: everything needed to build, run, test and benchmark mqtrace on a fresh
+//! Linux host, installing what is missing and saying so.
+
+mod bench;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "mqtrace project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building the eBPF programs needs (idempotent; prints each step).
+    Setup,
+    /// Build the agent (with its embedded eBPF object) in release mode.
+    Build,
+    /// Set up, build, and run the agent: `cargo xtask run -- run --all`.
+    Run {
+        /// Arguments for `mqtrace`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every test: format, lints, unit, decoder, and real-kernel tests.
+    Test,
+    /// Set up, then run the benchmarks and print their table.
+    Bench,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Build => {
+            setup::run()?;
+            cargo(&["build", "--release", "--package", "mqtrace"])
+        }
+        Task::Run { args } => {
+            setup::run()?;
+            cargo(&["build", "--release", "--package", "mqtrace"])?;
+            let status = Command::new(workspace_root().join("target/release/mqtrace"))
+                .args(&args)
+                .status()
+                .context("starting mqtrace")?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Test => test(),
+        Task::Bench => {
+            setup::run()?;
+            bench::run()
+        }
+    }
+}
+
+fn test() -> anyhow::Result<()> {
+    setup::run()?;
+    step("checking formatting");
+    cargo(&["fmt", "--all", "--check"])?;
+    step("linting");
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    // One test thread: the kernel tests share the kernel's tracepoints and CPU time.
+    step("running all tests");
+    cargo(&["test", "--workspace", "--", "--test-threads=1"])
+}
+
+pub fn step(what: &str) {
+    println!("==> xtask: {what}");
+}
+
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs cargo in the workspace root and fails unless it succeeds.
+pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("starting {cargo}"))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}

@@ -71,7 +71,9 @@ impl Streams {
     pub fn push(&mut self, event: SourceEvent, out: &mut Vec<StreamEvent>) {
         match event {
             SourceEvent::Opened(connection) => {
-                if self.connections.len() >= MAX_CONNECTIONS && !self.connections.contains_key(&connection.id) {
+                if self.connections.len() >= MAX_CONNECTIONS
+                    && !self.connections.contains_key(&connection.id)
+                {
                     self.counters.connections_refused += 1;
                     return;
                 }
@@ -86,7 +88,13 @@ impl Streams {
             }
             SourceEvent::Data(chunk) => {
                 let length = chunk.bytes.len() as u64;
-                let Some(skip) = self.advance(chunk.connection, chunk.direction, chunk.position, length, out) else {
+                let Some(skip) = self.advance(
+                    chunk.connection,
+                    chunk.direction,
+                    chunk.position,
+                    length,
+                    out,
+                ) else {
                     return;
                 };
                 out.push(StreamEvent::Data {
@@ -154,13 +162,23 @@ impl Streams {
 
     /// The connection's state, created for a connection whose opening was never seen (its
     /// record was lost, or a capture began after it).
-    fn state(&mut self, id: ConnectionId, out: &mut Vec<StreamEvent>) -> Option<&mut ConnectionState> {
+    fn state(
+        &mut self,
+        id: ConnectionId,
+        out: &mut Vec<StreamEvent>,
+    ) -> Option<&mut ConnectionState> {
         if !self.connections.contains_key(&id) {
             if self.connections.len() >= MAX_CONNECTIONS {
                 self.counters.connections_refused += 1;
                 return None;
             }
-            self.connections.insert(id, ConnectionState { pid: 0, next: [0, 0] });
+            self.connections.insert(
+                id,
+                ConnectionState {
+                    pid: 0,
+                    next: [0, 0],
+                },
+            );
             out.push(StreamEvent::Opened(Connection {
                 id,
                 pid: 0,
@@ -174,7 +192,14 @@ impl Streams {
         self.connections.get_mut(&id)
     }
 
-    fn gap(&mut self, connection: ConnectionId, direction: Direction, position: u64, length: u64, out: &mut Vec<StreamEvent>) {
+    fn gap(
+        &mut self,
+        connection: ConnectionId,
+        direction: Direction,
+        position: u64,
+        length: u64,
+        out: &mut Vec<StreamEvent>,
+    ) {
         self.counters.gaps += 1;
         self.counters.gap_bytes += length;
         out.push(StreamEvent::Gap {
@@ -185,7 +210,13 @@ impl Streams {
         });
     }
 
-    fn close(&mut self, id: ConnectionId, final_positions: Option<[u64; 2]>, timestamp_ns: u64, out: &mut Vec<StreamEvent>) {
+    fn close(
+        &mut self,
+        id: ConnectionId,
+        final_positions: Option<[u64; 2]>,
+        timestamp_ns: u64,
+        out: &mut Vec<StreamEvent>,
+    ) {
         let Some(state) = self.connections.remove(&id) else {
             return;
         };

@@ -83,7 +83,13 @@ fn close_reports_unseen_tail() {
 #[test]
 fn data_for_unknown_connection_opens_it() {
     let (out, _) = run(vec![data(0, b"a")]);
-    assert!(matches!(out[0], StreamEvent::Opened(Connection { origin: Origin::Existing, .. })));
+    assert!(matches!(
+        out[0],
+        StreamEvent::Opened(Connection {
+            origin: Origin::Existing,
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -97,6 +103,13 @@ fn process_exit_closes_its_connections() {
         peer: None,
         timestamp_ns: 0,
     });
-    let (out, _) = run(vec![opened, data(0, b"a"), SourceEvent::ProcessExited { pid: 42 }]);
-    assert!(matches!(out.last(), Some(StreamEvent::Closed { connection: C, .. })));
+    let (out, _) = run(vec![
+        opened,
+        data(0, b"a"),
+        SourceEvent::ProcessExited { pid: 42 },
+    ]);
+    assert!(matches!(
+        out.last(),
+        Some(StreamEvent::Closed { connection: C, .. })
+    ));
 }

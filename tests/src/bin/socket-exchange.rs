@@ -27,17 +27,31 @@ fn send_all(fd: i32, family: Family, data: &[u8], max_send: usize) {
         let n = unsafe {
             match family {
                 Family::WriteRead => libc::write(fd, piece.as_ptr().cast(), piece.len()),
-                Family::SendtoRecvfrom => {
-                    libc::sendto(fd, piece.as_ptr().cast(), piece.len(), 0, std::ptr::null(), 0)
-                }
+                Family::SendtoRecvfrom => libc::sendto(
+                    fd,
+                    piece.as_ptr().cast(),
+                    piece.len(),
+                    0,
+                    std::ptr::null(),
+                    0,
+                ),
                 Family::WritevReadv | Family::SendmsgRecvmsg => {
                     // Three uneven segments, to exercise the iovec walk.
                     let a = piece.len() / 7;
                     let b = piece.len() / 2;
                     let iov = [
-                        libc::iovec { iov_base: piece.as_ptr() as *mut _, iov_len: a },
-                        libc::iovec { iov_base: piece[a..].as_ptr() as *mut _, iov_len: b - a },
-                        libc::iovec { iov_base: piece[b..].as_ptr() as *mut _, iov_len: piece.len() - b },
+                        libc::iovec {
+                            iov_base: piece.as_ptr() as *mut _,
+                            iov_len: a,
+                        },
+                        libc::iovec {
+                            iov_base: piece[a..].as_ptr() as *mut _,
+                            iov_len: b - a,
+                        },
+                        libc::iovec {
+                            iov_base: piece[b..].as_ptr() as *mut _,
+                            iov_len: piece.len() - b,
+                        },
                     ];
                     if family == Family::WritevReadv {
                         libc::writev(fd, iov.as_ptr(), 3)
@@ -75,8 +89,14 @@ fn recv_exact(fd: i32, family: Family, len: usize) -> Vec<u8> {
                 Family::WritevReadv | Family::SendmsgRecvmsg => {
                     let first = want.min(1000);
                     let iov = [
-                        libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: first },
-                        libc::iovec { iov_base: buf[first..].as_mut_ptr().cast(), iov_len: want - first },
+                        libc::iovec {
+                            iov_base: buf.as_mut_ptr().cast(),
+                            iov_len: first,
+                        },
+                        libc::iovec {
+                            iov_base: buf[first..].as_mut_ptr().cast(),
+                            iov_len: want - first,
+                        },
                     ];
                     if family == Family::WritevReadv {
                         libc::readv(fd, iov.as_ptr(), 2)
@@ -109,12 +129,18 @@ fn run(exchange: &Exchange, pair: &(TcpStream, TcpStream)) {
     let ex = *exchange;
     let server = thread::spawn(move || {
         let request = recv_exact(server_fd, ex.family, ex.request_len);
-        assert!(request == ex.request(), "server received other bytes than were sent");
+        assert!(
+            request == ex.request(),
+            "server received other bytes than were sent"
+        );
         send_all(server_fd, ex.family, &ex.reply(), ex.max_send);
     });
     send_all(client_fd, ex.family, &exchange.request(), exchange.max_send);
     let reply = recv_exact(client_fd, ex.family, ex.reply_len);
-    assert!(reply == ex.reply(), "client received other bytes than were sent");
+    assert!(
+        reply == ex.reply(),
+        "client received other bytes than were sent"
+    );
     server.join().unwrap();
 }
 
@@ -149,7 +175,8 @@ fn say(line: &str) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let (Some(mode), Some(seed)) = (args.get(1), args.get(2).and_then(|s| s.parse::<u64>().ok())) else {
+    let (Some(mode), Some(seed)) = (args.get(1), args.get(2).and_then(|s| s.parse::<u64>().ok()))
+    else {
         eprintln!("usage: socket-exchange all|phases|cap SEED");
         std::process::exit(2);
     };

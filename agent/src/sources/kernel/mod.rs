@@ -22,7 +22,8 @@ use tokio::io::unix::AsyncFd;
 use crate::sources::{Connection, ConnectionId, Origin, SourceEvent};
 
 /// The compiled kernel programs, built by build.rs from `agent-ebpf`.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mqtrace-ebpf.o"));
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mqtrace-ebpf.o"));
 
 /// (program, tracepoint category, tracepoint name). One exit program serves every data
 /// syscall: the arguments stashed at enter say what to copy.
@@ -130,7 +131,10 @@ impl KernelCapture {
             Array::try_from(ebpf.map_mut(maps::CONFIG).context("CONFIG map missing")?)?;
         config_map.set(0, config, 0)?;
         attach_all(&mut ebpf)?;
-        let records = RingBuf::try_from(ebpf.take_map(maps::RECORDS).context("RECORDS map missing")?)?;
+        let records = RingBuf::try_from(
+            ebpf.take_map(maps::RECORDS)
+                .context("RECORDS map missing")?,
+        )?;
         let mut capture = Self {
             ebpf,
             // SAFETY: the ring buffer owns its fd and keeps it open while the AsyncFd lives.
@@ -166,9 +170,13 @@ impl KernelCapture {
         // Selected first, so that a connection opened during the scan is caught by the kernel;
         // the scan then leaves it alone.
         let mut selected: HashMap<_, u32, u8> = HashMap::try_from(
-            self.ebpf.map_mut(maps::SELECTED_PROCESSES).context("SELECTED_PROCESSES map missing")?,
+            self.ebpf
+                .map_mut(maps::SELECTED_PROCESSES)
+                .context("SELECTED_PROCESSES map missing")?,
         )?;
-        selected.insert(pid, 1, 0).with_context(|| format!("selecting pid {pid}"))?;
+        selected
+            .insert(pid, 1, 0)
+            .with_context(|| format!("selecting pid {pid}"))?;
         self.register_existing_sockets(pid)
     }
 
@@ -176,16 +184,25 @@ impl KernelCapture {
     /// after bytes moved unseen).
     pub fn deselect(&mut self, pid: u32) -> anyhow::Result<()> {
         let mut selected: HashMap<_, u32, u8> = HashMap::try_from(
-            self.ebpf.map_mut(maps::SELECTED_PROCESSES).context("SELECTED_PROCESSES map missing")?,
+            self.ebpf
+                .map_mut(maps::SELECTED_PROCESSES)
+                .context("SELECTED_PROCESSES map missing")?,
         )?;
         let _ = selected.remove(&pid);
         self.forget_sockets(pid)
     }
 
     fn forget_sockets(&mut self, pid: u32) -> anyhow::Result<()> {
-        let mut sockets: HashMap<_, SocketKey, SocketState> =
-            HashMap::try_from(self.ebpf.map_mut(maps::SOCKETS).context("SOCKETS map missing")?)?;
-        let keys: Vec<SocketKey> = sockets.keys().filter_map(Result::ok).filter(|k| k.pid == pid).collect();
+        let mut sockets: HashMap<_, SocketKey, SocketState> = HashMap::try_from(
+            self.ebpf
+                .map_mut(maps::SOCKETS)
+                .context("SOCKETS map missing")?,
+        )?;
+        let keys: Vec<SocketKey> = sockets
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.pid == pid)
+            .collect();
         for key in keys {
             let _ = sockets.remove(&key);
         }
@@ -196,8 +213,11 @@ impl KernelCapture {
     fn register_existing_sockets(&mut self, pid: u32) -> anyhow::Result<()> {
         let found = procfs::established_sockets(pid)
             .with_context(|| format!("reading the open sockets of pid {pid} in /proc"))?;
-        let mut sockets: HashMap<_, SocketKey, SocketState> =
-            HashMap::try_from(self.ebpf.map_mut(maps::SOCKETS).context("SOCKETS map missing")?)?;
+        let mut sockets: HashMap<_, SocketKey, SocketState> = HashMap::try_from(
+            self.ebpf
+                .map_mut(maps::SOCKETS)
+                .context("SOCKETS map missing")?,
+        )?;
         for socket in found {
             self.next_user_connection += 1;
             let id = USER_CONNECTION_ID_BIT | self.next_user_connection;
@@ -206,7 +226,10 @@ impl KernelCapture {
                 positions: [0, 0],
             };
             const BPF_NOEXIST: u64 = 1;
-            if sockets.insert(SocketKey { pid, fd: socket.fd }, state, BPF_NOEXIST).is_err() {
+            if sockets
+                .insert(SocketKey { pid, fd: socket.fd }, state, BPF_NOEXIST)
+                .is_err()
+            {
                 continue; // already tracked (connected during the scan) or table full
             }
             self.pending.push(SourceEvent::Opened(Connection {
@@ -273,8 +296,11 @@ impl KernelCapture {
     }
 
     pub fn counters(&self) -> anyhow::Result<KernelCounters> {
-        let counters: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map(maps::COUNTERS).context("COUNTERS map missing")?)?;
+        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map(maps::COUNTERS)
+                .context("COUNTERS map missing")?,
+        )?;
         let mut out = BTreeMap::new();
         for counter in Counter::ALL {
             debug_assert!((counter as u32) < COUNTER_SLOTS);
@@ -314,7 +340,12 @@ fn rejected(program: &str, error: &aya::programs::ProgramError) -> anyhow::Error
     let text = error.to_string();
     let lines: Vec<&str> = text.lines().collect();
     let shown = if lines.len() > KEEP_LINES {
-        format!("{}\n[... {} lines ...]\n{}", lines[0], lines.len() - KEEP_LINES, lines[lines.len() - KEEP_LINES + 1..].join("\n"))
+        format!(
+            "{}\n[... {} lines ...]\n{}",
+            lines[0],
+            lines.len() - KEEP_LINES,
+            lines[lines.len() - KEEP_LINES + 1..].join("\n")
+        )
     } else {
         text
     };
@@ -323,7 +354,10 @@ fn rejected(program: &str, error: &aya::programs::ProgramError) -> anyhow::Error
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock of the kernel's record timestamps.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

@@ -45,13 +45,21 @@ pub fn check_privileges() -> anyhow::Result<()> {
 /// Tracepoint ids come from tracefs. It is not mounted at boot on some hosts; mount it when
 /// we may, else say how.
 pub fn ensure_tracefs() -> anyhow::Result<()> {
-    if Path::new(TRACEFS).join("events").is_dir() || Path::new(DEBUGFS_TRACING).join("events").is_dir() {
+    if Path::new(TRACEFS).join("events").is_dir()
+        || Path::new(DEBUGFS_TRACING).join("events").is_dir()
+    {
         return Ok(());
     }
     let target = c"/sys/kernel/tracing";
     // SAFETY: valid NUL-terminated strings; mount(2) has no other preconditions.
     let rc = unsafe {
-        libc::mount(c"tracefs".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c"tracefs".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
@@ -62,7 +70,9 @@ pub fn ensure_tracefs() -> anyhow::Result<()> {
         );
     }
     if !Path::new(TRACEFS).join("events").is_dir() {
-        bail!("tracefs mounted at {TRACEFS} has no events directory: kernel built without tracing?");
+        bail!(
+            "tracefs mounted at {TRACEFS} has no events directory: kernel built without tracing?"
+        );
     }
     Ok(())
 }
@@ -79,7 +89,11 @@ pub fn check_ring_buffer() -> anyhow::Result<()> {
 
 /// Whether the syscall tracepoint `name` exists, for a precise error before attaching.
 pub fn tracepoint_exists(category: &str, name: &str) -> bool {
-    [TRACEFS, DEBUGFS_TRACING]
-        .iter()
-        .any(|root| Path::new(root).join("events").join(category).join(name).is_dir())
+    [TRACEFS, DEBUGFS_TRACING].iter().any(|root| {
+        Path::new(root)
+            .join("events")
+            .join(category)
+            .join(name)
+            .is_dir()
+    })
 }

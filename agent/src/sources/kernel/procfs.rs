@@ -60,7 +60,10 @@ mod tests {
         let (_server, _) = listener.accept().unwrap();
         let sockets = established_sockets(std::process::id()).unwrap();
         use std::os::fd::AsRawFd;
-        let found = sockets.iter().find(|s| s.fd == client.as_raw_fd()).expect("client socket");
+        let found = sockets
+            .iter()
+            .find(|s| s.fd == client.as_raw_fd())
+            .expect("client socket");
         assert_eq!(found.peer, listener.local_addr().unwrap());
         assert_eq!(found.local, client.local_addr().unwrap());
     }

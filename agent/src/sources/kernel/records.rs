@@ -121,7 +121,12 @@ pub fn decode(
 mod tests {
     use super::*;
 
-    fn data_record(syscall_pos: u64, syscall_len: u64, chunk_offset: u64, payload: &[u8]) -> Vec<u8> {
+    fn data_record(
+        syscall_pos: u64,
+        syscall_len: u64,
+        chunk_offset: u64,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let header = DataHeader {
             kind: RecordKind::Data as u32,
             direction: Direction::Ingress as u8,
@@ -139,7 +144,10 @@ mod tests {
         };
         // SAFETY: DataHeader is plain repr(C) data without padding.
         let raw = unsafe {
-            std::slice::from_raw_parts((&header as *const DataHeader).cast::<u8>(), size_of::<DataHeader>())
+            std::slice::from_raw_parts(
+                (&header as *const DataHeader).cast::<u8>(),
+                size_of::<DataHeader>(),
+            )
         };
         [raw, payload].concat()
     }
@@ -180,7 +188,10 @@ mod tests {
     fn short_and_unknown_records_are_errors() {
         let mut out = Vec::new();
         assert_eq!(decode(&[1, 0], 4, &mut out), Err(RecordError::Truncated(2)));
-        assert_eq!(decode(&[9, 0, 0, 0], 4, &mut out), Err(RecordError::UnknownKind(9)));
+        assert_eq!(
+            decode(&[9, 0, 0, 0], 4, &mut out),
+            Err(RecordError::UnknownKind(9))
+        );
         let mut short_payload = data_record(0, 5, 0, b"hello");
         short_payload.truncate(short_payload.len() - 1);
         assert!(decode(&short_payload, 4, &mut out).is_err());

@@ -1,0 +1,206 @@
+//! mq-client: a real RocketMQ producer and push consumer for mqtrace's tests.
+//!
+//! mq-client produce NAMESRV TOPIC COUNT [--batch N] [--tag T] [--body-size B]
+//!   sends COUNT messages (in batches of N when given), keys "key-<i>", and prints one JSON
+//!   line per message: {"msg_id","offset_msg_id","queue_id","queue_offset","key","tag"}.
+//! mq-client consume NAMESRV TOPIC GROUP EXPECT TIMEOUT_SECS
+//!   consumes until EXPECT distinct messages arrived (or the timeout), printing one JSON line
+//!   per message: {"msg_id","queue_id","queue_offset","topic","tags","keys","reconsume_times"}.
+#![recursion_limit = "512"]
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use rocketmq_client_rust::{
+    ClientResult, ClientRuntime, ClientRuntimeConfig, ConsumeConcurrentlyContext,
+    ConsumeConcurrentlyStatus, DefaultMQProducer, DefaultMQPushConsumer, MQPushConsumer,
+    MessageListenerConcurrently,
+};
+use rocketmq_model::common::message::{message_ext::MessageExt, message_single::Message};
+use rocketmq_runtime::{RuntimeConfig, RuntimeOwner};
+use serde_json::json;
+
+fn arg(args: &[String], i: usize, what: &str) -> String {
+    args.get(i).cloned().unwrap_or_else(|| {
+        eprintln!("missing {what}; see the usage at the top of tests/peers/rust-client/src/main.rs");
+        std::process::exit(2)
+    })
+}
+
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+struct Runtime {
+    owner: RuntimeOwner,
+    client: Arc<ClientRuntime>,
+    _telemetry: rocketmq_observability::TelemetryRuntimeGuard,
+}
+
+fn runtime(scope: &str) -> Runtime {
+    let owner = RuntimeOwner::plan(RuntimeConfig {
+        thread_name: format!("mq-client-{scope}"),
+        ..Default::default()
+    })
+    .expect("runtime plan")
+    .build()
+    .expect("runtime");
+    let telemetry = rocketmq_observability::install_global(
+        &rocketmq_observability::TelemetryBootstrapConfig::default(),
+    )
+    .expect("telemetry");
+    let client = ClientRuntime::try_new(
+        owner.root_context().component("client"),
+        ClientRuntimeConfig::default(),
+        telemetry.handle(),
+    )
+    .expect("client runtime");
+    Runtime { owner, client, _telemetry: telemetry }
+}
+
+fn message(topic: &str, tag: &str, i: usize, body_size: usize) -> Message {
+    let mut body = format!("mqtrace test message {i} ").into_bytes();
+    body.resize(body_size.max(body.len()), b'x');
+    Message::builder()
+        .topic(topic)
+        .tags(tag)
+        .key(format!("key-{i}"))
+        .body_slice(&body)
+        .build_unchecked()
+}
+
+async fn produce(args: &[String]) -> ClientResult<()> {
+    let namesrv = arg(args, 2, "NAMESRV");
+    let topic = arg(args, 3, "TOPIC");
+    let count: usize = arg(args, 4, "COUNT").parse().expect("COUNT");
+    let batch: usize = flag(args, "--batch").map_or(1, |b| b.parse().expect("--batch"));
+    let tag = flag(args, "--tag").unwrap_or_else(|| "TagA".into());
+    let body_size: usize = flag(args, "--body-size").map_or(64, |b| b.parse().expect("--body-size"));
+    let rt = runtime("producer");
+    let mut producer = DefaultMQProducer::builder(rt.client.clone())
+        .producer_group("mqtrace_test_producer".to_string())
+        .name_server_addr(namesrv)
+        .build();
+    producer.start().await?;
+    let mut i = 0;
+    while i < count {
+        let n = batch.min(count - i);
+        if batch == 1 {
+            let result = producer.send_with_timeout(message(&topic, &tag, i, body_size), 5000).await?;
+            let result = result.expect("synchronous send returns a result");
+            println!(
+                "{}",
+                json!({
+                    "msg_id": result.msg_id.as_ref().map(|m| m.to_string()),
+                    "offset_msg_id": result.offset_msg_id,
+                    "queue_id": result.message_queue.as_ref().map(|q| q.queue_id()),
+                    "queue_offset": result.queue_offset,
+                    "key": format!("key-{i}"),
+                    "tag": tag,
+                })
+            );
+        } else {
+            let messages: Vec<Message> = (i..i + n).map(|j| message(&topic, &tag, j, body_size)).collect();
+            let result = producer.send_batch_with_timeout(messages, 5000).await?;
+            // A batch result carries comma-joined ids, one per message, in order.
+            let ids: Vec<String> = result.msg_id.as_ref().map(|m| m.split(',').map(String::from).collect()).unwrap_or_default();
+            for (k, id) in ids.iter().enumerate() {
+                println!(
+                    "{}",
+                    json!({
+                        "msg_id": id,
+                        "queue_id": result.message_queue.as_ref().map(|q| q.queue_id()),
+                        "queue_offset": result.queue_offset + k as u64,
+                        "key": format!("key-{}", i + k),
+                        "tag": tag,
+                    })
+                );
+            }
+        }
+        i += n;
+    }
+    producer.shutdown().await;
+    rt.client.shutdown().await;
+    let _ = rt.owner.shutdown_tasks().await;
+    Ok(())
+}
+
+struct Collector {
+    seen: Arc<Mutex<HashSet<String>>>,
+}
+
+impl MessageListenerConcurrently for Collector {
+    fn consume_message(
+        &self,
+        msgs: &[&MessageExt],
+        _context: &ConsumeConcurrentlyContext,
+    ) -> ClientResult<ConsumeConcurrentlyStatus> {
+        let mut seen = self.seen.lock().unwrap();
+        for msg in msgs {
+            if seen.insert(msg.msg_id().to_string()) {
+                println!(
+                    "{}",
+                    json!({
+                        "msg_id": msg.msg_id().to_string(),
+                        "topic": msg.topic().to_string(),
+                        "queue_id": msg.queue_id(),
+                        "queue_offset": msg.queue_offset(),
+                        "tags": msg.get_tags().map(|t| t.to_string()),
+                        "reconsume_times": msg.reconsume_times(),
+                    })
+                );
+            }
+        }
+        Ok(ConsumeConcurrentlyStatus::ConsumeSuccess)
+    }
+}
+
+async fn consume(args: &[String]) -> ClientResult<()> {
+    let namesrv = arg(args, 2, "NAMESRV");
+    let topic = arg(args, 3, "TOPIC");
+    let group = arg(args, 4, "GROUP");
+    let expect: usize = arg(args, 5, "EXPECT").parse().expect("EXPECT");
+    let timeout: u64 = arg(args, 6, "TIMEOUT_SECS").parse().expect("TIMEOUT_SECS");
+    let rt = runtime("consumer");
+    let mut consumer = DefaultMQPushConsumer::builder(rt.client.clone())
+        .consumer_group(group)
+        .name_server_addr(namesrv)
+        .build();
+    consumer.subscribe(&topic, "*").await?;
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    consumer.register_message_listener_concurrently(Collector { seen: seen.clone() });
+    consumer.start().await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+    while seen.lock().unwrap().len() < expect && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let the offset commit reach the broker before leaving.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    consumer.shutdown().await;
+    let got = seen.lock().unwrap().len();
+    if got < expect {
+        eprintln!("consumed {got} of {expect} messages before the timeout");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let result = match args.get(1).map(String::as_str) {
+        Some("produce") => produce(&args).await,
+        Some("consume") => consume(&args).await,
+        _ => {
+            eprintln!("usage: mq-client produce|consume ... (see src/main.rs)");
+            std::process::exit(2)
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("mq-client: {e}");
+        std::process::exit(1);
+    }
+}
