@@ -6,5 +6,6 @@
 //! over this library.
 
 pub mod cli;
+pub mod decoder;
 pub mod sources;
 pub mod streams;

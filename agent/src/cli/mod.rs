@@ -1,6 +1,9 @@
 //! Command-line interface. Each subcommand parses its flags and calls the library.
 
+mod replay;
 mod run;
+
+pub use replay::decode_file;
 
 use std::process::ExitCode;
 
@@ -24,6 +27,8 @@ struct Cli {
 enum Command {
     /// Capture live traffic with kernel probes (needs root, or CAP_BPF and CAP_PERFMON).
     Run(run::RunArgs),
+    /// Decode a pcap/pcapng capture offline: no kernel, no privileges.
+    Replay(replay::ReplayArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -36,6 +41,7 @@ pub fn main() -> ExitCode {
         .init();
     let result = match Cli::parse().command {
         Command::Run(args) => run::run(args),
+        Command::Replay(args) => replay::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

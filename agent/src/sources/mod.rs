@@ -2,6 +2,7 @@
 //! produce the same [`SourceEvent`]s, so everything after this stage cannot tell them apart.
 
 pub mod kernel;
+pub mod pcap;
 
 use std::net::SocketAddr;
 

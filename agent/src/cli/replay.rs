@@ -1,0 +1,107 @@
+//! `mqtrace replay FILE`: the same pipeline fed from a capture file instead of the kernel.
+
+use std::{io::Write, path::PathBuf};
+
+use clap::Args;
+
+use crate::{
+    decoder::{DEFAULT_MAX_FRAME, DecodedCommand, DecoderConfig, Decoders},
+    sources::pcap,
+    streams::Streams,
+};
+
+#[derive(Args)]
+pub struct ReplayArgs {
+    /// A pcap or pcapng file, e.g. from `tcpdump -i any -w FILE 'tcp port 10911 or tcp port 9876'`.
+    file: PathBuf,
+    /// Print every decoded command, with the messages inside it, as one JSON object per line.
+    #[arg(long)]
+    commands: bool,
+    /// Frames claiming more bytes than this are taken as garbage.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FRAME)]
+    max_frame: u32,
+}
+
+pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut stdout = stdout.lock();
+    let mut write_error = None;
+    let (pcap, streams, decoders) = decode_file(
+        &args.file,
+        DecoderConfig {
+            max_frame: args.max_frame,
+        },
+        |command| {
+            let line = if args.commands {
+                serde_json::to_string(command).unwrap_or_default()
+            } else {
+                summary(command)
+            };
+            if write_error.is_none() {
+                write_error = writeln!(stdout, "{line}").err();
+            }
+        },
+    )?;
+    if let Some(e) = write_error {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e.into());
+        }
+    }
+    eprintln!(
+        "mqtrace: capture {} | streams {} | decoder {}",
+        serde_json::to_string(&pcap)?,
+        serde_json::to_string(&streams)?,
+        serde_json::to_string(&decoders)?
+    );
+    Ok(())
+}
+
+/// Runs a capture file through sources → streams → decoder, handing each command to `sink`.
+pub fn decode_file(
+    file: &std::path::Path,
+    config: DecoderConfig,
+    mut sink: impl FnMut(&DecodedCommand),
+) -> anyhow::Result<(
+    pcap::PcapCounters,
+    crate::streams::StreamCounters,
+    crate::decoder::DecoderCounters,
+)> {
+    let mut streams = Streams::new();
+    let mut decoders = Decoders::new(config);
+    let (mut stream_events, mut commands) = (Vec::new(), Vec::new());
+    let counters = pcap::replay(file, |event| {
+        streams.push(event, &mut stream_events);
+        for event in stream_events.drain(..) {
+            decoders.push(&event, &mut commands);
+        }
+        commands.drain(..).for_each(|c| sink(&c));
+    })?;
+    Ok((counters, streams.counters, decoders.counters()))
+}
+
+/// One readable line per command.
+fn summary(c: &DecodedCommand) -> String {
+    let name = match (c.command.request(), c.command.response()) {
+        (Some(request), _) => format!("{request:?}"),
+        (_, Some(response)) => format!("{response:?} to {:?}", c.command.request_code),
+        _ => unreachable!("a command is a request or a response"),
+    };
+    let ids: Vec<&str> = c
+        .command
+        .messages
+        .iter()
+        .filter_map(|m| m.msg_id.as_deref())
+        .collect();
+    format!(
+        "conn {} {:?} opaque {} {name} body {}B{}",
+        c.connection.0,
+        c.command.direction,
+        c.command.header.opaque,
+        c.command.body_len,
+        if ids.is_empty() {
+            String::new()
+        } else {
+            format!(" messages {}", ids.join(","))
+        }
+    )
+}

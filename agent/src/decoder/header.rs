@@ -1,0 +1,232 @@
+//! The frame head and the two header serializations (`RemotingCommand.java`,
+//! `RocketMQSerializable.java`).
+
+use std::collections::BTreeMap;
+
+use super::{DecodeError, codes::language_name};
+
+/// Bytes before the header: total length and serialize type with header length.
+pub const HEAD_LEN: usize = 8;
+/// Headers longer than this are taken as garbage: real ones are a few KiB at most.
+pub const MAX_HEADER_LEN: u32 = 1 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SerializeType {
+    Json,
+    Rocketmq,
+}
+
+/// The first eight bytes of every frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHead {
+    /// Bytes after the length field: 4 + header + body.
+    pub length: u32,
+    pub serialize_type: SerializeType,
+    pub header_len: u32,
+}
+
+impl FrameHead {
+    /// Parses and checks a head; `max_frame` bounds the claimed length.
+    pub fn parse(bytes: &[u8; HEAD_LEN], max_frame: u32) -> Result<Self, DecodeError> {
+        let length = u32::from_be_bytes(bytes[0..4].try_into().unwrap());
+        let mark = u32::from_be_bytes(bytes[4..8].try_into().unwrap());
+        let serialize_type = match mark >> 24 {
+            0 => SerializeType::Json,
+            1 => SerializeType::Rocketmq,
+            other => return Err(DecodeError::SerializeType(other as u8)),
+        };
+        let header_len = mark & 0x00FF_FFFF;
+        if length > max_frame {
+            return Err(DecodeError::FrameTooLong {
+                length,
+                max: max_frame,
+            });
+        }
+        if header_len == 0
+            || header_len > MAX_HEADER_LEN
+            || u64::from(header_len) + 4 > u64::from(length)
+        {
+            return Err(DecodeError::HeaderLength { header_len, length });
+        }
+        Ok(Self {
+            length,
+            serialize_type,
+            header_len,
+        })
+    }
+
+    pub fn body_len(&self) -> u64 {
+        u64::from(self.length) - 4 - u64::from(self.header_len)
+    }
+}
+
+/// A decoded header, whichever way it was serialized.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Header {
+    pub code: i32,
+    pub language: String,
+    pub version: i32,
+    pub opaque: i32,
+    pub flag: i32,
+    pub remark: Option<String>,
+    pub ext_fields: BTreeMap<String, String>,
+}
+
+const FLAG_RESPONSE: i32 = 1;
+const FLAG_ONEWAY: i32 = 2;
+
+impl Header {
+    pub fn is_response(&self) -> bool {
+        self.flag & FLAG_RESPONSE != 0
+    }
+
+    pub fn is_oneway(&self) -> bool {
+        self.flag & FLAG_ONEWAY != 0
+    }
+
+    pub fn ext(&self, key: &str) -> Option<&str> {
+        self.ext_fields.get(key).map(String::as_str)
+    }
+
+    pub fn parse(serialize_type: SerializeType, bytes: &[u8]) -> Result<Self, DecodeError> {
+        match serialize_type {
+            SerializeType::Json => parse_json(bytes),
+            SerializeType::Rocketmq => parse_binary(bytes),
+        }
+    }
+}
+
+/// A JSON scalar as the string RocketMQ means by it; null is absent.
+fn json_string(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn json_int(value: Option<&serde_json::Value>) -> i32 {
+    match value {
+        Some(serde_json::Value::Number(n)) => n.as_i64().unwrap_or(0) as i32,
+        Some(serde_json::Value::String(s)) => s.parse().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Keys in any order, unknown keys ignored, nulls tolerated, ext values of any scalar type.
+fn parse_json(bytes: &[u8]) -> Result<Header, DecodeError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|_| DecodeError::JsonHeader)?;
+    let object = value.as_object().ok_or(DecodeError::JsonHeader)?;
+    let code = object.get("code").ok_or(DecodeError::JsonHeader)?;
+    let language = match object.get("language") {
+        Some(serde_json::Value::Number(n)) => {
+            language_name(n.as_u64().unwrap_or(255) as u8).to_string()
+        }
+        Some(other) => json_string(other).unwrap_or_default(),
+        None => String::new(),
+    };
+    let mut ext_fields = BTreeMap::new();
+    if let Some(serde_json::Value::Object(ext)) = object.get("extFields") {
+        for (key, value) in ext {
+            if let Some(value) = json_string(value) {
+                ext_fields.insert(key.clone(), value);
+            }
+        }
+    }
+    Ok(Header {
+        code: json_int(Some(code)),
+        language,
+        version: json_int(object.get("version")),
+        opaque: json_int(object.get("opaque")),
+        flag: json_int(object.get("flag")),
+        remark: object.get("remark").and_then(json_string),
+        ext_fields,
+    })
+}
+
+/// A bounds-checked big-endian reader.
+pub struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes, at: 0 }
+    }
+
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or(DecodeError::Truncated)?;
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    pub fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    pub fn i16(&mut self) -> Result<i16, DecodeError> {
+        Ok(i16::from_be_bytes(self.take(2)?.try_into().unwrap()))
+    }
+    pub fn i32(&mut self) -> Result<i32, DecodeError> {
+        Ok(i32::from_be_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    pub fn i64(&mut self) -> Result<i64, DecodeError> {
+        Ok(i64::from_be_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    pub fn remaining(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+    /// A length-prefixed string; negative or oversized lengths are errors.
+    fn string(&mut self, len: i64) -> Result<String, DecodeError> {
+        let len = usize::try_from(len).map_err(|_| DecodeError::Truncated)?;
+        Ok(String::from_utf8_lossy(self.take(len)?).into_owned())
+    }
+}
+
+fn parse_binary(bytes: &[u8]) -> Result<Header, DecodeError> {
+    let mut r = Reader::new(bytes);
+    let code = i32::from(r.i16()?);
+    let language = r.u8()?;
+    if language > 13 {
+        return Err(DecodeError::BinaryHeader);
+    }
+    let version = i32::from(r.i16()?);
+    let opaque = r.i32()?;
+    let flag = r.i32()?;
+    let remark_len = r.i32()?;
+    let remark = if remark_len > 0 {
+        Some(r.string(remark_len.into())?)
+    } else {
+        None
+    };
+    let ext_len = r.i32()?;
+    let ext_len = usize::try_from(ext_len).map_err(|_| DecodeError::BinaryHeader)?;
+    let mut ext = Reader::new(r.take(ext_len)?);
+    let mut ext_fields = BTreeMap::new();
+    while ext.remaining() > 0 {
+        let key_len = ext.i16()?;
+        let key = ext.string(key_len.into())?;
+        let value_len = ext.i32()?;
+        let value = ext.string(value_len.into())?;
+        ext_fields.insert(key, value);
+    }
+    if r.remaining() != 0 {
+        return Err(DecodeError::BinaryHeader);
+    }
+    Ok(Header {
+        code,
+        language: language_name(language).to_string(),
+        version,
+        opaque,
+        flag,
+        remark,
+        ext_fields,
+    })
+}

@@ -1,0 +1,210 @@
+//! The RocketMQ remoting decoder: sans-IO, pure functions and state machines over bytes. It
+//! turns the two byte streams of a connection into typed commands and the messages inside them.
+//!
+//! Framing (`framer.rs`) → header (`header.rs`) → body (`message.rs` walks the messages of pull,
+//! pop and batch bodies) → typed operations (`operation.rs`). Message bodies are skipped, never
+//! kept: memory per connection is bounded by the largest header and message tail.
+
+pub mod codes;
+mod connections;
+mod framer;
+pub mod header;
+pub mod message;
+pub mod operation;
+mod recognize;
+
+use std::collections::HashMap;
+
+pub use codes::{RequestCode, ResponseCode};
+pub use connections::{DecodedCommand, Decoders};
+pub use framer::Framer;
+pub use header::{Header, SerializeType};
+pub use message::{MessageMeta, Properties};
+pub use recognize::{Recognition, recognize};
+use serde::Serialize;
+
+use crate::sources::Direction;
+
+/// The default bound on a frame's claimed length, as RocketMQ's own.
+pub const DEFAULT_MAX_FRAME: u32 = 16 << 20;
+/// Requests awaiting a response per connection at most; older ones are forgotten.
+const MAX_PENDING: usize = 4096;
+/// JSON bodies (heartbeats, batch acks) are read up to this size.
+const MAX_JSON_BODY: usize = 256 << 10;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("serialize type {0} is neither JSON (0) nor ROCKETMQ (1)")]
+    SerializeType(u8),
+    #[error("frame claims {length} bytes, more than the {max} allowed")]
+    FrameTooLong { length: u32, max: u32 },
+    #[error("header length {header_len} does not fit a frame of {length} bytes")]
+    HeaderLength { header_len: u32, length: u32 },
+    #[error("JSON header is not a RocketMQ header")]
+    JsonHeader,
+    #[error("ROCKETMQ binary header is malformed")]
+    BinaryHeader,
+    #[error("field runs past the end of its container")]
+    Truncated,
+    #[error("stored message has unknown magic {0:#x}")]
+    Magic(i32),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct DecoderConfig {
+    pub max_frame: u32,
+}
+
+impl Default for DecoderConfig {
+    fn default() -> Self {
+        Self {
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+/// One decoded remoting command.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Command {
+    /// Which stream it was read from, seen from the traced process.
+    pub direction: Direction,
+    pub serialize_type: SerializeType,
+    /// For a response: the code of the request it answers, when that request was seen.
+    pub request_code: Option<RequestCode>,
+    pub header: Header,
+    pub body_len: u64,
+    /// Messages found in the body (batch sends, pull and pop responses).
+    pub messages: Vec<MessageMeta>,
+    /// Small JSON bodies (heartbeat, batch ack), parsed.
+    pub body_json: Option<serde_json::Value>,
+    /// Stream positions of the frame's first and last byte.
+    pub start_position: u64,
+    pub end_position: u64,
+    /// Timestamps of the first and last byte.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// Bytes of this frame that were never seen (a gap of known size inside it).
+    pub missing_bytes: u64,
+}
+
+impl Command {
+    pub fn is_response(&self) -> bool {
+        self.header.is_response()
+    }
+    pub fn request(&self) -> Option<RequestCode> {
+        (!self.is_response()).then(|| RequestCode::from_code(self.header.code))
+    }
+    pub fn response(&self) -> Option<ResponseCode> {
+        self.is_response()
+            .then(|| ResponseCode::from_code(self.header.code))
+    }
+}
+
+/// What the decoder could not do, for the agent's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DecoderCounters {
+    pub frames: u64,
+    pub messages: u64,
+    /// Frames whose header was lost or malformed: skipped by their length.
+    pub frames_lost: u64,
+    /// Times the decoder lost the frame boundary and scanned for the next plausible header.
+    pub resyncs: u64,
+    /// Bytes skipped while scanning for a frame header.
+    pub resync_bytes: u64,
+    pub malformed_messages: u64,
+    pub messages_dropped: u64,
+    pub pending_evicted: u64,
+}
+
+/// The decoder of one connection: two framers and the pairing of requests with responses.
+pub struct ConnectionDecoder {
+    framers: [Framer; 2],
+    /// (direction the request was read from, opaque) → request code.
+    pending: HashMap<(Direction, i32), RequestCode>,
+    pub counters: DecoderCounters,
+}
+
+impl ConnectionDecoder {
+    /// `mid_stream`: the streams start at an unknown point (a connection already open when
+    /// capture began): look for a frame boundary first.
+    pub fn new(config: DecoderConfig, mid_stream: bool) -> Self {
+        Self {
+            framers: [
+                Framer::new(config, mid_stream),
+                Framer::new(config, mid_stream),
+            ],
+            pending: HashMap::new(),
+            counters: DecoderCounters::default(),
+        }
+    }
+
+    /// Feeds bytes read from `direction` at stream `position`; appends finished commands.
+    pub fn data(
+        &mut self,
+        direction: Direction,
+        position: u64,
+        bytes: &[u8],
+        timestamp_ns: u64,
+        out: &mut Vec<Command>,
+    ) {
+        let start = out.len();
+        let framer = &mut self.framers[direction as usize];
+        framer.feed(
+            direction,
+            position,
+            bytes,
+            timestamp_ns,
+            &self.pending,
+            &mut self.counters,
+            out,
+        );
+        self.settle(start, out);
+    }
+
+    /// `length` bytes of `direction` at `position` were never seen.
+    pub fn gap(
+        &mut self,
+        direction: Direction,
+        position: u64,
+        length: u64,
+        out: &mut Vec<Command>,
+    ) {
+        let start = out.len();
+        self.framers[direction as usize].gap(direction, position, length, &mut self.counters, out);
+        self.settle(start, out);
+    }
+
+    /// Records new requests and resolves responses for the commands appended since `start`.
+    fn settle(&mut self, start: usize, out: &mut [Command]) {
+        for command in &mut out[start..] {
+            self.counters.frames += 1;
+            self.counters.messages += command.messages.len() as u64;
+            let opaque = command.header.opaque;
+            if command.is_response() {
+                let request_direction = opposite(command.direction);
+                if let Some(code) = self.pending.remove(&(request_direction, opaque)) {
+                    command.request_code = Some(code);
+                }
+            } else if !command.header.is_oneway() {
+                if self.pending.len() >= MAX_PENDING {
+                    self.counters.pending_evicted += self.pending.len() as u64;
+                    self.pending.clear();
+                }
+                self.pending.insert(
+                    (command.direction, opaque),
+                    RequestCode::from_code(command.header.code),
+                );
+            }
+        }
+    }
+}
+
+pub fn opposite(direction: Direction) -> Direction {
+    match direction {
+        Direction::Egress => Direction::Ingress,
+        Direction::Ingress => Direction::Egress,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,42 @@
+//! Telling RocketMQ remoting apart from other protocols by a connection's first bytes, without
+//! ports: the agent stops copying connections that are not RocketMQ.
+
+use super::{
+    DEFAULT_MAX_FRAME,
+    framer::{Plausible, plausible},
+    header::HEAD_LEN,
+};
+
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Recognition {
+    /// A remoting frame head followed by a header that decodes.
+    Remoting,
+    /// HTTP/2 (RocketMQ 5 gRPC proxies speak it, and so does much else).
+    Http2,
+    /// Not RocketMQ remoting.
+    Other,
+    /// Not enough bytes yet to tell.
+    NeedMore,
+}
+
+/// Classifies the first bytes a client sent on a connection.
+pub fn recognize(prefix: &[u8]) -> Recognition {
+    let preface_len = prefix.len().min(HTTP2_PREFACE.len());
+    if prefix[..preface_len] == HTTP2_PREFACE[..preface_len] && !prefix.is_empty() {
+        return if prefix.len() >= HTTP2_PREFACE.len() {
+            Recognition::Http2
+        } else {
+            Recognition::NeedMore
+        };
+    }
+    if prefix.len() < HEAD_LEN {
+        return Recognition::NeedMore;
+    }
+    match plausible(prefix, DEFAULT_MAX_FRAME) {
+        Plausible::Yes => Recognition::Remoting,
+        Plausible::NeedMore => Recognition::NeedMore,
+        Plausible::No => Recognition::Other,
+    }
+}

@@ -1,0 +1,572 @@
+//! Decoder tests on frames built from the wire reference (`shared/rocketmq-wire.md`); real
+//! captures are tested in `agent/tests/replay_captures.rs`.
+
+use std::net::SocketAddr;
+
+use proptest::prelude::*;
+
+use super::{operation::Operation, *};
+
+pub fn json_frame(code: i32, flag: i32, opaque: i32, ext: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let ext: serde_json::Map<String, serde_json::Value> = ext
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+        .collect();
+    let header = serde_json::json!({
+        "code": code, "flag": flag, "opaque": opaque, "language": "JAVA", "version": 453,
+        "remark": null, "extFields": ext, "serializeTypeCurrentRPC": "JSON"
+    });
+    frame(0, &serde_json::to_vec(&header).unwrap(), body)
+}
+
+fn frame(serialize_type: u8, header: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&((4 + header.len() + body.len()) as u32).to_be_bytes());
+    out.extend_from_slice(&((u32::from(serialize_type) << 24) | header.len() as u32).to_be_bytes());
+    out.extend_from_slice(header);
+    out.extend_from_slice(body);
+    out
+}
+
+fn binary_frame(code: i16, flag: i32, opaque: i32, ext: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(&code.to_be_bytes());
+    h.push(12); // RUST
+    h.extend_from_slice(&317i16.to_be_bytes());
+    h.extend_from_slice(&opaque.to_be_bytes());
+    h.extend_from_slice(&flag.to_be_bytes());
+    h.extend_from_slice(&0i32.to_be_bytes());
+    let mut e = Vec::new();
+    for (k, v) in ext {
+        e.extend_from_slice(&(k.len() as i16).to_be_bytes());
+        e.extend_from_slice(k.as_bytes());
+        e.extend_from_slice(&(v.len() as i32).to_be_bytes());
+        e.extend_from_slice(v.as_bytes());
+    }
+    h.extend_from_slice(&(e.len() as i32).to_be_bytes());
+    h.extend_from_slice(&e);
+    frame(1, &h, body)
+}
+
+pub fn properties(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}\u{1}{v}\u{2}"))
+        .collect()
+}
+
+/// A stored message as `MessageDecoder.encode` lays it out.
+pub fn stored_message(
+    v2: bool,
+    store: SocketAddr,
+    queue_offset: i64,
+    physical: i64,
+    topic: &str,
+    props: &str,
+    body: &[u8],
+) -> Vec<u8> {
+    let v6 = store.is_ipv6();
+    let sys_flag: i32 = if v6 { 0x10 | 0x20 } else { 0 };
+    let host = |a: SocketAddr| -> Vec<u8> {
+        let mut v = match a.ip() {
+            std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
+            std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
+        };
+        v.extend_from_slice(&i32::from(a.port()).to_be_bytes());
+        v
+    };
+    let mut m = Vec::new();
+    m.extend_from_slice(&0i32.to_be_bytes()); // total, patched below
+    m.extend_from_slice(&(if v2 { 0xDAA320ABu32 } else { 0xDAA320A7u32 }).to_be_bytes());
+    m.extend_from_slice(&0i32.to_be_bytes()); // body crc
+    m.extend_from_slice(&3i32.to_be_bytes()); // queue id
+    m.extend_from_slice(&0i32.to_be_bytes()); // flag
+    m.extend_from_slice(&queue_offset.to_be_bytes());
+    m.extend_from_slice(&physical.to_be_bytes());
+    m.extend_from_slice(&sys_flag.to_be_bytes());
+    m.extend_from_slice(&1_700_000_000_000i64.to_be_bytes());
+    m.extend_from_slice(&host(store));
+    m.extend_from_slice(&1_700_000_000_123i64.to_be_bytes());
+    m.extend_from_slice(&host(store));
+    m.extend_from_slice(&2i32.to_be_bytes()); // reconsume times
+    m.extend_from_slice(&0i64.to_be_bytes());
+    m.extend_from_slice(&(body.len() as i32).to_be_bytes());
+    m.extend_from_slice(body);
+    if v2 {
+        m.extend_from_slice(&(topic.len() as i16).to_be_bytes());
+    } else {
+        m.push(topic.len() as u8);
+    }
+    m.extend_from_slice(topic.as_bytes());
+    m.extend_from_slice(&(props.len() as i16).to_be_bytes());
+    m.extend_from_slice(props.as_bytes());
+    let total = m.len() as i32;
+    m[..4].copy_from_slice(&total.to_be_bytes());
+    m
+}
+
+fn batch_message(props: &str, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::new();
+    let total = 20 + body.len() + 2 + props.len();
+    m.extend_from_slice(&(total as i32).to_be_bytes());
+    m.extend_from_slice(&0i32.to_be_bytes());
+    m.extend_from_slice(&0i32.to_be_bytes());
+    m.extend_from_slice(&0i32.to_be_bytes());
+    m.extend_from_slice(&(body.len() as i32).to_be_bytes());
+    m.extend_from_slice(body);
+    m.extend_from_slice(&(props.len() as i16).to_be_bytes());
+    m.extend_from_slice(props.as_bytes());
+    m
+}
+
+fn decode(stream: &[(Direction, &[u8])]) -> (Vec<Command>, DecoderCounters) {
+    let mut decoder = ConnectionDecoder::new(DecoderConfig::default(), false);
+    let mut positions = [0u64; 2];
+    let mut out = Vec::new();
+    for (direction, bytes) in stream {
+        decoder.data(
+            *direction,
+            positions[*direction as usize],
+            bytes,
+            1,
+            &mut out,
+        );
+        positions[*direction as usize] += bytes.len() as u64;
+    }
+    (out, decoder.counters)
+}
+
+const UP: Direction = Direction::Egress;
+const DOWN: Direction = Direction::Ingress;
+
+fn pull_pair(messages: &[Vec<u8>]) -> (Vec<u8>, Vec<u8>) {
+    let request = json_frame(
+        11,
+        0,
+        7,
+        &[
+            ("consumerGroup", "g"),
+            ("topic", "T"),
+            ("queueId", "3"),
+            ("queueOffset", "0"),
+        ],
+        b"",
+    );
+    let body = messages.concat();
+    let response = json_frame(0, 1, 7, &[("nextBeginOffset", "2")], &body);
+    (request, response)
+}
+
+#[test]
+fn send_v2_with_one_letter_keys() {
+    let props = properties(&[
+        ("UNIQ_KEY", "AC1100017F0018B4AAC2"),
+        ("TAGS", "TagA"),
+        ("KEYS", "k1 k2"),
+        ("DELAY", "3"),
+    ]);
+    let frame = json_frame(
+        310,
+        0,
+        1,
+        &[
+            ("a", "pg"),
+            ("b", "orders"),
+            ("e", "2"),
+            ("g", "1700000000000"),
+            ("i", &props),
+        ],
+        b"hello",
+    );
+    let (commands, _) = decode(&[(UP, &frame)]);
+    let Operation::Send(send) = operation::interpret(&commands[0]) else {
+        panic!("not a send")
+    };
+    assert_eq!(send.producer_group.as_deref(), Some("pg"));
+    let m = &send.messages[0];
+    assert_eq!(m.msg_id.as_deref(), Some("AC1100017F0018B4AAC2"));
+    assert_eq!(
+        (m.topic.as_deref(), m.queue_id, m.body_len),
+        (Some("orders"), Some(2), 5)
+    );
+    assert_eq!(m.tags(), Some("TagA"));
+    assert_eq!(m.keys(), vec!["k1", "k2"]);
+    assert_eq!(m.properties.delay_level(), Some(3));
+}
+
+#[test]
+fn send_result_pairs_with_its_request() {
+    let request = json_frame(
+        10,
+        0,
+        42,
+        &[
+            ("topic", "T"),
+            ("properties", &properties(&[("UNIQ_KEY", "X")])),
+        ],
+        b"b",
+    );
+    let response = json_frame(
+        0,
+        1,
+        42,
+        &[
+            ("msgId", "7F0000010000283F0000000000000010"),
+            ("queueId", "1"),
+            ("queueOffset", "9"),
+        ],
+        b"",
+    );
+    let (commands, _) = decode(&[(UP, &request), (DOWN, &response)]);
+    assert_eq!(commands[1].request_code, Some(RequestCode::SendMessage));
+    let Operation::SendResult(result) = operation::interpret(&commands[1]) else {
+        panic!()
+    };
+    assert_eq!(
+        result.offset_msg_ids,
+        vec!["7F0000010000283F0000000000000010"]
+    );
+    assert_eq!(
+        (result.queue_id, result.queue_offset, result.status),
+        (Some(1), Some(9), Some(ResponseCode::Success))
+    );
+}
+
+#[test]
+fn batch_send_reports_every_inner_message() {
+    let body: Vec<u8> = (0..3)
+        .flat_map(|i| {
+            batch_message(
+                &properties(&[
+                    ("UNIQ_KEY", &format!("ID{i}")),
+                    ("KEYS", &format!("key-{i}")),
+                ]),
+                b"body",
+            )
+        })
+        .collect();
+    let frame = json_frame(320, 0, 5, &[("b", "T"), ("e", "1"), ("m", "true")], &body);
+    let (commands, _) = decode(&[(UP, &frame)]);
+    let Operation::Send(send) = operation::interpret(&commands[0]) else {
+        panic!()
+    };
+    let ids: Vec<_> = send
+        .messages
+        .iter()
+        .map(|m| m.msg_id.clone().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["ID0", "ID1", "ID2"]);
+    assert!(
+        send.messages
+            .iter()
+            .all(|m| m.topic.as_deref() == Some("T") && m.body_len == 4)
+    );
+}
+
+#[test]
+fn pull_response_every_message_v1_v2_ipv4_ipv6() {
+    let v4: SocketAddr = "127.0.0.1:10911".parse().unwrap();
+    let v6: SocketAddr = "[::1]:10911".parse().unwrap();
+    let messages = vec![
+        stored_message(
+            false,
+            v4,
+            0,
+            100,
+            "T",
+            &properties(&[("UNIQ_KEY", "A"), ("TAGS", "x")]),
+            &[1; 1024],
+        ),
+        stored_message(
+            true,
+            v6,
+            1,
+            200,
+            "T",
+            &properties(&[("UNIQ_KEY", "B")]),
+            &[2; 10],
+        ),
+    ];
+    let (request, response) = pull_pair(&messages);
+    let (commands, counters) = decode(&[(UP, &request), (DOWN, &response)]);
+    let Operation::Pulled(pulled) = operation::interpret(&commands[1]) else {
+        panic!()
+    };
+    assert_eq!(pulled.messages.len(), 2);
+    let (a, b) = (&pulled.messages[0], &pulled.messages[1]);
+    assert_eq!(
+        (
+            a.msg_id.as_deref(),
+            a.queue_id,
+            a.queue_offset,
+            a.reconsume_times
+        ),
+        (Some("A"), Some(3), Some(0), Some(2))
+    );
+    assert_eq!(
+        a.offset_msg_id.as_deref(),
+        Some("7F00000100002A9F0000000000000064")
+    );
+    assert_eq!(
+        (a.store_host, a.body_len, a.tags()),
+        (Some(v4), 1024, Some("x"))
+    );
+    assert_eq!(
+        (b.msg_id.as_deref(), b.store_host, b.physical_offset),
+        (Some("B"), Some(v6), Some(200))
+    );
+    assert_eq!(
+        b.offset_msg_id.as_deref(),
+        Some("0000000000000000000000000000000100002A9F00000000000000C8")
+    );
+    assert_eq!(counters.messages, 2);
+}
+
+#[test]
+fn frames_split_anywhere_and_packed_together_decode_the_same() {
+    let (request, response) = pull_pair(&[stored_message(
+        false,
+        "10.0.0.1:10911".parse().unwrap(),
+        5,
+        6,
+        "T",
+        &properties(&[("UNIQ_KEY", "Z")]),
+        b"x",
+    )]);
+    let (whole, _) = decode(&[(UP, &request), (DOWN, &response)]);
+    for split in 1..response.len() {
+        let (a, b) = response.split_at(split);
+        let (pieces, _) = decode(&[(UP, &request), (DOWN, a), (DOWN, b)]);
+        assert_eq!(pieces, whole, "split at {split}");
+    }
+    let two = [request.clone(), request.clone()].concat();
+    let (packed, _) = decode(&[(UP, &two)]);
+    assert_eq!(packed.len(), 2);
+}
+
+#[test]
+fn binary_header_and_null_tolerant_json() {
+    let frame = binary_frame(34, 0, 77, &[("k", "v")], b"");
+    let (commands, _) = decode(&[(UP, &frame)]);
+    assert_eq!(commands[0].serialize_type, SerializeType::Rocketmq);
+    assert_eq!(
+        (
+            commands[0].header.code,
+            commands[0].header.opaque,
+            commands[0].header.language.as_str()
+        ),
+        (34, 77, "RUST")
+    );
+    assert_eq!(commands[0].header.ext("k"), Some("v"));
+    // Key order, nulls, numbers where strings are expected, unknown keys: all tolerated.
+    let header = br#"{"extFields":{"queueId":3,"topic":null},"remark":"Some(Found)","opaque":9,"flag":1,"unknown":[1],"code":0}"#;
+    let (commands, _) = decode(&[(DOWN, &frame_json(header))]);
+    assert_eq!(commands[0].header.ext("queueId"), Some("3"));
+    assert_eq!(commands[0].header.ext("topic"), None);
+    assert!(commands[0].is_response());
+}
+
+fn frame_json(header: &[u8]) -> Vec<u8> {
+    frame(0, header, b"")
+}
+
+#[test]
+fn gap_inside_a_body_keeps_the_message_metadata() {
+    let (request, response) = pull_pair(&[stored_message(
+        false,
+        "127.0.0.1:1".parse().unwrap(),
+        1,
+        2,
+        "T",
+        &properties(&[("UNIQ_KEY", "KEEP")]),
+        &[0; 4000],
+    )]);
+    let mut decoder = ConnectionDecoder::new(DecoderConfig::default(), false);
+    let mut out = Vec::new();
+    decoder.data(UP, 0, &request, 0, &mut out);
+    // Lose 3000 body bytes in the middle of the message body.
+    let body_at = response.len() - 4000 - 2 - 2 - 14 + 100;
+    decoder.data(DOWN, 0, &response[..body_at], 0, &mut out);
+    decoder.gap(DOWN, body_at as u64, 3000, &mut out);
+    decoder.data(
+        DOWN,
+        body_at as u64 + 3000,
+        &response[body_at + 3000..],
+        0,
+        &mut out,
+    );
+    assert_eq!(out[1].missing_bytes, 3000);
+    assert_eq!(out[1].messages[0].msg_id.as_deref(), Some("KEEP"));
+    // The next frame decodes normally.
+    decoder.data(UP, request.len() as u64, &request, 0, &mut out);
+    assert_eq!(out.len(), 3);
+}
+
+#[test]
+fn gap_in_a_header_skips_the_frame_by_its_length() {
+    let first = json_frame(34, 0, 1, &[("x", "y")], b"");
+    let second = json_frame(34, 0, 2, &[], b"");
+    let mut decoder = ConnectionDecoder::new(DecoderConfig::default(), false);
+    let mut out = Vec::new();
+    decoder.data(UP, 0, &first[..12], 0, &mut out);
+    decoder.gap(UP, 12, 5, &mut out);
+    decoder.data(UP, 17, &first[17..], 0, &mut out);
+    decoder.data(UP, first.len() as u64, &second, 0, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].header.opaque, 2);
+    assert_eq!(decoder.counters.frames_lost, 1);
+}
+
+#[test]
+fn mid_stream_start_resynchronises_on_the_next_frame() {
+    let frame = json_frame(11, 0, 3, &[("topic", "T")], b"");
+    let garbage = b"\x00garbage tail of an earlier frame";
+    let stream = [&garbage[..], &frame, &frame].concat();
+    let mut decoder = ConnectionDecoder::new(DecoderConfig::default(), true);
+    let mut out = Vec::new();
+    decoder.data(UP, 0, &stream, 0, &mut out);
+    assert_eq!(out.len(), 2);
+    assert_eq!(
+        decoder.counters.resyncs, 0,
+        "a mid-stream start is not a resync"
+    );
+    assert_eq!(decoder.counters.resync_bytes, garbage.len() as u64);
+}
+
+#[test]
+fn huge_length_is_refused_and_the_stream_recovers() {
+    let mut bad = vec![0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 20];
+    bad.extend_from_slice(&json_frame(34, 0, 8, &[], b""));
+    let (commands, counters) = decode(&[(UP, &bad)]);
+    assert_eq!(commands.len(), 1);
+    assert_eq!(commands[0].header.opaque, 8);
+    assert_eq!(counters.resyncs, 1);
+}
+
+#[test]
+fn pop_ack_and_change_invisible_time_from_the_wire_reference() {
+    let pop = json_frame(
+        200050,
+        0,
+        1,
+        &[
+            ("consumerGroup", "g"),
+            ("topic", "T"),
+            ("queueId", "-1"),
+            ("maxMsgNums", "32"),
+            ("invisibleTime", "60000"),
+        ],
+        b"",
+    );
+    let popped = json_frame(
+        0,
+        1,
+        1,
+        &[],
+        &stored_message(
+            true,
+            "127.0.0.1:10911".parse().unwrap(),
+            4,
+            8,
+            "T",
+            &properties(&[("UNIQ_KEY", "P")]),
+            b"b",
+        ),
+    );
+    let ack = json_frame(
+        200051,
+        0,
+        2,
+        &[
+            ("consumerGroup", "g"),
+            ("topic", "T"),
+            ("queueId", "1"),
+            ("offset", "4"),
+            ("extraInfo", "0 1 2"),
+        ],
+        b"",
+    );
+    let nack = json_frame(
+        200053,
+        0,
+        3,
+        &[
+            ("consumerGroup", "g"),
+            ("topic", "T"),
+            ("queueId", "1"),
+            ("offset", "4"),
+            ("invisibleTime", "5000"),
+        ],
+        b"",
+    );
+    let (commands, _) = decode(&[(UP, &pop), (DOWN, &popped), (UP, &ack), (UP, &nack)]);
+    let ops: Vec<_> = commands.iter().map(operation::interpret).collect();
+    assert!(matches!(&ops[0], Operation::Pop(p) if p.max_msg_nums == Some(32)));
+    assert!(
+        matches!(&ops[1], Operation::Pulled(p) if p.messages[0].msg_id.as_deref() == Some("P") && p.messages[0].queue_offset == Some(4))
+    );
+    assert!(matches!(&ops[2], Operation::Ack(a) if a.offset == Some(4) && a.queue_id == Some(1)));
+    assert!(
+        matches!(&ops[3], Operation::ChangeInvisibleTime(a) if a.invisible_time_ms == Some(5000))
+    );
+}
+
+#[test]
+fn recognition_by_first_bytes() {
+    assert_eq!(
+        recognize(&json_frame(105, 0, 1, &[], b"")),
+        Recognition::Remoting
+    );
+    assert_eq!(
+        recognize(&binary_frame(34, 0, 1, &[], b"")),
+        Recognition::Remoting
+    );
+    assert_eq!(
+        recognize(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+        Recognition::Http2
+    );
+    assert_eq!(
+        recognize(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+        Recognition::Other
+    );
+    assert_eq!(recognize(b"\x00\x00"), Recognition::NeedMore);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Arbitrary bytes, arbitrary splits and gaps: never a panic.
+    #[test]
+    fn arbitrary_input_never_panics(data in proptest::collection::vec(any::<u8>(), 0..4096), cuts in proptest::collection::vec((any::<u16>(), 0u16..64), 0..8), mid in any::<bool>()) {
+        let mut decoder = ConnectionDecoder::new(DecoderConfig::default(), mid);
+        let mut out = Vec::new();
+        let mut at = 0usize;
+        let mut position = 0u64;
+        for (cut, gap) in cuts {
+            let end = (at + cut as usize % 512).min(data.len());
+            decoder.data(UP, position, &data[at..end], 0, &mut out);
+            position += (end - at) as u64;
+            decoder.gap(UP, position, u64::from(gap), &mut out);
+            position += u64::from(gap);
+            at = end;
+        }
+        decoder.data(UP, position, &data[at..], 0, &mut out);
+    }
+
+    /// Real frames, mutated: bytes flipped, truncated, garbage prepended; never a panic, and
+    /// the untouched frames after the damage still decode.
+    #[test]
+    fn mutated_frames_never_panic(flips in proptest::collection::vec((any::<u16>(), any::<u8>()), 0..6), cut in any::<u16>(), garbage in proptest::collection::vec(any::<u8>(), 0..32)) {
+        let (request, response) = pull_pair(&[stored_message(true, "127.0.0.1:10911".parse().unwrap(), 1, 2, "T", &properties(&[("UNIQ_KEY", "M")]), b"body")]);
+        let mut damaged = [garbage, response.clone()].concat();
+        for (at, value) in flips {
+            let len = damaged.len();
+            damaged[at as usize % len] ^= value;
+        }
+        damaged.truncate(damaged.len() - cut as usize % 16);
+        let mut decoder = ConnectionDecoder::new(DecoderConfig::default(), true);
+        let mut out = Vec::new();
+        decoder.data(UP, 0, &request, 0, &mut out);
+        decoder.data(DOWN, 0, &damaged, 0, &mut out);
+    }
+}
