@@ -2,6 +2,7 @@
 
 use core::{ffi::c_void, mem::size_of};
 
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::helpers::{
     bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
     generated::bpf_loop,
@@ -169,6 +170,19 @@ extern "C" fn copy_iovec(index: u64, walk: *mut c_void) -> i64 {
     0
 }
 
+/// Waking the reader for every record costs a context switch per syscall; the agent polls on
+/// a short timer instead, and is woken only once a backlog builds up.
+const WAKEUP_BACKLOG: u64 = 256 * 1024;
+
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    if RECORDS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BACKLOG {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
 /// Copies `len` user bytes at `src` into this CPU's scratch record, whose header copy_out
 /// filled, and outputs header plus payload. False when the bytes could not be read: the rest
 /// of the segment is then left out, and the gap shows at the next record.
@@ -199,7 +213,7 @@ fn emit(src: u64, len: usize, chunk_offset: u64) -> bool {
     let Some(bytes) = bytes.get(..HEADER_SIZE + len) else {
         return false;
     };
-    if RECORDS.output::<[u8]>(bytes, 0).is_ok() {
+    if RECORDS.output::<[u8]>(bytes, wakeup_flags()).is_ok() {
         count(Counter::RecordsEmitted, 1);
         count(Counter::BytesCopied, len as u64);
     } else {

@@ -2,10 +2,11 @@
 //!
 //! Data flows one way through the stages, one module each:
 //! [`sources`] (kernel capture, pcap replay) → [`streams`] (ordered bytes per connection and
-//! direction) → decoder → correlation → spans → exporters. The `mqtrace` binary is a thin CLI
-//! over this library.
+//! direction) → [`decoder`] (RocketMQ commands and the messages in them) → correlation → spans →
+//! exporters. [`pipeline`] wires the stages; the `mqtrace` binary is a thin CLI over it all.
 
 pub mod cli;
 pub mod decoder;
+pub mod pipeline;
 pub mod sources;
 pub mod streams;

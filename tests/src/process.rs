@@ -48,6 +48,20 @@ impl Driven {
         }
     }
 
+    /// Reads lines until one starts with `prefix`, and returns the rest of it.
+    pub fn read_value(&mut self, prefix: &str) -> anyhow::Result<String> {
+        let mut buf = String::new();
+        loop {
+            buf.clear();
+            if self.stdout.read_line(&mut buf)? == 0 {
+                bail!("child {} exited before saying {prefix:?}", self.pid());
+            }
+            if let Some(rest) = buf.trim_end().strip_prefix(prefix) {
+                return Ok(rest.trim().to_string());
+            }
+        }
+    }
+
     pub fn say(&mut self, line: &str) -> anyhow::Result<()> {
         writeln!(self.stdin, "{line}")?;
         self.stdin.flush()?;

@@ -3,8 +3,6 @@
 mod replay;
 mod run;
 
-pub use replay::decode_file;
-
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

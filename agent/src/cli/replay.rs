@@ -5,9 +5,8 @@ use std::{io::Write, path::PathBuf};
 use clap::Args;
 
 use crate::{
-    decoder::{DEFAULT_MAX_FRAME, DecodedCommand, DecoderConfig, Decoders},
-    sources::pcap,
-    streams::Streams,
+    decoder::{DEFAULT_MAX_FRAME, DecodedCommand, DecoderConfig},
+    pipeline::decode_capture,
 };
 
 #[derive(Args)]
@@ -26,7 +25,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut stdout = stdout.lock();
     let mut write_error = None;
-    let (pcap, streams, decoders) = decode_file(
+    let (pcap, streams, decoders) = decode_capture(
         &args.file,
         DecoderConfig {
             max_frame: args.max_frame,
@@ -42,10 +41,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
             }
         },
     )?;
-    if let Some(e) = write_error {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            return Err(e.into());
-        }
+    if let Some(e) = write_error
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        return Err(e.into());
     }
     eprintln!(
         "mqtrace: capture {} | streams {} | decoder {}",
@@ -54,29 +53,6 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         serde_json::to_string(&decoders)?
     );
     Ok(())
-}
-
-/// Runs a capture file through sources → streams → decoder, handing each command to `sink`.
-pub fn decode_file(
-    file: &std::path::Path,
-    config: DecoderConfig,
-    mut sink: impl FnMut(&DecodedCommand),
-) -> anyhow::Result<(
-    pcap::PcapCounters,
-    crate::streams::StreamCounters,
-    crate::decoder::DecoderCounters,
-)> {
-    let mut streams = Streams::new();
-    let mut decoders = Decoders::new(config);
-    let (mut stream_events, mut commands) = (Vec::new(), Vec::new());
-    let counters = pcap::replay(file, |event| {
-        streams.push(event, &mut stream_events);
-        for event in stream_events.drain(..) {
-            decoders.push(&event, &mut commands);
-        }
-        commands.drain(..).for_each(|c| sink(&c));
-    })?;
-    Ok((counters, streams.counters, decoders.counters()))
 }
 
 /// One readable line per command.

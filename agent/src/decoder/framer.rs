@@ -20,7 +20,7 @@ const RESYNC_WINDOW: usize = RESYNC_MAX_HEADER as usize + HEAD_LEN;
 enum Body {
     Count,
     Json { bytes: Vec<u8>, overflow: bool },
-    Messages(MessageWalker),
+    Messages(Box<MessageWalker>),
 }
 
 impl Body {
@@ -218,63 +218,56 @@ impl Framer {
             return;
         }
         // Everything from where this framer stands to the gap's end is missing.
-        let gap_start = self.position;
-        let mut length = end - gap_start;
+        let length = end - self.position;
         self.position = end;
-        loop {
-            match &mut self.state {
-                State::Body(frame) => {
-                    let in_frame = length.min(frame.body_remaining);
-                    frame.body.skip(in_frame);
-                    frame.missing += in_frame;
-                    frame.body_remaining -= in_frame;
-                    length -= in_frame;
-                    self.finish_if_done(direction, 0, out);
-                    if length == 0 {
-                        return;
-                    }
-                    // The gap runs past the frame: whatever follows starts at an unknown point.
-                }
-                State::Header(head) => {
-                    // The header is lost: skip the frame by its length.
-                    let frame_end = self.frame_start + 4 + u64::from(head.length);
-                    counters.frames_lost += 1;
-                    self.buf.clear();
-                    if end < frame_end {
-                        self.state = State::Skip {
-                            remaining: frame_end - end,
-                        };
-                        return;
-                    }
-                    length = end - frame_end.max(gap_start);
-                    self.state = State::Head;
-                    if length == 0 {
-                        return;
-                    }
-                }
-                State::Skip { remaining } => {
-                    if length < *remaining {
-                        *remaining -= length;
-                        return;
-                    }
-                    length -= *remaining;
-                    self.state = State::Head;
-                    if length == 0 {
-                        return;
-                    }
-                }
-                State::Head if self.buf.is_empty() => {}
-                State::Head => counters.frames_lost += 1,
-                State::Resync => {
-                    // Bytes before the gap cannot join bytes after it.
-                    self.buf.clear();
-                    return;
-                }
+        // Whether the gap runs past a frame boundary into frames of unknown length.
+        let beyond_boundary = match &mut self.state {
+            State::Body(frame) => {
+                let in_frame = length.min(frame.body_remaining);
+                frame.body.skip(in_frame);
+                frame.missing += in_frame;
+                frame.body_remaining -= in_frame;
+                self.finish_if_done(direction, 0, out);
+                length > in_frame
             }
-            // Frames of unknown length lie inside the gap.
+            State::Header(head) => {
+                // The header is lost: skip the frame by its length.
+                let frame_end = self.frame_start + 4 + u64::from(head.length);
+                counters.frames_lost += 1;
+                self.buf.clear();
+                self.state = if end < frame_end {
+                    State::Skip {
+                        remaining: frame_end - end,
+                    }
+                } else {
+                    State::Head
+                };
+                end > frame_end
+            }
+            State::Skip { remaining } => {
+                let beyond = length > *remaining;
+                if length < *remaining {
+                    *remaining -= length;
+                } else {
+                    self.state = State::Head;
+                }
+                beyond
+            }
+            State::Head => {
+                if !self.buf.is_empty() {
+                    counters.frames_lost += 1;
+                }
+                true
+            }
+            State::Resync => {
+                // Bytes before the gap cannot join bytes after it.
+                self.buf.clear();
+                false
+            }
+        };
+        if beyond_boundary {
             self.start_resync(counters);
             self.buf.clear();
-            return;
         }
     }
 
@@ -420,14 +413,18 @@ fn body_for(
         let found = ResponseCode::from_code(header.code) == ResponseCode::Success;
         return match request {
             Some(code) if found && code.returns_messages() => {
-                Body::Messages(MessageWalker::new(Layout::Stored))
+                Body::Messages(Box::new(MessageWalker::new(Layout::Stored)))
             }
             _ => Body::Count,
         };
     }
     match RequestCode::from_code(header.code) {
-        RequestCode::SendBatchMessage => Body::Messages(MessageWalker::new(Layout::Batch)),
-        RequestCode::ConsumeMessageDirectly => Body::Messages(MessageWalker::new(Layout::Stored)),
+        RequestCode::SendBatchMessage => {
+            Body::Messages(Box::new(MessageWalker::new(Layout::Batch)))
+        }
+        RequestCode::ConsumeMessageDirectly => {
+            Body::Messages(Box::new(MessageWalker::new(Layout::Stored)))
+        }
         RequestCode::HeartBeat | RequestCode::BatchAckMessage => Body::Json {
             bytes: Vec::new(),
             overflow: false,

@@ -7,6 +7,7 @@
 
 pub mod codes;
 mod connections;
+pub mod encode;
 mod framer;
 pub mod header;
 pub mod message;

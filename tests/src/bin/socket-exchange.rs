@@ -2,6 +2,7 @@
 //! syscall family, in steps the test drives over stdin/stdout.
 //!
 //! usage: socket-exchange all|phases|cap SEED
+//!        socket-exchange echo ROUNDS   (64-byte round trips; prints "elapsed_ns N")
 
 use std::{
     io::{BufRead, Write},
@@ -190,6 +191,22 @@ fn main() {
             say("phase1");
             wait_for("go2");
             run_plan(&phase_plan(seed, 2), &existing);
+        }
+        "echo" => {
+            // One thread does all four syscalls of a round trip: loopback TCP delivers within
+            // the sender's syscall, so each read finds its data and the measure is the
+            // syscalls' own cost, not scheduler wake-ups. The seed argument is the round count.
+            let (client, server) = connected_pair();
+            let (client_fd, server_fd) = (client.as_raw_fd(), server.as_raw_fd());
+            let message = [42u8; 64];
+            let started = std::time::Instant::now();
+            for _ in 0..seed {
+                send_all(client_fd, Family::WriteRead, &message, usize::MAX);
+                let request = recv_exact(server_fd, Family::WriteRead, 64);
+                send_all(server_fd, Family::WriteRead, &request, usize::MAX);
+                recv_exact(client_fd, Family::WriteRead, 64);
+            }
+            say(&format!("elapsed_ns {}", started.elapsed().as_nanos()));
         }
         "cap" => {
             let (big, small) = cap_plan(seed);

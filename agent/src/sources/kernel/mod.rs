@@ -57,6 +57,10 @@ const ATTACHMENTS: &[(&str, &str, &str)] = &[
 /// Records read per wake-up at most, so that one busy ring cannot starve the rest.
 const MAX_RECORDS_PER_POLL: usize = 4096;
 
+/// The kernel wakes the reader only once a backlog builds up (a wake-up per record would cost a
+/// context switch per traced syscall); in between the reader looks this often.
+pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
 #[derive(Clone, Debug)]
 pub struct CaptureOptions {
     /// Trace every process (but the agent) instead of only selected ones.
@@ -252,22 +256,30 @@ impl KernelCapture {
             return Ok(());
         }
         let start = out.len();
-        let mut guard = self.records.readable_mut().await?;
         let cap = self.options.max_bytes_per_syscall as u64;
-        let ring = guard.get_inner_mut();
-        let mut read = 0;
-        let mut malformed = 0;
-        while read < MAX_RECORDS_PER_POLL {
-            let Some(record) = ring.next() else { break };
-            if records::decode(&record, cap, out).is_err() {
-                malformed += 1;
+        loop {
+            let read = match tokio::time::timeout(POLL_INTERVAL, self.records.readable_mut()).await
+            {
+                Ok(guard) => {
+                    let mut guard = guard?;
+                    let read =
+                        drain_ring(guard.get_inner_mut(), cap, out, &mut self.malformed_records);
+                    if read < MAX_RECORDS_PER_POLL {
+                        guard.clear_ready();
+                    }
+                    read
+                }
+                Err(_) => drain_ring(
+                    self.records.get_mut(),
+                    cap,
+                    out,
+                    &mut self.malformed_records,
+                ),
+            };
+            if read > 0 {
+                break;
             }
-            read += 1;
         }
-        if read < MAX_RECORDS_PER_POLL {
-            guard.clear_ready();
-        }
-        self.malformed_records += malformed;
         self.forget_exited(&out[start..]);
         Ok(())
     }
@@ -277,12 +289,13 @@ impl KernelCapture {
         out.append(&mut self.pending);
         let start = out.len();
         let cap = self.options.max_bytes_per_syscall as u64;
-        let ring = self.records.get_mut();
-        while let Some(record) = ring.next() {
-            if records::decode(&record, cap, out).is_err() {
-                self.malformed_records += 1;
-            }
-        }
+        while drain_ring(
+            self.records.get_mut(),
+            cap,
+            out,
+            &mut self.malformed_records,
+        ) == MAX_RECORDS_PER_POLL
+        {}
         self.forget_exited(&out[start..]);
     }
 
@@ -309,6 +322,24 @@ impl KernelCapture {
         }
         Ok(KernelCounters(out))
     }
+}
+
+/// Decodes up to MAX_RECORDS_PER_POLL available records; returns how many were read.
+fn drain_ring(
+    ring: &mut RingBuf<MapData>,
+    cap: u64,
+    out: &mut Vec<SourceEvent>,
+    malformed: &mut u64,
+) -> usize {
+    let mut read = 0;
+    while read < MAX_RECORDS_PER_POLL {
+        let Some(record) = ring.next() else { break };
+        if records::decode(&record, cap, out).is_err() {
+            *malformed += 1;
+        }
+        read += 1;
+    }
+    read
 }
 
 fn attach_all(ebpf: &mut Ebpf) -> anyhow::Result<()> {

@@ -1,0 +1,161 @@
+//! Decoder throughput in MB/s of stream, on the two shapes that dominate RocketMQ traffic:
+//! pull responses of 32 × 1 KiB messages, and small send requests. Run by `cargo xtask bench`
+//! (or `cargo bench -p mqtrace --bench decode`); prints one JSON line per case.
+
+use std::{hint::black_box, time::Instant};
+
+use mqtrace::{
+    decoder::{
+        ConnectionDecoder, DecoderConfig,
+        encode::{json_frame, properties, stored_message},
+        operation::interpret,
+    },
+    sources::Direction,
+};
+
+/// Bytes of stream per measured pass.
+const STREAM_BYTES: usize = 64 << 20;
+const PASSES: usize = 5;
+
+/// Requests (egress) and responses (ingress) as two streams, and how many messages they hold.
+struct Workload {
+    name: &'static str,
+    egress: Vec<u8>,
+    ingress: Vec<u8>,
+    messages: usize,
+}
+
+fn pull_responses() -> Workload {
+    let (mut egress, mut ingress, mut messages) = (Vec::new(), Vec::new(), 0);
+    let mut opaque = 0;
+    while ingress.len() < STREAM_BYTES {
+        opaque += 1;
+        let ext = [
+            ("consumerGroup", "bench_group"),
+            ("topic", "BenchTopic"),
+            ("queueId", "1"),
+            ("queueOffset", "0"),
+        ];
+        egress.extend(json_frame(11, 0, opaque, &ext, b""));
+        let body: Vec<u8> = (0..32)
+            .map(|i| {
+                let id = format!("7F0000010BB818B4AAC2{opaque:06X}{i:06X}");
+                let props = properties(&[("UNIQ_KEY", &id), ("TAGS", "TagA"), ("KEYS", "order-1")]);
+                stored_message(
+                    false,
+                    "127.0.0.1:10911".parse().unwrap(),
+                    i64::from(i),
+                    i64::from(opaque) * 40_000,
+                    "BenchTopic",
+                    &props,
+                    &[7; 1024],
+                )
+            })
+            .collect::<Vec<_>>()
+            .concat();
+        ingress.extend(json_frame(
+            0,
+            1,
+            opaque,
+            &[("nextBeginOffset", "32")],
+            &body,
+        ));
+        messages += 32;
+    }
+    Workload {
+        name: "pull_32x1KiB",
+        egress,
+        ingress,
+        messages,
+    }
+}
+
+fn small_sends() -> Workload {
+    let (mut egress, mut ingress, mut messages) = (Vec::new(), Vec::new(), 0);
+    let mut opaque = 0;
+    while egress.len() < STREAM_BYTES {
+        opaque += 1;
+        let props = properties(&[
+            ("UNIQ_KEY", &format!("7F0000010BB818B4AAC2{opaque:012X}")),
+            ("TAGS", "TagA"),
+            ("KEYS", "order-1"),
+            ("WAIT", "true"),
+        ]);
+        let ext = [
+            ("a", "bench_producer"),
+            ("b", "BenchTopic"),
+            ("e", "1"),
+            ("f", "0"),
+            ("g", "1700000000000"),
+            ("i", props.as_str()),
+        ];
+        egress.extend(json_frame(310, 0, opaque, &ext, &[7; 64]));
+        ingress.extend(json_frame(
+            0,
+            1,
+            opaque,
+            &[
+                ("msgId", "7F00000100002A9F0000000000000000"),
+                ("queueId", "1"),
+                ("queueOffset", "9"),
+            ],
+            b"",
+        ));
+        messages += 1;
+    }
+    Workload {
+        name: "send_small",
+        egress,
+        ingress,
+        messages,
+    }
+}
+
+/// Decodes both streams in 64 KiB pieces, alternating, as a live connection would arrive.
+fn decode(w: &Workload) -> usize {
+    let mut decoder = ConnectionDecoder::new(DecoderConfig::default(), false);
+    let mut out = Vec::new();
+    let mut found = 0;
+    let piece = 64 << 10;
+    let (mut e, mut i) = (0, 0);
+    while e < w.egress.len() || i < w.ingress.len() {
+        for (direction, stream, at) in [
+            (Direction::Egress, &w.egress, &mut e),
+            (Direction::Ingress, &w.ingress, &mut i),
+        ] {
+            let end = (*at + piece).min(stream.len());
+            decoder.data(direction, *at as u64, &stream[*at..end], 0, &mut out);
+            *at = end;
+        }
+        for command in out.drain(..) {
+            found += command.messages.len()
+                + usize::from(command.request().is_some_and(|c| c.is_single_send()));
+            black_box(interpret(&command));
+        }
+    }
+    found
+}
+
+fn main() {
+    for workload in [pull_responses(), small_sends()] {
+        let bytes = workload.egress.len() + workload.ingress.len();
+        let mut best = f64::INFINITY;
+        for _ in 0..PASSES {
+            let started = Instant::now();
+            let found = decode(&workload);
+            best = best.min(started.elapsed().as_secs_f64());
+            assert_eq!(found, workload.messages, "every message decoded");
+        }
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": "decode",
+                "case": workload.name,
+                "stream_mib": bytes as f64 / (1 << 20) as f64,
+                "messages": workload.messages,
+                "mb_per_s": (bytes as f64 / 1e6 / best).round(),
+                "messages_per_s": (workload.messages as f64 / best).round(),
+            })
+        );
+    }
+}

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Records the golden captures in rust-client/: a real rocketmq-rust name server and broker on
+# loopback, the real rocketmq-client-rust producer and consumer (tests/peers/rust-client), and
+# tcpdump around them. Run as root from the repository root:
+#   PEERS=/opt/mqtrace-peers bash tests/captures/record.sh
+# PEERS holds bin/rocketmq-namesrv-rust, bin/rocketmq-broker-rust (cargo install --root) and
+# target/release/mq-client (CARGO_TARGET_DIR=$PEERS/target cargo build --release in the peer).
+set -euo pipefail
+PEERS=${PEERS:?set PEERS to the directory with the installed peers}
+OUT=$(cd "$(dirname "$0")" && pwd)/rust-client
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+mkdir -p "$WORK/conf" "$WORK/store"
+cat > "$WORK/conf/broker.toml" <<TOML
+[broker]
+namesrvAddr = "127.0.0.1:9876"
+brokerIp1 = "127.0.0.1"
+brokerIp2 = "127.0.0.1"
+listenPort = 10911
+storePathRootDir = "$WORK/store"
+autoCreateTopicEnable = true
+autoCreateSubscriptionGroup = true
+[broker.brokerServerConfig]
+bindAddress = "127.0.0.1"
+[broker.brokerIdentity]
+brokerName = "broker-a"
+brokerClusterName = "DefaultCluster"
+brokerId = 0
+[store]
+storeType = "LocalFile"
+brokerRole = "ASYNC_MASTER"
+storePathRootDir = "$WORK/store"
+haListenAddress = "127.0.0.1"
+haListenPort = 10912
+mappedFileSizeCommitLog = 67108864
+mappedFileSizeConsumeQueue = 600000
+maxHashSlotNum = 10000
+maxIndexNum = 40000
+TOML
+export ROCKETMQ_HOME=$WORK
+"$PEERS/bin/rocketmq-namesrv-rust" --bindAddress 127.0.0.1 --listenPort 9876 > "$WORK/namesrv.log" 2>&1 &
+PIDS+=($!)
+sleep 1
+ROCKETMQ_SECURITY_PROFILE=development-insecure-loopback \
+  "$PEERS/bin/rocketmq-broker-rust" -c "$WORK/conf/broker.toml" -n 127.0.0.1:9876 > "$WORK/broker.log" 2>&1 &
+PIDS+=($!)
+sleep 3
+
+record() { # name, then the client command
+  local name=$1; shift
+  tcpdump -i lo -U -w "$OUT/$name.pcap" 'tcp port 9876 or tcp portrange 10909-10912' > /dev/null 2>&1 &
+  local dump=$!
+  sleep 1
+  "$@" > "$OUT/$name.jsonl"
+  sleep 1
+  kill "$dump"; wait "$dump" || true
+}
+
+CLIENT=$PEERS/target/release/mq-client
+record send-single "$CLIENT" produce 127.0.0.1:9876 GoldenSingle 20 --tag TagA
+record send-batch "$CLIENT" produce 127.0.0.1:9876 GoldenBatch 30 --batch 10 --tag TagB
+# 32 messages of 1 KiB, then a consumer that pulls them all.
+"$CLIENT" produce 127.0.0.1:9876 GoldenPull 32 --tag TagC --body-size 1024 > "$OUT/pull-produced.jsonl"
+record pull-32 "$CLIENT" consume 127.0.0.1:9876 GoldenPull golden_consumer 32 60
+echo "recorded into $OUT:"; ls -la "$OUT"
