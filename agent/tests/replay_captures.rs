@@ -8,7 +8,7 @@ use std::{
 
 use mqtrace::{
     decoder::{
-        DecodedCommand, DecoderConfig, MessageMeta,
+        DecodedCommand, DecoderConfig, MessageMeta, SerializeType,
         operation::{Operation, SendResult},
     },
     pipeline::decode_capture,
@@ -151,6 +151,20 @@ fn java_send_v2_and_pull_fields() {
     }
 }
 
+#[test]
+fn java_heartbeat_names_client_and_groups() {
+    let commands = decode(&repo().join("../shared/captures/java/rocketmq-heartbeat.pcap"));
+    let Operation::Heartbeat(heartbeat) = &commands[0].operation else {
+        panic!("{:?}", commands[0].operation)
+    };
+    assert_eq!(heartbeat.client_id.as_deref(), Some("192.169.0.5@8"));
+    assert_eq!(heartbeat.producer_groups, vec!["CLIENT_INNER_PRODUCER"]);
+    assert_eq!(
+        heartbeat.consumer_groups,
+        vec!["please_rename_unique_group_name_4"]
+    );
+}
+
 fn lines(name: &str) -> Vec<Value> {
     let path = repo().join("tests/captures/rust-client").join(name);
     std::fs::read_to_string(&path)
@@ -257,6 +271,33 @@ fn rust_client_single_sends() {
         "send-single.jsonl",
         "GoldenSingle",
         "TagA",
+    );
+}
+
+#[test]
+fn rust_client_binary_header_sends() {
+    check_sends(
+        "send-binary.pcap",
+        "send-binary.jsonl",
+        "GoldenBinary",
+        "TagD",
+    );
+    let commands = golden("send-binary.pcap");
+    let sends: Vec<_> = commands
+        .iter()
+        .filter(|c| matches!(c.operation, Operation::Send(_)))
+        .collect();
+    assert!(
+        sends
+            .iter()
+            .all(|c| c.command.serialize_type == SerializeType::Rocketmq),
+        "requests in ROCKETMQ binary"
+    );
+    assert!(
+        commands
+            .iter()
+            .any(|c| c.command.is_response() && c.command.serialize_type == SerializeType::Json),
+        "answers in JSON"
     );
 }
 

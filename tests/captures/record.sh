@@ -66,6 +66,8 @@ record() { # name, then the client command
 CLIENT=$PEERS/target/release/mq-client
 record send-single "$CLIENT" produce 127.0.0.1:9876 GoldenSingle 20 --tag TagA
 record send-batch "$CLIENT" produce 127.0.0.1:9876 GoldenBatch 30 --batch 10 --tag TagB
+# The same client with ROCKETMQ (binary) headers instead of JSON.
+record send-binary env ROCKETMQ_SERIALIZE_TYPE=ROCKETMQ "$CLIENT" produce 127.0.0.1:9876 GoldenBinary 10 --tag TagD
 # 32 messages of 1 KiB, then a consumer that pulls them all.
 "$CLIENT" produce 127.0.0.1:9876 GoldenPull 32 --tag TagC --body-size 1024 > "$OUT/pull-produced.jsonl"
 record pull-32 "$CLIENT" consume 127.0.0.1:9876 GoldenPull golden_consumer 32 60

@@ -49,3 +49,42 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+/// One readable line per decoded command, for the terminal.
+fn command_line(c: &crate::decoder::DecodedCommand) -> String {
+    let name = match (c.command.request(), c.command.response()) {
+        (Some(request), _) => format!("{request:?}"),
+        (_, Some(response)) => format!("{response:?} to {:?}", c.command.request_code),
+        _ => unreachable!("a command is a request or a response"),
+    };
+    let ids: Vec<&str> = match &c.operation {
+        crate::decoder::operation::Operation::Send(send) => send
+            .messages
+            .iter()
+            .filter_map(|m| m.msg_id.as_deref())
+            .collect(),
+        _ => c
+            .command
+            .messages
+            .iter()
+            .filter_map(|m| m.msg_id.as_deref())
+            .collect(),
+    };
+    let pid = if c.pid == 0 {
+        String::new()
+    } else {
+        format!("pid {} ", c.pid)
+    };
+    format!(
+        "{pid}conn {} {:?} opaque {} {name} body {}B{}",
+        c.connection.0,
+        c.command.direction,
+        c.command.header.opaque,
+        c.command.body_len,
+        if ids.is_empty() {
+            String::new()
+        } else {
+            format!(" messages {}", ids.join(","))
+        }
+    )
+}

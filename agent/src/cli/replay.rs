@@ -5,7 +5,7 @@ use std::{io::Write, path::PathBuf};
 use clap::Args;
 
 use crate::{
-    decoder::{DEFAULT_MAX_FRAME, DecodedCommand, DecoderConfig},
+    decoder::{DEFAULT_MAX_FRAME, DecoderConfig},
     pipeline::decode_capture,
 };
 
@@ -34,7 +34,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
             let line = if args.commands {
                 serde_json::to_string(command).unwrap_or_default()
             } else {
-                summary(command)
+                super::command_line(command)
             };
             if write_error.is_none() {
                 write_error = writeln!(stdout, "{line}").err();
@@ -53,31 +53,4 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         serde_json::to_string(&decoders)?
     );
     Ok(())
-}
-
-/// One readable line per command.
-fn summary(c: &DecodedCommand) -> String {
-    let name = match (c.command.request(), c.command.response()) {
-        (Some(request), _) => format!("{request:?}"),
-        (_, Some(response)) => format!("{response:?} to {:?}", c.command.request_code),
-        _ => unreachable!("a command is a request or a response"),
-    };
-    let ids: Vec<&str> = c
-        .command
-        .messages
-        .iter()
-        .filter_map(|m| m.msg_id.as_deref())
-        .collect();
-    format!(
-        "conn {} {:?} opaque {} {name} body {}B{}",
-        c.connection.0,
-        c.command.direction,
-        c.command.header.opaque,
-        c.command.body_len,
-        if ids.is_empty() {
-            String::new()
-        } else {
-            format!(" messages {}", ids.join(","))
-        }
-    )
 }

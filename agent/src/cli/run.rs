@@ -1,16 +1,14 @@
 //! `mqtrace run`: the live pipeline on this host.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use clap::Args;
 use mqtrace_common::{DEFAULT_MAX_BYTES_PER_SYSCALL, MAX_BYTES_PER_SYSCALL_LIMIT};
 
 use crate::{
-    sources::{
-        ConnectionId,
-        kernel::{CaptureOptions, KernelCapture, describe},
-    },
-    streams::{StreamEvent, Streams},
+    decoder::{DecoderConfig, Decoders},
+    sources::kernel::{CaptureOptions, KernelCapture},
+    streams::Streams,
 };
 
 #[derive(Args)]
@@ -44,14 +42,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     runtime.block_on(live(args))
 }
 
-/// Bytes seen per connection, for the summary line at close.
-#[derive(Default)]
-struct Tally {
-    label: String,
-    bytes: [u64; 2],
-    gaps: u64,
-}
-
 async fn live(args: RunArgs) -> anyhow::Result<()> {
     let mut capture = KernelCapture::start(CaptureOptions {
         trace_all: args.all,
@@ -70,70 +60,48 @@ async fn live(args: RunArgs) -> anyhow::Result<()> {
         }
     );
     let mut streams = Streams::new();
-    let mut tallies: HashMap<ConnectionId, Tally> = HashMap::new();
-    let mut events = Vec::new();
-    let mut out = Vec::new();
+    let mut decoders = Decoders::new(DecoderConfig::default());
+    let (mut events, mut stream_events, mut commands) = (Vec::new(), Vec::new(), Vec::new());
     let mut stats = tokio::time::interval(Duration::from_secs(args.stats_interval.max(1)));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             result = capture.next_events(&mut events) => result?,
             _ = stats.tick() => {
-                println!("stats {}", serde_json::to_string(&capture.counters()?.0)?);
+                print_stats(&capture, &streams, &decoders)?;
                 continue;
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
         for event in events.drain(..) {
-            out.clear();
-            streams.push(event, &mut out);
-            for event in &out {
-                report(event, &mut tallies);
+            streams.push(event, &mut stream_events);
+            for event in stream_events.drain(..) {
+                decoders.push(&event, &mut commands);
             }
         }
+        for command in commands.drain(..) {
+            println!("{}", super::command_line(&command));
+        }
+        for connection in decoders.take_rejected() {
+            // Not RocketMQ: the kernel stops copying it.
+            capture.stop_copying(connection.pid, connection.fd)?;
+        }
     }
-    println!("stats {}", serde_json::to_string(&capture.counters()?.0)?);
-    println!("streams {}", serde_json::to_string(&streams.counters)?);
-    Ok(())
+    print_stats(&capture, &streams, &decoders)
 }
 
-fn report(event: &StreamEvent, tallies: &mut HashMap<ConnectionId, Tally>) {
-    match event {
-        StreamEvent::Opened(c) => {
-            let label = format!(
-                "pid {} fd {} {:?} peer {}",
-                c.pid,
-                c.fd,
-                c.origin,
-                describe(c.peer)
-            );
-            println!("open  {label}");
-            tallies.insert(
-                c.id,
-                Tally {
-                    label,
-                    ..Tally::default()
-                },
-            );
-        }
-        StreamEvent::Data {
-            connection,
-            direction,
-            bytes,
-            ..
-        } => {
-            tallies.entry(*connection).or_default().bytes[*direction as usize] +=
-                bytes.len() as u64;
-        }
-        StreamEvent::Gap { connection, .. } => tallies.entry(*connection).or_default().gaps += 1,
-        StreamEvent::Closed { connection, .. } => {
-            if let Some(t) = tallies.remove(connection) {
-                println!(
-                    "close {} sent {} received {} gaps {}",
-                    t.label, t.bytes[0], t.bytes[1], t.gaps
-                );
-            }
-        }
-    }
+fn print_stats(
+    capture: &KernelCapture,
+    streams: &Streams,
+    decoders: &Decoders,
+) -> anyhow::Result<()> {
+    let stats = serde_json::json!({
+        "kernel": capture.counters()?.0,
+        "streams": streams.counters,
+        "decoder": decoders.counters(),
+        "connections_not_rocketmq": decoders.connections_rejected,
+    });
+    println!("stats {stats}");
+    Ok(())
 }

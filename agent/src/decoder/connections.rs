@@ -6,11 +6,12 @@ use std::{collections::HashMap, net::SocketAddr};
 use serde::Serialize;
 
 use super::{
-    Command, ConnectionDecoder, DecoderConfig, DecoderCounters,
+    Command, ConnectionDecoder, DecoderConfig, DecoderCounters, Recognition,
     operation::{Operation, interpret},
+    recognize,
 };
 use crate::{
-    sources::{Connection, ConnectionId, Origin},
+    sources::{Connection, ConnectionId, Direction, Origin},
     streams::StreamEvent,
 };
 
@@ -26,15 +27,64 @@ pub struct DecodedCommand {
     pub operation: Operation,
 }
 
+/// Bytes a connection may carry without a decoded frame before it is taken for another
+/// protocol (connections joined mid-stream have no first bytes to recognise).
+const UNDECODED_LIMIT: u64 = 64 << 10;
+/// First bytes kept for recognition.
+const RECOGNITION_BYTES: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    Unknown,
+    RocketMq,
+}
+
 struct Tracked {
     connection: Connection,
     decoder: ConnectionDecoder,
+    verdict: Verdict,
+    /// The first bytes of the stream that spoke first, while undecided.
+    first_bytes: Vec<u8>,
+    first_direction: Option<Direction>,
+    undecoded_bytes: u64,
+}
+
+impl Tracked {
+    /// Updates the verdict with new bytes; false when the connection is not RocketMQ.
+    fn judge(&mut self, direction: Direction, position: u64, bytes: &[u8], decoded: bool) -> bool {
+        if self.verdict == Verdict::RocketMq {
+            return true;
+        }
+        if decoded {
+            self.verdict = Verdict::RocketMq;
+            return true;
+        }
+        self.undecoded_bytes += bytes.len() as u64;
+        if self.connection.origin != Origin::Existing
+            && *self.first_direction.get_or_insert(direction) == direction
+            && position == self.first_bytes.len() as u64
+        {
+            let take = (RECOGNITION_BYTES - self.first_bytes.len()).min(bytes.len());
+            self.first_bytes.extend_from_slice(&bytes[..take]);
+            match recognize(&self.first_bytes) {
+                Recognition::Remoting => self.verdict = Verdict::RocketMq,
+                Recognition::NeedMore if self.first_bytes.len() < RECOGNITION_BYTES => {}
+                // A head whose header is longer than the bytes kept: the decoder will tell.
+                Recognition::NeedMore => {}
+                Recognition::Other | Recognition::Http2 => return false,
+            }
+        }
+        self.verdict == Verdict::RocketMq || self.undecoded_bytes < UNDECODED_LIMIT
+    }
 }
 
 #[derive(Default)]
 pub struct Decoders {
     config: DecoderConfig,
     connections: HashMap<ConnectionId, Tracked>,
+    /// Connections found not to speak RocketMQ remoting since the last `take_rejected`.
+    rejected: Vec<Connection>,
+    pub connections_rejected: u64,
     /// Counters of connections that have closed, summed.
     closed: DecoderCounters,
     scratch: Vec<Command>,
@@ -54,13 +104,15 @@ impl Decoders {
             StreamEvent::Opened(connection) => {
                 let decoder =
                     ConnectionDecoder::new(self.config, connection.origin == Origin::Existing);
-                self.connections.insert(
-                    connection.id,
-                    Tracked {
-                        connection: connection.clone(),
-                        decoder,
-                    },
-                );
+                let tracked = Tracked {
+                    connection: connection.clone(),
+                    decoder,
+                    verdict: Verdict::Unknown,
+                    first_bytes: Vec::new(),
+                    first_direction: None,
+                    undecoded_bytes: 0,
+                };
+                self.connections.insert(connection.id, tracked);
                 return;
             }
             StreamEvent::Data {
@@ -70,14 +122,22 @@ impl Decoders {
                 bytes,
                 timestamp_ns,
             } => {
-                if let Some(t) = self.connections.get_mut(connection) {
-                    t.decoder.data(
-                        *direction,
-                        *position,
-                        bytes,
-                        *timestamp_ns,
-                        &mut self.scratch,
-                    );
+                let Some(t) = self.connections.get_mut(connection) else {
+                    return;
+                };
+                t.decoder.data(
+                    *direction,
+                    *position,
+                    bytes,
+                    *timestamp_ns,
+                    &mut self.scratch,
+                );
+                if !t.judge(*direction, *position, bytes, !self.scratch.is_empty()) {
+                    let t = self.connections.remove(connection).expect("present");
+                    add(&mut self.closed, &t.decoder.counters);
+                    self.connections_rejected += 1;
+                    self.rejected.push(t.connection);
+                    return;
                 }
                 *connection
             }
@@ -113,6 +173,12 @@ impl Decoders {
                 command,
             });
         }
+    }
+
+    /// Connections that turned out not to be RocketMQ since the last call: the capture can stop
+    /// copying them.
+    pub fn take_rejected(&mut self) -> Vec<Connection> {
+        std::mem::take(&mut self.rejected)
     }
 
     /// Counters over all connections, open and closed.

@@ -5,7 +5,7 @@ mod preflight;
 pub mod procfs;
 pub mod records;
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
 use aya::{
@@ -194,6 +194,18 @@ impl KernelCapture {
         )?;
         let _ = selected.remove(&pid);
         self.forget_sockets(pid)
+    }
+
+    /// Stops copying one socket (it does not speak RocketMQ); a later connection on the same
+    /// fd is tracked anew at its connect or accept.
+    pub fn stop_copying(&mut self, pid: u32, fd: i32) -> anyhow::Result<()> {
+        let mut sockets: HashMap<_, SocketKey, SocketState> = HashMap::try_from(
+            self.ebpf
+                .map_mut(maps::SOCKETS)
+                .context("SOCKETS map missing")?,
+        )?;
+        let _ = sockets.remove(&SocketKey { pid, fd });
+        Ok(())
     }
 
     fn forget_sockets(&mut self, pid: u32) -> anyhow::Result<()> {
@@ -392,9 +404,4 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// The peer address of a connection, for display.
-pub fn describe(peer: Option<SocketAddr>) -> String {
-    peer.map_or_else(|| "?".to_string(), |p| p.to_string())
 }
