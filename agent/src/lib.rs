@@ -6,7 +6,10 @@
 //! exporters. [`pipeline`] wires the stages; the `mqtrace` binary is a thin CLI over it all.
 
 pub mod cli;
+pub mod correlation;
 pub mod decoder;
+pub mod exporters;
 pub mod pipeline;
 pub mod sources;
+pub mod spans;
 pub mod streams;

@@ -1,28 +1,149 @@
-//! Wiring of the stages, for the sources that need no runtime.
+//! Wiring of the stages: source events in, decoded commands and spans out. The kernel capture
+//! and the pcap replay both feed it; only their clocks differ.
 
 use std::path::Path;
 
+use serde::Serialize;
+
 use crate::{
+    correlation::{CorrelationCounters, Correlator, DEFAULT_TIMEOUT_NS, MessageEvent},
     decoder::{DecodedCommand, DecoderConfig, DecoderCounters, Decoders},
-    sources::pcap::{self, PcapCounters},
+    sources::{Connection, SourceEvent, pcap},
+    spans::{Span, resource::Resources, span},
     streams::{StreamCounters, Streams},
 };
 
-/// Runs a capture file through sources → streams → decoder, handing each command to `sink`.
+/// What the pipeline produces.
+#[derive(Clone, Debug)]
+pub enum Output {
+    Command(Box<DecodedCommand>),
+    Span(Box<Span>),
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PipelineCounters {
+    pub streams: StreamCounters,
+    pub decoder: DecoderCounters,
+    pub correlation: CorrelationCounters,
+    pub connections_not_rocketmq: u64,
+    pub spans: u64,
+}
+
+pub struct Pipeline {
+    streams: Streams,
+    decoders: Decoders,
+    correlator: Correlator,
+    resources: Resources,
+    /// Whether to output decoded commands too (they cost a clone each).
+    pub emit_commands: bool,
+    spans: u64,
+    stream_events: Vec<crate::streams::StreamEvent>,
+    commands: Vec<DecodedCommand>,
+    events: Vec<MessageEvent>,
+}
+
+impl Pipeline {
+    /// `clock_offset_ns` turns source timestamps into Unix time (0 when they already are).
+    pub fn new(config: DecoderConfig, clock_offset_ns: i64, resources: Resources) -> Self {
+        Self {
+            streams: Streams::new(),
+            decoders: Decoders::new(config),
+            correlator: Correlator::new(clock_offset_ns, DEFAULT_TIMEOUT_NS),
+            resources,
+            emit_commands: false,
+            spans: 0,
+            stream_events: Vec::new(),
+            commands: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, event: SourceEvent, out: &mut Vec<Output>) {
+        if let SourceEvent::ProcessExited { pid } = event {
+            self.resources.forget(pid);
+        }
+        self.streams.push(event, &mut self.stream_events);
+        for event in self.stream_events.drain(..) {
+            self.decoders.push(&event, &mut self.commands);
+        }
+        for command in self.commands.drain(..) {
+            if self.emit_commands {
+                out.push(Output::Command(Box::new(command.clone())));
+            }
+            self.correlator.push(command, &mut self.events);
+        }
+        self.flush_events(out);
+    }
+
+    /// Ends requests that waited past their timeout, by the sources' clock.
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Output>) {
+        self.correlator.expire(now_ns, &mut self.events);
+        self.flush_events(out);
+    }
+
+    /// Ends everything still waiting: the source is done.
+    pub fn finish(&mut self, out: &mut Vec<Output>) {
+        self.correlator.finish(&mut self.events);
+        self.flush_events(out);
+    }
+
+    fn flush_events(&mut self, out: &mut Vec<Output>) {
+        for event in self.events.drain(..) {
+            let pid = match &event {
+                MessageEvent::Send(e) => e.endpoint.pid,
+                MessageEvent::Receive(e) => e.endpoint.pid,
+                MessageEvent::Settle(e) => e.endpoint.pid,
+            };
+            self.spans += 1;
+            out.push(Output::Span(Box::new(span(&event, self.resources.of(pid)))));
+        }
+    }
+
+    /// Connections found not to be RocketMQ since the last call.
+    pub fn take_rejected(&mut self) -> Vec<Connection> {
+        self.decoders.take_rejected()
+    }
+
+    pub fn counters(&self) -> PipelineCounters {
+        PipelineCounters {
+            streams: self.streams.counters.clone(),
+            decoder: self.decoders.counters(),
+            correlation: self.correlator.counters.clone(),
+            connections_not_rocketmq: self.decoders.connections_rejected,
+            spans: self.spans,
+        }
+    }
+}
+
+/// Runs a capture file through the whole pipeline, handing every output to `sink`.
+pub fn replay_capture(
+    file: &Path,
+    config: DecoderConfig,
+    emit_commands: bool,
+    mut sink: impl FnMut(Output),
+) -> anyhow::Result<(pcap::PcapCounters, PipelineCounters)> {
+    let mut pipeline = Pipeline::new(config, 0, Resources::for_capture(file));
+    pipeline.emit_commands = emit_commands;
+    let mut out = Vec::new();
+    let counters = pcap::replay(file, |event| {
+        pipeline.push(event, &mut out);
+        out.drain(..).for_each(&mut sink);
+    })?;
+    pipeline.finish(&mut out);
+    out.drain(..).for_each(&mut sink);
+    Ok((counters, pipeline.counters()))
+}
+
+/// Decoded commands of a capture file, for tests and `replay --commands`.
 pub fn decode_capture(
     file: &Path,
     config: DecoderConfig,
     mut sink: impl FnMut(&DecodedCommand),
-) -> anyhow::Result<(PcapCounters, StreamCounters, DecoderCounters)> {
-    let mut streams = Streams::new();
-    let mut decoders = Decoders::new(config);
-    let (mut stream_events, mut commands) = (Vec::new(), Vec::new());
-    let counters = pcap::replay(file, |event| {
-        streams.push(event, &mut stream_events);
-        for event in stream_events.drain(..) {
-            decoders.push(&event, &mut commands);
+) -> anyhow::Result<PipelineCounters> {
+    let (_, counters) = replay_capture(file, config, true, |output| {
+        if let Output::Command(command) = output {
+            sink(&command);
         }
-        commands.drain(..).for_each(|c| sink(&c));
     })?;
-    Ok((counters, streams.counters, decoders.counters()))
+    Ok(counters)
 }

@@ -71,4 +71,6 @@ record send-binary env ROCKETMQ_SERIALIZE_TYPE=ROCKETMQ "$CLIENT" produce 127.0.
 # 32 messages of 1 KiB, then a consumer that pulls them all.
 "$CLIENT" produce 127.0.0.1:9876 GoldenPull 32 --tag TagC --body-size 1024 > "$OUT/pull-produced.jsonl"
 record pull-32 "$CLIENT" consume 127.0.0.1:9876 GoldenPull golden_consumer 32 60
+# Produce and consume in one capture: send and receive of the same messages.
+record roundtrip bash -c "'$CLIENT' produce 127.0.0.1:9876 GoldenTrip 10 --tag TagE && '$CLIENT' consume 127.0.0.1:9876 GoldenTrip trip_consumer 10 60"
 echo "recorded into $OUT:"; ls -la "$OUT"

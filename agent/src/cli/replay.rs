@@ -6,51 +6,67 @@ use clap::Args;
 
 use crate::{
     decoder::{DEFAULT_MAX_FRAME, DecoderConfig},
-    pipeline::decode_capture,
+    exporters::JsonLines,
+    pipeline::{Output, replay_capture},
+    spans::span_line,
 };
 
 #[derive(Args)]
 pub struct ReplayArgs {
     /// A pcap or pcapng file, e.g. from `tcpdump -i any -w FILE 'tcp port 10911 or tcp port 9876'`.
     file: PathBuf,
-    /// Print every decoded command, with the messages inside it, as one JSON object per line.
+    /// Print every decoded command, with the messages inside it, as one JSON object per line,
+    /// instead of spans.
     #[arg(long)]
     commands: bool,
+    /// Write spans to FILE as JSON lines instead of printing them.
+    #[arg(long, value_name = "FILE", conflicts_with = "commands")]
+    output: Option<PathBuf>,
     /// Frames claiming more bytes than this are taken as garbage.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FRAME)]
     max_frame: u32,
 }
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
+    let config = DecoderConfig {
+        max_frame: args.max_frame,
+    };
+    let mut file = args.output.as_deref().map(JsonLines::create).transpose()?;
     let stdout = std::io::stdout();
     let mut stdout = stdout.lock();
-    let mut write_error = None;
-    let (pcap, streams, decoders) = decode_capture(
-        &args.file,
-        DecoderConfig {
-            max_frame: args.max_frame,
-        },
-        |command| {
-            let line = if args.commands {
-                serde_json::to_string(command).unwrap_or_default()
-            } else {
-                super::command_line(command)
-            };
-            if write_error.is_none() {
-                write_error = writeln!(stdout, "{line}").err();
+    let mut failure: Option<anyhow::Error> = None;
+    let (capture, pipeline) = replay_capture(&args.file, config, args.commands, |output| {
+        if failure.is_some() {
+            return;
+        }
+        let result = match (&output, file.as_mut()) {
+            (Output::Command(command), _) => serde_json::to_string(command)
+                .map_err(Into::into)
+                .and_then(|l| writeln!(stdout, "{l}").map_err(Into::into)),
+            // With --commands, commands are the output.
+            (Output::Span(_), _) if args.commands => Ok(()),
+            (Output::Span(span), Some(file)) => file.write(span),
+            (Output::Span(span), None) => {
+                writeln!(stdout, "{}", span_line(span)).map_err(Into::into)
             }
-        },
-    )?;
-    if let Some(e) = write_error
-        && e.kind() != std::io::ErrorKind::BrokenPipe
-    {
-        return Err(e.into());
+        };
+        failure = result.err();
+    })?;
+    if let Some(file) = file.as_mut() {
+        file.flush()?;
+    }
+    if let Some(e) = failure {
+        let broken_pipe = e
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe);
+        if !broken_pipe {
+            return Err(e);
+        }
     }
     eprintln!(
-        "mqtrace: capture {} | streams {} | decoder {}",
-        serde_json::to_string(&pcap)?,
-        serde_json::to_string(&streams)?,
-        serde_json::to_string(&decoders)?
+        "mqtrace: capture {} | {}",
+        serde_json::to_string(&capture)?,
+        serde_json::to_string(&pipeline)?
     );
     Ok(())
 }

@@ -1,0 +1,388 @@
+//! Spans: message events as OpenTelemetry spans, following the messaging semantic conventions
+//! for RocketMQ (span names `{operation} {destination}`; send PRODUCER, receive and settle
+//! CLIENT). Every span of a message lands in the message's trace (see [`identity`]).
+
+pub mod identity;
+pub mod resource;
+
+use std::collections::BTreeMap;
+
+use serde::{Serialize, Serializer};
+
+use crate::correlation::{MessageEvent, Outcome, ReceiveEvent, SendEvent, SettleEvent, Settlement};
+use identity::{SpanId, TraceId, message_trace};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SpanKind {
+    Producer,
+    Consumer,
+    Client,
+    Server,
+    Internal,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    Ok,
+    Error,
+    Unset,
+}
+
+/// An attribute value, as OTLP knows them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Value {
+    String(String),
+    Int(i64),
+    Bool(bool),
+    Strings(Vec<String>),
+}
+
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Value::String(v.to_string())
+    }
+}
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Value::String(v)
+    }
+}
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::Int(v)
+    }
+}
+
+pub type Attributes = BTreeMap<String, Value>;
+
+fn hex_trace<S: Serializer>(id: &TraceId, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&id.hex())
+}
+fn hex_span<S: Serializer>(id: &SpanId, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&id.hex())
+}
+fn hex_parent<S: Serializer>(id: &Option<SpanId>, s: S) -> Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => s.serialize_str(&id.hex()),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Link {
+    #[serde(serialize_with = "hex_trace")]
+    pub trace_id: TraceId,
+    #[serde(serialize_with = "hex_span")]
+    pub span_id: SpanId,
+}
+
+/// One span, serialized exactly as `--output` writes it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Span {
+    #[serde(serialize_with = "hex_trace")]
+    pub trace_id: TraceId,
+    #[serde(serialize_with = "hex_span")]
+    pub span_id: SpanId,
+    #[serde(serialize_with = "hex_parent")]
+    pub parent_span_id: Option<SpanId>,
+    pub name: String,
+    pub kind: SpanKind,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+    pub status: Status,
+    pub status_message: Option<String>,
+    pub attributes: Attributes,
+    pub resource: Attributes,
+    pub links: Vec<Link>,
+}
+
+fn put(attributes: &mut Attributes, key: &str, value: Option<impl Into<Value>>) {
+    if let Some(value) = value {
+        attributes.insert(key.to_string(), value.into());
+    }
+}
+
+fn status(outcome: &Outcome, attributes: &mut Attributes) -> (Status, Option<String>) {
+    match outcome {
+        Outcome::Ok => (Status::Unset, None),
+        Outcome::Error {
+            error_type,
+            message,
+        } => {
+            attributes.insert("error.type".into(), error_type.as_str().into());
+            (
+                Status::Error,
+                Some(message.clone().unwrap_or_else(|| error_type.clone())),
+            )
+        }
+    }
+}
+
+fn common(operation: &str, operation_type: &str, topic: Option<&str>) -> Attributes {
+    let mut a = Attributes::new();
+    a.insert("messaging.system".into(), "rocketmq".into());
+    a.insert("messaging.operation.name".into(), operation.into());
+    a.insert("messaging.operation.type".into(), operation_type.into());
+    put(&mut a, "messaging.destination.name", topic);
+    // A namespaced topic is `namespace%topic` (but %RETRY% and %DLQ% are not namespaces).
+    if let Some((namespace, _)) = topic
+        .and_then(|t| t.split_once('%'))
+        .filter(|(ns, _)| !ns.is_empty())
+    {
+        a.insert("messaging.rocketmq.namespace".into(), namespace.into());
+    }
+    a
+}
+
+fn peer(attributes: &mut Attributes, endpoint: &crate::correlation::Endpoint) {
+    if let Some(peer) = endpoint.peer {
+        attributes.insert("server.address".into(), peer.ip().to_string().into());
+        attributes.insert("server.port".into(), i64::from(peer.port()).into());
+    }
+}
+
+fn message_type(event: &SendEvent) -> &'static str {
+    let p = &event.message.properties;
+    if p.transaction_prepared() {
+        "transaction"
+    } else if p.delay_level().is_some() || p.delivery_time_ms(0).is_some() {
+        "delay"
+    } else if p.message_group().is_some() {
+        "fifo"
+    } else {
+        "normal"
+    }
+}
+
+fn name(operation: &str, topic: Option<&str>) -> String {
+    match topic {
+        Some(topic) => format!("{operation} {topic}"),
+        None => operation.to_string(),
+    }
+}
+
+pub fn send_span(event: &SendEvent, resource: &Attributes) -> Span {
+    let m = &event.message;
+    let (trace_id, parent) = message_trace(&event.key, m.properties.traceparent());
+    let mut a = common("send", "send", m.topic.as_deref());
+    a.insert("messaging.message.id".into(), event.key.as_str().into());
+    put(&mut a, "messaging.rocketmq.message.tag", m.tags());
+    let keys: Vec<String> = m.keys().into_iter().map(String::from).collect();
+    if !keys.is_empty() {
+        a.insert(
+            "messaging.rocketmq.message.keys".into(),
+            Value::Strings(keys),
+        );
+    }
+    a.insert(
+        "messaging.rocketmq.message.type".into(),
+        message_type(event).into(),
+    );
+    put(
+        &mut a,
+        "messaging.rocketmq.message.group",
+        m.properties.message_group(),
+    );
+    put(
+        &mut a,
+        "messaging.rocketmq.message.delay_time_level",
+        m.properties.delay_level().map(i64::from),
+    );
+    put(
+        &mut a,
+        "messaging.rocketmq.message.delivery_timestamp",
+        m.born_timestamp_ms
+            .and_then(|b| m.properties.delivery_time_ms(b)),
+    );
+    put(
+        &mut a,
+        "messaging.rocketmq.client_group",
+        event.producer_group.clone(),
+    );
+    put(
+        &mut a,
+        "messaging.destination.partition.id",
+        m.queue_id.map(|q| q.to_string()),
+    );
+    a.insert(
+        "messaging.message.body.size".into(),
+        (m.body_len as i64).into(),
+    );
+    if event.batch_size > 1 {
+        a.insert(
+            "messaging.batch.message_count".into(),
+            (event.batch_size as i64).into(),
+        );
+    }
+    put(&mut a, "mqtrace.offset_msg_id", event.offset_msg_id.clone());
+    put(&mut a, "mqtrace.queue_offset", event.queue_offset);
+    peer(&mut a, &event.endpoint);
+    let (status, status_message) = status(&event.outcome, &mut a);
+    Span {
+        trace_id,
+        span_id: SpanId::for_send(&event.key),
+        parent_span_id: parent,
+        name: name("send", m.topic.as_deref()),
+        kind: SpanKind::Producer,
+        start_unix_nano: event.start_unix_ns,
+        end_unix_nano: event.end_unix_ns,
+        status,
+        status_message,
+        attributes: a,
+        resource: resource.clone(),
+        links: Vec::new(),
+    }
+}
+
+pub fn receive_span(event: &ReceiveEvent, resource: &Attributes) -> Span {
+    let m = &event.message;
+    let (trace_id, _) = message_trace(&event.key, m.properties.traceparent());
+    let send = SpanId::for_send(&event.key);
+    let mut a = common("receive", "receive", m.topic.as_deref());
+    a.insert("messaging.message.id".into(), event.key.as_str().into());
+    put(
+        &mut a,
+        "messaging.consumer.group.name",
+        event.consumer_group.clone(),
+    );
+    put(&mut a, "messaging.rocketmq.message.tag", m.tags());
+    put(
+        &mut a,
+        "messaging.destination.partition.id",
+        m.queue_id.map(|q| q.to_string()),
+    );
+    put(&mut a, "mqtrace.queue_offset", m.queue_offset);
+    put(&mut a, "mqtrace.offset_msg_id", m.offset_msg_id.clone());
+    put(
+        &mut a,
+        "mqtrace.reconsume_times",
+        m.reconsume_times.map(i64::from),
+    );
+    put(
+        &mut a,
+        "mqtrace.store_host",
+        m.store_host.map(|h| h.to_string()),
+    );
+    put(&mut a, "mqtrace.store_timestamp_ms", m.store_timestamp_ms);
+    put(
+        &mut a,
+        "mqtrace.origin_message_id",
+        m.properties.origin_message_id().map(String::from),
+    );
+    if let Some(born) = m.born_timestamp_ms {
+        let received_ms = (event.end_unix_ns / 1_000_000) as i64;
+        a.insert(
+            "mqtrace.born_to_receive_ms".into(),
+            (received_ms - born).into(),
+        );
+    }
+    a.insert(
+        "messaging.message.body.size".into(),
+        (m.body_len as i64).into(),
+    );
+    if event.batch_size > 1 {
+        a.insert(
+            "messaging.batch.message_count".into(),
+            (event.batch_size as i64).into(),
+        );
+    }
+    peer(&mut a, &event.endpoint);
+    let group = event.consumer_group.as_deref().unwrap_or("");
+    let reconsume = m.reconsume_times.unwrap_or(0).to_string();
+    let start = event.start_unix_ns.to_string();
+    Span {
+        trace_id,
+        span_id: SpanId::for_step("receive", &event.key, &[group, &reconsume, &start]),
+        parent_span_id: Some(send),
+        name: name("receive", m.topic.as_deref()),
+        kind: SpanKind::Client,
+        start_unix_nano: event.start_unix_ns,
+        end_unix_nano: event.end_unix_ns,
+        status: Status::Unset,
+        status_message: None,
+        attributes: a,
+        resource: resource.clone(),
+        links: vec![Link {
+            trace_id,
+            span_id: send,
+        }],
+    }
+}
+
+pub fn settle_span(event: &SettleEvent, resource: &Attributes) -> Span {
+    let operation = match event.settlement {
+        Settlement::Ack => "ack",
+        Settlement::ChangeInvisibleTime => "nack",
+        Settlement::SendBack => "send_back",
+        Settlement::OffsetCommitted => "commit_offset",
+        Settlement::TransactionCommit => "commit",
+        Settlement::TransactionRollback => "rollback",
+    };
+    let (trace_id, _) = message_trace(&event.key, None);
+    let mut a = common(operation, "settle", event.topic.as_deref());
+    a.insert("messaging.message.id".into(), event.key.as_str().into());
+    put(
+        &mut a,
+        "messaging.consumer.group.name",
+        event.consumer_group.clone(),
+    );
+    peer(&mut a, &event.endpoint);
+    let (status, status_message) = status(&event.outcome, &mut a);
+    let start = event.start_unix_ns.to_string();
+    Span {
+        trace_id,
+        span_id: SpanId::for_step(
+            operation,
+            &event.key,
+            &[event.consumer_group.as_deref().unwrap_or(""), &start],
+        ),
+        parent_span_id: Some(SpanId::for_send(&event.key)),
+        name: name(operation, event.topic.as_deref()),
+        kind: SpanKind::Client,
+        start_unix_nano: event.start_unix_ns,
+        end_unix_nano: event.end_unix_ns,
+        status,
+        status_message,
+        attributes: a,
+        resource: resource.clone(),
+        links: Vec::new(),
+    }
+}
+
+pub fn span(event: &MessageEvent, resource: &Attributes) -> Span {
+    match event {
+        MessageEvent::Send(e) => send_span(e, resource),
+        MessageEvent::Receive(e) => receive_span(e, resource),
+        MessageEvent::Settle(e) => settle_span(e, resource),
+    }
+}
+
+/// One readable line per span, for the terminal.
+pub fn span_line(span: &Span) -> String {
+    let id = |k: &str| match span.attributes.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Int(i)) => i.to_string(),
+        _ => "-".into(),
+    };
+    let service = match span.resource.get("service.name") {
+        Some(Value::String(s)) => s.as_str(),
+        _ => "?",
+    };
+    format!(
+        "{:<8} {:<24} msg {} trace {} {:?}{} [{}] {:.1} ms",
+        format!("{:?}", span.kind).to_uppercase(),
+        span.name,
+        id("messaging.message.id"),
+        span.trace_id.hex(),
+        span.status,
+        span.status_message
+            .as_ref()
+            .map(|m| format!(" ({m})"))
+            .unwrap_or_default(),
+        service,
+        span.end_unix_nano.saturating_sub(span.start_unix_nano) as f64 / 1e6,
+    )
+}

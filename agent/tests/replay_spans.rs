@@ -1,0 +1,231 @@
+//! Spans from real captures through `mqtrace replay`.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use mqtrace::{
+    decoder::{DecoderConfig, operation::Operation},
+    pipeline::{Output, replay_capture},
+    spans::{
+        Span, SpanKind, Value,
+        identity::{SpanId, TraceId},
+    },
+};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Spans, and the message IDs the decoder saw sent and received, of one capture.
+fn replay(path: &Path) -> (Vec<Span>, BTreeSet<String>, BTreeSet<String>) {
+    let (mut spans, mut sent, mut received) = (Vec::new(), BTreeSet::new(), BTreeSet::new());
+    replay_capture(
+        path,
+        DecoderConfig::default(),
+        true,
+        |output| match output {
+            Output::Span(span) => spans.push(*span),
+            Output::Command(c) => match &c.operation {
+                Operation::Send(s) => {
+                    sent.extend(s.messages.iter().filter_map(|m| m.msg_id.clone()))
+                }
+                Operation::Pulled(p) => {
+                    received.extend(p.messages.iter().filter_map(|m| m.msg_id.clone()))
+                }
+                _ => {}
+            },
+        },
+    )
+    .unwrap();
+    (spans, sent, received)
+}
+
+fn string(span: &Span, key: &str) -> Option<String> {
+    match span.attributes.get(key) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Int(i)) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+#[test]
+fn java_captures_every_message_gets_its_span() {
+    let dir = repo().join("../shared/captures/java");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("shared/captures/java beside the checkout") {
+        let path = entry.unwrap().path();
+        let (spans, sent, received) = replay(&path);
+        for (ids, kind) in [(&sent, SpanKind::Producer), (&received, SpanKind::Client)] {
+            for id in ids {
+                let span = spans
+                    .iter()
+                    .find(|s| {
+                        s.kind == kind
+                            && string(s, "messaging.message.id").as_deref() == Some(id.as_str())
+                    })
+                    .unwrap_or_else(|| panic!("{}: no {kind:?} span for {id}", path.display()));
+                assert_eq!(span.trace_id, TraceId::for_message(id));
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked >= 10,
+        "the Java captures hold at least 10 sent or pulled messages; checked {checked}"
+    );
+}
+
+#[test]
+fn real_client_roundtrip_joins_send_receive_and_commit_in_one_trace() {
+    let dir = repo().join("tests/captures/rust-client");
+    let (spans, _, _) = replay(&dir.join("roundtrip.pcap"));
+    let produced: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("roundtrip.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v.get("key").is_some())
+        .collect();
+    assert_eq!(produced.len(), 10);
+    let mut by_trace: HashMap<_, Vec<&Span>> = HashMap::new();
+    for span in &spans {
+        by_trace.entry(span.trace_id).or_default().push(span);
+    }
+    for line in &produced {
+        let id = line["msg_id"].as_str().unwrap();
+        let trace = by_trace
+            .get(&TraceId::for_message(id))
+            .unwrap_or_else(|| panic!("no trace for {id}"));
+        let sends: Vec<_> = trace
+            .iter()
+            .filter(|s| s.kind == SpanKind::Producer)
+            .collect();
+        assert_eq!(sends.len(), 1, "{id}: exactly one send span");
+        let send = sends[0];
+        assert_eq!(send.span_id, SpanId::for_send(id));
+        assert_eq!(send.name, "send GoldenTrip");
+        assert_eq!(
+            string(send, "messaging.destination.partition.id").map(|q| q.parse::<i64>().unwrap()),
+            line["queue_id"].as_i64()
+        );
+        assert_eq!(
+            string(send, "mqtrace.queue_offset").map(|q| q.parse::<i64>().unwrap()),
+            line["queue_offset"].as_i64()
+        );
+        assert_eq!(
+            string(send, "mqtrace.offset_msg_id").as_deref(),
+            line["offset_msg_id"].as_str()
+        );
+        assert_eq!(
+            string(send, "messaging.rocketmq.message.tag").as_deref(),
+            Some("TagE")
+        );
+        assert_eq!(
+            send.attributes.get("messaging.rocketmq.message.keys"),
+            Some(&Value::Strings(vec![
+                line["key"].as_str().unwrap().to_string()
+            ]))
+        );
+        assert_eq!(
+            send.attributes.get("messaging.message.body.size"),
+            Some(&Value::Int(64))
+        );
+        let receives: Vec<_> = trace
+            .iter()
+            .filter(|s| s.name == "receive GoldenTrip")
+            .collect();
+        assert!(!receives.is_empty(), "{id}: at least one receive span");
+        for receive in receives {
+            assert_eq!(
+                receive.parent_span_id,
+                Some(send.span_id),
+                "{id}: the receive span's parent is the send span"
+            );
+            assert_eq!(
+                string(receive, "messaging.consumer.group.name").as_deref(),
+                Some("trip_consumer")
+            );
+            assert_eq!(
+                string(receive, "mqtrace.queue_offset").map(|q| q.parse::<i64>().unwrap()),
+                line["queue_offset"].as_i64()
+            );
+        }
+        assert!(
+            trace.iter().any(|s| s.name == "commit_offset GoldenTrip"),
+            "{id}: settled by the offset commit"
+        );
+    }
+}
+
+#[test]
+fn output_file_has_exactly_the_documented_keys() {
+    let out = std::env::temp_dir().join(format!("mqtrace-spans-{}.jsonl", std::process::id()));
+    let status = Command::new(env!("CARGO_BIN_EXE_mqtrace"))
+        .args(["replay", "--output"])
+        .arg(&out)
+        .arg(repo().join("tests/captures/rust-client/roundtrip.pcap"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(&out).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    let keys: BTreeSet<&str> = [
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "name",
+        "kind",
+        "start_unix_nano",
+        "end_unix_nano",
+        "status",
+        "status_message",
+        "attributes",
+        "resource",
+        "links",
+    ]
+    .into();
+    let mut lines = 0;
+    for line in text.lines() {
+        let span: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            span.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+            keys
+        );
+        let hex = |v: &serde_json::Value, n: usize| {
+            v.as_str().is_some_and(|s| {
+                s.len() == n
+                    && s.bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            })
+        };
+        assert!(hex(&span["trace_id"], 32) && hex(&span["span_id"], 16));
+        assert!(span["parent_span_id"].is_null() || hex(&span["parent_span_id"], 16));
+        assert!(
+            ["PRODUCER", "CONSUMER", "CLIENT", "SERVER", "INTERNAL"]
+                .contains(&span["kind"].as_str().unwrap())
+        );
+        assert!(["OK", "ERROR", "UNSET"].contains(&span["status"].as_str().unwrap()));
+        assert!(
+            span["start_unix_nano"].as_u64().unwrap() <= span["end_unix_nano"].as_u64().unwrap()
+        );
+        assert!(
+            span["start_unix_nano"].as_u64().unwrap() > 1_700_000_000_000_000_000,
+            "Unix time"
+        );
+        assert!(
+            span["attributes"].is_object()
+                && span["resource"].is_object()
+                && span["links"].is_array()
+        );
+        lines += 1;
+    }
+    assert!(
+        lines >= 30,
+        "10 messages sent, received and committed: {lines} spans"
+    );
+}
