@@ -2,9 +2,9 @@
 # Records the golden captures in rust-client/: a real rocketmq-rust name server and broker on
 # loopback, the real rocketmq-client-rust producer and consumer (tests/peers/rust-client), and
 # tcpdump around them. Run as root from the repository root:
-#   PEERS=/opt/mqtrace-peers bash tests/captures/record.sh
-# PEERS holds bin/rocketmq-namesrv-rust, bin/rocketmq-broker-rust (cargo install --root) and
-# target/release/mq-client (CARGO_TARGET_DIR=$PEERS/target cargo build --release in the peer).
+#   PEERS=$(cargo xtask peers | sed -n "s/^peers in //p") bash tests/captures/record.sh
+# PEERS holds bin/rocketmq-namesrv-rust, bin/rocketmq-broker-rust and bin/mq-client, as
+# `cargo xtask peers` builds them (it prints the directory).
 set -euo pipefail
 PEERS=${PEERS:?set PEERS to the directory with the installed peers}
 OUT=$(cd "$(dirname "$0")" && pwd)/rust-client
@@ -18,32 +18,7 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "$WORK/conf" "$WORK/store"
-cat > "$WORK/conf/broker.toml" <<TOML
-[broker]
-namesrvAddr = "127.0.0.1:9876"
-brokerIp1 = "127.0.0.1"
-brokerIp2 = "127.0.0.1"
-listenPort = 10911
-storePathRootDir = "$WORK/store"
-autoCreateTopicEnable = true
-autoCreateSubscriptionGroup = true
-[broker.brokerServerConfig]
-bindAddress = "127.0.0.1"
-[broker.brokerIdentity]
-brokerName = "broker-a"
-brokerClusterName = "DefaultCluster"
-brokerId = 0
-[store]
-storeType = "LocalFile"
-brokerRole = "ASYNC_MASTER"
-storePathRootDir = "$WORK/store"
-haListenAddress = "127.0.0.1"
-haListenPort = 10912
-mappedFileSizeCommitLog = 67108864
-mappedFileSizeConsumeQueue = 600000
-maxHashSlotNum = 10000
-maxIndexNum = 40000
-TOML
+sed -e "s|@HOME@|$WORK|g" -e "s|@IP@|127.0.0.1|g" "$(dirname "$0")/../peers/broker.toml.in" > "$WORK/conf/broker.toml"
 export ROCKETMQ_HOME=$WORK
 "$PEERS/bin/rocketmq-namesrv-rust" --bindAddress 127.0.0.1 --listenPort 9876 > "$WORK/namesrv.log" 2>&1 &
 PIDS+=($!)
@@ -63,7 +38,7 @@ record() { # name, then the client command
   kill "$dump"; wait "$dump" || true
 }
 
-CLIENT=$PEERS/target/release/mq-client
+CLIENT=$PEERS/bin/mq-client
 record send-single "$CLIENT" produce 127.0.0.1:9876 GoldenSingle 20 --tag TagA
 record send-batch "$CLIENT" produce 127.0.0.1:9876 GoldenBatch 30 --batch 10 --tag TagB
 # The same client with ROCKETMQ (binary) headers instead of JSON.

@@ -1,7 +1,9 @@
 //! Helpers shared by the end-to-end tests and their helper programs.
 
 pub mod capture;
+pub mod otlp;
 pub mod process;
+pub mod rocketmq;
 
 /// Deterministic pseudo-random bytes (xorshift64*), so that a test and the helper program it
 /// starts agree on what was sent without passing it around.

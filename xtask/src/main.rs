@@ -2,6 +2,7 @@
 //! Linux host, installing what is missing and saying so.
 
 mod bench;
+mod peers;
 mod setup;
 
 use std::process::Command;
@@ -32,6 +33,8 @@ enum Task {
     Test,
     /// Set up, then run the benchmarks and print their table.
     Bench,
+    /// Build the real RocketMQ name server, broker and client the end-to-end tests use.
+    Peers,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,6 +54,7 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Task::Test => test(),
+        Task::Peers => peers::ensure().map(|dir| println!("peers in {}", dir.display())),
         Task::Bench => {
             setup::run()?;
             bench::run()

@@ -1,0 +1,161 @@
+//! The real RocketMQ peers (rocketmq-rust name server and broker, our mq-client over
+//! rocketmq-client-rust), started for a test and stopped by pid when it ends, pass or fail.
+//! `cargo xtask test` builds them and says where in `MQTRACE_PEERS`.
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+/// Where the peers are installed (`bin/` inside); tests fail loudly without them.
+pub fn peers_dir() -> PathBuf {
+    let dir = std::env::var_os("MQTRACE_PEERS").map(PathBuf::from).expect(
+        "MQTRACE_PEERS must name the directory of the real RocketMQ peers: run the tests with \
+         `cargo xtask test`, which builds them (or `cargo xtask peers`)",
+    );
+    assert!(
+        dir.join("bin/rocketmq-broker-rust").exists(),
+        "no broker in {}/bin: run `cargo xtask peers`",
+        dir.display()
+    );
+    dir
+}
+
+fn bin(name: &str) -> PathBuf {
+    peers_dir().join("bin").join(name)
+}
+
+/// A command running `mq-client` (see tests/peers/rust-client).
+pub fn client() -> Command {
+    Command::new(bin("mq-client"))
+}
+
+/// A process killed (by pid) and reaped on drop.
+pub struct Owned(pub Child);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// A name server and a broker listening on `ip`, with their own scratch directory.
+pub struct Broker {
+    // Dropped first: the broker, then the name server.
+    broker: Owned,
+    namesrv: Owned,
+    home: PathBuf,
+    pub ip: String,
+}
+
+impl Broker {
+    /// Starts both; `wrap` prefixes the commands (e.g. `ip netns exec NS`), or is empty.
+    pub fn start(ip: &str, wrap: &[&str]) -> anyhow::Result<Self> {
+        let home =
+            std::env::temp_dir().join(format!("mqtrace-broker-{}-{}", std::process::id(), ip));
+        std::fs::create_dir_all(home.join("conf"))?;
+        std::fs::create_dir_all(home.join("store"))?;
+        let template =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/peers/broker.toml.in"))?;
+        let config = home.join("conf/broker.toml");
+        std::fs::write(
+            &config,
+            template
+                .replace("@HOME@", &home.to_string_lossy())
+                .replace("@IP@", ip),
+        )?;
+        let spawn = |program: PathBuf, args: &[&str], log: &str| -> anyhow::Result<Owned> {
+            let mut command = match wrap.split_first() {
+                Some((first, rest)) => {
+                    let mut c = Command::new(first);
+                    c.args(rest).arg(&program);
+                    c
+                }
+                None => Command::new(&program),
+            };
+            let log = std::fs::File::create(home.join(log))?;
+            command
+                .args(args)
+                .env("ROCKETMQ_HOME", &home)
+                .env("ROCKETMQ_SECURITY_PROFILE", "development-insecure-loopback")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log);
+            Ok(Owned(command.spawn().with_context(|| {
+                format!("starting {}", program.display())
+            })?))
+        };
+        let namesrv = spawn(
+            bin("rocketmq-namesrv-rust"),
+            &["--bindAddress", ip, "--listenPort", "9876"],
+            "namesrv.log",
+        )?;
+        let namesrv_addr = format!("{ip}:9876");
+        let config = config.to_string_lossy().into_owned();
+        let broker = spawn(
+            bin("rocketmq-broker-rust"),
+            &["-c", &config, "-n", &namesrv_addr],
+            "broker.log",
+        )?;
+        let broker = Self {
+            broker,
+            namesrv,
+            home,
+            ip: ip.to_string(),
+        };
+        if wrap.is_empty() {
+            for port in [9876, 10911] {
+                wait_for_port(&format!("{ip}:{port}").parse()?, Duration::from_secs(20))?;
+            }
+        } else {
+            // In another network namespace the ports are not reachable from here directly.
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        Ok(broker)
+    }
+
+    pub fn namesrv(&self) -> String {
+        format!("{}:9876", self.ip)
+    }
+
+    /// The broker's log, for a failing test to show.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.home.join("broker.log")).unwrap_or_default()
+    }
+
+    pub fn broker_pid(&self) -> u32 {
+        self.broker.0.id()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own children; Owned's drop reaps them.
+        unsafe {
+            libc::kill(self.broker.0.id() as i32, libc::SIGKILL);
+            libc::kill(self.namesrv.0.id() as i32, libc::SIGKILL);
+        }
+        let _ = self.broker.0.wait();
+        let _ = self.namesrv.0.wait();
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+fn wait_for_port(addr: &SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("nothing listens on {addr} after {timeout:?}")
+}

@@ -1,0 +1,236 @@
+//! End to end on one host: a real name server and broker, the real rocketmq-client-rust
+//! producer and consumer, the real `mqtrace run` binary with its kernel probes, and spans
+//! exported over OTLP/gRPC to a real receiver. Needs root and the peers (`cargo xtask test`).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use mqtrace::spans::identity::{SpanId, TraceId};
+use mqtrace_tests::{
+    otlp::{ReceivedSpan, Receiver},
+    rocketmq::{Broker, Owned, client},
+};
+
+const MESSAGES: usize = 200;
+const PRODUCER: i32 = 4;
+const CLIENT: i32 = 3;
+
+/// The `mqtrace` binary beside this test's executable (cargo builds it for the workspace's tests).
+fn mqtrace_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("mqtrace");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p mqtrace` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Starts an agent and waits until its probes are attached.
+fn start_agent(args: &[&str], log: &std::path::Path) -> Owned {
+    let file = std::fs::File::create(log).unwrap();
+    let agent = Command::new(mqtrace_bin())
+        .arg("run")
+        .args(args)
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start mqtrace");
+    let started = Instant::now();
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains("mqtrace: tracing")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "agent did not start: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Owned(agent)
+}
+
+/// SIGTERM, then wait for the agent to flush and exit.
+fn stop_agent(mut agent: Owned, log: &std::path::Path) -> String {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
+    let started = Instant::now();
+    while agent.0.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "agent did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::read_to_string(log).unwrap()
+}
+
+fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_messages_one_trace_each_over_otlp() {
+    let topic = "E2ETopic";
+    let broker = Broker::start("127.0.0.1", &[]).unwrap();
+    let receiver = Receiver::start().await.unwrap();
+    let log = std::env::temp_dir().join(format!("mqtrace-e2e-agent-{}.log", std::process::id()));
+    let endpoint = format!("http://{}", receiver.addr);
+    let agent = start_agent(
+        &[
+            "--all",
+            "--otlp-endpoint",
+            &endpoint,
+            "--stats-interval",
+            "5",
+        ],
+        &log,
+    );
+
+    let namesrv = broker.namesrv();
+    let (produced, consumed) = tokio::task::spawn_blocking(move || {
+        let produced = client()
+            .args([
+                "produce",
+                &namesrv,
+                topic,
+                &MESSAGES.to_string(),
+                "--tag",
+                "TagE2E",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            produced.status.success(),
+            "producer failed: {}",
+            String::from_utf8_lossy(&produced.stderr)
+        );
+        let consumed = client()
+            .args([
+                "consume",
+                &namesrv,
+                topic,
+                "e2e_group",
+                &MESSAGES.to_string(),
+                "120",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            consumed.status.success(),
+            "consumer failed: {}",
+            String::from_utf8_lossy(&consumed.stderr)
+        );
+        (json_lines(&produced.stdout), json_lines(&consumed.stdout))
+    })
+    .await
+    .unwrap();
+    assert_eq!(produced.len(), MESSAGES);
+    assert!(consumed.len() >= MESSAGES);
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let agent_log = tokio::task::spawn_blocking({
+        let log = log.clone();
+        move || stop_agent(agent, &log)
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_file(&log);
+    let spans = receiver.spans();
+    drop(broker);
+
+    let ids: BTreeSet<String> = produced
+        .iter()
+        .map(|p| p["msg_id"].as_str().unwrap().to_string())
+        .collect();
+    let mut by_trace: BTreeMap<String, Vec<&ReceivedSpan>> = BTreeMap::new();
+    for span in &spans {
+        by_trace
+            .entry(span.trace_id.clone())
+            .or_default()
+            .push(span);
+        // No span for unrelated traffic (heartbeats, routes, the broker's own side, ...).
+        let id = span
+            .attributes
+            .get("messaging.message.id")
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            ids.contains(&id),
+            "span {} for a message not produced here: {id:?}\n{agent_log}",
+            span.name
+        );
+    }
+    for p in &produced {
+        let id = p["msg_id"].as_str().unwrap();
+        let trace = by_trace
+            .get(&TraceId::for_message(id).hex())
+            .unwrap_or_else(|| panic!("no trace for {id}\n{agent_log}"));
+        let sends: Vec<_> = trace.iter().filter(|s| s.kind == PRODUCER).collect();
+        assert_eq!(sends.len(), 1, "{id}: exactly one send span");
+        let send = sends[0];
+        assert_eq!(send.span_id, SpanId::for_send(id).hex());
+        assert_eq!(send.name, format!("send {topic}"));
+        let a = &send.attributes;
+        assert_eq!(a["messaging.system"], "rocketmq");
+        assert_eq!(a["messaging.destination.name"], topic);
+        assert_eq!(
+            a["messaging.destination.partition.id"],
+            p["queue_id"].to_string()
+        );
+        assert_eq!(a["mqtrace.queue_offset"], p["queue_offset"].to_string());
+        assert_eq!(
+            a["mqtrace.offset_msg_id"],
+            p["offset_msg_id"].as_str().unwrap()
+        );
+        assert_eq!(a["messaging.rocketmq.message.tag"], "TagE2E");
+        assert_eq!(
+            a["messaging.rocketmq.message.keys"],
+            p["key"].as_str().unwrap()
+        );
+        assert_eq!(a["messaging.message.body.size"], "64");
+        assert_eq!(send.resource["service.name"], "mq-client");
+        let receives: Vec<_> = trace
+            .iter()
+            .filter(|s| s.kind == CLIENT && s.name == format!("receive {topic}"))
+            .collect();
+        assert!(
+            !receives.is_empty(),
+            "{id}: at least one receive span\n{agent_log}"
+        );
+        for receive in receives {
+            assert_eq!(
+                receive.parent_span_id, send.span_id,
+                "{id}: receive's parent is the send span"
+            );
+            assert_eq!(
+                receive.attributes["messaging.consumer.group.name"],
+                "e2e_group"
+            );
+            assert_eq!(
+                receive.attributes["messaging.destination.partition.id"],
+                p["queue_id"].to_string()
+            );
+            assert_eq!(
+                receive.attributes["mqtrace.queue_offset"],
+                p["queue_offset"].to_string()
+            );
+        }
+    }
+    assert!(
+        agent_log.contains("\"dropped_queue_full\":0")
+            && agent_log.contains("\"dropped_export_failed\":0"),
+        "nothing dropped:\n{agent_log}"
+    );
+}
