@@ -45,10 +45,20 @@ pub struct Pipeline {
 impl Pipeline {
     /// `clock_offset_ns` turns source timestamps into Unix time (0 when they already are).
     pub fn new(config: DecoderConfig, clock_offset_ns: i64, resources: Resources) -> Self {
+        Self::with_request_timeout(config, clock_offset_ns, resources, DEFAULT_TIMEOUT_NS)
+    }
+
+    /// As `new`, ending requests unanswered after `request_timeout_ns` as errors.
+    pub fn with_request_timeout(
+        config: DecoderConfig,
+        clock_offset_ns: i64,
+        resources: Resources,
+        request_timeout_ns: u64,
+    ) -> Self {
         Self {
             streams: Streams::new(),
             decoders: Decoders::new(config),
-            correlator: Correlator::new(clock_offset_ns, DEFAULT_TIMEOUT_NS),
+            correlator: Correlator::new(clock_offset_ns, request_timeout_ns),
             resources,
             emit_commands: false,
             spans: 0,

@@ -131,8 +131,15 @@ impl Broker {
         std::fs::read_to_string(self.home.join("broker.log")).unwrap_or_default()
     }
 
-    pub fn broker_pid(&self) -> u32 {
-        self.broker.0.id()
+    /// Freezes the broker (SIGSTOP): connections stay open, requests get no answer.
+    pub fn pause(&self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.broker.0.id() as i32, libc::SIGSTOP) };
+    }
+
+    pub fn resume(&self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.broker.0.id() as i32, libc::SIGCONT) };
     }
 }
 

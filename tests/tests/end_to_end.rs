@@ -234,3 +234,128 @@ async fn two_hundred_messages_one_trace_each_over_otlp() {
         "nothing dropped:\n{agent_log}"
     );
 }
+
+fn spans_from_file(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn attr<'a>(span: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
+    &span["attributes"][key]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_consumption_settles_and_retries_and_an_unanswered_send_is_an_error() {
+    let topic = "E2EFail";
+    let group = "e2e_fail_group";
+    let broker = Broker::start("127.0.0.1", &[]).unwrap();
+    let dir = std::env::temp_dir();
+    let log = dir.join(format!("mqtrace-e2e-fail-agent-{}.log", std::process::id()));
+    let output = dir.join(format!(
+        "mqtrace-e2e-fail-spans-{}.jsonl",
+        std::process::id()
+    ));
+    let output_arg = output.to_string_lossy().into_owned();
+    let agent = start_agent(
+        &["--all", "--output", &output_arg, "--request-timeout", "3"],
+        &log,
+    );
+
+    let namesrv = broker.namesrv();
+    let (produced, consumed) = tokio::task::spawn_blocking(move || {
+        let produced = client()
+            .args(["produce", &namesrv, topic, "10"])
+            .output()
+            .unwrap();
+        assert!(produced.status.success());
+        // The first 3 messages are failed once: the client sends them back for a retry.
+        let consumed = client()
+            .args([
+                "consume",
+                &namesrv,
+                topic,
+                group,
+                "10",
+                "120",
+                "--fail-first",
+                "3",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            consumed.status.success(),
+            "consumer: {}",
+            String::from_utf8_lossy(&consumed.stderr)
+        );
+        (json_lines(&produced.stdout), json_lines(&consumed.stdout))
+    })
+    .await
+    .unwrap();
+    let failed: Vec<String> = consumed
+        .iter()
+        .filter(|c| c["status"] == "failed")
+        .map(|c| c["uniq_key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(failed.len(), 3);
+
+    // The broker freezes: a send gets no answer, the client gives up, the agent ends it as an error.
+    broker.pause();
+    let namesrv = broker.namesrv();
+    let unanswered = tokio::task::spawn_blocking(move || {
+        client()
+            .args(["produce", &namesrv, topic, "1"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        !unanswered.status.success(),
+        "a send to a frozen broker fails"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await; // past --request-timeout
+    broker.resume();
+
+    let agent_log = tokio::task::spawn_blocking({
+        let log = log.clone();
+        move || stop_agent(agent, &log)
+    })
+    .await
+    .unwrap();
+    let spans = spans_from_file(&output);
+    let _ = std::fs::remove_file(&output);
+    let _ = std::fs::remove_file(&log);
+
+    for id in &failed {
+        let trace = TraceId::for_message(id).hex();
+        let mine: Vec<_> = spans
+            .iter()
+            .filter(|s| s["trace_id"] == trace.as_str())
+            .collect();
+        let send = SpanId::for_send(id).hex();
+        assert!(
+            mine.iter()
+                .any(|s| s["name"] == format!("send_back {topic}")
+                    && s["parent_span_id"] == send.as_str()),
+            "{id}: a send-back settle span under the send span\n{agent_log}"
+        );
+        let retry = mine
+            .iter()
+            .find(|s| s["name"] == format!("receive %RETRY%{group}"))
+            .unwrap_or_else(|| panic!("{id}: a receive span for the retry\n{agent_log}"));
+        assert_eq!(retry["parent_span_id"], send.as_str());
+        assert_eq!(attr(retry, "mqtrace.reconsume_times"), 1);
+    }
+    let errors: Vec<_> = spans.iter().filter(|s| s["status"] == "ERROR").collect();
+    assert_eq!(errors.len(), 1, "exactly the unanswered send: {errors:?}");
+    assert_eq!(errors[0]["name"], format!("send {topic}"));
+    assert_eq!(attr(errors[0], "error.type"), "timeout");
+    let ok_ids: BTreeSet<&str> = produced
+        .iter()
+        .map(|p| p["msg_id"].as_str().unwrap())
+        .collect();
+    assert!(!ok_ids.contains(attr(errors[0], "messaging.message.id").as_str().unwrap()));
+}

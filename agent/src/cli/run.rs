@@ -45,6 +45,10 @@ pub struct RunArgs {
     /// OTLP transport. Default: OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL, else grpc.
     #[arg(long, value_name = "PROTOCOL")]
     otlp_protocol: Option<Protocol>,
+    /// A request without a response after this long ends as an error span ("timeout"). Long
+    /// polls get their own suspend time on top.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    request_timeout: u64,
     /// At shutdown, how long pending spans may take to reach the collector.
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
     flush_timeout: u64,

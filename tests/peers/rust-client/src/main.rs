@@ -3,9 +3,12 @@
 //! mq-client produce NAMESRV TOPIC COUNT [--batch N] [--tag T] [--body-size B]
 //!   sends COUNT messages (in batches of N when given), keys "key-<i>", and prints one JSON
 //!   line per message: {"msg_id","offset_msg_id","queue_id","queue_offset","key","tag"}.
-//! mq-client consume NAMESRV TOPIC GROUP EXPECT TIMEOUT_SECS
-//!   consumes until EXPECT distinct messages arrived (or the timeout), printing one JSON line
-//!   per message: {"msg_id","queue_id","queue_offset","topic","tags","keys","reconsume_times"}.
+//! mq-client consume NAMESRV TOPIC GROUP EXPECT TIMEOUT_SECS [--fail-first N]
+//!   consumes until EXPECT distinct messages (by UNIQ_KEY) were consumed (or the timeout),
+//!   printing one JSON line per delivery: {"msg_id" (the offsetMsgId), "uniq_key", "queue_id",
+//!   "queue_offset", "topic", "tags", "reconsume_times", "status"}. With --fail-first, the
+//!   first N messages are failed once (ReconsumeLater: the client sends them back for a retry),
+//!   with status "failed".
 #![recursion_limit = "512"]
 
 use std::{
@@ -106,7 +109,7 @@ async fn produce(args: &[String]) -> ClientResult<()> {
             let messages: Vec<Message> = (i..i + n).map(|j| message(&topic, &tag, j, body_size)).collect();
             let result = producer.send_batch_with_timeout(messages, 5000).await?;
             // A batch result carries comma-joined ids, one per message, in order.
-            let ids: Vec<String> = result.msg_id.as_ref().map(|m| m.split(',').map(String::from).collect()).unwrap_or_default();
+            let ids: Vec<String> = result.msg_id.as_ref().map(|m| m.as_str().split(',').map(String::from).collect()).unwrap_or_default();
             for (k, id) in ids.iter().enumerate() {
                 println!(
                     "{}",
@@ -129,7 +132,10 @@ async fn produce(args: &[String]) -> ClientResult<()> {
 }
 
 struct Collector {
+    /// UNIQ_KEYs consumed successfully.
     seen: Arc<Mutex<HashSet<String>>>,
+    /// UNIQ_KEYs failed once on purpose, and how many may still be.
+    failed: Mutex<(HashSet<String>, usize)>,
 }
 
 impl MessageListenerConcurrently for Collector {
@@ -139,22 +145,36 @@ impl MessageListenerConcurrently for Collector {
         _context: &ConsumeConcurrentlyContext,
     ) -> ClientResult<ConsumeConcurrentlyStatus> {
         let mut seen = self.seen.lock().unwrap();
+        let mut failed = self.failed.lock().unwrap();
+        let mut status = ConsumeConcurrentlyStatus::ConsumeSuccess;
         for msg in msgs {
-            if seen.insert(msg.msg_id().to_string()) {
-                println!(
-                    "{}",
-                    json!({
-                        "msg_id": msg.msg_id().to_string(),
-                        "topic": msg.topic().to_string(),
-                        "queue_id": msg.queue_id(),
-                        "queue_offset": msg.queue_offset(),
-                        "tags": msg.get_tags().map(|t| t.to_string()),
-                        "reconsume_times": msg.reconsume_times(),
-                    })
-                );
+            let uniq_key = msg.property("UNIQ_KEY").unwrap_or_default().to_string();
+            let fail = msg.reconsume_times() == 0 && failed.1 > 0 && !failed.0.contains(&uniq_key);
+            if fail {
+                failed.0.insert(uniq_key.clone());
+                failed.1 -= 1;
+                status = ConsumeConcurrentlyStatus::ReconsumeLater;
+            }
+            println!(
+                "{}",
+                json!({
+                    "msg_id": msg.msg_id().to_string(),
+                    "uniq_key": uniq_key,
+                    "topic": msg.topic().to_string(),
+                    "queue_id": msg.queue_id(),
+                    "queue_offset": msg.queue_offset(),
+                    "tags": msg.get_tags().map(|t| t.to_string()),
+                    "reconsume_times": msg.reconsume_times(),
+                    "status": if fail { "failed" } else { "consumed" },
+                })
+            );
+        }
+        if status == ConsumeConcurrentlyStatus::ConsumeSuccess {
+            for msg in msgs {
+                seen.insert(msg.property("UNIQ_KEY").unwrap_or_default().to_string());
             }
         }
-        Ok(ConsumeConcurrentlyStatus::ConsumeSuccess)
+        Ok(status)
     }
 }
 
@@ -164,6 +184,7 @@ async fn consume(args: &[String]) -> ClientResult<()> {
     let group = arg(args, 4, "GROUP");
     let expect: usize = arg(args, 5, "EXPECT").parse().expect("EXPECT");
     let timeout: u64 = arg(args, 6, "TIMEOUT_SECS").parse().expect("TIMEOUT_SECS");
+    let fail_first: usize = flag(args, "--fail-first").map_or(0, |n| n.parse().expect("--fail-first"));
     let rt = runtime("consumer");
     let mut consumer = DefaultMQPushConsumer::builder(rt.client.clone())
         .consumer_group(group)
@@ -171,7 +192,10 @@ async fn consume(args: &[String]) -> ClientResult<()> {
         .build();
     consumer.subscribe(&topic, "*").await?;
     let seen = Arc::new(Mutex::new(HashSet::new()));
-    consumer.register_message_listener_concurrently(Collector { seen: seen.clone() });
+    consumer.register_message_listener_concurrently(Collector {
+        seen: seen.clone(),
+        failed: Mutex::new((HashSet::new(), fail_first)),
+    });
     consumer.start().await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
     while seen.lock().unwrap().len() < expect && tokio::time::Instant::now() < deadline {
