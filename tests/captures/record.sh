@@ -18,7 +18,7 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "$WORK/conf" "$WORK/store"
-sed -e "s|@HOME@|$WORK|g" -e "s|@IP@|127.0.0.1|g" "$(dirname "$0")/../peers/broker.toml.in" > "$WORK/conf/broker.toml"
+sed -e "s|@HOME@|$WORK|g" -e "s|@IP@|127.0.0.1|g" -e "s|@ADVERTISED@|127.0.0.1|g" "$(dirname "$0")/../peers/broker.toml.in" > "$WORK/conf/broker.toml"
 export ROCKETMQ_HOME=$WORK
 "$PEERS/bin/rocketmq-namesrv-rust" --bindAddress 127.0.0.1 --listenPort 9876 > "$WORK/namesrv.log" 2>&1 &
 PIDS+=($!)

@@ -1,8 +1,10 @@
 //! Helpers shared by the end-to-end tests and their helper programs.
 
 pub mod capture;
+pub mod netns;
 pub mod otlp;
 pub mod process;
+pub mod relay;
 pub mod rocketmq;
 
 /// Deterministic pseudo-random bytes (xorshift64*), so that a test and the helper program it

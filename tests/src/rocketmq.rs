@@ -29,9 +29,14 @@ fn bin(name: &str) -> PathBuf {
     peers_dir().join("bin").join(name)
 }
 
-/// A command running `mq-client` (see tests/peers/rust-client).
+/// The `mq-client` binary (see tests/peers/rust-client).
+pub fn client_path() -> PathBuf {
+    bin("mq-client")
+}
+
+/// A command running `mq-client`.
 pub fn client() -> Command {
-    Command::new(bin("mq-client"))
+    Command::new(client_path())
 }
 
 /// A process killed (by pid) and reaped on drop.
@@ -57,8 +62,14 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts both; `wrap` prefixes the commands (e.g. `ip netns exec NS`), or is empty.
-    pub fn start(ip: &str, wrap: &[&str]) -> anyhow::Result<Self> {
+    /// Starts both on `ip`, telling clients to reach the broker at `ip` too.
+    pub fn start(ip: &str) -> anyhow::Result<Self> {
+        Self::start_advertising(ip, ip)
+    }
+
+    /// Starts both on `ip`, telling clients the broker is at `advertised` (an address relayed
+    /// to `ip`: this broker listens in plain TCP on loopback only).
+    pub fn start_advertising(ip: &str, advertised: &str) -> anyhow::Result<Self> {
         let home =
             std::env::temp_dir().join(format!("mqtrace-broker-{}-{}", std::process::id(), ip));
         std::fs::create_dir_all(home.join("conf"))?;
@@ -70,17 +81,11 @@ impl Broker {
             &config,
             template
                 .replace("@HOME@", &home.to_string_lossy())
-                .replace("@IP@", ip),
+                .replace("@IP@", ip)
+                .replace("@ADVERTISED@", advertised),
         )?;
         let spawn = |program: PathBuf, args: &[&str], log: &str| -> anyhow::Result<Owned> {
-            let mut command = match wrap.split_first() {
-                Some((first, rest)) => {
-                    let mut c = Command::new(first);
-                    c.args(rest).arg(&program);
-                    c
-                }
-                None => Command::new(&program),
-            };
+            let mut command = Command::new(&program);
             let log = std::fs::File::create(home.join(log))?;
             command
                 .args(args)
@@ -111,13 +116,8 @@ impl Broker {
             home,
             ip: ip.to_string(),
         };
-        if wrap.is_empty() {
-            for port in [9876, 10911] {
-                wait_for_port(&format!("{ip}:{port}").parse()?, Duration::from_secs(20))?;
-            }
-        } else {
-            // In another network namespace the ports are not reachable from here directly.
-            std::thread::sleep(Duration::from_secs(3));
+        for port in [9876, 10911] {
+            wait_for_port(&format!("{ip}:{port}").parse()?, Duration::from_secs(20))?;
         }
         Ok(broker)
     }

@@ -11,8 +11,10 @@ use std::{
 
 use mqtrace::spans::identity::{SpanId, TraceId};
 use mqtrace_tests::{
+    netns::NetNs,
     otlp::{ReceivedSpan, Receiver},
-    rocketmq::{Broker, Owned, client},
+    relay::Relay,
+    rocketmq::{Broker, Owned, client, client_path},
 };
 
 const MESSAGES: usize = 200;
@@ -83,7 +85,7 @@ fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_messages_one_trace_each_over_otlp() {
     let topic = "E2ETopic";
-    let broker = Broker::start("127.0.0.1", &[]).unwrap();
+    let broker = Broker::start("127.0.0.1").unwrap();
     let receiver = Receiver::start().await.unwrap();
     let log = std::env::temp_dir().join(format!("mqtrace-e2e-agent-{}.log", std::process::id()));
     let endpoint = format!("http://{}", receiver.addr);
@@ -251,7 +253,7 @@ fn attr<'a>(span: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
 async fn failed_consumption_settles_and_retries_and_an_unanswered_send_is_an_error() {
     let topic = "E2EFail";
     let group = "e2e_fail_group";
-    let broker = Broker::start("127.0.0.1", &[]).unwrap();
+    let broker = Broker::start("127.0.0.1").unwrap();
     let dir = std::env::temp_dir();
     let log = dir.join(format!("mqtrace-e2e-fail-agent-{}.log", std::process::id()));
     let output = dir.join(format!(
@@ -358,4 +360,135 @@ async fn failed_consumption_settles_and_retries_and_an_unanswered_send_is_an_err
         .map(|p| p["msg_id"].as_str().unwrap())
         .collect();
     assert!(!ok_ids.contains(attr(errors[0], "messaging.message.id").as_str().unwrap()));
+}
+
+/// Starts `mq-client ARGS` inside `ns`, blocked until `release`: `sh` waits for a line, then
+/// execs the client, so the pid an agent selects is the client's from its first syscall.
+fn blocked_client(ns: &NetNs, args: &[&str]) -> std::process::Child {
+    let client = client_path();
+    let mut command = ns.command("sh");
+    command
+        .args(["-c", "read _ && exec \"$0\" \"$@\""])
+        .arg(&client)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    command.spawn().expect("start mq-client in its namespace")
+}
+
+fn release_and_wait(child: std::process::Child) -> Vec<serde_json::Value> {
+    let mut child = child;
+    use std::io::Write;
+    writeln!(child.stdin.take().unwrap()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "client in namespace failed");
+    json_lines(&out.stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_two_agents_the_traces_still_join() {
+    let topic = "E2ETwoHosts";
+    let messages = 50;
+    let (host_a, host_b) = (NetNs::create(1).unwrap(), NetNs::create(2).unwrap());
+    // The broker runs here on loopback (the only plain-TCP address it accepts) and is reached
+    // at host A's link address through a relay; host B gets there by its route.
+    let broker_ip = host_a.host_ip.clone();
+    let broker = Broker::start_advertising("127.0.0.1", &broker_ip).unwrap();
+    let _relays = [9876, 10911].map(|port| {
+        Relay::start(&format!("{broker_ip}:{port}"), &format!("127.0.0.1:{port}")).unwrap()
+    });
+    let namesrv = format!("{broker_ip}:9876");
+    let dir = std::env::temp_dir();
+    let file = |name: &str| dir.join(format!("mqtrace-e2e-{name}-{}", std::process::id()));
+    let (out_a, out_b, log_a, log_b) = (
+        file("a.jsonl"),
+        file("b.jsonl"),
+        file("a.log"),
+        file("b.log"),
+    );
+
+    // The namespaces move into the blocking task and are removed when it ends, pass or fail.
+    let result = tokio::task::spawn_blocking({
+        let (out_a, out_b, log_a, log_b) =
+            (out_a.clone(), out_b.clone(), log_a.clone(), log_b.clone());
+        move || {
+            // Host A: the producer and an agent selecting only it.
+            let producer = blocked_client(
+                &host_a,
+                &["produce", &namesrv, topic, &messages.to_string()],
+            );
+            let pid_a = producer.id().to_string();
+            let agent_a = start_agent(
+                &["--pid", &pid_a, "--output", out_a.to_str().unwrap()],
+                &log_a,
+            );
+            let produced = release_and_wait(producer);
+            // Host B: the consumer and an agent selecting only it.
+            let consumer = blocked_client(
+                &host_b,
+                &[
+                    "consume",
+                    &namesrv,
+                    topic,
+                    "two_hosts_group",
+                    &messages.to_string(),
+                    "120",
+                ],
+            );
+            let pid_b = consumer.id().to_string();
+            let agent_b = start_agent(
+                &["--pid", &pid_b, "--output", out_b.to_str().unwrap()],
+                &log_b,
+            );
+            let consumed = release_and_wait(consumer);
+            let logs = (stop_agent(agent_a, &log_a), stop_agent(agent_b, &log_b));
+            (produced, consumed, pid_a, pid_b, logs)
+        }
+    })
+    .await;
+    let (produced, consumed, pid_a, pid_b, (log_a_text, log_b_text)) = result.unwrap();
+    let (spans_a, spans_b) = (spans_from_file(&out_a), spans_from_file(&out_b));
+    for f in [&out_a, &out_b, &log_a, &log_b] {
+        let _ = std::fs::remove_file(f);
+    }
+    drop(broker);
+
+    assert_eq!(produced.len(), messages);
+    assert!(consumed.len() >= messages);
+    // Each agent saw only its own host's process.
+    assert!(
+        spans_a
+            .iter()
+            .all(|s| s["resource"]["process.pid"].as_u64() == pid_a.parse().ok()),
+        "{log_a_text}"
+    );
+    assert!(
+        spans_b
+            .iter()
+            .all(|s| s["resource"]["process.pid"].as_u64() == pid_b.parse().ok()),
+        "{log_b_text}"
+    );
+    for p in &produced {
+        let id = p["msg_id"].as_str().unwrap();
+        let trace = TraceId::for_message(id).hex();
+        let send = spans_a
+            .iter()
+            .find(|s| s["kind"] == "PRODUCER" && s["trace_id"] == trace.as_str());
+        let send = send.unwrap_or_else(|| panic!("{id}: no send span from host A\n{log_a_text}"));
+        let receive = spans_b
+            .iter()
+            .find(|s| s["name"] == format!("receive {topic}") && s["trace_id"] == trace.as_str());
+        let receive =
+            receive.unwrap_or_else(|| panic!("{id}: no receive span from host B\n{log_b_text}"));
+        assert_eq!(
+            receive["parent_span_id"], send["span_id"],
+            "{id}: host B's receive is a child of host A's send"
+        );
+        assert_eq!(
+            send["attributes"]["server.address"],
+            broker_ip.as_str(),
+            "{id}: sent to the broker across the link"
+        );
+    }
 }
