@@ -55,14 +55,10 @@ struct Collector {
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
 }
 
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+impl Collector {
+    fn keep(&self, request: ExportTraceServiceRequest) {
         let mut spans = self.spans.lock().unwrap();
-        for resource_spans in request.into_inner().resource_spans {
+        for resource_spans in request.resource_spans {
             let resource = resource_spans
                 .resource
                 .as_ref()
@@ -82,6 +78,16 @@ impl TraceService for Collector {
                 }
             }
         }
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.keep(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
@@ -123,8 +129,87 @@ impl Receiver {
         })
     }
 
+    /// An OTLP/HTTP receiver: `POST /v1/traces` with a protobuf `ExportTraceServiceRequest`
+    /// body (HTTP/1.1, Content-Length framed, as exporters send it).
+    pub async fn start_http() -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let collector = Collector::default();
+        let spans = collector.spans.clone();
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        let collector = collector.clone();
+                        tokio::spawn(async move { let _ = serve_http(stream, collector).await; });
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            addr,
+            spans,
+            _stop: stop,
+        })
+    }
+
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.spans.lock().unwrap().clone()
+    }
+}
+
+/// Serves OTLP/HTTP requests on one connection until it closes.
+async fn serve_http(stream: tokio::net::TcpStream, collector: Collector) -> anyhow::Result<()> {
+    use prost::Message as _;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let mut stream = BufReader::new(stream);
+    loop {
+        let mut request_line = String::new();
+        if stream.read_line(&mut request_line).await? == 0 {
+            return Ok(());
+        }
+        let mut length = 0usize;
+        loop {
+            let mut header = String::new();
+            stream.read_line(&mut header).await?;
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse()?;
+            }
+        }
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).await?;
+        let (status, reply) = if request_line.starts_with("POST /v1/traces ") {
+            match ExportTraceServiceRequest::decode(body.as_slice()) {
+                Ok(request) => {
+                    collector.keep(request);
+                    (
+                        "200 OK",
+                        ExportTraceServiceResponse {
+                            partial_success: None,
+                        }
+                        .encode_to_vec(),
+                    )
+                }
+                Err(_) => ("400 Bad Request", Vec::new()),
+            }
+        } else {
+            ("404 Not Found", Vec::new())
+        };
+        let head = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
+            reply.len()
+        );
+        stream.get_mut().write_all(head.as_bytes()).await?;
+        stream.get_mut().write_all(&reply).await?;
     }
 }
 
