@@ -240,25 +240,29 @@ impl Correlator {
         response: Option<&DecodedCommand>,
         out: &mut Vec<MessageEvent>,
     ) {
-        let start = self.unix(request.command.start_ns);
-        let end = self.unix(response.map_or(request.command.end_ns, |r| r.command.end_ns));
-        let oneway = request.command.header.is_oneway();
-        let outcome = match response {
-            Some(r) => outcome_of(r),
-            None if oneway => Outcome::Ok,
-            None => Outcome::Error {
-                error_type: "timeout".into(),
-                message: Some("no response".into()),
+        let step = Step {
+            start: self.unix(request.command.start_ns),
+            end: self.unix(response.map_or(request.command.end_ns, |r| r.command.end_ns)),
+            outcome: match response {
+                Some(r) => outcome_of(r),
+                None if request.command.header.is_oneway() => Outcome::Ok,
+                None => Outcome::Error {
+                    error_type: "timeout".into(),
+                    message: Some("no response".into()),
+                },
             },
+            endpoint: Self::endpoint(&request),
         };
-        let endpoint = Self::endpoint(&request);
-        match (&request.operation, response.map(|r| &r.operation)) {
-            (Operation::Send(send), result) => {
-                let result = match result {
+        let pulled = match response.map(|r| &r.operation) {
+            Some(Operation::Pulled(pulled)) => Some(pulled),
+            _ => None,
+        };
+        match &request.operation {
+            Operation::Send(send) => {
+                let result = match response.map(|r| &r.operation) {
                     Some(Operation::SendResult(r)) => Some(r),
                     _ => None,
                 };
-                let batch_size = send.messages.len();
                 for (index, message) in send.messages.iter().enumerate() {
                     let offset_msg_id = result.and_then(|r| r.offset_msg_ids.get(index).cloned());
                     let Some(key) = message_key(message, offset_msg_id.as_deref()) else {
@@ -270,63 +274,54 @@ impl Correlator {
                         key,
                         message: message.clone(),
                         producer_group: send.producer_group.clone(),
-                        batch_size,
+                        batch_size: send.messages.len(),
                         queue_offset: result
                             .and_then(|r: &SendResult| r.queue_offset.map(|o| o + index as i64)),
                         offset_msg_id,
-                        start_unix_ns: start,
-                        end_unix_ns: end,
-                        outcome: outcome.clone(),
-                        endpoint: endpoint.clone(),
+                        start_unix_ns: step.start,
+                        end_unix_ns: step.end,
+                        outcome: step.outcome.clone(),
+                        endpoint: step.endpoint.clone(),
                     }));
                 }
             }
-            (Operation::Pull(pull), Some(Operation::Pulled(pulled))) => {
-                let via = if pull.lite {
-                    RequestCode::LitePullMessage
-                } else {
-                    RequestCode::PullMessage
-                };
-                self.received_messages(
-                    &pulled.messages,
-                    pull.consumer_group.clone(),
-                    via,
-                    start,
-                    end,
-                    &endpoint,
-                    out,
-                );
-                if let (Some(commit), Some(group), Some(topic), Some(queue)) = (
-                    pull.commit_offset,
+            Operation::Pull(pull) => {
+                if let Some(pulled) = pulled {
+                    let via = if pull.lite {
+                        RequestCode::LitePullMessage
+                    } else {
+                        RequestCode::PullMessage
+                    };
+                    self.received_messages(
+                        &pulled.messages,
+                        pull.consumer_group.as_deref(),
+                        via,
+                        &step,
+                        out,
+                    );
+                }
+                // A pull also commits the group's offset on that queue.
+                if let (Some(group), Some(topic), Some(queue), Some(commit)) = (
                     &pull.consumer_group,
                     &pull.topic,
                     pull.queue_id,
-                ) {
-                    self.offset_committed(group, topic, queue, commit, start, end, &endpoint, out);
-                }
-            }
-            (Operation::Pull(pull), _) => {
-                if let (Some(commit), Some(group), Some(topic), Some(queue)) = (
                     pull.commit_offset,
-                    &pull.consumer_group,
-                    &pull.topic,
-                    pull.queue_id,
                 ) {
-                    self.offset_committed(group, topic, queue, commit, start, end, &endpoint, out);
+                    self.offset_committed(group, topic, queue, commit, &step, out);
                 }
             }
-            (Operation::Pop(pop), Some(Operation::Pulled(pulled))) => {
-                self.received_messages(
-                    &pulled.messages,
-                    pop.consumer_group.clone(),
-                    RequestCode::PopMessage,
-                    start,
-                    end,
-                    &endpoint,
-                    out,
-                );
+            Operation::Pop(pop) => {
+                if let Some(pulled) = pulled {
+                    self.received_messages(
+                        &pulled.messages,
+                        pop.consumer_group.as_deref(),
+                        RequestCode::PopMessage,
+                        &step,
+                        out,
+                    );
+                }
             }
-            (Operation::Ack(ack) | Operation::ChangeInvisibleTime(ack), _) => {
+            Operation::Ack(ack) | Operation::ChangeInvisibleTime(ack) => {
                 let settlement = if matches!(request.operation, Operation::Ack(_)) {
                     Settlement::Ack
                 } else {
@@ -343,14 +338,11 @@ impl Correlator {
                     settlement,
                     ack.consumer_group.clone(),
                     ack.topic.clone(),
-                    start,
-                    end,
-                    outcome,
-                    endpoint,
+                    step,
                     out,
                 );
             }
-            (Operation::SendBack(back), _) => {
+            Operation::SendBack(back) => {
                 let found = back
                     .origin_msg_id
                     .as_deref()
@@ -360,39 +352,32 @@ impl Correlator {
                     Settlement::SendBack,
                     back.consumer_group.clone(),
                     back.origin_topic.clone(),
-                    start,
-                    end,
-                    outcome,
-                    endpoint,
+                    step,
                     out,
                 );
             }
-            (Operation::UpdateConsumerOffset(update), _) => {
+            Operation::UpdateConsumerOffset(update) => {
                 if let (Some(group), Some(topic), Some(queue), Some(commit)) = (
                     &update.consumer_group,
                     &update.topic,
                     update.queue_id,
                     update.commit_offset,
                 ) {
-                    self.offset_committed(group, topic, queue, commit, start, end, &endpoint, out);
+                    self.offset_committed(group, topic, queue, commit, &step, out);
                 }
             }
-            (Operation::EndTransaction(tx), _) => {
+            Operation::EndTransaction(tx) => {
                 let settlement = match tx.commit_or_rollback {
                     Some(8) => Settlement::TransactionCommit,
                     Some(12) => Settlement::TransactionRollback,
                     _ => return,
                 };
-                let key = tx.msg_id.clone();
                 self.settle(
-                    key,
+                    tx.msg_id.clone(),
                     settlement,
                     tx.producer_group.clone(),
                     tx.topic.clone(),
-                    start,
-                    end,
-                    outcome,
-                    endpoint,
+                    step,
                     out,
                 );
             }
@@ -400,15 +385,12 @@ impl Correlator {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn received_messages(
         &mut self,
         messages: &[MessageMeta],
-        group: Option<String>,
+        group: Option<&str>,
         via: RequestCode,
-        start: u64,
-        end: u64,
-        endpoint: &Endpoint,
+        step: &Step,
         out: &mut Vec<MessageEvent>,
     ) {
         for message in messages {
@@ -416,59 +398,53 @@ impl Correlator {
                 self.counters.messages_without_id += 1;
                 continue;
             };
-            self.received.insert(&key, message, group.as_deref());
+            self.received.insert(&key, message, group);
             self.counters.receives += 1;
             out.push(MessageEvent::Receive(ReceiveEvent {
                 key,
                 message: message.clone(),
-                consumer_group: group.clone(),
+                consumer_group: group.map(String::from),
                 via,
                 batch_size: messages.len(),
-                start_unix_ns: start,
-                end_unix_ns: end,
-                endpoint: endpoint.clone(),
+                start_unix_ns: step.start,
+                end_unix_ns: step.end,
+                endpoint: step.endpoint.clone(),
             }));
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn offset_committed(
         &mut self,
         group: &str,
         topic: &str,
         queue: i32,
         commit: i64,
-        start: u64,
-        end: u64,
-        endpoint: &Endpoint,
+        step: &Step,
         out: &mut Vec<MessageEvent>,
     ) {
         for key in self.received.committed(group, topic, queue, commit) {
+            let step = Step {
+                outcome: Outcome::Ok,
+                ..step.clone()
+            };
             self.settle(
                 Some(key),
                 Settlement::OffsetCommitted,
                 Some(group.to_string()),
                 Some(topic.to_string()),
-                start,
-                end,
-                Outcome::Ok,
-                endpoint.clone(),
+                step,
                 out,
             );
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn settle(
         &mut self,
         key: Option<String>,
         settlement: Settlement,
         group: Option<String>,
         topic: Option<String>,
-        start: u64,
-        end: u64,
-        outcome: Outcome,
-        endpoint: Endpoint,
+        step: Step,
         out: &mut Vec<MessageEvent>,
     ) {
         let Some(key) = key else {
@@ -481,12 +457,21 @@ impl Correlator {
             settlement,
             consumer_group: group,
             topic,
-            start_unix_ns: start,
-            end_unix_ns: end,
-            outcome,
-            endpoint,
+            start_unix_ns: step.start,
+            end_unix_ns: step.end,
+            outcome: step.outcome,
+            endpoint: step.endpoint,
         }));
     }
+}
+
+/// When a request ran, how it ended, and where: what every event of it shares.
+#[derive(Clone)]
+struct Step {
+    start: u64,
+    end: u64,
+    outcome: Outcome,
+    endpoint: Endpoint,
 }
 
 fn outcome_of(response: &DecodedCommand) -> Outcome {

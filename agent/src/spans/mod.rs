@@ -144,6 +144,20 @@ fn peer(attributes: &mut Attributes, endpoint: &crate::correlation::Endpoint) {
     }
 }
 
+/// Body size, and the batch size when the message travelled with others.
+fn sizes(attributes: &mut Attributes, body_len: u64, batch_size: usize) {
+    attributes.insert(
+        "messaging.message.body.size".into(),
+        (body_len as i64).into(),
+    );
+    if batch_size > 1 {
+        attributes.insert(
+            "messaging.batch.message_count".into(),
+            (batch_size as i64).into(),
+        );
+    }
+}
+
 fn message_type(event: &SendEvent) -> &'static str {
     let p = &event.message.properties;
     if p.transaction_prepared() {
@@ -207,16 +221,7 @@ pub fn send_span(event: &SendEvent, resource: &Attributes) -> Span {
         "messaging.destination.partition.id",
         m.queue_id.map(|q| q.to_string()),
     );
-    a.insert(
-        "messaging.message.body.size".into(),
-        (m.body_len as i64).into(),
-    );
-    if event.batch_size > 1 {
-        a.insert(
-            "messaging.batch.message_count".into(),
-            (event.batch_size as i64).into(),
-        );
-    }
+    sizes(&mut a, m.body_len, event.batch_size);
     put(&mut a, "mqtrace.offset_msg_id", event.offset_msg_id.clone());
     put(&mut a, "mqtrace.queue_offset", event.queue_offset);
     peer(&mut a, &event.endpoint);
@@ -279,16 +284,7 @@ pub fn receive_span(event: &ReceiveEvent, resource: &Attributes) -> Span {
             (received_ms - born).into(),
         );
     }
-    a.insert(
-        "messaging.message.body.size".into(),
-        (m.body_len as i64).into(),
-    );
-    if event.batch_size > 1 {
-        a.insert(
-            "messaging.batch.message_count".into(),
-            (event.batch_size as i64).into(),
-        );
-    }
+    sizes(&mut a, m.body_len, event.batch_size);
     peer(&mut a, &event.endpoint);
     let group = event.consumer_group.as_deref().unwrap_or("");
     let reconsume = m.reconsume_times.unwrap_or(0).to_string();
