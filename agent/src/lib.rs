@@ -6,9 +6,11 @@
 //! exporters. [`pipeline`] wires the stages; the `mqtrace` binary is a thin CLI over it all.
 
 pub mod cli;
+pub mod config;
 pub mod correlation;
 pub mod decoder;
 pub mod exporters;
+pub mod metrics;
 pub mod pipeline;
 pub mod sources;
 pub mod spans;

@@ -18,6 +18,22 @@ use mqtrace_tests::{
 };
 
 const MESSAGES: usize = 200;
+
+/// The tests share fixed broker ports: they take turns even when cargo runs tests in parallel.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The last lines of a client's stderr, for failure messages.
+fn tail(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
 const PRODUCER: i32 = 4;
 const CLIENT: i32 = 3;
 
@@ -33,12 +49,17 @@ fn mqtrace_bin() -> PathBuf {
     bin
 }
 
-/// Starts an agent and waits until its probes are attached.
-fn start_agent(args: &[&str], log: &std::path::Path) -> Owned {
+/// Starts an agent, with its metrics on a free port, and waits until its probes are attached.
+fn start_agent(args: &[&str], log: &std::path::Path) -> (Owned, std::net::SocketAddr) {
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let file = std::fs::File::create(log).unwrap();
     let agent = Command::new(mqtrace_bin())
         .arg("run")
         .args(args)
+        .args(["--metrics-address", &metrics.to_string()])
         .stdout(file.try_clone().unwrap())
         .stderr(file)
         .stdin(Stdio::null())
@@ -56,7 +77,25 @@ fn start_agent(args: &[&str], log: &std::path::Path) -> Owned {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    Owned(agent)
+    (Owned(agent), metrics)
+}
+
+/// `GET /metrics` from an agent, as name → value.
+fn scrape(metrics: std::net::SocketAddr) -> BTreeMap<String, f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(metrics).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("mqtrace_"))
+        .filter_map(|l| {
+            l.split_once(' ')
+                .and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        })
+        .collect()
 }
 
 /// SIGTERM, then wait for the agent to flush and exit.
@@ -84,12 +123,13 @@ fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_messages_one_trace_each_over_otlp() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let topic = "E2ETopic";
     let broker = Broker::start("127.0.0.1").unwrap();
     let receiver = Receiver::start().await.unwrap();
     let log = std::env::temp_dir().join(format!("mqtrace-e2e-agent-{}.log", std::process::id()));
     let endpoint = format!("http://{}", receiver.addr);
-    let agent = start_agent(
+    let (agent, metrics) = start_agent(
         &[
             "--all",
             "--otlp-endpoint",
@@ -116,7 +156,7 @@ async fn two_hundred_messages_one_trace_each_over_otlp() {
         assert!(
             produced.status.success(),
             "producer failed: {}",
-            String::from_utf8_lossy(&produced.stderr)
+            tail(&produced.stderr)
         );
         let consumed = client()
             .args([
@@ -132,7 +172,7 @@ async fn two_hundred_messages_one_trace_each_over_otlp() {
         assert!(
             consumed.status.success(),
             "consumer failed: {}",
-            String::from_utf8_lossy(&consumed.stderr)
+            tail(&consumed.stderr)
         );
         (json_lines(&produced.stdout), json_lines(&consumed.stdout))
     })
@@ -142,6 +182,22 @@ async fn two_hundred_messages_one_trace_each_over_otlp() {
     assert!(consumed.len() >= MESSAGES);
 
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // The agent's own counters agree with what the run is known to have done.
+    let counters = tokio::task::spawn_blocking(move || scrape(metrics))
+        .await
+        .unwrap();
+    assert_eq!(
+        counters.get("mqtrace_pipeline_correlation_sends"),
+        Some(&(MESSAGES as f64)),
+        "{counters:?}"
+    );
+    assert!(
+        counters["mqtrace_pipeline_correlation_receives"] >= MESSAGES as f64,
+        "{counters:?}"
+    );
+    assert_eq!(counters["mqtrace_kernel_records_lost_ring_full"], 0.0);
+    assert_eq!(counters["mqtrace_kernel_bytes_not_copied_cap"], 0.0);
+    assert_eq!(counters["mqtrace_pipeline_streams_gaps"], 0.0);
     let agent_log = tokio::task::spawn_blocking({
         let log = log.clone();
         move || stop_agent(agent, &log)
@@ -251,6 +307,7 @@ fn attr<'a>(span: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_consumption_settles_and_retries_and_an_unanswered_send_is_an_error() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let topic = "E2EFail";
     let group = "e2e_fail_group";
     let broker = Broker::start("127.0.0.1").unwrap();
@@ -261,7 +318,7 @@ async fn failed_consumption_settles_and_retries_and_an_unanswered_send_is_an_err
         std::process::id()
     ));
     let output_arg = output.to_string_lossy().into_owned();
-    let agent = start_agent(
+    let (agent, _) = start_agent(
         &["--all", "--output", &output_arg, "--request-timeout", "3"],
         &log,
     );
@@ -290,7 +347,7 @@ async fn failed_consumption_settles_and_retries_and_an_unanswered_send_is_an_err
         assert!(
             consumed.status.success(),
             "consumer: {}",
-            String::from_utf8_lossy(&consumed.stderr)
+            tail(&consumed.stderr)
         );
         (json_lines(&produced.stdout), json_lines(&consumed.stdout))
     })
@@ -319,6 +376,15 @@ async fn failed_consumption_settles_and_retries_and_an_unanswered_send_is_an_err
         "a send to a frozen broker fails"
     );
     tokio::time::sleep(Duration::from_secs(5)).await; // past --request-timeout
+    // Ended by the request timeout while the agent runs, not by its shutdown.
+    let errors_while_running = spans_from_file(&output)
+        .iter()
+        .filter(|s| s["status"] == "ERROR")
+        .count();
+    assert_eq!(
+        errors_while_running, 1,
+        "the unanswered send is an error span within the request timeout"
+    );
     broker.resume();
 
     let agent_log = tokio::task::spawn_blocking({
@@ -388,6 +454,7 @@ fn release_and_wait(child: std::process::Child) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_two_agents_the_traces_still_join() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let topic = "E2ETwoHosts";
     let messages = 50;
     let (host_a, host_b) = (NetNs::create(1).unwrap(), NetNs::create(2).unwrap());
@@ -419,7 +486,7 @@ async fn two_hosts_two_agents_the_traces_still_join() {
                 &["produce", &namesrv, topic, &messages.to_string()],
             );
             let pid_a = producer.id().to_string();
-            let agent_a = start_agent(
+            let (agent_a, _) = start_agent(
                 &["--pid", &pid_a, "--output", out_a.to_str().unwrap()],
                 &log_a,
             );
@@ -437,7 +504,7 @@ async fn two_hosts_two_agents_the_traces_still_join() {
                 ],
             );
             let pid_b = consumer.id().to_string();
-            let agent_b = start_agent(
+            let (agent_b, _) = start_agent(
                 &["--pid", &pid_b, "--output", out_b.to_str().unwrap()],
                 &log_b,
             );

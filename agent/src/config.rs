@@ -1,0 +1,91 @@
+//! The daemon's configuration file (TOML). Every key mirrors a `mqtrace run` flag of the same
+//! name; a flag (or its environment variable) wins over the file, the file over the default.
+//!
+//! ```toml
+//! all = true                       # or: pids = [1234, 5678]
+//! max_bytes_per_syscall = 262144
+//! ring_buffer_bytes = 16777216
+//! output = "/var/log/mqtrace/spans.jsonl"
+//! otlp_endpoint = "http://otel-collector:4317"
+//! otlp_protocol = "grpc"           # or "http/protobuf"
+//! request_timeout = 30
+//! flush_timeout = 5
+//! stats_interval = 10
+//! metrics_address = "127.0.0.1:9464"
+//! ```
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub all: Option<bool>,
+    pub pids: Option<Vec<u32>>,
+    pub max_bytes_per_syscall: Option<u32>,
+    pub ring_buffer_bytes: Option<u32>,
+    pub output: Option<PathBuf>,
+    pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: Option<String>,
+    pub request_timeout: Option<u64>,
+    pub flush_timeout: Option<u64>,
+    pub stats_interval: Option<u64>,
+    pub metrics_address: Option<SocketAddr>,
+}
+
+impl FileConfig {
+    /// Reads and checks a config file; errors name the file, the line and the key.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the config file {}", path.display()))?;
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start].matches('\n').count() + 1);
+            match line {
+                Some(line) => format!("line {line}: {}", e.message()),
+                None => e.message().to_string(),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_parses() {
+        let config = FileConfig::parse(
+            "all = true\nmax_bytes_per_syscall = 65536\notlp_endpoint = \"http://c:4317\"\nmetrics_address = \"127.0.0.1:9464\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.all, Some(true));
+        assert_eq!(config.max_bytes_per_syscall, Some(65536));
+        assert_eq!(
+            config.metrics_address,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_key() {
+        let error = FileConfig::parse("all = true\n\nring_bufer_bytes = 4096\n").unwrap_err();
+        assert!(
+            error.starts_with("line 3:") && error.contains("ring_bufer_bytes"),
+            "{error}"
+        );
+        let error =
+            FileConfig::parse("all = true\nmax_bytes_per_syscall = \"lots\"\n").unwrap_err();
+        assert!(error.starts_with("line 2:"), "{error}");
+    }
+}
