@@ -20,13 +20,8 @@ use mqtrace_tests::{
 const MESSAGES: usize = 200;
 
 /// The tests share fixed broker ports: they take turns even when cargo runs tests in parallel.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+/// (tokio's mutex: the guard is held across awaits, and it does not poison when a test fails.)
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The last lines of a client's stderr, for failure messages.
 fn tail(stderr: &[u8]) -> String {
