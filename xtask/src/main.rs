@@ -75,8 +75,15 @@ fn test() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ])?;
+    let peers = peers::ensure()?;
+    // The end-to-end tests find the real RocketMQ peers there.
+    // SAFETY: xtask is single-threaded; the variable is inherited by the cargo started next.
+    unsafe { std::env::set_var("MQTRACE_PEERS", &peers) };
     // One test thread: the kernel tests share the kernel's tracepoints and CPU time.
-    step("running all tests");
+    step(&format!(
+        "running all tests (real RocketMQ peers from {})",
+        peers.display()
+    ));
     cargo(&["test", "--workspace", "--", "--test-threads=1"])
 }
 
