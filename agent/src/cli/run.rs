@@ -186,12 +186,7 @@ async fn live(args: Settings) -> anyhow::Result<()> {
         for event in events.drain(..) {
             pipeline.push(event, &mut outputs);
         }
-        for output in outputs.drain(..) {
-            if let Output::Span(span) = output {
-                spans.export(*span)?;
-            }
-        }
-        spans.flush()?;
+        export(&mut outputs, &mut spans)?;
         for connection in pipeline.take_rejected() {
             // Not RocketMQ: the kernel stops copying it.
             capture.stop_copying(connection.pid, connection.fd)?;
@@ -199,11 +194,7 @@ async fn live(args: Settings) -> anyhow::Result<()> {
     }
     // Requests still waiting will not be answered now: end them, then flush.
     pipeline.finish(&mut outputs);
-    for output in outputs.drain(..) {
-        if let Output::Span(span) = output {
-            spans.export(*span)?;
-        }
-    }
+    export(&mut outputs, &mut spans)?;
     print_stats(&capture, &pipeline, &spans)?;
     drop(capture); // detaches the probes
     let exported = spans
@@ -214,6 +205,16 @@ async fn live(args: Settings) -> anyhow::Result<()> {
         serde_json::to_string(&exported)?
     );
     Ok(())
+}
+
+/// Hands the pipeline's spans to their destinations.
+fn export(outputs: &mut Vec<Output>, spans: &mut SpanSinks) -> anyhow::Result<()> {
+    for output in outputs.drain(..) {
+        if let Output::Span(span) = output {
+            spans.export(*span)?;
+        }
+    }
+    spans.flush()
 }
 
 /// Every counter of the agent, by stage.
