@@ -39,7 +39,7 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
     let build_dir = dir.join("build");
     let install = |what: &[&str], label: &str| -> anyhow::Result<()> {
         step(&format!(
-            "building the real RocketMQ peer {label} into {} (once per machine)",
+            "building the real RocketMQ peer {label} into {}",
             dir.display()
         ));
         let status = Command::new(&cargo)
@@ -64,13 +64,13 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
                 "--version",
                 ROCKETMQ_VERSION,
             ],
-            "name server",
+            "name server (once per machine)",
         )?;
     }
     if !broker.exists() {
         install(
             &["--locked", "rocketmq-broker", "--version", ROCKETMQ_VERSION],
-            "broker",
+            "broker (once per machine)",
         )?;
     }
     // The client is ours: rebuilt when its source changes (cargo install compares versions only).
@@ -89,7 +89,7 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
         let path = client_src.to_string_lossy().into_owned();
         install(
             &["--locked", "--force", "--path", &path],
-            "client (mq-client)",
+            "client mq-client (its source is newer than its build)",
         )?;
     }
     Ok(dir)
