@@ -99,6 +99,9 @@ pub struct KernelCapture {
     next_user_connection: u64,
     /// Events produced by user space itself (sockets found in /proc), delivered first.
     pending: Vec<SourceEvent>,
+    /// Processes that have had a tracked socket: only theirs need the socket table walked when
+    /// they exit (in trace-all mode every process exit on the host is reported).
+    pids_with_sockets: std::collections::HashSet<u32>,
     /// Records that could not be decoded (never expected: a layout mismatch).
     pub malformed_records: u64,
 }
@@ -148,6 +151,7 @@ impl KernelCapture {
             next_user_connection: 0,
             pending: Vec::new(),
             malformed_records: 0,
+            pids_with_sockets: std::collections::HashSet::new(),
         };
         if capture.options.trace_all {
             let me = std::process::id();
@@ -187,13 +191,19 @@ impl KernelCapture {
     /// Stops copying `pid`'s traffic and forgets its sockets (their positions would be wrong
     /// after bytes moved unseen).
     pub fn deselect(&mut self, pid: u32) -> anyhow::Result<()> {
+        self.unselect(pid)?;
+        self.forget_sockets(pid)
+    }
+
+    /// Removes `pid` from the kernel's allow-list (a no-op when it is not on it).
+    fn unselect(&mut self, pid: u32) -> anyhow::Result<()> {
         let mut selected: HashMap<_, u32, u8> = HashMap::try_from(
             self.ebpf
                 .map_mut(maps::SELECTED_PROCESSES)
                 .context("SELECTED_PROCESSES map missing")?,
         )?;
         let _ = selected.remove(&pid);
-        self.forget_sockets(pid)
+        Ok(())
     }
 
     /// Stops copying one socket (it does not speak RocketMQ); a later connection on the same
@@ -209,6 +219,7 @@ impl KernelCapture {
     }
 
     fn forget_sockets(&mut self, pid: u32) -> anyhow::Result<()> {
+        self.pids_with_sockets.remove(&pid);
         let mut sockets: HashMap<_, SocketKey, SocketState> = HashMap::try_from(
             self.ebpf
                 .map_mut(maps::SOCKETS)
@@ -248,6 +259,7 @@ impl KernelCapture {
             {
                 continue; // already tracked (connected during the scan) or table full
             }
+            self.pids_with_sockets.insert(pid);
             self.pending.push(SourceEvent::Opened(Connection {
                 id: ConnectionId(id),
                 pid,
@@ -314,8 +326,17 @@ impl KernelCapture {
     /// An exiting process closes its fds without close(2): drop its kernel state here.
     fn forget_exited(&mut self, events: &[SourceEvent]) {
         for event in events {
-            if let SourceEvent::ProcessExited { pid } = *event {
-                let _ = self.deselect(pid);
+            match *event {
+                SourceEvent::Opened(ref connection) => {
+                    self.pids_with_sockets.insert(connection.pid);
+                }
+                SourceEvent::ProcessExited { pid } => {
+                    let _ = self.unselect(pid);
+                    if self.pids_with_sockets.contains(&pid) {
+                        let _ = self.forget_sockets(pid);
+                    }
+                }
+                _ => {}
             }
         }
     }
