@@ -334,14 +334,18 @@ fn tcp_segment(link: DataLink, data: &[u8], timestamp_ns: u64) -> Result<Option<
 
 /// Reads a pcap or pcapng file and hands every source event to `sink`, in capture order.
 pub fn replay(path: &Path, mut sink: impl FnMut(SourceEvent)) -> anyhow::Result<PcapCounters> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut magic = [0u8; 4];
-    {
-        use std::io::Read;
-        File::open(path)?
-            .read_exact(&mut magic)
-            .with_context(|| format!("{} is too short for a capture", path.display()))?;
-    }
+    let mut file =
+        BufReader::new(File::open(path).with_context(|| format!("opening {}", path.display()))?);
+    // Peeked, not consumed: the format's reader reads its header from the start.
+    let magic: [u8; 4] = {
+        use std::io::BufRead;
+        let head = file
+            .fill_buf()
+            .with_context(|| format!("reading {}", path.display()))?;
+        head.get(..4)
+            .and_then(|m| m.try_into().ok())
+            .with_context(|| format!("{} is too short for a capture", path.display()))?
+    };
     let mut reassembler = TcpReassembler::new();
     let mut out = Vec::new();
     fn handle(
@@ -359,8 +363,7 @@ pub fn replay(path: &Path, mut sink: impl FnMut(SourceEvent)) -> anyhow::Result<
         }
     }
     if magic == [0x0A, 0x0D, 0x0D, 0x0A] {
-        let mut reader =
-            PcapNgReader::new(BufReader::new(file)).context("reading the pcapng header")?;
+        let mut reader = PcapNgReader::new(file).context("reading the pcapng header")?;
         let mut links = Vec::new();
         while let Some(block) = reader.next_block() {
             match block.context("reading a pcapng block")? {
@@ -387,7 +390,7 @@ pub fn replay(path: &Path, mut sink: impl FnMut(SourceEvent)) -> anyhow::Result<
             out.drain(..).for_each(&mut sink);
         }
     } else {
-        let mut reader = PcapReader::new(BufReader::new(file))
+        let mut reader = PcapReader::new(file)
             .with_context(|| format!("{} is neither pcap nor pcapng", path.display()))?;
         let link = reader.header().datalink;
         while let Some(packet) = reader.next_packet() {
