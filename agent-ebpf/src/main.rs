@@ -12,6 +12,7 @@
 #![feature(core_intrinsics)]
 
 mod maps;
+mod rules;
 mod sockets;
 mod transfer;
 
@@ -198,8 +199,20 @@ pub fn process_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let _ = ACTIVE.remove(pid_tgid);
     let pid = (pid_tgid >> 32) as u32;
-    if pid == pid_tgid as u32 && process_selected(pid) {
+    // Also for an excluded process: user space removes its entry.
+    let known = maps::config().is_some_and(|c| c.trace_all != 0) || maps::selection(pid).is_some();
+    if pid == pid_tgid as u32 && known {
         sockets::emit_process_exit(pid);
+    }
+    0
+}
+
+/// `sched:sched_process_exec`: a process starts a program. Rules on command names and cgroups
+/// select (or exclude) it here, before it can open a connection.
+#[tracepoint]
+pub fn process_exec(_ctx: TracePointContext) -> u32 {
+    if let Some(selection) = rules::matching() {
+        let _ = maps::SELECTED_PROCESSES.insert(current_pid(), selection, 0);
     }
     0
 }

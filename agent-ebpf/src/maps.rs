@@ -8,16 +8,25 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use mqtrace_common::{
-    COUNTER_SLOTS, Config, Counter, DataRecord, MAX_SOCKETS, SocketKey, SocketState,
+    COMM_LEN, COUNTER_SLOTS, Config, Counter, DataRecord, MAX_RULES, MAX_SOCKETS, Selection,
+    SocketKey, SocketState,
 };
 
 /// Set by user space before attaching; absent means "trace nothing".
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
-/// The allow-list of process ids, used when `Config::trace_all` is 0.
+/// Processes traced (or excluded) whatever `Config::trace_all` says, with a `Selection` value.
 #[map(name = "SELECTED_PROCESSES")]
 pub static SELECTED_PROCESSES: HashMap<u32, u8> = HashMap::with_max_entries(16_384, 0);
+
+/// Command name (NUL-padded) to the `Selection` a process gets when it execs it.
+#[map(name = "COMM_RULES")]
+pub static COMM_RULES: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(MAX_RULES, 0);
+
+/// Cgroup (v2) id to the `Selection` a process gets when it execs inside it or below it.
+#[map(name = "CGROUP_RULES")]
+pub static CGROUP_RULES: HashMap<u64, u8> = HashMap::with_max_entries(MAX_RULES, 0);
 
 /// Sockets whose payloads are copied, with their stream positions.
 #[map(name = "SOCKETS")]
@@ -79,7 +88,17 @@ pub fn process_selected(pid: u32) -> bool {
     if pid == config.agent_pid {
         return false;
     }
-    config.trace_all != 0 || SELECTED_PROCESSES.get_ptr(pid).is_some()
+    match selection(pid) {
+        Some(selection) => selection != Selection::Excluded as u8,
+        None => config.trace_all != 0,
+    }
+}
+
+/// The process's entry in SELECTED_PROCESSES, if it has one.
+#[inline(always)]
+pub fn selection(pid: u32) -> Option<u8> {
+    // SAFETY: a u8 read from a live map value.
+    SELECTED_PROCESSES.get_ptr(pid).map(|value| unsafe { *value })
 }
 
 #[inline(always)]

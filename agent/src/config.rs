@@ -2,7 +2,8 @@
 //! name; a flag (or its environment variable) wins over the file, the file over the default.
 //!
 //! ```toml
-//! all = true                       # or: pids = [1234, 5678]
+//! all = true                       # or any of: pids = [1234], comms = ["java"],
+//!                                  #   cgroups = ["/kubepods.slice"], only_selected = true
 //! max_bytes_per_syscall = 262144
 //! ring_buffer_bytes = 16777216
 //! output = "/var/log/mqtrace/spans.jsonl"
@@ -12,6 +13,9 @@
 //! flush_timeout = 5
 //! stats_interval = 10
 //! metrics_address = "127.0.0.1:9464"
+//! control_socket = "/run/mqtrace/mqtrace.sock"
+//! control_group = "mqtrace"        # may use the control socket besides root
+//! journal_messages = 20000
 //! ```
 
 use std::{
@@ -27,6 +31,9 @@ use serde::Deserialize;
 pub struct FileConfig {
     pub all: Option<bool>,
     pub pids: Option<Vec<u32>>,
+    pub comms: Option<Vec<String>>,
+    pub cgroups: Option<Vec<String>>,
+    pub only_selected: Option<bool>,
     pub max_bytes_per_syscall: Option<u32>,
     pub ring_buffer_bytes: Option<u32>,
     pub output: Option<PathBuf>,
@@ -36,6 +43,9 @@ pub struct FileConfig {
     pub flush_timeout: Option<u64>,
     pub stats_interval: Option<u64>,
     pub metrics_address: Option<SocketAddr>,
+    pub control_socket: Option<PathBuf>,
+    pub control_group: Option<String>,
+    pub journal_messages: Option<usize>,
 }
 
 impl FileConfig {

@@ -27,6 +27,15 @@ impl Snapshot {
     }
 }
 
+/// Values that go up and down (the rest only grow).
+const GAUGES: &[&str] = &[
+    "_uptime_seconds",
+    "_processes_selected",
+    "_processes_excluded",
+    "_connections_tracked",
+    "_journal_messages",
+];
+
 /// Flattens nested objects into `prefix_key_subkey value` lines.
 fn render(prefix: &str, value: &serde_json::Value, out: &mut String) {
     match value {
@@ -40,7 +49,12 @@ fn render(prefix: &str, value: &serde_json::Value, out: &mut String) {
             }
         }
         serde_json::Value::Number(n) => {
-            out.push_str(&format!("# TYPE {prefix} counter\n{prefix} {n}\n"));
+            let kind = if GAUGES.iter().any(|g| prefix.ends_with(g)) {
+                "gauge"
+            } else {
+                "counter"
+            };
+            out.push_str(&format!("# TYPE {prefix} {kind}\n{prefix} {n}\n"));
         }
         _ => {}
     }

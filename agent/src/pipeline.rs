@@ -8,8 +8,9 @@ use serde::Serialize;
 use crate::{
     correlation::{CorrelationCounters, Correlator, DEFAULT_TIMEOUT_NS, MessageEvent},
     decoder::{DecodedCommand, DecoderConfig, DecoderCounters, Decoders},
+    journeys::{DEFAULT_MAX_MESSAGES, Journal, JournalCounters},
     sources::{Connection, SourceEvent, pcap},
-    spans::{Span, resource::Resources, span},
+    spans::{Span, Value, resource::Resources, span},
     streams::{StreamCounters, Streams},
 };
 
@@ -27,6 +28,7 @@ pub struct PipelineCounters {
     pub correlation: CorrelationCounters,
     pub connections_not_rocketmq: u64,
     pub spans: u64,
+    pub journal: JournalCounters,
 }
 
 pub struct Pipeline {
@@ -36,6 +38,8 @@ pub struct Pipeline {
     resources: Resources,
     /// Whether to output decoded commands too (they cost a clone each).
     pub emit_commands: bool,
+    /// The recent messages and their steps, for "where is my message?".
+    pub journal: Journal,
     spans: u64,
     stream_events: Vec<crate::streams::StreamEvent>,
     commands: Vec<DecodedCommand>,
@@ -61,6 +65,7 @@ impl Pipeline {
             correlator: Correlator::new(clock_offset_ns, request_timeout_ns),
             resources,
             emit_commands: false,
+            journal: Journal::new(DEFAULT_MAX_MESSAGES),
             spans: 0,
             stream_events: Vec::new(),
             commands: Vec::new(),
@@ -105,7 +110,13 @@ impl Pipeline {
                 MessageEvent::Settle(e) => e.endpoint.pid,
             };
             self.spans += 1;
-            out.push(Output::Span(Box::new(span(&event, self.resources.of(pid)))));
+            let resource = self.resources.of(pid);
+            let process = match resource.get("service.name") {
+                Some(Value::String(name)) => name.as_str(),
+                _ => "",
+            };
+            self.journal.record(&event, process);
+            out.push(Output::Span(Box::new(span(&event, resource))));
         }
     }
 
@@ -121,17 +132,19 @@ impl Pipeline {
             correlation: self.correlator.counters.clone(),
             connections_not_rocketmq: self.decoders.connections_rejected,
             spans: self.spans,
+            journal: self.journal.counters(),
         }
     }
 }
 
-/// Runs a capture file through the whole pipeline, handing every output to `sink`.
+/// Runs a capture file through the whole pipeline, handing every output to `sink`; returns the
+/// finished pipeline (its counters and journal).
 pub fn replay_capture(
     file: &Path,
     config: DecoderConfig,
     emit_commands: bool,
     mut sink: impl FnMut(Output),
-) -> anyhow::Result<(pcap::PcapCounters, PipelineCounters)> {
+) -> anyhow::Result<(pcap::PcapCounters, Pipeline)> {
     let mut pipeline = Pipeline::new(config, 0, Resources::for_capture(file));
     pipeline.emit_commands = emit_commands;
     let mut out = Vec::new();
@@ -141,7 +154,7 @@ pub fn replay_capture(
     })?;
     pipeline.finish(&mut out);
     out.drain(..).for_each(&mut sink);
-    Ok((counters, pipeline.counters()))
+    Ok((counters, pipeline))
 }
 
 /// Decoded commands of a capture file, for tests and `replay --commands`.
@@ -150,10 +163,10 @@ pub fn decode_capture(
     config: DecoderConfig,
     mut sink: impl FnMut(&DecodedCommand),
 ) -> anyhow::Result<PipelineCounters> {
-    let (_, counters) = replay_capture(file, config, true, |output| {
+    let (_, pipeline) = replay_capture(file, config, true, |output| {
         if let Output::Command(command) = output {
             sink(&command);
         }
     })?;
-    Ok(counters)
+    Ok(pipeline.counters())
 }

@@ -28,7 +28,50 @@ pub mod maps {
     pub const SOCKETS: &str = "SOCKETS";
     pub const RECORDS: &str = "RECORDS";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const COMM_RULES: &str = "COMM_RULES";
+    pub const CGROUP_RULES: &str = "CGROUP_RULES";
 }
+
+/// Value of a SELECTED_PROCESSES entry, and of a rule in COMM_RULES or CGROUP_RULES: whether
+/// the process is traced and why. A process without an entry follows `Config::trace_all`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(
+    feature = "user",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
+pub enum Selection {
+    /// Never traced, even when tracing all.
+    Excluded = 0,
+    /// Named by its pid.
+    ByPid = 1,
+    /// Its command name matched a rule when it started (or when the rule was made).
+    ByComm = 2,
+    /// It ran in a cgroup (or below one) that a rule names.
+    ByCgroup = 3,
+}
+
+impl Selection {
+    pub fn from_u8(value: u8) -> Option<Self> {
+        Some(match value {
+            0 => Selection::Excluded,
+            1 => Selection::ByPid,
+            2 => Selection::ByComm,
+            3 => Selection::ByCgroup,
+            _ => return None,
+        })
+    }
+}
+
+/// Length of a kernel command name (`comm`) with its terminating NUL: names are cut to 15 bytes.
+pub const COMM_LEN: usize = 16;
+
+/// Rules per kind (command names, cgroups) at most.
+pub const MAX_RULES: u32 = 256;
+
+/// Cgroup levels the exec probe looks up for a rule, from the root down.
+pub const MAX_CGROUP_DEPTH: i32 = 16;
 
 /// Discriminant at offset 0 of every ring-buffer record.
 #[repr(u32)]

@@ -1,11 +1,14 @@
 //! Command-line interface. Each subcommand parses its flags and calls the library.
 
+mod control;
 mod replay;
 mod run;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use crate::logs::{self, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -19,26 +22,46 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text or as JSON objects (on stderr; the level comes from MQTRACE_LOG,
+    /// e.g. info or debug; default warn).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FORMAT",
+        env = "MQTRACE_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Capture live traffic with kernel probes (needs root, or CAP_BPF and CAP_PERFMON).
     Run(run::RunArgs),
+    /// Start tracing a process, a command name or a cgroup, in the running daemon.
+    Enable(control::SelectArgs),
+    /// Stop tracing a process, a command name or a cgroup, in the running daemon.
+    Disable(control::SelectArgs),
+    /// The daemon's selection rules and the processes selected (or excluded) by them.
+    List(control::ShowArgs),
+    /// The daemon's uptime and counters: captured, lost, decoded, exported.
+    Status(control::ShowArgs),
+    /// Where is my message? Its send, receive and settle steps as this host's daemon saw them.
+    Trace(control::TraceArgs),
     /// Decode a pcap/pcapng capture offline: no kernel, no privileges.
     Replay(replay::ReplayArgs),
 }
 
 pub fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MQTRACE_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let result = match Cli::parse().command {
+    let cli = Cli::parse();
+    logs::init(cli.log_format);
+    let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Enable(args) => control::enable(args, true),
+        Command::Disable(args) => control::enable(args, false),
+        Command::List(args) => control::list(args),
+        Command::Status(args) => control::status(args),
+        Command::Trace(args) => control::trace(args),
         Command::Replay(args) => replay::run(args),
     };
     match result {

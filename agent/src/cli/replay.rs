@@ -4,9 +4,11 @@ use std::{io::Write, path::PathBuf};
 
 use clap::Args;
 
+use super::control::MessageFilter;
 use crate::{
     decoder::{DEFAULT_MAX_FRAME, DecoderConfig},
     exporters::JsonLines,
+    journeys::timeline,
     pipeline::{Output, replay_capture},
     spans::span_line,
 };
@@ -22,6 +24,13 @@ pub struct ReplayArgs {
     /// Write spans to FILE as JSON lines instead of printing them.
     #[arg(long, value_name = "FILE", conflicts_with = "commands")]
     output: Option<PathBuf>,
+    /// Instead of spans, print the journey of the matching messages (as `mqtrace trace` does
+    /// for live traffic).
+    #[command(flatten)]
+    filter: MessageFilter,
+    /// With a filter: matching messages shown at most (0: all).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    limit: usize,
     /// Frames claiming more bytes than this are taken as garbage.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FRAME)]
     max_frame: u32,
@@ -31,6 +40,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let config = DecoderConfig {
         max_frame: args.max_frame,
     };
+    if !args.filter.is_empty() {
+        return journeys(args);
+    }
     let mut file = args.output.as_deref().map(JsonLines::create).transpose()?;
     let stdout = std::io::stdout();
     let mut stdout = stdout.lock();
@@ -66,7 +78,22 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     eprintln!(
         "mqtrace: capture {} | {}",
         serde_json::to_string(&capture)?,
-        serde_json::to_string(&pipeline)?
+        serde_json::to_string(&pipeline.counters())?
     );
+    Ok(())
+}
+
+fn journeys(args: ReplayArgs) -> anyhow::Result<()> {
+    let config = DecoderConfig {
+        max_frame: args.max_frame,
+    };
+    let (_, pipeline) = replay_capture(&args.file, config, false, |_| {})?;
+    let journeys = pipeline.journal.query(&args.filter.query(args.limit));
+    if journeys.is_empty() {
+        anyhow::bail!("no message in {} matches", args.file.display());
+    }
+    for journey in &journeys {
+        println!("{}", timeline(journey));
+    }
     Ok(())
 }

@@ -7,29 +7,50 @@ use mqtrace_common::{DEFAULT_MAX_BYTES_PER_SYSCALL, MAX_BYTES_PER_SYSCALL_LIMIT}
 
 use crate::{
     config::FileConfig,
-    decoder::DecoderConfig,
-    exporters::{
-        SpanSinks,
-        otlp::{OtlpConfig, Protocol, endpoint_from_env},
-    },
-    metrics::{self, Snapshot},
-    pipeline::{Output, Pipeline},
-    sources::kernel::{CaptureOptions, KernelCapture, monotonic_ns},
-    spans::resource::Resources,
+    control::{DEFAULT_SOCKET, Target},
+    daemon::{self, DaemonOptions},
+    exporters::otlp::{OtlpConfig, Protocol, endpoint_from_env},
+    journeys::DEFAULT_MAX_MESSAGES,
 };
 
 #[derive(Args)]
+#[command(after_long_help = "\
+Modes: without --pid, --comm or --cgroup every process is traced (but mqtrace itself); with any
+of them, or with --only-selected, only the selected ones. Either way `mqtrace enable` and
+`mqtrace disable` change the selection while the daemon runs.
+
+Every option can also be set in the --config file (TOML, the same names with `_` for `-`, e.g.
+`ring_buffer_bytes = 33554432`, `pids = [1234]`, `comms = [\"java\"]`); flags and their
+environment variables win over the file.
+
+Examples:
+  mqtrace run                                  trace every RocketMQ client on this host
+  mqtrace run --comm java --otlp-endpoint http://collector:4317
+  mqtrace run --only-selected --output /var/log/mqtrace/spans.jsonl
+")]
 pub struct RunArgs {
     /// A TOML file with any of the options below (same names, `_` for `-`); flags and their
     /// environment variables win over it.
     #[arg(long, value_name = "FILE", env = "MQTRACE_CONFIG")]
     config: Option<PathBuf>,
-    /// Trace these processes (repeatable). Their open connections are picked up at once.
+    /// Trace this process (repeatable). Its open connections are picked up at once.
     #[arg(long = "pid", value_name = "PID")]
     pids: Vec<u32>,
-    /// Trace every process on the host except mqtrace itself.
-    #[arg(long, conflicts_with = "pids", env = "MQTRACE_ALL")]
+    /// Trace every process with this command name (as in /proc/PID/comm, e.g. java),
+    /// including those started later (repeatable).
+    #[arg(long = "comm", value_name = "NAME")]
+    comms: Vec<String>,
+    /// Trace every process in this cgroup (v2) or below it, including those started later
+    /// (repeatable). A path under the cgroup mount or as /proc/PID/cgroup shows it.
+    #[arg(long = "cgroup", value_name = "PATH")]
+    cgroups: Vec<String>,
+    /// Trace every process on the host except mqtrace itself (the default without --pid,
+    /// --comm or --cgroup).
+    #[arg(long, conflicts_with_all = ["pids", "comms", "cgroups", "only_selected"], env = "MQTRACE_ALL")]
     all: bool,
+    /// Start tracing nothing; select processes later with `mqtrace enable`.
+    #[arg(long)]
+    only_selected: bool,
     /// Payload bytes copied per syscall at most; the rest is reported as a gap [default: 262144].
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..=MAX_BYTES_PER_SYSCALL_LIMIT as i64))]
     max_bytes_per_syscall: Option<u32>,
@@ -37,7 +58,7 @@ pub struct RunArgs {
     /// [default: 16777216].
     #[arg(long, value_name = "BYTES")]
     ring_buffer_bytes: Option<u32>,
-    /// Print the counters (to stderr) this often [default: 10].
+    /// Log all counters (at info level: MQTRACE_LOG=info) this often [default: 10].
     #[arg(long, value_name = "SECONDS")]
     stats_interval: Option<u64>,
     /// Write spans to FILE as JSON lines (one object per span).
@@ -62,187 +83,101 @@ pub struct RunArgs {
     /// Serve /metrics (Prometheus) and /healthz here [default: 127.0.0.1:9464].
     #[arg(long, value_name = "ADDRESS", env = "MQTRACE_METRICS_ADDRESS")]
     metrics_address: Option<SocketAddr>,
+    /// The Unix socket `mqtrace enable|disable|list|status|trace` use
+    /// [default: /run/mqtrace/mqtrace.sock].
+    #[arg(long, value_name = "PATH", env = "MQTRACE_SOCKET")]
+    control_socket: Option<PathBuf>,
+    /// Besides root, members of this group may use the control socket (mode 0660).
+    #[arg(long, value_name = "GROUP")]
+    control_group: Option<String>,
+    /// Recent messages kept for `mqtrace trace`, the oldest forgotten first [default: 20000].
+    #[arg(long, value_name = "MESSAGES")]
+    journal_messages: Option<usize>,
 }
 
-/// The options in force: flag (or environment) over file over default.
-struct Settings {
-    all: bool,
-    pids: Vec<u32>,
-    max_bytes_per_syscall: u32,
-    ring_buffer_bytes: u32,
-    stats_interval: u64,
-    output: Option<PathBuf>,
-    otlp: Option<OtlpConfig>,
-    request_timeout: u64,
-    flush_timeout: u64,
-    metrics_address: SocketAddr,
-}
-
-impl Settings {
-    fn resolve(args: RunArgs) -> anyhow::Result<Self> {
-        let file = match &args.config {
-            Some(path) => FileConfig::load(path)?,
-            None => FileConfig::default(),
-        };
-        let otlp_protocol = match (args.otlp_protocol, &file.otlp_protocol) {
-            (Some(p), _) => p,
-            (None, Some(name)) => Protocol::from_str(name, false).map_err(|_| {
-                anyhow::anyhow!("otlp_protocol = {name:?}: expected \"grpc\" or \"http/protobuf\"")
-            })?,
-            (None, None) => Protocol::from_env(),
-        };
-        let endpoint = args
-            .otlp_endpoint
-            .or_else(endpoint_from_env)
-            .or(file.otlp_endpoint);
-        let settings = Self {
-            all: args.all || (args.pids.is_empty() && file.all.unwrap_or(false)),
-            pids: if args.pids.is_empty() {
-                file.pids.unwrap_or_default()
-            } else {
-                args.pids
-            },
-            max_bytes_per_syscall: args
-                .max_bytes_per_syscall
-                .or(file.max_bytes_per_syscall)
-                .unwrap_or(DEFAULT_MAX_BYTES_PER_SYSCALL),
-            ring_buffer_bytes: args
-                .ring_buffer_bytes
-                .or(file.ring_buffer_bytes)
-                .unwrap_or(16 << 20),
-            stats_interval: args.stats_interval.or(file.stats_interval).unwrap_or(10),
-            output: args.output.or(file.output),
-            otlp: endpoint.map(|endpoint| OtlpConfig {
-                protocol: otlp_protocol,
-                endpoint: Some(endpoint),
-                ..OtlpConfig::default()
-            }),
-            request_timeout: args.request_timeout.or(file.request_timeout).unwrap_or(30),
-            flush_timeout: args.flush_timeout.or(file.flush_timeout).unwrap_or(5),
-            metrics_address: args
-                .metrics_address
-                .or(file.metrics_address)
-                .unwrap_or(([127, 0, 0, 1], 9464).into()),
-        };
-        if !settings.all && settings.pids.is_empty() {
-            anyhow::bail!(
-                "say what to trace: --all, or --pid PID (repeatable), or all/pids in the config file"
-            );
-        }
-        Ok(settings)
+/// Resolves the options in force: flag (or environment) over file over default.
+fn resolve(args: RunArgs) -> anyhow::Result<DaemonOptions> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let otlp_protocol = match (args.otlp_protocol, &file.otlp_protocol) {
+        (Some(p), _) => p,
+        (None, Some(name)) => Protocol::from_str(name, false).map_err(|_| {
+            anyhow::anyhow!("otlp_protocol = {name:?}: expected \"grpc\" or \"http/protobuf\"")
+        })?,
+        (None, None) => Protocol::from_env(),
+    };
+    let endpoint = args
+        .otlp_endpoint
+        .or_else(endpoint_from_env)
+        .or(file.otlp_endpoint);
+    let flag_targets = !(args.pids.is_empty() && args.comms.is_empty() && args.cgroups.is_empty());
+    let (pids, comms, cgroups) = if flag_targets || args.all {
+        (args.pids, args.comms, args.cgroups)
+    } else {
+        (
+            file.pids.unwrap_or_default(),
+            file.comms.unwrap_or_default(),
+            file.cgroups.unwrap_or_default(),
+        )
+    };
+    let startup: Vec<Target> = pids
+        .into_iter()
+        .map(Target::Pid)
+        .chain(comms.into_iter().map(Target::Comm))
+        .chain(cgroups.into_iter().map(Target::Cgroup))
+        .collect();
+    let only_selected = args.only_selected || file.only_selected.unwrap_or(false);
+    let trace_all = args.all || (startup.is_empty() && !only_selected && file.all.unwrap_or(true));
+    if trace_all && !startup.is_empty() {
+        anyhow::bail!("config file: `all = true` conflicts with pids, comms and cgroups");
     }
+    Ok(DaemonOptions {
+        trace_all,
+        startup,
+        max_bytes_per_syscall: args
+            .max_bytes_per_syscall
+            .or(file.max_bytes_per_syscall)
+            .unwrap_or(DEFAULT_MAX_BYTES_PER_SYSCALL),
+        ring_buffer_bytes: args
+            .ring_buffer_bytes
+            .or(file.ring_buffer_bytes)
+            .unwrap_or(16 << 20),
+        stats_interval: Duration::from_secs(
+            args.stats_interval.or(file.stats_interval).unwrap_or(10),
+        ),
+        output: args.output.or(file.output),
+        otlp: endpoint.map(|endpoint| OtlpConfig {
+            protocol: otlp_protocol,
+            endpoint: Some(endpoint),
+            ..OtlpConfig::default()
+        }),
+        request_timeout: Duration::from_secs(
+            args.request_timeout.or(file.request_timeout).unwrap_or(30),
+        ),
+        flush_timeout: Duration::from_secs(args.flush_timeout.or(file.flush_timeout).unwrap_or(5)),
+        metrics_address: args
+            .metrics_address
+            .or(file.metrics_address)
+            .unwrap_or(([127, 0, 0, 1], 9464).into()),
+        control_socket: args
+            .control_socket
+            .or(file.control_socket)
+            .unwrap_or_else(|| DEFAULT_SOCKET.into()),
+        control_group: args.control_group.or(file.control_group),
+        journal_messages: args
+            .journal_messages
+            .or(file.journal_messages)
+            .unwrap_or(DEFAULT_MAX_MESSAGES),
+    })
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let settings = Settings::resolve(args)?;
+    let options = resolve(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(live(settings))
-}
-
-async fn live(args: Settings) -> anyhow::Result<()> {
-    let mut capture = KernelCapture::start(CaptureOptions {
-        trace_all: args.all,
-        max_bytes_per_syscall: args.max_bytes_per_syscall,
-        ring_buffer_bytes: args.ring_buffer_bytes,
-    })?;
-    for &pid in &args.pids {
-        capture.select(pid)?;
-    }
-    let mut spans = SpanSinks::new(args.output.as_deref(), args.otlp.clone())?;
-    let metrics = Snapshot::default();
-    metrics::serve(args.metrics_address, metrics.clone()).await?;
-    eprintln!(
-        "mqtrace: tracing {}; Ctrl-C to stop",
-        if args.all {
-            "all processes".to_string()
-        } else {
-            format!("pids {:?}", args.pids)
-        }
-    );
-    let mut pipeline = Pipeline::with_request_timeout(
-        DecoderConfig::default(),
-        unix_minus_monotonic_ns(),
-        Resources::new(),
-        args.request_timeout.max(1) * 1_000_000_000,
-    );
-    let (mut events, mut outputs) = (Vec::new(), Vec::new());
-    let mut stats = tokio::time::interval(Duration::from_secs(args.stats_interval.max(1)));
-    let mut expiry = tokio::time::interval(Duration::from_secs(1));
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
-        tokio::select! {
-            result = capture.next_events(&mut events) => result?,
-            _ = expiry.tick() => {
-                pipeline.expire(monotonic_ns(), &mut outputs);
-                metrics.update(&counters(&capture, &pipeline, &spans)?);
-            }
-            _ = stats.tick() => print_stats(&capture, &pipeline, &spans)?,
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
-        }
-        for event in events.drain(..) {
-            pipeline.push(event, &mut outputs);
-        }
-        export(&mut outputs, &mut spans)?;
-        for connection in pipeline.take_rejected() {
-            // Not RocketMQ: the kernel stops copying it.
-            capture.stop_copying(connection.pid, connection.fd)?;
-        }
-    }
-    // Requests still waiting will not be answered now: end them, then flush.
-    pipeline.finish(&mut outputs);
-    export(&mut outputs, &mut spans)?;
-    print_stats(&capture, &pipeline, &spans)?;
-    drop(capture); // detaches the probes
-    let exported = spans
-        .shutdown(Duration::from_secs(args.flush_timeout))
-        .await?;
-    eprintln!(
-        "mqtrace: stopped; export {}",
-        serde_json::to_string(&exported)?
-    );
-    Ok(())
-}
-
-/// Hands the pipeline's spans to their destinations.
-fn export(outputs: &mut Vec<Output>, spans: &mut SpanSinks) -> anyhow::Result<()> {
-    for output in outputs.drain(..) {
-        if let Output::Span(span) = output {
-            spans.export(*span)?;
-        }
-    }
-    spans.flush()
-}
-
-/// Every counter of the agent, by stage.
-fn counters(
-    capture: &KernelCapture,
-    pipeline: &Pipeline,
-    spans: &SpanSinks,
-) -> anyhow::Result<serde_json::Value> {
-    Ok(serde_json::json!({
-        "kernel": capture.counters()?.0,
-        "pipeline": pipeline.counters(),
-        "export": spans.counters(),
-    }))
-}
-
-fn print_stats(
-    capture: &KernelCapture,
-    pipeline: &Pipeline,
-    spans: &SpanSinks,
-) -> anyhow::Result<()> {
-    eprintln!("stats {}", counters(capture, pipeline, spans)?);
-    Ok(())
-}
-
-/// What to add to a CLOCK_MONOTONIC time (the kernel's record stamps) to get Unix time.
-fn unix_minus_monotonic_ns() -> i64 {
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64);
-    unix - monotonic_ns() as i64
+    runtime.block_on(daemon::run(options))
 }

@@ -14,8 +14,8 @@ use aya::{
     programs::TracePoint,
 };
 use mqtrace_common::{
-    COUNTER_SLOTS, Config, Counter, DEFAULT_MAX_BYTES_PER_SYSCALL, MAX_BYTES_PER_SYSCALL_LIMIT,
-    SocketKey, SocketState, USER_CONNECTION_ID_BIT, maps,
+    COMM_LEN, COUNTER_SLOTS, Config, Counter, DEFAULT_MAX_BYTES_PER_SYSCALL,
+    MAX_BYTES_PER_SYSCALL_LIMIT, Selection, SocketKey, SocketState, USER_CONNECTION_ID_BIT, maps,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -52,6 +52,7 @@ const ATTACHMENTS: &[(&str, &str, &str)] = &[
     ("exit_open", "syscalls", "sys_exit_accept4"),
     ("enter_close", "syscalls", "sys_enter_close"),
     ("process_exit", "sched", "sched_process_exit"),
+    ("process_exec", "sched", "sched_process_exec"),
 ];
 
 /// Records read per wake-up at most, so that one busy ring cannot starve the rest.
@@ -169,40 +170,136 @@ impl KernelCapture {
 
     /// Starts copying `pid`'s traffic, including on the connections it already has open.
     pub fn select(&mut self, pid: u32) -> anyhow::Result<()> {
+        self.set_selection(pid, Selection::ByPid)
+    }
+
+    /// Traces `pid` from now on for the reason given, or stops (`Excluded`), whatever the
+    /// mode. A process that starts being traced has its open connections picked up; one that
+    /// stops has its sockets forgotten (their positions would be wrong after bytes moved
+    /// unseen).
+    pub fn set_selection(&mut self, pid: u32, selection: Selection) -> anyhow::Result<()> {
         if pid == std::process::id() {
             bail!("mqtrace does not trace itself (pid {pid})");
         }
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             bail!("no process with pid {pid}");
         }
-        // Selected first, so that a connection opened during the scan is caught by the kernel;
+        let was_traced = self.is_traced(pid)?;
+        // Entered first, so that a connection opened during the scan is caught by the kernel;
         // the scan then leaves it alone.
-        let mut selected: HashMap<_, u32, u8> = HashMap::try_from(
-            self.ebpf
-                .map_mut(maps::SELECTED_PROCESSES)
-                .context("SELECTED_PROCESSES map missing")?,
-        )?;
-        selected
-            .insert(pid, 1, 0)
+        self.selected_map()?
+            .insert(pid, selection as u8, 0)
             .with_context(|| format!("selecting pid {pid}"))?;
-        self.register_existing_sockets(pid)
+        match (was_traced, selection != Selection::Excluded) {
+            (false, true) => self.register_existing_sockets(pid),
+            (true, false) => self.forget_sockets(pid),
+            _ => Ok(()),
+        }
     }
 
-    /// Stops copying `pid`'s traffic and forgets its sockets (their positions would be wrong
-    /// after bytes moved unseen).
+    /// Stops copying `pid`'s traffic (in trace-all mode: until it is selected again).
     pub fn deselect(&mut self, pid: u32) -> anyhow::Result<()> {
-        self.unselect(pid)?;
-        self.forget_sockets(pid)
+        if self.options.trace_all {
+            self.set_selection(pid, Selection::Excluded)
+        } else {
+            self.unselect(pid)?;
+            self.forget_sockets(pid)
+        }
     }
 
-    /// Removes `pid` from the kernel's allow-list (a no-op when it is not on it).
-    fn unselect(&mut self, pid: u32) -> anyhow::Result<()> {
-        let mut selected: HashMap<_, u32, u8> = HashMap::try_from(
+    /// Whether the kernel copies `pid`'s traffic now.
+    pub fn is_traced(&self, pid: u32) -> anyhow::Result<bool> {
+        let selected: HashMap<_, u32, u8> = HashMap::try_from(
+            self.ebpf
+                .map(maps::SELECTED_PROCESSES)
+                .context("SELECTED_PROCESSES map missing")?,
+        )?;
+        Ok(match selected.get(&pid, 0) {
+            Ok(value) => value != Selection::Excluded as u8,
+            Err(_) => self.options.trace_all,
+        })
+    }
+
+    /// Every process with its own entry (traced or excluded, and why), by pid.
+    pub fn selections(&self) -> anyhow::Result<BTreeMap<u32, Selection>> {
+        let selected: HashMap<_, u32, u8> = HashMap::try_from(
+            self.ebpf
+                .map(maps::SELECTED_PROCESSES)
+                .context("SELECTED_PROCESSES map missing")?,
+        )?;
+        Ok(selected
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(pid, value)| Some((pid, Selection::from_u8(value)?)))
+            .collect())
+    }
+
+    /// Sockets in the kernel's table now, per process.
+    pub fn sockets_per_process(&self) -> anyhow::Result<BTreeMap<u32, usize>> {
+        let sockets: HashMap<_, SocketKey, SocketState> = HashMap::try_from(
+            self.ebpf
+                .map(maps::SOCKETS)
+                .context("SOCKETS map missing")?,
+        )?;
+        let mut counts = BTreeMap::new();
+        for key in sockets.keys().filter_map(Result::ok) {
+            *counts.entry(key.pid).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
+
+    /// Sets (or with `None` removes) the selection a process gets when it execs `comm`.
+    pub fn set_comm_rule(
+        &mut self,
+        comm: [u8; COMM_LEN],
+        selection: Option<Selection>,
+    ) -> anyhow::Result<()> {
+        let mut rules: HashMap<_, [u8; COMM_LEN], u8> = HashMap::try_from(
+            self.ebpf
+                .map_mut(maps::COMM_RULES)
+                .context("COMM_RULES map missing")?,
+        )?;
+        match selection {
+            Some(selection) => rules
+                .insert(comm, selection as u8, 0)
+                .context("adding a command-name rule (at most 256)")?,
+            None => {
+                let _ = rules.remove(&comm);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets (or with `None` removes) the selection a process gets when it execs inside the
+    /// cgroup `id` or below it.
+    pub fn set_cgroup_rule(&mut self, id: u64, selection: Option<Selection>) -> anyhow::Result<()> {
+        let mut rules: HashMap<_, u64, u8> = HashMap::try_from(
+            self.ebpf
+                .map_mut(maps::CGROUP_RULES)
+                .context("CGROUP_RULES map missing")?,
+        )?;
+        match selection {
+            Some(selection) => rules
+                .insert(id, selection as u8, 0)
+                .context("adding a cgroup rule (at most 256)")?,
+            None => {
+                let _ = rules.remove(&id);
+            }
+        }
+        Ok(())
+    }
+
+    fn selected_map(&mut self) -> anyhow::Result<HashMap<&mut MapData, u32, u8>> {
+        Ok(HashMap::try_from(
             self.ebpf
                 .map_mut(maps::SELECTED_PROCESSES)
                 .context("SELECTED_PROCESSES map missing")?,
-        )?;
-        let _ = selected.remove(&pid);
+        )?)
+    }
+
+    /// Removes `pid`'s own entry (a no-op when it has none).
+    fn unselect(&mut self, pid: u32) -> anyhow::Result<()> {
+        let _ = self.selected_map()?.remove(&pid);
         Ok(())
     }
 

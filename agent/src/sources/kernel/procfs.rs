@@ -49,6 +49,32 @@ pub fn all_pids() -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// A process's command name (`comm`, at most 15 bytes), if it still runs.
+pub fn comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim_end_matches('\n').to_string())
+}
+
+/// A process's cgroup in the v2 hierarchy (the `0::` line of /proc/PID/cgroup), e.g.
+/// `/kubepods.slice/kubepods-pod1234.slice/cri-containerd-ab12.scope`.
+pub fn cgroup_v2(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(String::from)
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on
+/// hybrid hosts).
+pub fn cgroup_v2_mount() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(2) == Some(&"cgroup2")).then(|| fields[1].into())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

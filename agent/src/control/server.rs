@@ -1,0 +1,122 @@
+//! The daemon's side of the control socket: accepts connections, reads one request each and
+//! hands it to the daemon's loop, which owns the probes and answers.
+
+use std::{
+    os::unix::fs::{PermissionsExt, chown},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, bail};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot},
+};
+
+use super::{MAX_REQUEST_BYTES, Request, Response};
+
+/// A request waiting for the daemon, with where its answer goes.
+pub struct Pending {
+    pub request: Request,
+    pub reply: oneshot::Sender<Response>,
+}
+
+/// The bound socket; the file is removed when this is dropped.
+pub struct ControlSocket {
+    path: PathBuf,
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds `path` (mode 0600, or 0660 with `group`) and starts serving; requests arrive on the
+/// returned channel. Refuses to take over the socket of a daemon that still answers.
+pub fn serve(
+    path: &Path,
+    group: Option<&str>,
+) -> anyhow::Result<(ControlSocket, mpsc::Receiver<Pending>)> {
+    let gid = group.map(group_id).transpose()?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!("creating the control socket's directory {}", dir.display())
+        })?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "another mqtrace daemon is running: its control socket {} answers (stop it, or \
+                 give this one another --control-socket)",
+                path.display()
+            );
+        }
+        // Left by a daemon that did not stop cleanly.
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale control socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding the control socket {}", path.display()))?;
+    let socket = ControlSocket {
+        path: path.to_path_buf(),
+    };
+    let mode = if gid.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    if let Some(gid) = gid {
+        chown(path, None, Some(gid))
+            .with_context(|| format!("giving {} to group {gid}", path.display()))?;
+    }
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _ = answer(stream, tx).await;
+            });
+        }
+    });
+    Ok((socket, rx))
+}
+
+async fn answer(stream: UnixStream, daemon: mpsc::Sender<Pending>) -> anyhow::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read.take(MAX_REQUEST_BYTES as u64 + 1))
+        .read_line(&mut line)
+        .await?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => {
+            let (reply, answer) = oneshot::channel();
+            daemon.send(Pending { request, reply }).await?;
+            answer.await?
+        }
+        Err(error) => Response::Error {
+            message: format!("not a request mqtrace understands: {error}"),
+        },
+    };
+    let mut text = serde_json::to_string(&response)?;
+    text.push('\n');
+    write.write_all(text.as_bytes()).await?;
+    Ok(())
+}
+
+/// A group's id, by name or number.
+fn group_id(group: &str) -> anyhow::Result<u32> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").context("reading /etc/group")?;
+    groups
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            (fields.next() == Some(group))
+                .then(|| fields.nth(1)?.parse().ok())
+                .flatten()
+        })
+        .with_context(|| format!("no group named {group:?} in /etc/group (--control-group)"))
+}

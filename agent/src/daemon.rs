@@ -1,0 +1,212 @@
+//! The live daemon: kernel capture → pipeline → exporters, steered while it runs over the
+//! control socket, its counters on `/metrics`, its problems in the log.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    control::{
+        Request, Response, Status, Target,
+        rules::{Rules, mode_name},
+        server,
+    },
+    decoder::DecoderConfig,
+    exporters::{SpanSinks, otlp::OtlpConfig},
+    journeys::Journal,
+    logs::{ProblemLog, log_problems},
+    metrics::{self, Snapshot},
+    pipeline::{Output, Pipeline},
+    sources::kernel::{CaptureOptions, KernelCapture, monotonic_ns},
+    spans::resource::Resources,
+};
+
+/// A problem counter that keeps growing is logged at most this often.
+const PROBLEM_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug)]
+pub struct DaemonOptions {
+    /// Every process but those excluded, or only those selected.
+    pub trace_all: bool,
+    /// Enabled at start, as if by `mqtrace enable`.
+    pub startup: Vec<Target>,
+    pub max_bytes_per_syscall: u32,
+    pub ring_buffer_bytes: u32,
+    /// Log the counters (at info level) this often.
+    pub stats_interval: Duration,
+    pub output: Option<PathBuf>,
+    pub otlp: Option<OtlpConfig>,
+    pub request_timeout: Duration,
+    pub flush_timeout: Duration,
+    pub metrics_address: SocketAddr,
+    pub control_socket: PathBuf,
+    pub control_group: Option<String>,
+    pub journal_messages: usize,
+}
+
+struct Daemon {
+    capture: KernelCapture,
+    pipeline: Pipeline,
+    spans: SpanSinks,
+    rules: Rules,
+    started: Instant,
+}
+
+pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
+    let mut capture = KernelCapture::start(CaptureOptions {
+        trace_all: options.trace_all,
+        max_bytes_per_syscall: options.max_bytes_per_syscall,
+        ring_buffer_bytes: options.ring_buffer_bytes,
+    })?;
+    let mut rules = Rules::default();
+    for target in &options.startup {
+        rules.apply(&mut capture, target, true)?;
+    }
+    let (_socket, mut requests) =
+        server::serve(&options.control_socket, options.control_group.as_deref())?;
+    let metrics = Snapshot::default();
+    metrics::serve(options.metrics_address, metrics.clone()).await?;
+    let mut pipeline = Pipeline::with_request_timeout(
+        DecoderConfig::default(),
+        unix_minus_monotonic_ns(),
+        Resources::new(),
+        options.request_timeout.as_nanos().max(1) as u64,
+    );
+    pipeline.journal = Journal::new(options.journal_messages);
+    let mut daemon = Daemon {
+        capture,
+        pipeline,
+        spans: SpanSinks::new(options.output.as_deref(), options.otlp.clone())?,
+        rules,
+        started: Instant::now(),
+    };
+    let what = if options.trace_all {
+        "all processes".to_string()
+    } else if options.startup.is_empty() {
+        "nothing yet (select with `mqtrace enable`)".to_string()
+    } else {
+        let targets: Vec<String> = options.startup.iter().map(Target::to_string).collect();
+        targets.join(", ")
+    };
+    eprintln!(
+        "mqtrace: tracing {what}; control socket {}; Ctrl-C to stop",
+        options.control_socket.display()
+    );
+    let mut problems = ProblemLog::new(PROBLEM_LOG_INTERVAL);
+    let (mut events, mut outputs) = (Vec::new(), Vec::new());
+    let mut stats = tokio::time::interval(options.stats_interval.max(Duration::from_secs(1)));
+    let mut expiry = tokio::time::interval(Duration::from_secs(1));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            result = daemon.capture.next_events(&mut events) => result?,
+            Some(pending) = requests.recv() => {
+                let response = daemon.answer(pending.request);
+                let _ = pending.reply.send(response);
+            }
+            _ = expiry.tick() => {
+                daemon.pipeline.expire(monotonic_ns(), &mut outputs);
+                let counters = daemon.counters()?;
+                metrics.update(&counters);
+                log_problems(&problems.check(&counters, Instant::now()));
+            }
+            _ = stats.tick() => tracing::info!(counters = %daemon.counters()?, "stats"),
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+        for event in events.drain(..) {
+            daemon.pipeline.push(event, &mut outputs);
+        }
+        export(&mut outputs, &mut daemon.spans)?;
+        for connection in daemon.pipeline.take_rejected() {
+            // Not RocketMQ: the kernel stops copying it.
+            daemon.capture.stop_copying(connection.pid, connection.fd)?;
+        }
+    }
+    // Requests still waiting will not be answered now: end them, then flush.
+    daemon.pipeline.finish(&mut outputs);
+    export(&mut outputs, &mut daemon.spans)?;
+    eprintln!("mqtrace: stopping; counters {}", daemon.counters()?);
+    let Daemon { capture, spans, .. } = daemon;
+    drop(capture); // detaches the probes
+    let exported = spans.shutdown(options.flush_timeout).await?;
+    eprintln!(
+        "mqtrace: stopped; export {}",
+        serde_json::to_string(&exported)?
+    );
+    Ok(())
+}
+
+impl Daemon {
+    fn answer(&mut self, request: Request) -> Response {
+        let result = match request {
+            Request::Enable { target } => self.apply(target, true),
+            Request::Disable { target } => self.apply(target, false),
+            Request::List => self.rules.listing(&self.capture).map(Response::Listing),
+            Request::Status => self.counters().map(|counters| {
+                Response::Status(Status {
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    pid: std::process::id(),
+                    uptime_seconds: self.started.elapsed().as_secs(),
+                    mode: mode_name(self.capture.options().trace_all).into(),
+                    counters,
+                })
+            }),
+            Request::Trace { query } => Ok(Response::Journeys {
+                journeys: self.pipeline.journal.query(&query),
+            }),
+        };
+        result.unwrap_or_else(|error| Response::Error {
+            message: format!("{error:#}"),
+        })
+    }
+
+    fn apply(&mut self, target: Target, enabled: bool) -> anyhow::Result<Response> {
+        let applied = self.rules.apply(&mut self.capture, &target, enabled)?;
+        tracing::info!(%target, enabled, processes = ?applied.processes, "selection changed");
+        Ok(Response::Applied {
+            target,
+            enabled,
+            processes: applied.processes,
+            note: applied.note,
+        })
+    }
+
+    /// Every counter of the agent, by stage: what `status` and `/metrics` show.
+    fn counters(&self) -> anyhow::Result<serde_json::Value> {
+        let sockets = self.capture.sockets_per_process()?;
+        let selections = self.capture.selections()?;
+        Ok(serde_json::json!({
+            "agent": {
+                "uptime_seconds": self.started.elapsed().as_secs(),
+                "processes_selected": selections.values().filter(|s| **s != mqtrace_common::Selection::Excluded).count(),
+                "processes_excluded": selections.values().filter(|s| **s == mqtrace_common::Selection::Excluded).count(),
+                "connections_tracked": sockets.values().sum::<usize>(),
+                "malformed_records": self.capture.malformed_records,
+            },
+            "kernel": self.capture.counters()?.0,
+            "pipeline": self.pipeline.counters(),
+            "export": self.spans.counters(),
+        }))
+    }
+}
+
+/// Hands the pipeline's spans to their destinations.
+fn export(outputs: &mut Vec<Output>, spans: &mut SpanSinks) -> anyhow::Result<()> {
+    for output in outputs.drain(..) {
+        if let Output::Span(span) = output {
+            spans.export(*span)?;
+        }
+    }
+    spans.flush()
+}
+
+/// What to add to a CLOCK_MONOTONIC time (the kernel's record stamps) to get Unix time.
+fn unix_minus_monotonic_ns() -> i64 {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    unix - monotonic_ns() as i64
+}

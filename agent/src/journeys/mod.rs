@@ -1,0 +1,370 @@
+//! "Where is my message?": a bounded in-memory journal of the messages this host saw, each with
+//! its steps (send, receive, settle), queried by message ID, key or topic like RocketMQ's own
+//! message-trace console. Fed with the same message events the spans are made of.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::correlation::{Endpoint, MessageEvent, Outcome};
+
+/// Messages kept by default; the oldest go first beyond it.
+pub const DEFAULT_MAX_MESSAGES: usize = 20_000;
+/// Steps kept per message at most (a message redelivered in a loop must not grow without end).
+const MAX_STEPS: usize = 64;
+
+/// One message and what happened to it here.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Journey {
+    /// The ID the trace is derived from: UNIQ_KEY, else offsetMsgId.
+    pub message_id: String,
+    pub offset_msg_id: Option<String>,
+    pub topic: Option<String>,
+    pub tags: Option<String>,
+    pub keys: Vec<String>,
+    pub born_unix_ms: Option<i64>,
+    pub steps: Vec<Step>,
+    /// Steps not kept because the message had MAX_STEPS already.
+    pub steps_dropped: u64,
+}
+
+/// One thing a process did with the message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// "send", "receive", or "settle" with its kind: "settle offset_committed", ...
+    pub action: String,
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+    /// The traced process: its service name and pid.
+    pub process: String,
+    pub pid: u32,
+    pub local: Option<String>,
+    /// The broker it talked to.
+    pub peer: Option<String>,
+    pub topic: Option<String>,
+    pub queue_id: Option<i32>,
+    pub queue_offset: Option<i64>,
+    /// Producer group of a send, consumer group of a receive or settlement.
+    pub group: Option<String>,
+    /// Receives: milliseconds from the message's birth (producer clock) to its arrival here.
+    pub delay_since_born_ms: Option<i64>,
+    pub reconsume_times: Option<i32>,
+    /// "ok", or the error (response code name or "timeout") and its remark.
+    pub result: String,
+}
+
+/// What to look for; every given field must match.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Query {
+    /// A UNIQ_KEY or an offsetMsgId.
+    pub msg_id: Option<String>,
+    /// One of the message's keys.
+    pub key: Option<String>,
+    pub topic: Option<String>,
+    /// Only messages with a step at or after this Unix time.
+    pub since_unix_ns: Option<u64>,
+    /// Most recent messages returned at most.
+    pub limit: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct JournalCounters {
+    pub messages: u64,
+    pub messages_evicted: u64,
+    pub steps_dropped: u64,
+}
+
+pub struct Journal {
+    max_messages: usize,
+    by_id: HashMap<String, Journey>,
+    /// IDs by first sight, oldest first: the eviction order.
+    order: VecDeque<String>,
+    evicted: u64,
+    steps_dropped: u64,
+}
+
+impl Journal {
+    pub fn new(max_messages: usize) -> Self {
+        Self {
+            max_messages: max_messages.max(1),
+            by_id: HashMap::new(),
+            order: VecDeque::new(),
+            evicted: 0,
+            steps_dropped: 0,
+        }
+    }
+
+    /// Adds the event's step to its message; `process` names the traced process.
+    pub fn record(&mut self, event: &MessageEvent, process: &str) {
+        let (key, step) = step_of(event, process);
+        if !self.by_id.contains_key(key) {
+            if self.by_id.len() >= self.max_messages
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.by_id.remove(&oldest);
+                self.evicted += 1;
+            }
+            self.order.push_back(key.to_string());
+            self.by_id.insert(
+                key.to_string(),
+                Journey {
+                    message_id: key.to_string(),
+                    offset_msg_id: None,
+                    topic: None,
+                    tags: None,
+                    keys: Vec::new(),
+                    born_unix_ms: None,
+                    steps: Vec::new(),
+                    steps_dropped: 0,
+                },
+            );
+        }
+        let journey = self.by_id.get_mut(key).expect("inserted above");
+        learn(journey, event);
+        if journey.steps.len() >= MAX_STEPS {
+            journey.steps_dropped += 1;
+            self.steps_dropped += 1;
+            return;
+        }
+        // Steps arrive roughly in order; keep them sorted by start for the timeline.
+        let at = journey
+            .steps
+            .partition_point(|s| s.start_unix_ns <= step.start_unix_ns);
+        journey.steps.insert(at, step);
+    }
+
+    /// The matching messages, most recent first, at most `query.limit` (0: no limit).
+    pub fn query(&self, query: &Query) -> Vec<Journey> {
+        let mut found: Vec<&Journey> = match &query.msg_id {
+            Some(id) => match self.by_id.get(id) {
+                Some(journey) => vec![journey],
+                None => self
+                    .by_id
+                    .values()
+                    .filter(|j| j.offset_msg_id.as_deref() == Some(id.as_str()))
+                    .collect(),
+            },
+            None => self.by_id.values().collect(),
+        };
+        found.retain(|j| {
+            query.key.as_ref().is_none_or(|k| j.keys.contains(k))
+                && query
+                    .topic
+                    .as_ref()
+                    .is_none_or(|t| j.topic.as_deref() == Some(t.as_str()))
+                && query
+                    .since_unix_ns
+                    .is_none_or(|since| last_seen(j) >= since)
+        });
+        found.sort_by_key(|j| std::cmp::Reverse(last_seen(j)));
+        if query.limit > 0 {
+            found.truncate(query.limit);
+        }
+        found.into_iter().cloned().collect()
+    }
+
+    pub fn counters(&self) -> JournalCounters {
+        JournalCounters {
+            messages: self.by_id.len() as u64,
+            messages_evicted: self.evicted,
+            steps_dropped: self.steps_dropped,
+        }
+    }
+}
+
+/// A journey as a readable timeline: the message, then one line per step.
+pub fn timeline(journey: &Journey) -> String {
+    let mut out = format!("message {}", journey.message_id);
+    let mut field = |name: &str, value: Option<String>| {
+        if let Some(value) = value.filter(|v| !v.is_empty()) {
+            out.push_str(&format!("  {name} {value}"));
+        }
+    };
+    field("topic", journey.topic.clone());
+    field("tags", journey.tags.clone());
+    field("keys", Some(journey.keys.join(",")));
+    field("offsetMsgId", journey.offset_msg_id.clone());
+    field(
+        "born",
+        journey.born_unix_ms.map(|ms| utc(ms as u64 * 1_000_000)),
+    );
+    out.push('\n');
+    for step in &journey.steps {
+        let mut line = format!(
+            "  {}  {:<24} {}[{}]",
+            utc(step.start_unix_ns),
+            step.action,
+            step.process,
+            step.pid
+        );
+        if let Some(peer) = &step.peer {
+            line.push_str(&format!(" -> {peer}"));
+        }
+        if let Some(topic) = step
+            .topic
+            .as_ref()
+            .filter(|t| journey.topic.as_ref() != Some(*t))
+        {
+            line.push_str(&format!("  topic {topic}"));
+        }
+        if let Some(queue) = step.queue_id {
+            line.push_str(&format!("  queue {queue}"));
+        }
+        if let Some(offset) = step.queue_offset {
+            line.push_str(&format!("  offset {offset}"));
+        }
+        if let Some(group) = &step.group {
+            line.push_str(&format!("  group {group}"));
+        }
+        if let Some(times) = step.reconsume_times.filter(|&t| t > 0) {
+            line.push_str(&format!("  reconsume {times}"));
+        }
+        if let Some(delay) = step.delay_since_born_ms {
+            line.push_str(&format!("  {delay} ms after birth"));
+        }
+        let took = step.end_unix_ns.saturating_sub(step.start_unix_ns);
+        line.push_str(&format!(
+            "  took {:.1} ms  {}\n",
+            took as f64 / 1e6,
+            step.result
+        ));
+        out.push_str(&line);
+    }
+    if journey.steps_dropped > 0 {
+        out.push_str(&format!(
+            "  ({} more steps not kept)\n",
+            journey.steps_dropped
+        ));
+    }
+    out
+}
+
+/// A Unix time in nanoseconds as RFC 3339 UTC with milliseconds.
+fn utc(unix_ns: u64) -> String {
+    humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + std::time::Duration::from_nanos(unix_ns),
+    )
+    .to_string()
+}
+
+fn last_seen(journey: &Journey) -> u64 {
+    journey
+        .steps
+        .iter()
+        .map(|s| s.end_unix_ns)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Fills in what the event tells about the message itself, first sighting wins.
+fn learn(journey: &mut Journey, event: &MessageEvent) {
+    let (meta, offset_msg_id) = match event {
+        MessageEvent::Send(e) => (Some(&e.message), e.offset_msg_id.as_deref()),
+        MessageEvent::Receive(e) => (Some(&e.message), e.message.offset_msg_id.as_deref()),
+        MessageEvent::Settle(e) => {
+            // A retry topic (%RETRY%group) is not the message's own.
+            if journey.topic.is_none() && e.topic.as_deref().is_some_and(|t| !t.starts_with('%')) {
+                journey.topic.clone_from(&e.topic);
+            }
+            (None, None)
+        }
+    };
+    if journey.offset_msg_id.is_none() {
+        journey.offset_msg_id = offset_msg_id.map(String::from);
+    }
+    let Some(meta) = meta else { return };
+    let is_retry_topic = meta.topic.as_deref().is_some_and(|t| t.starts_with('%'));
+    if journey.topic.is_none() && !is_retry_topic {
+        journey.topic.clone_from(&meta.topic);
+    }
+    if journey.tags.is_none() {
+        journey.tags = meta.tags().map(String::from);
+    }
+    if journey.keys.is_empty() {
+        journey.keys = meta.keys().into_iter().map(String::from).collect();
+    }
+    if journey.born_unix_ms.is_none() {
+        journey.born_unix_ms = meta.born_timestamp_ms;
+    }
+}
+
+fn step_of<'a>(event: &'a MessageEvent, process: &str) -> (&'a str, Step) {
+    let base =
+        |action: String, endpoint: &Endpoint, start: u64, end: u64, outcome: &Outcome| Step {
+            action,
+            start_unix_ns: start,
+            end_unix_ns: end,
+            process: process.to_string(),
+            pid: endpoint.pid,
+            local: endpoint.local.map(|a| a.to_string()),
+            peer: endpoint.peer.map(|a| a.to_string()),
+            topic: None,
+            queue_id: None,
+            queue_offset: None,
+            group: None,
+            delay_since_born_ms: None,
+            reconsume_times: None,
+            result: match outcome {
+                Outcome::Ok => "ok".to_string(),
+                Outcome::Error {
+                    error_type,
+                    message: Some(message),
+                } => format!("{error_type}: {message}"),
+                Outcome::Error { error_type, .. } => error_type.clone(),
+            },
+        };
+    match event {
+        MessageEvent::Send(e) => {
+            let mut step = base(
+                "send".into(),
+                &e.endpoint,
+                e.start_unix_ns,
+                e.end_unix_ns,
+                &e.outcome,
+            );
+            step.topic.clone_from(&e.message.topic);
+            step.queue_id = e.message.queue_id;
+            step.queue_offset = e.queue_offset;
+            step.group.clone_from(&e.producer_group);
+            (&e.key, step)
+        }
+        MessageEvent::Receive(e) => {
+            let mut step = base(
+                "receive".into(),
+                &e.endpoint,
+                e.start_unix_ns,
+                e.end_unix_ns,
+                &Outcome::Ok,
+            );
+            step.topic.clone_from(&e.message.topic);
+            step.queue_id = e.message.queue_id;
+            step.queue_offset = e.message.queue_offset;
+            step.group.clone_from(&e.consumer_group);
+            step.delay_since_born_ms = e
+                .message
+                .born_timestamp_ms
+                .map(|born| (e.end_unix_ns / 1_000_000) as i64 - born);
+            step.reconsume_times = e.message.reconsume_times;
+            (&e.key, step)
+        }
+        MessageEvent::Settle(e) => {
+            let settlement = serde_json::to_value(e.settlement)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            let mut step = base(
+                format!("settle {settlement}"),
+                &e.endpoint,
+                e.start_unix_ns,
+                e.end_unix_ns,
+                &e.outcome,
+            );
+            step.topic.clone_from(&e.topic);
+            step.group.clone_from(&e.consumer_group);
+            (&e.key, step)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
