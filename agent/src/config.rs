@@ -58,12 +58,20 @@ impl FileConfig {
 
     pub fn parse(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e: toml::de::Error| {
-            let line = e
-                .span()
-                .map(|span| text[..span.start].matches('\n').count() + 1);
-            match line {
-                Some(line) => format!("line {line}: {}", e.message()),
-                None => e.message().to_string(),
+            let Some(span) = e.span() else {
+                return e.message().to_string();
+            };
+            let line = text[..span.start].matches('\n').count() + 1;
+            // The key of that line, which a type error does not name itself.
+            let key = text
+                .lines()
+                .nth(line - 1)
+                .and_then(|l| l.split_once('='))
+                .map(|(key, _)| key.trim())
+                .filter(|key| !key.is_empty());
+            match key {
+                Some(key) => format!("line {line}, key {key}: {}", e.message()),
+                None => format!("line {line}: {}", e.message()),
             }
         })
     }
@@ -91,11 +99,14 @@ mod tests {
     fn errors_name_the_line_and_the_key() {
         let error = FileConfig::parse("all = true\n\nring_bufer_bytes = 4096\n").unwrap_err();
         assert!(
-            error.starts_with("line 3:") && error.contains("ring_bufer_bytes"),
+            error.starts_with("line 3, key ring_bufer_bytes:"),
             "{error}"
         );
         let error =
             FileConfig::parse("all = true\nmax_bytes_per_syscall = \"lots\"\n").unwrap_err();
-        assert!(error.starts_with("line 2:"), "{error}");
+        assert!(
+            error.starts_with("line 2, key max_bytes_per_syscall: invalid type"),
+            "{error}"
+        );
     }
 }

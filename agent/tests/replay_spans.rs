@@ -8,6 +8,7 @@ use std::{
 
 use mqtrace::{
     decoder::{DecoderConfig, operation::Operation},
+    journeys::Query,
     pipeline::{Output, replay_capture},
     spans::{
         Span, SpanKind, Value,
@@ -228,4 +229,83 @@ fn output_file_has_exactly_the_documented_keys() {
         lines >= 30,
         "10 messages sent, received and committed: {lines} spans"
     );
+}
+
+#[test]
+fn replay_answers_where_is_my_message_from_a_real_capture() {
+    let dir = repo().join("tests/captures/rust-client");
+    let capture = dir.join("roundtrip.pcap");
+    let produced: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("roundtrip.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v.get("key").is_some())
+        .collect();
+    let (_, pipeline) = replay_capture(&capture, DecoderConfig::default(), false, |_| {}).unwrap();
+    for line in &produced {
+        let id = line["msg_id"].as_str().unwrap();
+        let journeys = pipeline.journal.query(&Query {
+            msg_id: Some(id.into()),
+            ..Query::default()
+        });
+        assert_eq!(journeys.len(), 1, "{id}");
+        let journey = &journeys[0];
+        let actions: Vec<&str> = journey.steps.iter().map(|s| s.action.as_str()).collect();
+        assert_eq!(actions[0], "send", "{id}: {actions:?}");
+        assert!(actions.contains(&"receive"), "{id}: {actions:?}");
+        assert!(
+            actions.contains(&"settle offset_committed"),
+            "{id}: {actions:?}"
+        );
+        let send = &journey.steps[0];
+        assert_eq!(send.queue_id.map(i64::from), line["queue_id"].as_i64());
+        assert_eq!(send.queue_offset, line["queue_offset"].as_i64());
+        assert_eq!(
+            journey.offset_msg_id.as_deref(),
+            line["offset_msg_id"].as_str()
+        );
+        assert_eq!(journey.keys, [line["key"].as_str().unwrap()]);
+        let receive = journey
+            .steps
+            .iter()
+            .find(|s| s.action == "receive")
+            .unwrap();
+        assert_eq!(receive.group.as_deref(), Some("trip_consumer"));
+        assert!(receive.delay_since_born_ms.is_some_and(|d| d >= 0));
+        // The broker's ID finds the same message.
+        let by_offset_id = pipeline.journal.query(&Query {
+            msg_id: line["offset_msg_id"].as_str().map(String::from),
+            ..Query::default()
+        });
+        assert_eq!(by_offset_id[0].message_id, id);
+    }
+    let by_topic = pipeline.journal.query(&Query {
+        topic: Some("GoldenTrip".into()),
+        ..Query::default()
+    });
+    assert_eq!(by_topic.len(), produced.len());
+
+    // The same through the CLI, by key, as a timeline.
+    let out = Command::new(env!("CARGO_BIN_EXE_mqtrace"))
+        .args(["replay", "--key", "key-3"])
+        .arg(&capture)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let id3 = produced[3]["msg_id"].as_str().unwrap();
+    assert!(
+        text.starts_with(&format!(
+            "message {id3}  topic GoldenTrip  tags TagE  keys key-3"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("settle offset_committed"), "{text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_mqtrace"))
+        .args(["replay", "--key", "no-such-key"])
+        .arg(&capture)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no message in"));
 }

@@ -1,5 +1,6 @@
 //! Helpers shared by the end-to-end tests and their helper programs.
 
+pub mod agent;
 pub mod capture;
 pub mod netns;
 pub mod otlp;

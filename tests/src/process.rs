@@ -36,6 +36,12 @@ impl Driven {
 
     /// Reads lines until one equals `line`.
     pub fn expect_line(&mut self, line: &str) -> anyhow::Result<()> {
+        self.lines_until(line).map(|_| ())
+    }
+
+    /// Reads lines until one equals `line`; returns those before it.
+    pub fn lines_until(&mut self, line: &str) -> anyhow::Result<Vec<String>> {
+        let mut lines = Vec::new();
         let mut buf = String::new();
         loop {
             buf.clear();
@@ -43,9 +49,17 @@ impl Driven {
                 bail!("child {} exited before saying {line:?}", self.pid());
             }
             if buf.trim_end() == line {
-                return Ok(());
+                return Ok(lines);
             }
+            lines.push(buf.trim_end().to_string());
         }
+    }
+
+    /// Reads the remaining lines, then waits for the child to exit with success.
+    pub fn finish(&mut self) -> anyhow::Result<Vec<String>> {
+        let lines = (&mut self.stdout).lines().collect::<Result<Vec<_>, _>>()?;
+        self.wait_success()?;
+        Ok(lines)
     }
 
     /// Reads lines until one starts with `prefix`, and returns the rest of it.

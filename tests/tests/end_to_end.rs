@@ -4,17 +4,17 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::PathBuf,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
+    process::Stdio,
+    time::Duration,
 };
 
 use mqtrace::spans::identity::{SpanId, TraceId};
 use mqtrace_tests::{
+    agent::Agent,
     netns::NetNs,
     otlp::{ReceivedSpan, Receiver},
     relay::Relay,
-    rocketmq::{Broker, Owned, client, client_path},
+    rocketmq::{Broker, client, client_path},
 };
 
 const MESSAGES: usize = 200;
@@ -32,82 +32,6 @@ fn tail(stderr: &[u8]) -> String {
 const PRODUCER: i32 = 4;
 const CLIENT: i32 = 3;
 
-/// The `mqtrace` binary beside this test's executable (cargo builds it for the workspace's tests).
-fn mqtrace_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("mqtrace");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p mqtrace` (cargo xtask test does)",
-        bin.display()
-    );
-    bin
-}
-
-/// Starts an agent, with its metrics on a free port, and waits until its probes are attached.
-fn start_agent(args: &[&str], log: &std::path::Path) -> (Owned, std::net::SocketAddr) {
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let file = std::fs::File::create(log).unwrap();
-    let agent = Command::new(mqtrace_bin())
-        .arg("run")
-        .args(args)
-        .args(["--metrics-address", &metrics.to_string()])
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start mqtrace");
-    let started = Instant::now();
-    while !std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .contains("mqtrace: tracing")
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "agent did not start: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (Owned(agent), metrics)
-}
-
-/// `GET /metrics` from an agent, as name → value.
-fn scrape(metrics: std::net::SocketAddr) -> BTreeMap<String, f64> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(metrics).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("mqtrace_"))
-        .filter_map(|l| {
-            l.split_once(' ')
-                .and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
-        })
-        .collect()
-}
-
-/// SIGTERM, then wait for the agent to flush and exit.
-fn stop_agent(mut agent: Owned, log: &std::path::Path) -> String {
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
-    let started = Instant::now();
-    while agent.0.try_wait().unwrap().is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "agent did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::fs::read_to_string(log).unwrap()
-}
-
 fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(out)
         .lines()
@@ -122,18 +46,8 @@ async fn two_hundred_messages_one_trace_each_over_otlp() {
     let topic = "E2ETopic";
     let broker = Broker::start("127.0.0.1").unwrap();
     let receiver = Receiver::start().await.unwrap();
-    let log = std::env::temp_dir().join(format!("mqtrace-e2e-agent-{}.log", std::process::id()));
     let endpoint = format!("http://{}", receiver.addr);
-    let (agent, metrics) = start_agent(
-        &[
-            "--all",
-            "--otlp-endpoint",
-            &endpoint,
-            "--stats-interval",
-            "5",
-        ],
-        &log,
-    );
+    let agent = Agent::start("e2e", &["--all", "--otlp-endpoint", &endpoint]);
 
     let namesrv = broker.namesrv();
     let (produced, consumed) = tokio::task::spawn_blocking(move || {
@@ -178,9 +92,12 @@ async fn two_hundred_messages_one_trace_each_over_otlp() {
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     // The agent's own counters agree with what the run is known to have done.
-    let counters = tokio::task::spawn_blocking(move || scrape(metrics))
-        .await
-        .unwrap();
+    let (agent, counters) = tokio::task::spawn_blocking(move || {
+        let counters = agent.scrape();
+        (agent, counters)
+    })
+    .await
+    .unwrap();
     assert_eq!(
         counters.get("mqtrace_pipeline_correlation_sends"),
         Some(&(MESSAGES as f64)),
@@ -193,13 +110,9 @@ async fn two_hundred_messages_one_trace_each_over_otlp() {
     assert_eq!(counters["mqtrace_kernel_records_lost_ring_full"], 0.0);
     assert_eq!(counters["mqtrace_kernel_bytes_not_copied_cap"], 0.0);
     assert_eq!(counters["mqtrace_pipeline_streams_gaps"], 0.0);
-    let agent_log = tokio::task::spawn_blocking({
-        let log = log.clone();
-        move || stop_agent(agent, &log)
-    })
-    .await
-    .unwrap();
-    let _ = std::fs::remove_file(&log);
+    let agent_log = tokio::task::spawn_blocking(move || agent.stop())
+        .await
+        .unwrap();
     let spans = receiver.spans();
     drop(broker);
 
@@ -307,15 +220,14 @@ async fn failed_consumption_settles_and_retries_and_an_unanswered_send_is_an_err
     let group = "e2e_fail_group";
     let broker = Broker::start("127.0.0.1").unwrap();
     let dir = std::env::temp_dir();
-    let log = dir.join(format!("mqtrace-e2e-fail-agent-{}.log", std::process::id()));
     let output = dir.join(format!(
         "mqtrace-e2e-fail-spans-{}.jsonl",
         std::process::id()
     ));
     let output_arg = output.to_string_lossy().into_owned();
-    let (agent, _) = start_agent(
+    let agent = Agent::start(
+        "e2e-fail",
         &["--all", "--output", &output_arg, "--request-timeout", "3"],
-        &log,
     );
 
     let namesrv = broker.namesrv();
@@ -382,15 +294,11 @@ async fn failed_consumption_settles_and_retries_and_an_unanswered_send_is_an_err
     );
     broker.resume();
 
-    let agent_log = tokio::task::spawn_blocking({
-        let log = log.clone();
-        move || stop_agent(agent, &log)
-    })
-    .await
-    .unwrap();
+    let agent_log = tokio::task::spawn_blocking(move || agent.stop())
+        .await
+        .unwrap();
     let spans = spans_from_file(&output);
     let _ = std::fs::remove_file(&output);
-    let _ = std::fs::remove_file(&log);
 
     for id in &failed {
         let trace = TraceId::for_message(id).hex();
@@ -463,17 +371,11 @@ async fn two_hosts_two_agents_the_traces_still_join() {
     let namesrv = format!("{broker_ip}:9876");
     let dir = std::env::temp_dir();
     let file = |name: &str| dir.join(format!("mqtrace-e2e-{name}-{}", std::process::id()));
-    let (out_a, out_b, log_a, log_b) = (
-        file("a.jsonl"),
-        file("b.jsonl"),
-        file("a.log"),
-        file("b.log"),
-    );
+    let (out_a, out_b) = (file("a.jsonl"), file("b.jsonl"));
 
     // The namespaces move into the blocking task and are removed when it ends, pass or fail.
     let result = tokio::task::spawn_blocking({
-        let (out_a, out_b, log_a, log_b) =
-            (out_a.clone(), out_b.clone(), log_a.clone(), log_b.clone());
+        let (out_a, out_b) = (out_a.clone(), out_b.clone());
         move || {
             // Host A: the producer and an agent selecting only it.
             let producer = blocked_client(
@@ -481,9 +383,9 @@ async fn two_hosts_two_agents_the_traces_still_join() {
                 &["produce", &namesrv, topic, &messages.to_string()],
             );
             let pid_a = producer.id().to_string();
-            let (agent_a, _) = start_agent(
+            let agent_a = Agent::start(
+                "e2e-host-a",
                 &["--pid", &pid_a, "--output", out_a.to_str().unwrap()],
-                &log_a,
             );
             let produced = release_and_wait(producer);
             // Host B: the consumer and an agent selecting only it.
@@ -499,19 +401,19 @@ async fn two_hosts_two_agents_the_traces_still_join() {
                 ],
             );
             let pid_b = consumer.id().to_string();
-            let (agent_b, _) = start_agent(
+            let agent_b = Agent::start(
+                "e2e-host-b",
                 &["--pid", &pid_b, "--output", out_b.to_str().unwrap()],
-                &log_b,
             );
             let consumed = release_and_wait(consumer);
-            let logs = (stop_agent(agent_a, &log_a), stop_agent(agent_b, &log_b));
+            let logs = (agent_a.stop(), agent_b.stop());
             (produced, consumed, pid_a, pid_b, logs)
         }
     })
     .await;
     let (produced, consumed, pid_a, pid_b, (log_a_text, log_b_text)) = result.unwrap();
     let (spans_a, spans_b) = (spans_from_file(&out_a), spans_from_file(&out_b));
-    for f in [&out_a, &out_b, &log_a, &log_b] {
+    for f in [&out_a, &out_b] {
         let _ = std::fs::remove_file(f);
     }
     drop(broker);

@@ -192,7 +192,7 @@ impl KernelCapture {
             .with_context(|| format!("selecting pid {pid}"))?;
         match (was_traced, selection != Selection::Excluded) {
             (false, true) => self.register_existing_sockets(pid),
-            (true, false) => self.forget_sockets(pid),
+            (true, false) => self.stop_following(pid),
             _ => Ok(()),
         }
     }
@@ -203,7 +203,7 @@ impl KernelCapture {
             self.set_selection(pid, Selection::Excluded)
         } else {
             self.unselect(pid)?;
-            self.forget_sockets(pid)
+            self.stop_following(pid)
         }
     }
 
@@ -315,21 +315,42 @@ impl KernelCapture {
         Ok(())
     }
 
-    fn forget_sockets(&mut self, pid: u32) -> anyhow::Result<()> {
+    /// Removes `pid`'s sockets from the kernel's table; returns their connection ids.
+    fn forget_sockets(&mut self, pid: u32) -> anyhow::Result<Vec<ConnectionId>> {
         self.pids_with_sockets.remove(&pid);
         let mut sockets: HashMap<_, SocketKey, SocketState> = HashMap::try_from(
             self.ebpf
                 .map_mut(maps::SOCKETS)
                 .context("SOCKETS map missing")?,
         )?;
-        let keys: Vec<SocketKey> = sockets
-            .keys()
+        let entries: Vec<(SocketKey, SocketState)> = sockets
+            .iter()
             .filter_map(Result::ok)
-            .filter(|k| k.pid == pid)
+            .filter(|(k, _)| k.pid == pid)
             .collect();
-        for key in keys {
-            let _ = sockets.remove(&key);
+        for (key, _) in &entries {
+            let _ = sockets.remove(key);
         }
+        Ok(entries
+            .into_iter()
+            .map(|(_, state)| ConnectionId(state.connection_id))
+            .collect())
+    }
+
+    /// Stops following `pid`'s connections: the records already in the ring go first, then
+    /// each connection ends, so that user space lets go of it (a later selection picks the
+    /// sockets up anew, mid-stream).
+    fn stop_following(&mut self, pid: u32) -> anyhow::Result<()> {
+        let closed = self.forget_sockets(pid)?;
+        let mut events = std::mem::take(&mut self.pending);
+        self.drain_now(&mut events);
+        let timestamp_ns = monotonic_ns();
+        events.extend(closed.into_iter().map(|connection| SourceEvent::Closed {
+            connection,
+            final_positions: None,
+            timestamp_ns,
+        }));
+        self.pending = events;
         Ok(())
     }
 

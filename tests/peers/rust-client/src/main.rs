@@ -1,8 +1,10 @@
 //! mq-client: a real RocketMQ producer and push consumer for mqtrace's tests.
 //!
-//! mq-client produce NAMESRV TOPIC COUNT [--batch N] [--tag T] [--body-size B]
+//! mq-client produce NAMESRV TOPIC COUNT [--batch N] [--tag T] [--body-size B] [--pause-every P]
 //!   sends COUNT messages (in batches of N when given), keys "key-<i>", and prints one JSON
 //!   line per message: {"msg_id","offset_msg_id","queue_id","queue_offset","key","tag"}.
+//!   With --pause-every, before message 0, P, 2P, ... it prints {"pause":i} and waits for a
+//!   line on stdin (the producer and its connections stay up meanwhile).
 //! mq-client consume NAMESRV TOPIC GROUP EXPECT TIMEOUT_SECS [--fail-first N]
 //!   consumes until EXPECT distinct messages (by UNIQ_KEY) were consumed (or the timeout),
 //!   printing one JSON line per delivery: {"msg_id" (the offsetMsgId), "uniq_key", "queue_id",
@@ -82,6 +84,7 @@ async fn produce(args: &[String]) -> ClientResult<()> {
     let batch: usize = flag(args, "--batch").map_or(1, |b| b.parse().expect("--batch"));
     let tag = flag(args, "--tag").unwrap_or_else(|| "TagA".into());
     let body_size: usize = flag(args, "--body-size").map_or(64, |b| b.parse().expect("--body-size"));
+    let pause_every: Option<usize> = flag(args, "--pause-every").map(|p| p.parse().expect("--pause-every"));
     let rt = runtime("producer");
     let mut producer = DefaultMQProducer::builder(rt.client.clone())
         .producer_group("mqtrace_test_producer".to_string())
@@ -90,6 +93,11 @@ async fn produce(args: &[String]) -> ClientResult<()> {
     producer.start().await?;
     let mut i = 0;
     while i < count {
+        if pause_every.is_some_and(|p| i % p == 0) {
+            println!("{}", json!({ "pause": i }));
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).expect("stdin");
+        }
         let n = batch.min(count - i);
         if batch == 1 {
             let result = producer.send_with_timeout(message(&topic, &tag, i, body_size), 5000).await?;

@@ -1,0 +1,146 @@
+//! The real `mqtrace` daemon, started for a test with its own metrics port and control socket,
+//! stopped by pid (SIGTERM, then SIGKILL on drop) whatever happens.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::rocketmq::Owned;
+
+/// The `mqtrace` binary beside the test's executable (cargo builds it for the workspace's tests).
+pub fn mqtrace_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("mqtrace");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p mqtrace` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+pub struct Agent {
+    process: Option<Owned>,
+    pub metrics: SocketAddr,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `mqtrace run ARGS` and waits until its probes are attached; `name` keeps the
+    /// files of agents running side by side apart.
+    pub fn start(name: &str, args: &[&str]) -> Self {
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let dir = std::env::temp_dir();
+        let stem = format!("mqtrace-{name}-{}", std::process::id());
+        let log = dir.join(format!("{stem}.log"));
+        let socket = dir.join(format!("{stem}.sock"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(mqtrace_bin())
+            .arg("run")
+            .args(args)
+            .args(["--metrics-address", &metrics.to_string()])
+            .arg("--control-socket")
+            .arg(&socket)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start mqtrace");
+        let agent = Self {
+            process: Some(Owned(child)),
+            metrics,
+            socket,
+            log,
+        };
+        let started = Instant::now();
+        while !agent.log_text().contains("mqtrace: tracing") {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "agent did not start: {}",
+                agent.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        agent
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().unwrap().0.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `mqtrace ARGS --socket <this agent's>` (enable, disable, list, status, trace).
+    pub fn control(&self, args: &[&str]) -> Output {
+        Command::new(mqtrace_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .expect("run mqtrace")
+    }
+
+    /// As `control`, failing the test unless it succeeds; returns its stdout.
+    pub fn control_ok(&self, args: &[&str]) -> String {
+        let out = self.control(args);
+        assert!(
+            out.status.success(),
+            "mqtrace {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `GET /metrics`, as name → value.
+    pub fn scrape(&self) -> BTreeMap<String, f64> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(self.metrics).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("mqtrace_"))
+            .filter_map(|l| {
+                l.split_once(' ')
+                    .and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+            })
+            .collect()
+    }
+
+    /// SIGTERM, then waits for the agent to flush and exit; returns its log.
+    pub fn stop(mut self) -> String {
+        let mut process = self.process.take().unwrap();
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(process.0.id() as i32, libc::SIGTERM) };
+        let started = Instant::now();
+        while process.0.try_wait().unwrap().is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "agent did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.log_text()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        drop(self.process.take()); // killed by pid if still running
+        let _ = std::fs::remove_file(&self.log);
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}

@@ -1,0 +1,465 @@
+//! The daemon steered while it runs: the real `mqtrace run` with its kernel probes, the real
+//! `mqtrace enable|disable|list|status|trace` over its control socket, and the real Rust
+//! producer and consumer against the real broker. Needs root and the peers (`cargo xtask test`).
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use mqtrace_tests::{
+    agent::{Agent, mqtrace_bin},
+    process::Driven,
+    rocketmq::{Broker, client, client_path},
+};
+
+/// The tests share fixed broker ports: they take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn ids(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["msg_id"].as_str().map(String::from))
+        .collect()
+}
+
+/// Message IDs with a send span in the agent's output file.
+fn sent_ids_in(output: &Path) -> BTreeSet<String> {
+    std::fs::read_to_string(output)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|s| s["kind"] == "PRODUCER")
+        .filter_map(|s| {
+            s["attributes"]["messaging.message.id"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect()
+}
+
+/// Waits until every id in `expected` has a send span in `output`.
+fn wait_for_sends(output: &Path, expected: &[String], agent: &Agent) {
+    let started = Instant::now();
+    loop {
+        let seen = sent_ids_in(output);
+        let missing: Vec<&String> = expected.iter().filter(|id| !seen.contains(*id)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no send span for {missing:?}\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A producer of `count` messages that pauses before every `every`, driven over stdin.
+fn paused_producer(namesrv: &str, topic: &str, count: usize, every: usize) -> Driven {
+    let mut command = client();
+    command
+        .args(["produce", namesrv, topic, &count.to_string()])
+        .args(["--pause-every", &every.to_string()])
+        .stderr(Stdio::null());
+    Driven::spawn(command).unwrap()
+}
+
+fn produce(namesrv: &str, topic: &str, count: usize) -> Vec<String> {
+    let out = client()
+        .args(["produce", namesrv, topic, &count.to_string()])
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "producer failed");
+    ids(&String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect::<Vec<_>>())
+}
+
+/// A cgroup (v2) made for a test and removed when it ends.
+struct TestCgroup {
+    dir: PathBuf,
+    relative: String,
+}
+
+impl TestCgroup {
+    fn create() -> Self {
+        let mount = mqtrace::sources::kernel::procfs::cgroup_v2_mount()
+            .expect("this machine mounts cgroup v2");
+        let relative = format!("/mqtrace-test-{}", std::process::id());
+        let dir = mount.join(relative.trim_start_matches('/'));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self { dir, relative }
+    }
+
+    /// `mq-client ARGS`, moved into this cgroup before it execs.
+    fn client(&self, args: &[&str]) -> Command {
+        use std::os::unix::process::CommandExt;
+        let procs =
+            std::ffi::CString::new(self.dir.join("cgroup.procs").to_string_lossy().into_owned())
+                .unwrap();
+        let mut command = Command::new(client_path());
+        command.args(args).stderr(Stdio::null());
+        // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // "0": the writing process itself.
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if written != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Its processes have exited by now; an empty cgroup is removed with rmdir.
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn selection_changes_apply_at_once_to_running_and_later_processes() {
+    let _turn = turn();
+    let broker = Broker::start("127.0.0.1").unwrap();
+    let namesrv = broker.namesrv();
+    let output = std::env::temp_dir().join(format!("mqtrace-daemon-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&output);
+    let agent = Agent::start(
+        "daemon-select",
+        &["--only-selected", "--output", output.to_str().unwrap()],
+    );
+
+    // A producer running before and after each change, never restarted.
+    let mut producer = paused_producer(&namesrv, "DaemonSelect", 30, 10);
+    let pid = producer.pid().to_string();
+    producer.expect_line(r#"{"pause":0}"#).unwrap();
+    let said = agent.control_ok(&["enable", "--pid", &pid]);
+    assert_eq!(said.trim(), format!("tracing pid {pid}"));
+    producer.say("").unwrap();
+    let traced_first = ids(&producer.lines_until(r#"{"pause":10}"#).unwrap());
+    wait_for_sends(&output, &traced_first, &agent);
+
+    agent.control_ok(&["disable", "--pid", &pid]);
+    producer.say("").unwrap();
+    let untraced = ids(&producer.lines_until(r#"{"pause":20}"#).unwrap());
+
+    agent.control_ok(&["enable", "--pid", &pid]);
+    // Its connection to the broker, open since the first phase, is followed again at once.
+    let listing: serde_json::Value =
+        serde_json::from_str(&agent.control_ok(&["list", "--json"])).unwrap();
+    let listed = listing["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"].to_string() == pid)
+        .unwrap_or_else(|| panic!("pid {pid} not listed: {listing}"));
+    assert_eq!(listed["selection"], "by_pid");
+    assert!(
+        listed["connections"].as_u64().unwrap() >= 1,
+        "its open connections are picked up: {listing}"
+    );
+    producer.say("").unwrap();
+    let traced_again = ids(&producer.finish().unwrap());
+    assert_eq!(
+        (traced_first.len(), untraced.len(), traced_again.len()),
+        (10, 10, 10)
+    );
+    wait_for_sends(&output, &traced_again, &agent);
+    let sent = sent_ids_in(&output);
+    let leaked: Vec<&String> = untraced.iter().filter(|id| sent.contains(*id)).collect();
+    assert!(
+        leaked.is_empty(),
+        "spans for messages sent while disabled: {leaked:?}"
+    );
+
+    // A command-name rule catches a process that starts after it.
+    let said = agent.control_ok(&["enable", "--comm", "mq-client"]);
+    assert!(said.contains("comm mq-client"), "{said}");
+    let by_comm = produce(&namesrv, "DaemonComm", 5);
+    wait_for_sends(&output, &by_comm, &agent);
+    let listing = agent.control_ok(&["list"]);
+    assert!(listing.contains("enable comm mq-client"), "{listing}");
+
+    // A cgroup rule: a process started inside the cgroup is traced, one outside is not.
+    agent.control_ok(&["disable", "--comm", "mq-client"]);
+    let cgroup = TestCgroup::create();
+    agent.control_ok(&["enable", "--cgroup", &cgroup.relative]);
+    let outside = produce(&namesrv, "DaemonCgroup", 5);
+    let out = cgroup
+        .client(&["produce", &namesrv, "DaemonCgroup", "5"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "producer in the cgroup failed");
+    let inside = ids(&String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect::<Vec<_>>());
+    assert_eq!(inside.len(), 5);
+    wait_for_sends(&output, &inside, &agent);
+    let sent = sent_ids_in(&output);
+    assert!(
+        outside.iter().all(|id| !sent.contains(id)),
+        "a process outside the cgroup was traced"
+    );
+
+    // Errors a user meets: an unknown pid, and a user who may not use the socket.
+    let out = agent.control(&["enable", "--pid", "4194304"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no process with pid 4194304"), "{stderr}");
+    let out = as_nobody(&["status", "--socket", agent.socket.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("permission denied on"), "{stderr}");
+
+    let log = agent.stop();
+    let _ = std::fs::remove_file(&output);
+    drop(broker);
+    assert!(log.contains("mqtrace: stopped"), "{log}");
+}
+
+/// Runs the mqtrace binary as user nobody (a copy readable by all: the build directory may
+/// not be).
+fn as_nobody(args: &[&str]) -> std::process::Output {
+    let dir = std::env::temp_dir().join(format!("mqtrace-nobody-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("mqtrace");
+    std::fs::copy(mqtrace_bin(), &bin).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(&bin)
+        .args(args)
+        .output()
+        .expect("setpriv");
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+#[test]
+fn errors_name_what_is_wrong_and_exit_non_zero() {
+    // Not root: the daemon refuses before touching the kernel.
+    let out = as_nobody(&[
+        "run",
+        "--all",
+        "--control-socket",
+        "/tmp/mqtrace-nobody.sock",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("run it as root, or grant CAP_BPF and CAP_PERFMON")
+            && stderr.contains("uid 65534"),
+        "{stderr}"
+    );
+
+    // No daemon.
+    let out = Command::new(mqtrace_bin())
+        .args(["status", "--socket", "/tmp/mqtrace-no-such-daemon.sock"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "no mqtrace daemon is running: nothing listens on /tmp/mqtrace-no-such-daemon.sock"
+        ),
+        "{stderr}"
+    );
+
+    // A config file with a misspelt key, then a value of the wrong type.
+    let config = std::env::temp_dir().join(format!("mqtrace-bad-{}.toml", std::process::id()));
+    for (text, line, key) in [
+        (
+            "all = true\n\nring_bufer_bytes = 4096\n",
+            "line 3",
+            "ring_bufer_bytes",
+        ),
+        (
+            "journal_messages = \"many\"\n",
+            "line 1",
+            "journal_messages",
+        ),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let out = Command::new(mqtrace_bin())
+            .args(["run", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(line) && stderr.contains(key),
+            "{text:?}: {stderr}"
+        );
+    }
+    let _ = std::fs::remove_file(&config);
+}
+
+#[test]
+fn status_metrics_and_trace_agree_with_a_known_run() {
+    let _turn = turn();
+    let broker = Broker::start("127.0.0.1").unwrap();
+    let namesrv = broker.namesrv();
+    let dir = std::env::temp_dir();
+    let output = dir.join(format!("mqtrace-status-{}.jsonl", std::process::id()));
+    let config = dir.join(format!("mqtrace-status-{}.toml", std::process::id()));
+    // Started from a config file: only the test's clients, by command name.
+    std::fs::write(
+        &config,
+        format!(
+            "comms = [\"mq-client\"]\noutput = {:?}\n",
+            output.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start("daemon-status", &["--config", config.to_str().unwrap()]);
+    let messages = 20;
+    let produced = produce(&namesrv, "DaemonTrace", messages);
+    let consumed = client()
+        .args([
+            "consume",
+            &namesrv,
+            "DaemonTrace",
+            "daemon_group",
+            &messages.to_string(),
+            "120",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(consumed.status.success(), "consumer failed");
+
+    // Every message's journey: sent, received, and settled (the consumer commits its offsets).
+    let started = Instant::now();
+    let journey = |id: &str| -> serde_json::Value {
+        serde_json::from_str(&agent.control_ok(&["trace", "--msg-id", id, "--json"])).unwrap()
+    };
+    for id in &produced {
+        loop {
+            let found = journey(id);
+            let actions: Vec<String> = found[0]["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["action"].as_str().unwrap().to_string())
+                .collect();
+            if actions.iter().any(|a| a.starts_with("settle")) {
+                assert_eq!(actions[0], "send", "{id}: {actions:?}");
+                assert!(actions.contains(&"receive".to_string()), "{actions:?}");
+                assert_eq!(found[0]["topic"], "DaemonTrace");
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{id}: no settle step: {found}\n{}",
+                agent.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let timeline = agent.control_ok(&["trace", "--msg-id", &produced[7]]);
+    assert!(
+        timeline.starts_with(&format!(
+            "message {}  topic DaemonTrace  tags TagA  keys key-7",
+            produced[7]
+        )),
+        "{timeline}"
+    );
+    assert!(
+        timeline.contains("receive") && timeline.contains("group daemon_group"),
+        "{timeline}"
+    );
+    let by_key: serde_json::Value =
+        serde_json::from_str(&agent.control_ok(&["trace", "--key", "key-7", "--json"])).unwrap();
+    assert_eq!(by_key[0]["message_id"].as_str(), Some(produced[7].as_str()));
+    let by_topic: serde_json::Value = serde_json::from_str(&agent.control_ok(&[
+        "trace",
+        "--topic",
+        "DaemonTrace",
+        "--since",
+        "10m",
+        "--limit",
+        "100",
+        "--json",
+    ]))
+    .unwrap();
+    let found: BTreeSet<&str> = by_topic
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["message_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(found, produced.iter().map(String::as_str).collect());
+
+    // status and /metrics: the same counters, and the known counts. The metrics snapshot is
+    // renewed every second, so wait for one renewal after the traffic.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let status: serde_json::Value =
+        serde_json::from_str(&agent.control_ok(&["status", "--json"])).unwrap();
+    let metrics = agent.scrape();
+    let counters = &status["counters"];
+    let mut compared = 0;
+    let mut leaves = vec![("mqtrace".to_string(), counters)];
+    while let Some((name, value)) = leaves.pop() {
+        match value {
+            serde_json::Value::Object(map) => {
+                leaves.extend(map.iter().map(|(k, v)| (format!("{name}_{k}"), v)))
+            }
+            serde_json::Value::Number(n) if name != "mqtrace_agent_uptime_seconds" => {
+                assert_eq!(metrics.get(&name), n.as_f64().as_ref(), "{name}");
+                compared += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(compared > 30, "only {compared} counters compared");
+    let count = |pointer: &str| counters.pointer(pointer).and_then(|v| v.as_u64()).unwrap();
+    assert_eq!(count("/pipeline/correlation/sends"), messages as u64);
+    assert!(count("/pipeline/correlation/receives") >= messages as u64);
+    assert!(count("/pipeline/correlation/settles") >= messages as u64);
+    assert_eq!(
+        count("/pipeline/spans"),
+        count("/pipeline/correlation/sends")
+            + count("/pipeline/correlation/receives")
+            + count("/pipeline/correlation/settles")
+            + count("/pipeline/correlation/timeouts")
+    );
+    assert_eq!(count("/export/spans_written"), count("/pipeline/spans"));
+    assert_eq!(count("/kernel/records_lost_ring_full"), 0);
+    assert_eq!(count("/pipeline/streams/gaps"), 0);
+    assert_eq!(count("/pipeline/journal/messages"), messages as u64);
+    let human = agent.control_ok(&["status"]);
+    assert!(
+        human.contains(&format!("  sends                  {messages}\n")),
+        "{human}"
+    );
+    assert!(human.contains("tracing selected processes"), "{human}");
+
+    agent.stop();
+    let _ = std::fs::remove_file(&output);
+    let _ = std::fs::remove_file(&config);
+    drop(broker);
+}
