@@ -171,7 +171,7 @@ fn selection_changes_apply_at_once_to_running_and_later_processes() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["pid"].to_string() == pid)
+        .find(|p| p["pid"].as_u64() == pid.parse().ok())
         .unwrap_or_else(|| panic!("pid {pid} not listed: {listing}"));
     assert_eq!(listed["selection"], "by_pid");
     assert!(
