@@ -74,8 +74,14 @@ impl Pipeline {
     }
 
     pub fn push(&mut self, event: SourceEvent, out: &mut Vec<Output>) {
-        if let SourceEvent::ProcessExited { pid } = event {
-            self.resources.forget(pid);
+        match &event {
+            SourceEvent::ProcessExited { pid } => self.resources.forget(*pid),
+            // Read the process's resource while it surely runs: a short-lived client may be
+            // gone (its environment with it) by the time its first span is made.
+            SourceEvent::Opened(connection) => {
+                self.resources.of(connection.pid);
+            }
+            _ => {}
         }
         self.streams.push(event, &mut self.stream_events);
         for event in self.stream_events.drain(..) {

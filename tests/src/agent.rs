@@ -34,6 +34,13 @@ impl Agent {
     /// Starts `mqtrace run ARGS` and waits until its probes are attached; `name` keeps the
     /// files of agents running side by side apart.
     pub fn start(name: &str, args: &[&str]) -> Self {
+        let bin = mqtrace_bin();
+        Self::start_wrapped(name, &[bin.to_str().unwrap()], args)
+    }
+
+    /// As `start`, through a wrapper that execs the binary (`command` ends with its path), e.g.
+    /// `setpriv ... -- /path/to/mqtrace`.
+    pub fn start_wrapped(name: &str, command: &[&str], args: &[&str]) -> Self {
         let metrics = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -43,7 +50,8 @@ impl Agent {
         let log = dir.join(format!("{stem}.log"));
         let socket = dir.join(format!("{stem}.sock"));
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(mqtrace_bin())
+        let child = Command::new(command[0])
+            .args(&command[1..])
             .arg("run")
             .args(args)
             .args(["--metrics-address", &metrics.to_string()])

@@ -86,9 +86,15 @@ fn produce(namesrv: &str, topic: &str, count: usize) -> Vec<String> {
         .collect::<Vec<_>>())
 }
 
-/// A cgroup (v2) made for a test and removed when it ends.
+const POD_UID: &str = "8d2c7e3a-1b4f-4c9e-9a61-2f0d5b7c8e91";
+const CONTAINER_ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// A cgroup (v2) made for a test, removed when it ends: a top cgroup (what the rule names)
+/// with, below it, the pod and container cgroups a kubelet (systemd driver) makes.
 struct TestCgroup {
-    dir: PathBuf,
+    /// Created, outermost first.
+    dirs: Vec<PathBuf>,
+    /// The top cgroup, as /proc/PID/cgroup spells it.
     relative: String,
 }
 
@@ -97,17 +103,31 @@ impl TestCgroup {
         let mount = mqtrace::sources::kernel::procfs::cgroup_v2_mount()
             .expect("this machine mounts cgroup v2");
         let relative = format!("/mqtrace-test-{}", std::process::id());
-        let dir = mount.join(relative.trim_start_matches('/'));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self { dir, relative }
+        let top = mount.join(relative.trim_start_matches('/'));
+        let pod = top.join(format!(
+            "kubepods-besteffort-pod{}.slice",
+            POD_UID.replace('-', "_")
+        ));
+        let container = pod.join(format!("cri-containerd-{CONTAINER_ID}.scope"));
+        let dirs = vec![top, pod, container];
+        for dir in &dirs {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        Self { dirs, relative }
     }
 
     /// `mq-client ARGS`, moved into this cgroup before it execs.
     fn client(&self, args: &[&str]) -> Command {
         use std::os::unix::process::CommandExt;
-        let procs =
-            std::ffi::CString::new(self.dir.join("cgroup.procs").to_string_lossy().into_owned())
-                .unwrap();
+        let procs = std::ffi::CString::new(
+            self.dirs
+                .last()
+                .unwrap()
+                .join("cgroup.procs")
+                .to_string_lossy()
+                .into_owned(),
+        )
+        .unwrap();
         let mut command = Command::new(client_path());
         command.args(args).stderr(Stdio::null());
         // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
@@ -132,8 +152,10 @@ impl TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        // Its processes have exited by now; an empty cgroup is removed with rmdir.
-        let _ = std::fs::remove_dir(&self.dir);
+        // Its processes have exited by now; empty cgroups are removed with rmdir, innermost first.
+        for dir in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
@@ -200,13 +222,17 @@ fn selection_changes_apply_at_once_to_running_and_later_processes() {
     let listing = agent.control_ok(&["list"]);
     assert!(listing.contains("enable comm mq-client"), "{listing}");
 
-    // A cgroup rule: a process started inside the cgroup is traced, one outside is not.
+    // A cgroup rule: a process started below the cgroup is traced, one outside is not. The
+    // inside one sits in cgroups shaped as a kubelet makes them, with a pod's environment:
+    // its spans carry the pod's metadata.
     agent.control_ok(&["disable", "--comm", "mq-client"]);
     let cgroup = TestCgroup::create();
     agent.control_ok(&["enable", "--cgroup", &cgroup.relative]);
     let outside = produce(&namesrv, "DaemonCgroup", 5);
     let out = cgroup
         .client(&["produce", &namesrv, "DaemonCgroup", "5"])
+        .env("HOSTNAME", "orders-7d9f8-x2x4q")
+        .env("POD_NAMESPACE", "shop")
         .output()
         .unwrap();
     assert!(out.status.success(), "producer in the cgroup failed");
@@ -221,6 +247,17 @@ fn selection_changes_apply_at_once_to_running_and_later_processes() {
         outside.iter().all(|id| !sent.contains(id)),
         "a process outside the cgroup was traced"
     );
+    let pod_span = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|s| s["attributes"]["messaging.message.id"] == inside[0].as_str())
+        .unwrap();
+    let resource = &pod_span["resource"];
+    assert_eq!(resource["k8s.pod.uid"], POD_UID, "{resource}");
+    assert_eq!(resource["k8s.pod.name"], "orders-7d9f8-x2x4q", "{resource}");
+    assert_eq!(resource["k8s.namespace.name"], "shop");
+    assert_eq!(resource["container.id"], CONTAINER_ID);
 
     // Errors a user meets: an unknown pid, and a user who may not use the socket.
     let out = agent.control(&["enable", "--pid", "4194304"]);

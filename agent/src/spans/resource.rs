@@ -78,10 +78,68 @@ fn process_resource(pid: u32, host_name: &str) -> Attributes {
     }
     let service = service_name(pid).unwrap_or(executable);
     r.insert("service.name".into(), service.into());
-    if let Some(id) = container_id(pid) {
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    if let Some(id) = container_id(&cgroup) {
         r.insert("container.id".into(), id.into());
     }
+    if let Some(uid) = pod_uid(&cgroup) {
+        kubernetes(pid, uid, &mut r);
+    }
     r
+}
+
+/// Kubernetes metadata of a process in a pod, as far as the node itself tells: the pod's uid
+/// (from the cgroup path), its name (the pod's HOSTNAME, which is the pod name unless the
+/// spec sets another), its namespace (the pod's service-account mount, read through
+/// /proc/PID/root, or POD_NAMESPACE from the downward API), and the node (this agent's
+/// NODE_NAME, from the downward API). Whatever is missing is left out.
+fn kubernetes(pid: u32, uid: String, r: &mut Attributes) {
+    r.insert("k8s.pod.uid".into(), uid.into());
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let env = |name: &str| {
+        let prefix = format!("{name}=");
+        environ
+            .split(|&b| b == 0)
+            .find_map(|var| var.strip_prefix(prefix.as_bytes()))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .filter(|v| !v.is_empty())
+    };
+    if let Some(name) = env("HOSTNAME") {
+        r.insert("k8s.pod.name".into(), name.into());
+    }
+    let namespace = std::fs::read_to_string(format!(
+        "/proc/{pid}/root/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+    ))
+    .ok()
+    .map(|n| n.trim().to_string())
+    .filter(|n| !n.is_empty())
+    .or_else(|| env("POD_NAMESPACE"));
+    if let Some(namespace) = namespace {
+        r.insert("k8s.namespace.name".into(), namespace.into());
+    }
+    if let Some(node) = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()) {
+        r.insert("k8s.node.name".into(), node.into());
+    }
+}
+
+/// The pod uid in a kubelet cgroup path: `.../pod<uid>/...` (cgroupfs driver) or
+/// `...-pod<uid with _ for ->.slice/...` (systemd driver).
+fn pod_uid(cgroup: &str) -> Option<String> {
+    cgroup
+        .lines()
+        .filter(|line| line.contains("kubepods"))
+        .flat_map(|line| line.split('/'))
+        .find_map(|segment| {
+            let segment = segment.strip_suffix(".slice").unwrap_or(segment);
+            let (_, uid) = segment.rsplit_once("pod")?;
+            let uid = uid.replace('_', "-");
+            let shape_ok = uid.len() == 36
+                && uid.char_indices().all(|(i, c)| match i {
+                    8 | 13 | 18 | 23 => c == '-',
+                    _ => c.is_ascii_hexdigit(),
+                });
+            shape_ok.then_some(uid)
+        })
 }
 
 /// `OTEL_SERVICE_NAME` from the process's environment, or `-Dotel.service.name=` from its
@@ -102,9 +160,8 @@ fn service_name(pid: u32) -> Option<String> {
     })
 }
 
-/// The 64-hex container id in the process's cgroup path (docker, containerd, cri-o).
-fn container_id(pid: u32) -> Option<String> {
-    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+/// The 64-hex container id in a process's cgroup path (docker, containerd, cri-o).
+fn container_id(cgroup: &str) -> Option<String> {
     cgroup
         .lines()
         .flat_map(|line| line.split(['/', '-', '.', ':']))
@@ -115,6 +172,31 @@ fn container_id(pid: u32) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pods_are_found_in_both_kubelet_cgroup_layouts() {
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let systemd = format!(
+            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod8d2c7e3a_1b4f_4c9e_9a61_2f0d5b7c8e91.slice/cri-containerd-{id}.scope\n"
+        );
+        assert_eq!(
+            pod_uid(&systemd).as_deref(),
+            Some("8d2c7e3a-1b4f-4c9e-9a61-2f0d5b7c8e91")
+        );
+        assert_eq!(container_id(&systemd).as_deref(), Some(id));
+        let cgroupfs =
+            format!("0::/kubepods/besteffort/pod8d2c7e3a-1b4f-4c9e-9a61-2f0d5b7c8e91/{id}\n");
+        assert_eq!(
+            pod_uid(&cgroupfs).as_deref(),
+            Some("8d2c7e3a-1b4f-4c9e-9a61-2f0d5b7c8e91")
+        );
+        // Not a pod: a docker container, a user session.
+        assert_eq!(pod_uid(&format!("0::/docker/{id}\n")), None);
+        assert_eq!(
+            pod_uid("0::/user.slice/user-0.slice/session-3.scope\n"),
+            None
+        );
+    }
 
     #[test]
     fn own_process_resource() {
