@@ -217,6 +217,13 @@ pub fn process_exec(_ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Does nothing. The benchmarks attach it to the same tracepoints to measure the floor: what
+/// running any program there costs, before mqtrace's own work.
+#[tracepoint]
+pub fn noop(_ctx: TracePointContext) -> u32 {
+    0
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -11,16 +11,22 @@ use std::{
 
 use crate::rocketmq::Owned;
 
-/// The `mqtrace` binary beside the test's executable (cargo builds it for the workspace's tests).
+/// The `mqtrace` binary of the same build as the running executable: beside it (benchmark
+/// binaries) or one level up (tests, which run from `deps/`).
 pub fn mqtrace_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("mqtrace");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p mqtrace` (cargo xtask test does)",
-        bin.display()
-    );
-    bin
+    let dir = exe.parent().unwrap();
+    let bin = [dir, dir.parent().unwrap()]
+        .iter()
+        .map(|d| d.join("mqtrace"))
+        .find(|b| b.exists());
+    bin.unwrap_or_else(|| {
+        panic!(
+            "no mqtrace binary beside {}: build it with `cargo build -p mqtrace` (cargo xtask \
+             test and bench do)",
+            exe.display()
+        )
+    })
 }
 
 pub struct Agent {
@@ -82,6 +88,32 @@ impl Agent {
 
     pub fn pid(&self) -> u32 {
         self.process.as_ref().unwrap().0.id()
+    }
+
+    /// CPU seconds the agent has used so far (user and system).
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // After the command name in parentheses: fields 14 and 15 are utime and stime.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    }
+
+    /// The agent's peak resident memory so far, in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0.0);
+        kib / 1024.0
     }
 
     pub fn log_text(&self) -> String {

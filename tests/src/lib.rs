@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod capture;
+pub mod frames;
 pub mod netns;
 pub mod otlp;
 pub mod process;

@@ -5,7 +5,7 @@ use std::{io::Write, process::Command};
 
 use anyhow::{Context, bail};
 
-use crate::{cargo, step, workspace_root};
+use crate::{cargo, peers, step, workspace_root};
 
 pub fn run() -> anyhow::Result<()> {
     let root = workspace_root();
@@ -18,18 +18,30 @@ pub fn run() -> anyhow::Result<()> {
         Command::new(cargo_path()).args(["bench", "--quiet", "-p", "mqtrace", "--bench", "decode"]),
     )?);
 
-    step("kernel capture cost: loopback echo, detached vs attached vs traced");
+    step("building the agent and the benchmark programs (release)");
     cargo(&[
         "build",
         "--release",
         "--quiet",
         "-p",
+        "mqtrace",
+        "-p",
         "mqtrace-tests",
         "--bins",
     ])?;
-    lines.extend(json_lines(&mut Command::new(
-        root.join("target/release/capture-bench"),
-    ))?);
+    let bin = |name: &str| Command::new(root.join("target/release").join(name));
+
+    step("kernel capture cost: loopback echo, detached vs no-op floor vs attached vs traced");
+    lines.extend(json_lines(&mut bin("capture-bench"))?);
+
+    let peers = peers::ensure()?;
+    step("overhead on the real producer and consumer: detached vs attached vs traced");
+    lines.extend(json_lines(
+        bin("broker-bench").env("MQTRACE_PEERS", &peers),
+    )?);
+
+    step("ceiling: frame-load at rising rates, single sends and pulls of 32 x 1 KiB");
+    lines.extend(json_lines(&mut bin("ceiling-bench"))?);
 
     let report = report_dir.join("report.jsonl");
     let mut file = std::fs::File::create(&report)?;
@@ -38,32 +50,104 @@ pub fn run() -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "{:<34} {:>14} {:>14} {:>10}",
+        "{:<44} {:>12} {:<14} {:>8}",
         "benchmark", "value", "unit", "ratio"
     );
+    let row = |name: String, value: &serde_json::Value, unit: &str, ratio: &serde_json::Value| {
+        let ratio = if ratio.is_null() {
+            String::new()
+        } else {
+            ratio.to_string()
+        };
+        println!("{name:<44} {:>12} {unit:<14} {ratio:>8}", value.to_string());
+    };
+    let none = serde_json::Value::Null;
     for line in &lines {
         let v: serde_json::Value = serde_json::from_str(line)?;
+        let text = |k: &str| v[k].as_str().unwrap_or("?").to_string();
         match v["bench"].as_str() {
-            Some("decode") => println!(
-                "{:<34} {:>14} {:>14} {:>10}",
-                format!("decode {}", v["case"].as_str().unwrap_or("?")),
-                v["mb_per_s"].to_string(),
+            Some("decode") => row(
+                format!("decode {}", text("case")),
+                &v["mb_per_s"],
                 "MB/s",
-                ""
+                &none,
             ),
-            Some("capture_echo") => println!(
-                "{:<34} {:>14} {:>14} {:>10}",
-                format!("echo syscall, {}", v["setup"].as_str().unwrap_or("?")),
-                v["ns_per_syscall"].to_string(),
+            Some("capture_echo") => row(
+                format!("echo syscall, {}", text("setup")),
+                &v["ns_per_syscall"],
                 "ns/syscall",
-                v["ratio_to_detached"].to_string()
+                &v["ratio_to_detached"],
             ),
-            Some("capture_echo_summary") => println!(
-                "{:<34} {:>14} {:>14} {:>10}",
-                "traced cost per syscall",
-                v["traced_extra_ns_per_syscall"].to_string(),
-                "ns",
-                v["traced_throughput_ratio"].to_string()
+            Some("capture_echo_summary") => {
+                row(
+                    "traced cost per syscall".into(),
+                    &v["traced_extra_ns_per_syscall"],
+                    "ns",
+                    &none,
+                );
+                row(
+                    "  of which above the no-op floor".into(),
+                    &v["traced_extra_over_floor_ns_per_syscall"],
+                    "ns",
+                    &none,
+                );
+            }
+            Some("broker_overhead") => {
+                let setup = text("setup");
+                row(
+                    format!("producer saturated, {setup}"),
+                    &v["saturated_msgs_per_s"],
+                    "msgs/s",
+                    &v["saturated_throughput_ratio"],
+                );
+                row(
+                    format!("  send p99, {setup}"),
+                    &v["saturated_p99_us"],
+                    "us",
+                    &v["saturated_p99_ratio"],
+                );
+                row(
+                    format!("producer at {}/s, send p50, {setup}", v["fixed_rate_per_s"]),
+                    &v["fixed_p50_us"],
+                    "us",
+                    &v["fixed_p50_ratio"],
+                );
+                row(
+                    format!("producer at {}/s, send p99, {setup}", v["fixed_rate_per_s"]),
+                    &v["fixed_p99_us"],
+                    "us",
+                    &v["fixed_p99_ratio"],
+                );
+                row(
+                    format!("consumer, {setup}"),
+                    &v["consumer_msgs_per_s"],
+                    "msgs/s",
+                    &v["consumer_throughput_ratio"],
+                );
+            }
+            Some("agent_cost") => {
+                row(
+                    "agent CPU per 10k messages traced".into(),
+                    &v["cpu_seconds_per_10k_messages"],
+                    "s",
+                    &none,
+                );
+                row("agent peak memory".into(), &v["peak_rss_mib"], "MiB", &none);
+            }
+            Some("ceiling") => row(
+                format!(
+                    "{} at {}/s: {}",
+                    text("mode"),
+                    v["target_per_s"],
+                    if v["clean"] == true {
+                        "all spans"
+                    } else {
+                        "LOSS"
+                    }
+                ),
+                &v["achieved_per_s"],
+                "msgs/s",
+                &none,
             ),
             _ => {}
         }

@@ -2,6 +2,7 @@
 //! Linux host, installing what is missing and saying so.
 
 mod bench;
+mod image;
 mod peers;
 mod setup;
 
@@ -35,6 +36,8 @@ enum Task {
     Bench,
     /// Build the real RocketMQ name server, broker and client the end-to-end tests use.
     Peers,
+    /// Build the container image from deploy/Dockerfile with buildah (installed if missing).
+    Image,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test => test(),
         Task::Peers => peers::ensure().map(|dir| println!("peers in {}", dir.display())),
+        Task::Image => image::run(),
         Task::Bench => {
             setup::run()?;
             bench::run()

@@ -81,7 +81,7 @@ fn bpf_linker_ok() -> bool {
         .is_ok_and(|out| out.status.success())
 }
 
-fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     let run = |args: &[&str]| -> anyhow::Result<()> {
         let status = Command::new("apt-get")
             .args(args)

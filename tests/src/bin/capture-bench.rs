@@ -1,19 +1,21 @@
 //! Cost of the kernel capture on a traced application: a loopback echo of 64-byte messages
 //! (four syscalls per round trip: write, read, write, read), run back to back with the agent
-//! detached, attached but not selecting the process, and attached and tracing it. Rounds are
-//! interleaved so that drift in the machine affects all three alike. Needs root.
+//! detached, with a no-op program on the same tracepoints (the floor any tracepoint program
+//! costs), attached but not selecting the process, and attached and tracing it. Rounds are
+//! interleaved so that drift in the machine affects all alike. Needs root.
 //!
 //! usage: capture-bench [ROUNDS] [REPEATS]    prints one JSON line per configuration and a summary.
 
 use std::process::Command;
 
-use mqtrace::sources::kernel::{CaptureOptions, KernelCapture};
+use mqtrace::sources::kernel::{CaptureOptions, KernelCapture, NoopProbes};
 use mqtrace_common::Counter;
 use mqtrace_tests::process::Driven;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Setup {
     Detached,
+    NoopFloor,
     AttachedUnselected,
     Traced,
 }
@@ -31,8 +33,12 @@ async fn run(setup: Setup, rounds: u64) -> anyhow::Result<(f64, u64)> {
     command.args(["echo", &rounds.to_string()]);
     let mut child = Driven::spawn(command)?;
     child.expect_line("ready")?;
+    let _floor = match setup {
+        Setup::NoopFloor => Some(NoopProbes::attach()?),
+        _ => None,
+    };
     let mut capture = match setup {
-        Setup::Detached => None,
+        Setup::Detached | Setup::NoopFloor => None,
         _ => Some(KernelCapture::start(CaptureOptions::default())?),
     };
     if let (Setup::Traced, Some(capture)) = (setup, capture.as_mut()) {
@@ -81,7 +87,12 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let rounds: u64 = args.get(1).map_or(Ok(50_000), |a| a.parse())?;
     let repeats: usize = args.get(2).map_or(Ok(5), |a| a.parse())?;
-    let setups = [Setup::Detached, Setup::AttachedUnselected, Setup::Traced];
+    let setups = [
+        Setup::Detached,
+        Setup::NoopFloor,
+        Setup::AttachedUnselected,
+        Setup::Traced,
+    ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
     let mut traced_records = 0;
     for _ in 0..repeats {
@@ -121,9 +132,11 @@ async fn main() -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "bench": "capture_echo_summary",
-            "traced_extra_ns_per_syscall": ((medians[2] - medians[0]) / SYSCALLS_PER_ROUND).round(),
-            "unselected_extra_ns_per_syscall": ((medians[1] - medians[0]) / SYSCALLS_PER_ROUND).round(),
-            "traced_throughput_ratio": (medians[0] / medians[2] * 1000.0).round() / 1000.0,
+            "traced_extra_ns_per_syscall": ((medians[3] - medians[0]) / SYSCALLS_PER_ROUND).round(),
+            "traced_extra_over_floor_ns_per_syscall": ((medians[3] - medians[1]) / SYSCALLS_PER_ROUND).round(),
+            "floor_extra_ns_per_syscall": ((medians[1] - medians[0]) / SYSCALLS_PER_ROUND).round(),
+            "unselected_extra_ns_per_syscall": ((medians[2] - medians[0]) / SYSCALLS_PER_ROUND).round(),
+            "traced_throughput_ratio": (medians[0] / medians[3] * 1000.0).round() / 1000.0,
             "records_in_last_traced_run": traced_records,
         })
     );

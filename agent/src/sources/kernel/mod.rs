@@ -493,8 +493,35 @@ fn drain_ring(
     read
 }
 
+/// A program that does nothing, on every tracepoint the capture uses: the cost floor the
+/// benchmarks compare the capture with. Dropping it detaches it.
+pub struct NoopProbes {
+    _ebpf: Ebpf,
+}
+
+impl NoopProbes {
+    pub fn attach() -> anyhow::Result<Self> {
+        preflight::check_privileges()?;
+        preflight::ensure_tracefs()?;
+        let mut ebpf = EbpfLoader::new()
+            .load(EBPF_OBJECT)
+            .context("loading the mqtrace eBPF object")?;
+        attach_each(&mut ebpf, |_| "noop")?;
+        Ok(Self { _ebpf: ebpf })
+    }
+}
+
 fn attach_all(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    attach_each(ebpf, |program| program)
+}
+
+/// Attaches, for every tracepoint of ATTACHMENTS, the program `choose` names for it.
+fn attach_each(
+    ebpf: &mut Ebpf,
+    choose: impl Fn(&'static str) -> &'static str,
+) -> anyhow::Result<()> {
     for &(program, category, name) in ATTACHMENTS {
+        let program = choose(program);
         if !preflight::tracepoint_exists(category, name) {
             bail!(
                 "tracepoint {category}:{name} does not exist on this kernel (syscall tracepoints \

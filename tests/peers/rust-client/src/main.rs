@@ -4,13 +4,16 @@
 //!   sends COUNT messages (in batches of N when given), keys "key-<i>", and prints one JSON
 //!   line per message: {"msg_id","offset_msg_id","queue_id","queue_offset","key","tag"}.
 //!   With --pause-every, before message 0, P, 2P, ... it prints {"pause":i} and waits for a
-//!   line on stdin (the producer and its connections stay up meanwhile).
+//!   line on stdin (the producer and its connections stay up meanwhile). With --rate R it sends
+//!   R messages per second at most; with --stats it prints, instead of the lines, one summary:
+//!   {"count","seconds","msgs_per_s","p50_us","p99_us"} (send latencies; synchronous sends).
 //! mq-client consume NAMESRV TOPIC GROUP EXPECT TIMEOUT_SECS [--fail-first N]
 //!   consumes until EXPECT distinct messages (by UNIQ_KEY) were consumed (or the timeout),
 //!   printing one JSON line per delivery: {"msg_id" (the offsetMsgId), "uniq_key", "queue_id",
 //!   "queue_offset", "topic", "tags", "reconsume_times", "status"}. With --fail-first, the
 //!   first N messages are failed once (ReconsumeLater: the client sends them back for a retry),
-//!   with status "failed".
+//!   with status "failed". With --stats it prints instead one summary {"count","seconds",
+//!   "msgs_per_s"} (first to last delivery) and leaves without waiting for the offset commit.
 #![recursion_limit = "512"]
 
 use std::{
@@ -85,6 +88,9 @@ async fn produce(args: &[String]) -> ClientResult<()> {
     let tag = flag(args, "--tag").unwrap_or_else(|| "TagA".into());
     let body_size: usize = flag(args, "--body-size").map_or(64, |b| b.parse().expect("--body-size"));
     let pause_every: Option<usize> = flag(args, "--pause-every").map(|p| p.parse().expect("--pause-every"));
+    let rate: Option<f64> = flag(args, "--rate").map(|r| r.parse().expect("--rate"));
+    let stats = args.iter().any(|a| a == "--stats");
+    let mut latencies_us: Vec<u64> = Vec::with_capacity(count);
     let rt = runtime("producer");
     let mut producer = DefaultMQProducer::builder(rt.client.clone())
         .producer_group("mqtrace_test_producer".to_string())
@@ -92,7 +98,12 @@ async fn produce(args: &[String]) -> ClientResult<()> {
         .build();
     producer.start().await?;
     let mut i = 0;
+    let started = std::time::Instant::now();
     while i < count {
+        if let Some(rate) = rate {
+            let due = started + Duration::from_secs_f64(i as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
         if pause_every.is_some_and(|p| i % p == 0) {
             println!("{}", json!({ "pause": i }));
             let mut line = String::new();
@@ -100,8 +111,14 @@ async fn produce(args: &[String]) -> ClientResult<()> {
         }
         let n = batch.min(count - i);
         if batch == 1 {
+            let sent_at = std::time::Instant::now();
             let result = producer.send_with_timeout(message(&topic, &tag, i, body_size), 5000).await?;
+            latencies_us.push(sent_at.elapsed().as_micros() as u64);
             let result = result.expect("synchronous send returns a result");
+            if stats {
+                i += n;
+                continue;
+            }
             println!(
                 "{}",
                 json!({
@@ -133,6 +150,21 @@ async fn produce(args: &[String]) -> ClientResult<()> {
         }
         i += n;
     }
+    let seconds = started.elapsed().as_secs_f64();
+    if stats {
+        latencies_us.sort_unstable();
+        let at = |q: f64| latencies_us.get(((latencies_us.len() as f64 * q) as usize).min(latencies_us.len().saturating_sub(1))).copied().unwrap_or(0);
+        println!(
+            "{}",
+            json!({
+                "count": count,
+                "seconds": seconds,
+                "msgs_per_s": count as f64 / seconds,
+                "p50_us": at(0.50),
+                "p99_us": at(0.99),
+            })
+        );
+    }
     producer.shutdown().await;
     rt.client.shutdown().await;
     let _ = rt.owner.shutdown_tasks().await;
@@ -142,6 +174,9 @@ async fn produce(args: &[String]) -> ClientResult<()> {
 struct Collector {
     /// UNIQ_KEYs consumed successfully.
     seen: Arc<Mutex<HashSet<String>>>,
+    /// First and last delivery.
+    times: Arc<Mutex<Option<(std::time::Instant, std::time::Instant)>>>,
+    quiet: bool,
     /// UNIQ_KEYs failed once on purpose, and how many may still be.
     failed: Mutex<(HashSet<String>, usize)>,
 }
@@ -155,6 +190,9 @@ impl MessageListenerConcurrently for Collector {
         let mut seen = self.seen.lock().unwrap();
         let mut failed = self.failed.lock().unwrap();
         let mut status = ConsumeConcurrentlyStatus::ConsumeSuccess;
+        let now = std::time::Instant::now();
+        let mut times = self.times.lock().unwrap();
+        *times = Some((times.map_or(now, |(first, _)| first), now));
         for msg in msgs {
             let uniq_key = msg.property("UNIQ_KEY").unwrap_or_default().to_string();
             let fail = msg.reconsume_times() == 0 && failed.1 > 0 && !failed.0.contains(&uniq_key);
@@ -162,6 +200,9 @@ impl MessageListenerConcurrently for Collector {
                 failed.0.insert(uniq_key.clone());
                 failed.1 -= 1;
                 status = ConsumeConcurrentlyStatus::ReconsumeLater;
+            }
+            if self.quiet {
+                continue;
             }
             println!(
                 "{}",
@@ -193,6 +234,8 @@ async fn consume(args: &[String]) -> ClientResult<()> {
     let expect: usize = arg(args, 5, "EXPECT").parse().expect("EXPECT");
     let timeout: u64 = arg(args, 6, "TIMEOUT_SECS").parse().expect("TIMEOUT_SECS");
     let fail_first: usize = flag(args, "--fail-first").map_or(0, |n| n.parse().expect("--fail-first"));
+    let stats = args.iter().any(|a| a == "--stats");
+    let times = Arc::new(Mutex::new(None));
     let rt = runtime("consumer");
     let mut consumer = DefaultMQPushConsumer::builder(rt.client.clone())
         .consumer_group(group)
@@ -202,6 +245,8 @@ async fn consume(args: &[String]) -> ClientResult<()> {
     let seen = Arc::new(Mutex::new(HashSet::new()));
     consumer.register_message_listener_concurrently(Collector {
         seen: seen.clone(),
+        times: times.clone(),
+        quiet: stats,
         failed: Mutex::new((HashSet::new(), fail_first)),
     });
     consumer.start().await?;
@@ -209,8 +254,14 @@ async fn consume(args: &[String]) -> ClientResult<()> {
     while seen.lock().unwrap().len() < expect && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Let the offset commit reach the broker before leaving.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    if let (true, Some((first, last))) = (stats, *times.lock().unwrap()) {
+        let count = seen.lock().unwrap().len();
+        let seconds = last.duration_since(first).as_secs_f64();
+        println!("{}", json!({"count": count, "seconds": seconds, "msgs_per_s": count as f64 / seconds.max(1e-9)}));
+    } else {
+        // Let the offset commit reach the broker before leaving.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+    }
     consumer.shutdown().await;
     let got = seen.lock().unwrap().len();
     if got < expect {

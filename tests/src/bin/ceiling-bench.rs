@@ -1,0 +1,100 @@
+//! The ceiling: the highest message rate at which the real agent (`mqtrace run`, release build)
+//! loses no record and makes every span, found with `frame-load` at rising rates, for single
+//! sends (1 message per request, 64-byte bodies) and for pulls of 32 messages of 1 KiB. Each
+//! rate gets a fresh agent tracing only the generator. Needs root.
+//!
+//! usage: ceiling-bench [SECONDS]   prints one JSON line per mode and rate.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use mqtrace_tests::{agent::Agent, process::Driven};
+
+const RATES: &[f64] = &[5_000.0, 10_000.0, 20_000.0, 40_000.0, 80_000.0, 160_000.0];
+
+fn generator(mode: &str, rate: f64, seconds: f64) -> anyhow::Result<Driven> {
+    let me = std::env::current_exe()?;
+    let mut command = Command::new(me.with_file_name("frame-load"));
+    command.args([mode, &rate.to_string(), &seconds.to_string()]);
+    let mut child = Driven::spawn(command)?;
+    child.expect_line("ready")?;
+    Ok(child)
+}
+
+/// One rate: (the report line, whether nothing was lost).
+fn measure(mode: &str, rate: f64, seconds: f64) -> anyhow::Result<(serde_json::Value, bool)> {
+    let mut load = generator(mode, rate, seconds)?;
+    let output = std::env::temp_dir().join(format!("mqtrace-ceiling-{}.jsonl", std::process::id()));
+    let pid = load.pid().to_string();
+    let agent = Agent::start(
+        "ceiling",
+        &["--pid", &pid, "--output", output.to_str().unwrap()],
+    );
+    let cpu_before = agent.cpu_seconds();
+    load.say("go")?;
+    let report: serde_json::Value =
+        serde_json::from_str(&load.read_value("{").map(|rest| format!("{{{rest}"))?)?;
+    load.wait_success()?;
+    let messages = report["messages"].as_u64().unwrap_or(0) as f64;
+    let counter = if mode == "send" {
+        "mqtrace_pipeline_correlation_sends"
+    } else {
+        "mqtrace_pipeline_correlation_receives"
+    };
+    // The agent catches up (or not) within a few seconds after the load ends.
+    let started = Instant::now();
+    let mut metrics = agent.scrape();
+    while metrics.get(counter).copied().unwrap_or(0.0) < messages
+        && started.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(500));
+        metrics = agent.scrape();
+    }
+    let cpu = agent.cpu_seconds() - cpu_before;
+    let peak_rss_mib = agent.peak_rss_mib();
+    agent.stop();
+    let spans = std::fs::read_to_string(&output)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    let _ = std::fs::remove_file(&output);
+    let get = |name: &str| metrics.get(name).copied().unwrap_or(-1.0);
+    let events = get(counter);
+    let lost = get("mqtrace_kernel_records_lost_ring_full");
+    let gaps = get("mqtrace_pipeline_streams_gaps");
+    let clean = events == messages && lost == 0.0 && gaps == 0.0 && spans as f64 >= messages;
+    let seconds_run = report["seconds"].as_f64().unwrap_or(f64::NAN);
+    Ok((
+        serde_json::json!({
+            "bench": "ceiling",
+            "mode": mode,
+            "target_per_s": rate,
+            "achieved_per_s": report["achieved_per_s"],
+            "messages": messages,
+            "events": events,
+            "spans": spans,
+            "records_lost": lost,
+            "gaps": gaps,
+            "agent_cpu_percent": (cpu / seconds_run * 1000.0).round() / 10.0,
+            "agent_peak_rss_mib": (peak_rss_mib * 10.0).round() / 10.0,
+            "clean": clean,
+        }),
+        clean,
+    ))
+}
+
+fn main() -> anyhow::Result<()> {
+    let seconds: f64 = std::env::args().nth(1).map_or(Ok(3.0), |a| a.parse())?;
+    for mode in ["send", "pull"] {
+        for &rate in RATES {
+            let (line, clean) = measure(mode, rate, seconds)?;
+            println!("{line}");
+            if !clean {
+                break; // the first rate that loses anything is the ceiling's upper bound
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! frame-load: the project's own RocketMQ load generator. A client and a server in this one
+//! process exchange real frames (see `mqtrace_tests::frames`) over loopback TCP at a fixed
+//! message rate, one write per frame as real clients and brokers do, so that an agent tracing
+//! this process sees what it would see of a producer (or consumer) far faster than the real
+//! broker here can go.
+//!
+//! usage: frame-load send|pull RATE SECONDS
+//!   prints "ready", waits for a line on stdin, connects and runs; then prints one JSON line
+//!   {"mode","target_per_s","messages","seconds","achieved_per_s"}. RATE counts messages: in
+//!   pull mode each response carries 32 of them.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use mqtrace_tests::frames::{self, Exchange, FIRST_OPAQUE, message_id};
+
+const PULL_BATCH: usize = 32;
+
+/// Reads one frame (length prefix included) into `buf`; false at the end of the stream.
+fn read_frame(reader: &mut impl Read, buf: &mut Vec<u8>) -> anyhow::Result<bool> {
+    let mut len = [0u8; 4];
+    match reader.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+        Err(e) => return Err(e.into()),
+    }
+    buf.clear();
+    buf.extend_from_slice(&len);
+    buf.resize(4 + u32::from_be_bytes(len) as usize, 0);
+    reader.read_exact(&mut buf[4..])?;
+    Ok(true)
+}
+
+/// The broker's side: answers every request with the template response, new IDs in pull mode.
+fn serve(listener: TcpListener, exchange: &Exchange, run: u64) -> anyhow::Result<()> {
+    let (stream, _) = listener.accept()?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::with_capacity(1 << 16, stream);
+    let mut request = Vec::new();
+    let mut next_id = 0u64;
+    while read_frame(&mut reader, &mut request)? {
+        let opaque = exchange
+            .request
+            .opaque_of(&request)
+            .context("a request not made from the template")?;
+        let response = exchange.response.render(opaque, |_| {
+            next_id += 1;
+            message_id(run, 1 << 40 | next_id)
+        });
+        writer.write_all(&response)?;
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let (mode, rate, seconds) = match args.as_slice() {
+        [_, mode, rate, seconds] => (mode.as_str(), rate.parse::<f64>()?, seconds.parse::<f64>()?),
+        _ => bail!("usage: frame-load send|pull RATE SECONDS"),
+    };
+    let captures = Path::new(env!("CARGO_MANIFEST_DIR")).join("captures/rust-client");
+    let (exchange, per_request) = match mode {
+        "send" => (frames::send_exchange(&captures)?, 1),
+        "pull" => (frames::pull_exchange(&captures, PULL_BATCH)?, PULL_BATCH),
+        other => bail!("mode {other:?}: send or pull"),
+    };
+    // Tells runs apart, so that no two runs make the same message ID.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_micros() as u64;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let address = listener.local_addr()?;
+    println!("ready");
+    std::io::stdin().lock().read_line(&mut String::new())?;
+
+    let requests = ((rate * seconds) as usize).div_ceil(per_request);
+    let server = std::thread::scope(|scope| -> anyhow::Result<Duration> {
+        let server = scope.spawn(|| serve(listener, &exchange, run));
+        let mut client = TcpStream::connect(address)?;
+        client.set_nodelay(true)?;
+        let mut responses = BufReader::with_capacity(1 << 16, client.try_clone()?);
+        let reader = scope.spawn(move || -> anyhow::Result<usize> {
+            let mut frame = Vec::new();
+            let mut got = 0;
+            while got < requests && read_frame(&mut responses, &mut frame)? {
+                got += 1;
+            }
+            Ok(got)
+        });
+        let started = Instant::now();
+        let per_second = rate / per_request as f64;
+        for i in 0..requests {
+            // Paced: request i is due at i / per_second; the writer sleeps only when ahead.
+            let due = started + Duration::from_secs_f64(i as f64 / per_second);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let opaque = FIRST_OPAQUE + i as u32;
+            let frame = exchange
+                .request
+                .render(opaque, |_| message_id(run, i as u64));
+            client.write_all(&frame)?;
+        }
+        let answered = reader.join().expect("reader thread")?;
+        let elapsed = started.elapsed();
+        client.shutdown(std::net::Shutdown::Both)?;
+        server.join().expect("server thread")?;
+        if answered != requests {
+            bail!("{answered} of {requests} requests answered");
+        }
+        Ok(elapsed)
+    })?;
+    let messages = requests * per_request;
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": mode,
+            "target_per_s": rate,
+            "messages": messages,
+            "seconds": server.as_secs_f64(),
+            "achieved_per_s": (messages as f64 / server.as_secs_f64()).round(),
+        })
+    );
+    Ok(())
+}
