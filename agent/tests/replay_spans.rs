@@ -82,16 +82,21 @@ fn java_captures_every_message_gets_its_span() {
     );
 }
 
-#[test]
-fn real_client_roundtrip_joins_send_receive_and_commit_in_one_trace() {
-    let dir = repo().join("tests/captures/rust-client");
-    let (spans, _, _) = replay(&dir.join("roundtrip.pcap"));
-    let produced: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("roundtrip.jsonl"))
+/// What the producer of the golden roundtrip capture reported, one object per message.
+fn roundtrip_produced(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("roundtrip.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .filter(|v: &serde_json::Value| v.get("key").is_some())
-        .collect();
+        .collect()
+}
+
+#[test]
+fn real_client_roundtrip_joins_send_receive_and_commit_in_one_trace() {
+    let dir = repo().join("tests/captures/rust-client");
+    let (spans, _, _) = replay(&dir.join("roundtrip.pcap"));
+    let produced = roundtrip_produced(&dir);
     assert_eq!(produced.len(), 10);
     let mut by_trace: HashMap<_, Vec<&Span>> = HashMap::new();
     for span in &spans {
@@ -235,12 +240,7 @@ fn output_file_has_exactly_the_documented_keys() {
 fn replay_answers_where_is_my_message_from_a_real_capture() {
     let dir = repo().join("tests/captures/rust-client");
     let capture = dir.join("roundtrip.pcap");
-    let produced: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("roundtrip.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .filter(|v: &serde_json::Value| v.get("key").is_some())
-        .collect();
+    let produced = roundtrip_produced(&dir);
     let (_, pipeline) = replay_capture(&capture, DecoderConfig::default(), false, |_| {}).unwrap();
     for line in &produced {
         let id = line["msg_id"].as_str().unwrap();

@@ -15,7 +15,8 @@ use aya::{
 };
 use mqtrace_common::{
     COMM_LEN, COUNTER_SLOTS, Config, Counter, DEFAULT_MAX_BYTES_PER_SYSCALL,
-    MAX_BYTES_PER_SYSCALL_LIMIT, Selection, SocketKey, SocketState, USER_CONNECTION_ID_BIT, maps,
+    MAX_BYTES_PER_SYSCALL_LIMIT, MAX_RULES, Selection, SocketKey, SocketState,
+    USER_CONNECTION_ID_BIT, maps,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -254,36 +255,32 @@ impl KernelCapture {
         comm: [u8; COMM_LEN],
         selection: Option<Selection>,
     ) -> anyhow::Result<()> {
-        let mut rules: HashMap<_, [u8; COMM_LEN], u8> = HashMap::try_from(
-            self.ebpf
-                .map_mut(maps::COMM_RULES)
-                .context("COMM_RULES map missing")?,
-        )?;
-        match selection {
-            Some(selection) => rules
-                .insert(comm, selection as u8, 0)
-                .context("adding a command-name rule (at most 256)")?,
-            None => {
-                let _ = rules.remove(&comm);
-            }
-        }
-        Ok(())
+        self.set_rule(maps::COMM_RULES, comm, selection)
     }
 
     /// Sets (or with `None` removes) the selection a process gets when it execs inside the
     /// cgroup `id` or below it.
     pub fn set_cgroup_rule(&mut self, id: u64, selection: Option<Selection>) -> anyhow::Result<()> {
-        let mut rules: HashMap<_, u64, u8> = HashMap::try_from(
+        self.set_rule(maps::CGROUP_RULES, id, selection)
+    }
+
+    fn set_rule<K: aya::Pod>(
+        &mut self,
+        map: &str,
+        key: K,
+        selection: Option<Selection>,
+    ) -> anyhow::Result<()> {
+        let mut rules: HashMap<_, K, u8> = HashMap::try_from(
             self.ebpf
-                .map_mut(maps::CGROUP_RULES)
-                .context("CGROUP_RULES map missing")?,
+                .map_mut(map)
+                .with_context(|| format!("{map} map missing"))?,
         )?;
         match selection {
             Some(selection) => rules
-                .insert(id, selection as u8, 0)
-                .context("adding a cgroup rule (at most 256)")?,
+                .insert(key, selection as u8, 0)
+                .with_context(|| format!("adding a rule to {map} (at most {MAX_RULES})"))?,
             None => {
-                let _ = rules.remove(&id);
+                let _ = rules.remove(&key);
             }
         }
         Ok(())
