@@ -495,8 +495,53 @@ fn status_metrics_and_trace_agree_with_a_known_run() {
     );
     assert!(human.contains("tracing selected processes"), "{human}");
 
-    agent.stop();
+    // Quiet by default: nothing was lost, so nothing but the start and stop lines.
+    let log = agent.stop();
+    let unexpected: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.starts_with("mqtrace: "))
+        .collect();
+    assert!(unexpected.is_empty(), "{log}");
     let _ = std::fs::remove_file(&output);
     let _ = std::fs::remove_file(&config);
+    drop(broker);
+}
+
+#[test]
+fn in_trace_all_mode_disable_excludes_a_process_until_enabled_again() {
+    let _turn = turn();
+    let broker = Broker::start("127.0.0.1").unwrap();
+    let namesrv = broker.namesrv();
+    let output = std::env::temp_dir().join(format!("mqtrace-exclude-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&output);
+    let agent = Agent::start("daemon-exclude", &["--output", output.to_str().unwrap()]);
+    let mut producer = paused_producer(&namesrv, "DaemonExclude", 20, 10);
+    let pid = producer.pid().to_string();
+    producer.expect_line(r#"{"pause":0}"#).unwrap();
+    agent.control_ok(&["disable", "--pid", &pid]);
+    let listing: serde_json::Value =
+        serde_json::from_str(&agent.control_ok(&["list", "--json"])).unwrap();
+    assert_eq!(listing["mode"], "all");
+    assert!(
+        listing["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["pid"].as_u64() == pid.parse().ok() && p["selection"] == "excluded"),
+        "{listing}"
+    );
+    producer.say("").unwrap();
+    let excluded = ids(&producer.lines_until(r#"{"pause":10}"#).unwrap());
+    agent.control_ok(&["enable", "--pid", &pid]);
+    producer.say("").unwrap();
+    let readmitted = ids(&producer.finish().unwrap());
+    wait_for_sends(&output, &readmitted, &agent);
+    let sent = sent_ids_in(&output);
+    assert!(
+        excluded.iter().all(|id| !sent.contains(id)),
+        "spans for messages sent while excluded"
+    );
+    agent.stop();
+    let _ = std::fs::remove_file(&output);
     drop(broker);
 }
