@@ -97,52 +97,134 @@ impl Header {
     }
 }
 
-/// A JSON scalar as the string RocketMQ means by it; null is absent.
-fn json_string(value: &serde_json::Value) -> Option<String> {
-    match value {
-        serde_json::Value::Null => None,
-        serde_json::Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
-    }
+/// A JSON scalar as RocketMQ's headers carry it: a number or a string; anything else (a bool,
+/// a float, a nested value) is tolerated and kept as its JSON text.
+enum Scalar {
+    Int(i64),
+    Text(String),
 }
 
-fn json_int(value: Option<&serde_json::Value>) -> i32 {
-    match value {
-        Some(serde_json::Value::Number(n)) => n.as_i64().unwrap_or(0) as i32,
-        Some(serde_json::Value::String(s)) => s.parse().unwrap_or(0),
-        _ => 0,
-    }
-}
-
-/// Keys in any order, unknown keys ignored, nulls tolerated, ext values of any scalar type.
-fn parse_json(bytes: &[u8]) -> Result<Header, DecodeError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|_| DecodeError::JsonHeader)?;
-    let object = value.as_object().ok_or(DecodeError::JsonHeader)?;
-    let code = object.get("code").ok_or(DecodeError::JsonHeader)?;
-    let language = match object.get("language") {
-        Some(serde_json::Value::Number(n)) => {
-            language_name(n.as_u64().unwrap_or(255) as u8).to_string()
+impl Scalar {
+    fn int(&self) -> i32 {
+        match self {
+            Scalar::Int(n) => *n as i32,
+            Scalar::Text(s) => s.parse().unwrap_or(0),
         }
-        Some(other) => json_string(other).unwrap_or_default(),
-        None => String::new(),
-    };
-    let mut ext_fields = BTreeMap::new();
-    if let Some(serde_json::Value::Object(ext)) = object.get("extFields") {
-        for (key, value) in ext {
-            if let Some(value) = json_string(value) {
-                ext_fields.insert(key.clone(), value);
+    }
+
+    fn into_string(self) -> String {
+        match self {
+            Scalar::Int(n) => n.to_string(),
+            Scalar::Text(s) => s,
+        }
+    }
+}
+
+struct ScalarVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ScalarVisitor {
+    type Value = Scalar;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+        Ok(Scalar::Int(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+        Ok(i64::try_from(v).map_or_else(|_| Scalar::Text(v.to_string()), Scalar::Int))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+        Ok(Scalar::Text(serde_json::Value::from(v).to_string()))
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
+        Ok(Scalar::Text(v.to_string()))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+        Ok(Scalar::Text(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Scalar, E> {
+        Ok(Scalar::Text(v))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Scalar, A::Error> {
+        let value: serde_json::Value =
+            serde::Deserialize::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+        Ok(Scalar::Text(value.to_string()))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Scalar, A::Error> {
+        let value: serde_json::Value =
+            serde::Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        Ok(Scalar::Text(value.to_string()))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+/// `extFields`, straight into the header's map: null values are absent.
+struct ExtFields(BTreeMap<String, String>);
+
+impl<'de> serde::Deserialize<'de> for ExtFields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = ExtFields;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ExtFields, A::Error> {
+                let mut fields = BTreeMap::new();
+                while let Some((key, value)) = map.next_entry::<String, Option<Scalar>>()? {
+                    if let Some(value) = value {
+                        fields.insert(key, value.into_string());
+                    }
+                }
+                Ok(ExtFields(fields))
+            }
+            // Anything but an object carries no fields.
+            fn visit_unit<E>(self) -> Result<ExtFields, E> {
+                Ok(ExtFields(BTreeMap::new()))
             }
         }
+        d.deserialize_any(Fields)
     }
+}
+
+/// The JSON header's fields, read straight from the bytes (no intermediate value tree: this
+/// is the decoder's hottest path). Keys in any order, unknown keys ignored, nulls tolerated.
+#[derive(serde::Deserialize)]
+struct JsonHeader {
+    code: Option<Scalar>,
+    language: Option<Scalar>,
+    version: Option<Scalar>,
+    opaque: Option<Scalar>,
+    flag: Option<Scalar>,
+    remark: Option<Scalar>,
+    #[serde(rename = "extFields")]
+    ext_fields: Option<ExtFields>,
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Header, DecodeError> {
+    let header: JsonHeader = serde_json::from_slice(bytes).map_err(|_| DecodeError::JsonHeader)?;
+    let int = |s: &Option<Scalar>| s.as_ref().map_or(0, Scalar::int);
     Ok(Header {
-        code: json_int(Some(code)),
-        language,
-        version: json_int(object.get("version")),
-        opaque: json_int(object.get("opaque")),
-        flag: json_int(object.get("flag")),
-        remark: object.get("remark").and_then(json_string),
-        ext_fields,
+        code: header.code.as_ref().ok_or(DecodeError::JsonHeader)?.int(),
+        language: match header.language {
+            Some(Scalar::Int(n)) => language_name(u8::try_from(n).unwrap_or(255)).to_string(),
+            Some(text) => text.into_string(),
+            None => String::new(),
+        },
+        version: int(&header.version),
+        opaque: int(&header.opaque),
+        flag: int(&header.flag),
+        remark: header.remark.map(Scalar::into_string),
+        ext_fields: header.ext_fields.map(|e| e.0).unwrap_or_default(),
     })
 }
 
