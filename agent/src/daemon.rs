@@ -69,7 +69,10 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let metrics = Snapshot::default();
     metrics::serve(options.metrics_address, metrics.clone()).await?;
     let mut pipeline = Pipeline::with_request_timeout(
-        DecoderConfig::default(),
+        DecoderConfig {
+            skip_server_side: true,
+            ..DecoderConfig::default()
+        },
         unix_minus_monotonic_ns(),
         Resources::new(),
         options.request_timeout.as_nanos().max(1) as u64,
@@ -121,7 +124,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         }
         export(&mut outputs, &mut daemon.spans)?;
         for connection in daemon.pipeline.take_rejected() {
-            // Not RocketMQ: the kernel stops copying it.
+            // Not RocketMQ, or the broker's side: the kernel stops copying it.
             daemon.capture.stop_copying(connection.pid, connection.fd)?;
         }
     }

@@ -27,6 +27,8 @@ pub struct PipelineCounters {
     pub decoder: DecoderCounters,
     pub correlation: CorrelationCounters,
     pub connections_not_rocketmq: u64,
+    /// Connections on which the traced process is the broker: no longer decoded or copied.
+    pub connections_server_side: u64,
     pub spans: u64,
     pub journal: JournalCounters,
 }
@@ -137,6 +139,7 @@ impl Pipeline {
             decoder: self.decoders.counters(),
             correlation: self.correlator.counters.clone(),
             connections_not_rocketmq: self.decoders.connections_rejected,
+            connections_server_side: self.decoders.connections_server_side,
             spans: self.spans,
             journal: self.journal.counters(),
         }

@@ -39,6 +39,7 @@ pub struct ReplayArgs {
 pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let config = DecoderConfig {
         max_frame: args.max_frame,
+        ..DecoderConfig::default()
     };
     if !args.filter.is_empty() {
         return journeys(args);
@@ -86,6 +87,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
 fn journeys(args: ReplayArgs) -> anyhow::Result<()> {
     let config = DecoderConfig {
         max_frame: args.max_frame,
+        ..DecoderConfig::default()
     };
     let (_, pipeline) = replay_capture(&args.file, config, false, |_| {})?;
     let journeys = pipeline.journal.query(&args.filter.query(args.limit));

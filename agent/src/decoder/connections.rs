@@ -82,9 +82,11 @@ impl Tracked {
 pub struct Decoders {
     config: DecoderConfig,
     connections: HashMap<ConnectionId, Tracked>,
-    /// Connections found not to speak RocketMQ remoting since the last `take_rejected`.
+    /// Connections found not to speak RocketMQ remoting, or (with `skip_server_side`) seen
+    /// from the broker's side, since the last `take_rejected`.
     rejected: Vec<Connection>,
     pub connections_rejected: u64,
+    pub connections_server_side: u64,
     /// Counters of connections that have closed, summed.
     closed: DecoderCounters,
     scratch: Vec<Command>,
@@ -163,6 +165,11 @@ impl Decoders {
         let Some(t) = self.connections.get(&id) else {
             return;
         };
+        let server_side = self.config.skip_server_side
+            && self
+                .scratch
+                .iter()
+                .any(|c| c.direction == Direction::Ingress && !c.is_response());
         for command in self.scratch.drain(..) {
             out.push(DecodedCommand {
                 connection: id,
@@ -173,10 +180,16 @@ impl Decoders {
                 command,
             });
         }
+        if server_side {
+            let t = self.connections.remove(&id).expect("present");
+            add(&mut self.closed, &t.decoder.counters);
+            self.connections_server_side += 1;
+            self.rejected.push(t.connection);
+        }
     }
 
-    /// Connections that turned out not to be RocketMQ since the last call: the capture can stop
-    /// copying them.
+    /// Connections that turned out not to be RocketMQ, or to be seen from the broker's side,
+    /// since the last call: the capture can stop copying them.
     pub fn take_rejected(&mut self) -> Vec<Connection> {
         std::mem::take(&mut self.rejected)
     }

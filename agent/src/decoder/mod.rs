@@ -54,12 +54,17 @@ pub enum DecodeError {
 #[derive(Clone, Copy, Debug)]
 pub struct DecoderConfig {
     pub max_frame: u32,
+    /// Stop decoding a connection once the traced process is seen receiving requests on it
+    /// (it is the broker there): that side makes no events, and the live capture can stop
+    /// copying it. Off for capture files, whose direction may be the other way round.
+    pub skip_server_side: bool,
 }
 
 impl Default for DecoderConfig {
     fn default() -> Self {
         Self {
             max_frame: DEFAULT_MAX_FRAME,
+            skip_server_side: false,
         }
     }
 }

@@ -39,8 +39,9 @@ fn read_frame(reader: &mut impl Read, buf: &mut Vec<u8>) -> anyhow::Result<bool>
 /// The broker's side: answers every request with the template response, new IDs in pull mode.
 fn serve(listener: TcpListener, exchange: &Exchange, run: u64) -> anyhow::Result<()> {
     let (stream, _) = listener.accept()?;
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::with_capacity(1 << 16, stream);
+    // One fd for both directions, as brokers do (the agent follows a socket by its fd).
+    let mut writer = &stream;
+    let mut reader = BufReader::with_capacity(1 << 16, &stream);
     let mut request = Vec::new();
     let mut next_id = 0u64;
     while read_frame(&mut reader, &mut request)? {
@@ -79,11 +80,13 @@ fn main() -> anyhow::Result<()> {
     std::io::stdin().lock().read_line(&mut String::new())?;
 
     let requests = ((rate * seconds) as usize).div_ceil(per_request);
+    // Connected before the server accepts: the listener's backlog holds it.
+    let client = TcpStream::connect(address)?;
+    client.set_nodelay(true)?;
     let server = std::thread::scope(|scope| -> anyhow::Result<Duration> {
         let server = scope.spawn(|| serve(listener, &exchange, run));
-        let mut client = TcpStream::connect(address)?;
-        client.set_nodelay(true)?;
-        let mut responses = BufReader::with_capacity(1 << 16, client.try_clone()?);
+        let client = &client;
+        let mut responses = BufReader::with_capacity(1 << 16, client);
         let reader = scope.spawn(move || -> anyhow::Result<usize> {
             let mut frame = Vec::new();
             let mut got = 0;
@@ -104,7 +107,7 @@ fn main() -> anyhow::Result<()> {
             let frame = exchange
                 .request
                 .render(opaque, |_| message_id(run, i as u64));
-            client.write_all(&frame)?;
+            (&*client).write_all(&frame)?;
         }
         let answered = reader.join().expect("reader thread")?;
         let elapsed = started.elapsed();
