@@ -134,6 +134,31 @@ pub fn run() -> anyhow::Result<()> {
                 );
                 row("agent peak memory".into(), &v["peak_rss_mib"], "MiB", &none);
             }
+            Some("sustained") => {
+                let samples = v["agent_rss_mib_each_second"]
+                    .as_array()
+                    .map_or(0, Vec::len);
+                row(
+                    format!(
+                        "sustained {} at {}/s for {samples} s: {}",
+                        text("mode"),
+                        v["target_per_s"],
+                        if v["clean"] == true {
+                            "all spans"
+                        } else {
+                            "LOSS"
+                        }
+                    ),
+                    &v["agent_peak_rss_mib"],
+                    "MiB peak",
+                    &none,
+                );
+                let last = v["agent_rss_mib_each_second"]
+                    .as_array()
+                    .and_then(|a| a.last().cloned())
+                    .unwrap_or_default();
+                row("  agent memory at the end".into(), &last, "MiB", &none);
+            }
             Some("ceiling") => row(
                 format!(
                     "{} at {}/s: {}",

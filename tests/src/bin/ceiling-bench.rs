@@ -13,6 +13,8 @@ use std::{
 use mqtrace_tests::{agent::Agent, process::Driven};
 
 const RATES: &[f64] = &[5_000.0, 10_000.0, 20_000.0, 40_000.0, 80_000.0, 160_000.0];
+const SUSTAINED_RATE: f64 = 20_000.0;
+const SUSTAINED_SECONDS: f64 = 30.0;
 
 fn generator(mode: &str, rate: f64, seconds: f64) -> anyhow::Result<Driven> {
     let me = std::env::current_exe()?;
@@ -23,8 +25,14 @@ fn generator(mode: &str, rate: f64, seconds: f64) -> anyhow::Result<Driven> {
     Ok(child)
 }
 
-/// One rate: (the report line, whether nothing was lost).
-fn measure(mode: &str, rate: f64, seconds: f64) -> anyhow::Result<(serde_json::Value, bool)> {
+/// One rate: (the report line, whether nothing was lost). With `sample_memory`, the line also
+/// has the agent's resident memory, read every second while the load runs.
+fn measure(
+    mode: &str,
+    rate: f64,
+    seconds: f64,
+    sample_memory: bool,
+) -> anyhow::Result<(serde_json::Value, bool)> {
     let mut load = generator(mode, rate, seconds)?;
     let output = std::env::temp_dir().join(format!("mqtrace-ceiling-{}.jsonl", std::process::id()));
     let pid = load.pid().to_string();
@@ -34,8 +42,22 @@ fn measure(mode: &str, rate: f64, seconds: f64) -> anyhow::Result<(serde_json::V
     );
     let cpu_before = agent.cpu_seconds();
     load.say("go")?;
-    let report: serde_json::Value =
-        serde_json::from_str(&load.read_value("{").map(|rest| format!("{{{rest}"))?)?;
+    let agent_pid = agent.pid();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (report, rss_samples) = std::thread::scope(|scope| -> anyhow::Result<_> {
+        let sampler = scope.spawn(|| {
+            let mut samples = Vec::new();
+            while sample_memory && !done.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(1));
+                samples.push(rss_mib(agent_pid));
+            }
+            samples
+        });
+        let line = load.read_value("{").map(|rest| format!("{{{rest}"));
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let report: serde_json::Value = serde_json::from_str(&line?)?;
+        Ok((report, sampler.join().expect("sampler")))
+    })?;
     load.wait_success()?;
     let messages = report["messages"].as_u64().unwrap_or(0) as f64;
     let counter = if mode == "send" {
@@ -79,22 +101,38 @@ fn measure(mode: &str, rate: f64, seconds: f64) -> anyhow::Result<(serde_json::V
             "gaps": gaps,
             "agent_cpu_percent": (cpu / seconds_run * 1000.0).round() / 10.0,
             "agent_peak_rss_mib": (peak_rss_mib * 10.0).round() / 10.0,
+            "agent_rss_mib_each_second": rss_samples,
             "clean": clean,
         }),
         clean,
     ))
 }
 
+/// The agent's resident memory now, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    (kib / 1024.0 * 10.0).round() / 10.0
+}
+
 fn main() -> anyhow::Result<()> {
     let seconds: f64 = std::env::args().nth(1).map_or(Ok(3.0), |a| a.parse())?;
     for mode in ["send", "pull"] {
         for &rate in RATES {
-            let (line, clean) = measure(mode, rate, seconds)?;
+            let (line, clean) = measure(mode, rate, seconds, false)?;
             println!("{line}");
             if !clean {
                 break; // the first rate that loses anything is the ceiling's upper bound
             }
         }
     }
+    // Sustained: the target rate for longer, the agent's memory read every second.
+    let (mut line, _) = measure("send", SUSTAINED_RATE, SUSTAINED_SECONDS, true)?;
+    line["bench"] = "sustained".into();
+    println!("{line}");
     Ok(())
 }
