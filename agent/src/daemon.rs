@@ -125,7 +125,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         export(&mut outputs, &mut daemon.spans)?;
         for connection in daemon.pipeline.take_rejected() {
             // Not RocketMQ, or the broker's side: the kernel stops copying it.
-            daemon.capture.stop_copying(connection.pid, connection.fd)?;
+            daemon.capture.stop_copying(&connection)?;
         }
     }
     // Requests still waiting will not be answered now: end them, then flush.

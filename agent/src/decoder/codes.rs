@@ -95,6 +95,20 @@ codes! {
 }
 
 impl RequestCode {
+    /// Requests a broker (or name server) sends to a client over the client's own connection.
+    pub fn is_sent_to_clients(self) -> bool {
+        matches!(
+            self,
+            Self::CheckTransactionState
+                | Self::NotifyConsumerIdsChanged
+                | Self::GetConsumerRunningInfo
+                | Self::ConsumeMessageDirectly
+                // RESET_CONSUMER_CLIENT_OFFSET, GET_CONSUMER_STATUS_FROM_CLIENT,
+                // PUSH_REPLY_MESSAGE_TO_CLIENT
+                | Self::Other(220 | 221 | 326)
+        )
+    }
+
     /// Requests whose body is one message's body.
     pub fn is_single_send(self) -> bool {
         matches!(

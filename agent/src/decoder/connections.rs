@@ -6,7 +6,7 @@ use std::{collections::HashMap, net::SocketAddr};
 use serde::Serialize;
 
 use super::{
-    Command, ConnectionDecoder, DecoderConfig, DecoderCounters, Recognition,
+    Command, ConnectionDecoder, DecoderConfig, DecoderCounters, Recognition, RequestCode,
     operation::{Operation, interpret},
     recognize,
 };
@@ -104,6 +104,12 @@ impl Decoders {
         self.scratch.clear();
         let id = match event {
             StreamEvent::Opened(connection) => {
+                // A connection the process accepted: it is the broker (or name server) there.
+                if self.config.skip_server_side && connection.origin == Origin::Accept {
+                    self.connections_server_side += 1;
+                    self.rejected.push(connection.clone());
+                    return;
+                }
                 let decoder =
                     ConnectionDecoder::new(self.config, connection.origin == Origin::Existing);
                 let tracked = Tracked {
@@ -165,11 +171,15 @@ impl Decoders {
         let Some(t) = self.connections.get(&id) else {
             return;
         };
+        // A connection open before tracing began: the process is its broker if it receives
+        // requests that clients send (brokers send a few requests to clients too).
         let server_side = self.config.skip_server_side
-            && self
-                .scratch
-                .iter()
-                .any(|c| c.direction == Direction::Ingress && !c.is_response());
+            && t.connection.origin == Origin::Existing
+            && self.scratch.iter().any(|c| {
+                c.direction == Direction::Ingress
+                    && !c.is_response()
+                    && !RequestCode::from_code(c.header.code).is_sent_to_clients()
+            });
         for command in self.scratch.drain(..) {
             out.push(DecodedCommand {
                 connection: id,

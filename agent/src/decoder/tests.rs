@@ -464,3 +464,56 @@ proptest! {
         out.iter().for_each(|c| { operation::interpret(c); });
     }
 }
+
+/// With `skip_server_side`: which connections the live capture may stop copying.
+#[test]
+fn the_brokers_side_is_let_go_and_the_clients_side_is_kept() {
+    use crate::{
+        sources::{Connection, ConnectionId, Origin},
+        streams::StreamEvent,
+    };
+    let config = DecoderConfig {
+        skip_server_side: true,
+        ..DecoderConfig::default()
+    };
+    // What happens to a connection of each origin on which this request arrives.
+    let verdict = |origin: Origin, code: i32| -> (bool, u64) {
+        let mut decoders = Decoders::new(config);
+        let connection = Connection {
+            id: ConnectionId(1),
+            pid: 7,
+            fd: 3,
+            origin,
+            local: None,
+            peer: None,
+            timestamp_ns: 0,
+        };
+        let mut out = Vec::new();
+        decoders.push(&StreamEvent::Opened(connection), &mut out);
+        let request = json_frame(code, 0, 1, &[], b"");
+        decoders.push(
+            &StreamEvent::Data {
+                connection: ConnectionId(1),
+                direction: DOWN,
+                position: 0,
+                bytes: bytes::Bytes::from(request),
+                timestamp_ns: 1,
+            },
+            &mut out,
+        );
+        (
+            !decoders.take_rejected().is_empty(),
+            decoders.connections_server_side,
+        )
+    };
+    // Accepted: the process is the broker there, known at once.
+    assert_eq!(verdict(Origin::Accept, 10), (true, 1));
+    // Open before tracing: known by the requests the process receives...
+    assert_eq!(verdict(Origin::Existing, 10), (true, 1));
+    assert_eq!(verdict(Origin::Existing, 34), (true, 1));
+    // ...but brokers send some requests to clients: those say nothing.
+    assert_eq!(verdict(Origin::Existing, 40), (false, 0));
+    assert_eq!(verdict(Origin::Existing, 307), (false, 0));
+    // Connected by the process: it is the client, whatever arrives.
+    assert_eq!(verdict(Origin::Connect, 10), (false, 0));
+}

@@ -300,15 +300,27 @@ impl KernelCapture {
         Ok(())
     }
 
-    /// Stops copying one socket (it does not speak RocketMQ); a later connection on the same
-    /// fd is tracked anew at its connect or accept.
-    pub fn stop_copying(&mut self, pid: u32, fd: i32) -> anyhow::Result<()> {
+    /// Stops copying one connection (not RocketMQ, or the broker's side) and ends it for user
+    /// space after the records already captured; a later connection on the same fd is tracked
+    /// anew at its connect or accept.
+    pub fn stop_copying(&mut self, connection: &Connection) -> anyhow::Result<()> {
         let mut sockets: HashMap<_, SocketKey, SocketState> = HashMap::try_from(
             self.ebpf
                 .map_mut(maps::SOCKETS)
                 .context("SOCKETS map missing")?,
         )?;
-        let _ = sockets.remove(&SocketKey { pid, fd });
+        let key = SocketKey {
+            pid: connection.pid,
+            fd: connection.fd,
+        };
+        // The fd may hold a newer connection by now: only this one is removed.
+        if sockets
+            .get(&key, 0)
+            .is_ok_and(|state| state.connection_id == connection.id.0)
+        {
+            let _ = sockets.remove(&key);
+        }
+        self.end_connections(vec![connection.id]);
         Ok(())
     }
 
@@ -339,6 +351,13 @@ impl KernelCapture {
     /// sockets up anew, mid-stream).
     fn stop_following(&mut self, pid: u32) -> anyhow::Result<()> {
         let closed = self.forget_sockets(pid)?;
+        self.end_connections(closed);
+        Ok(())
+    }
+
+    /// Queues the end of these connections for user space, after the records already in the
+    /// ring (which still belong to them).
+    fn end_connections(&mut self, closed: Vec<ConnectionId>) {
         let mut events = std::mem::take(&mut self.pending);
         self.drain_now(&mut events);
         let timestamp_ns = monotonic_ns();
@@ -348,7 +367,6 @@ impl KernelCapture {
             timestamp_ns,
         }));
         self.pending = events;
-        Ok(())
     }
 
     /// Adds the established TCP sockets `pid` has now to the kernel's socket table.
