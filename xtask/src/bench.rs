@@ -132,6 +132,12 @@ pub fn run() -> anyhow::Result<()> {
                     "s",
                     &none,
                 );
+                row(
+                    "  agent CPU while tracing them".into(),
+                    &v["agent_cpu_percent"],
+                    "% of a core",
+                    &none,
+                );
                 row("agent peak memory".into(), &v["peak_rss_mib"], "MiB", &none);
             }
             Some("sustained") => {

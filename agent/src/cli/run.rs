@@ -175,8 +175,9 @@ fn resolve(args: RunArgs) -> anyhow::Result<DaemonOptions> {
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let options = resolve(args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the pipeline is sequential anyway, and timers, the ring buffer and the
+    // sockets served on the same thread cost no cross-thread wake-ups.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(daemon::run(options))

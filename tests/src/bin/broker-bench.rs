@@ -1,7 +1,8 @@
 //! Overhead on a real application: the real Rust producer and consumer against the real broker
 //! on loopback, run back to back with the agent detached, attached but not selecting them, and
-//! attached and tracing them (release build, spans to a file). Rounds are interleaved so that
-//! drift in the machine affects all three alike; medians are reported. Also the agent's CPU
+//! attached and tracing them (release build, spans to a file). Rounds are interleaved, each
+//! starting with another setup, so that drift in the machine and the broker affects all three
+//! alike; medians are reported. Also the agent's CPU
 //! time and peak memory per 10,000 messages traced. Needs root and the peers (MQTRACE_PEERS).
 //!
 //! usage: broker-bench [ROUNDS] [MESSAGES]
@@ -54,8 +55,8 @@ fn median(values: &[f64]) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let rounds: usize = args.get(1).map_or(Ok(3), |a| a.parse())?;
-    let messages: usize = args.get(2).map_or(Ok(1500), |a| a.parse())?;
+    let rounds: usize = args.get(1).map_or(Ok(5), |a| a.parse())?;
+    let messages: usize = args.get(2).map_or(Ok(2000), |a| a.parse())?;
     let broker = Broker::start("127.0.0.1")?;
     let namesrv = broker.namesrv();
     let count = messages.to_string();
@@ -63,11 +64,15 @@ fn main() -> anyhow::Result<()> {
     let rate = FIXED_RATE.to_string();
     let mut samples: Vec<Samples> = SETUPS.iter().map(|_| Samples::default()).collect();
     let (mut agent_cpu, mut agent_messages, mut peak_rss) = (0.0, 0.0, 0.0f64);
+    let mut traced_seconds = 0.0;
     let output =
         std::env::temp_dir().join(format!("mqtrace-broker-bench-{}.jsonl", std::process::id()));
     let output_arg = output.to_string_lossy().into_owned();
     for round in 0..rounds {
-        for (i, setup) in SETUPS.iter().enumerate() {
+        // Each round starts with another setup: the broker slows as its store grows, and no
+        // setup should always come last.
+        for i in (0..SETUPS.len()).map(|k| (k + round) % SETUPS.len()) {
+            let setup = &SETUPS[i];
             let agent = match setup {
                 Setup::Detached => None,
                 Setup::AttachedUnselected => Some(Agent::start("bench", &["--only-selected"])),
@@ -77,6 +82,7 @@ fn main() -> anyhow::Result<()> {
                 )),
             };
             let cpu_before = agent.as_ref().map_or(0.0, Agent::cpu_seconds);
+            let started = std::time::Instant::now();
             let topic = format!("Bench{round}{setup:?}");
             let saturated = run_client(&["produce", &namesrv, &topic, &count, "--stats"])?;
             let fixed = run_client(&[
@@ -105,6 +111,7 @@ fn main() -> anyhow::Result<()> {
                 std::thread::sleep(std::time::Duration::from_secs(1));
                 let metrics = agent.scrape();
                 agent_cpu += agent.cpu_seconds() - cpu_before;
+                traced_seconds += started.elapsed().as_secs_f64();
                 // Each message traced here was both sent and consumed under the agent.
                 agent_messages += metrics["mqtrace_pipeline_correlation_sends"];
                 peak_rss = peak_rss.max(agent.peak_rss_mib());
@@ -152,6 +159,7 @@ fn main() -> anyhow::Result<()> {
             "bench": "agent_cost",
             "messages_traced": agent_messages,
             "cpu_seconds_per_10k_messages": (agent_cpu / agent_messages * 10_000.0 * 1000.0).round() / 1000.0,
+            "agent_cpu_percent": (agent_cpu / traced_seconds * 1000.0).round() / 10.0,
             "peak_rss_mib": (peak_rss * 10.0).round() / 10.0,
         })
     );
