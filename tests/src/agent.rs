@@ -29,6 +29,17 @@ pub fn mqtrace_bin() -> PathBuf {
     })
 }
 
+/// A memory figure of a process's /proc status (`VmRSS:`, `VmHWM:`, ...) in MiB, 0 when gone.
+pub fn memory_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
 pub struct Agent {
     process: Option<Owned>,
     pub metrics: SocketAddr,
@@ -107,13 +118,7 @@ impl Agent {
 
     /// The agent's peak resident memory so far, in MiB.
     pub fn peak_rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0.0);
-        kib / 1024.0
+        memory_mib(self.pid(), "VmHWM:")
     }
 
     pub fn log_text(&self) -> String {

@@ -149,11 +149,7 @@ pub fn run() -> anyhow::Result<()> {
                         "sustained {} at {}/s for {samples} s: {}",
                         text("mode"),
                         v["target_per_s"],
-                        if v["clean"] == true {
-                            "all spans"
-                        } else {
-                            "LOSS"
-                        }
+                        verdict(&v)
                     ),
                     &v["agent_peak_rss_mib"],
                     "MiB peak",
@@ -170,11 +166,7 @@ pub fn run() -> anyhow::Result<()> {
                     "{} at {}/s: {}",
                     text("mode"),
                     v["target_per_s"],
-                    if v["clean"] == true {
-                        "all spans"
-                    } else {
-                        "LOSS"
-                    }
+                    verdict(&v)
                 ),
                 &v["achieved_per_s"],
                 "msgs/s",
@@ -185,6 +177,15 @@ pub fn run() -> anyhow::Result<()> {
     }
     println!("\nreport: {}", report.display());
     Ok(())
+}
+
+/// How a ceiling run ended.
+fn verdict(line: &serde_json::Value) -> &'static str {
+    if line["clean"] == true {
+        "all spans"
+    } else {
+        "LOSS"
+    }
 }
 
 fn cargo_path() -> String {

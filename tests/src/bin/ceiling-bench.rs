@@ -10,7 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mqtrace_tests::{agent::Agent, process::Driven};
+use mqtrace_tests::{
+    agent::{Agent, memory_mib},
+    process::Driven,
+};
 
 const RATES: &[f64] = &[5_000.0, 10_000.0, 20_000.0, 40_000.0, 80_000.0, 160_000.0];
 const SUSTAINED_RATE: f64 = 20_000.0;
@@ -49,7 +52,7 @@ fn measure(
             let mut samples = Vec::new();
             while sample_memory && !done.load(std::sync::atomic::Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_secs(1));
-                samples.push(rss_mib(agent_pid));
+                samples.push((memory_mib(agent_pid, "VmRSS:") * 10.0).round() / 10.0);
             }
             samples
         });
@@ -106,17 +109,6 @@ fn measure(
         }),
         clean,
     ))
-}
-
-/// The agent's resident memory now, in MiB.
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
-    (kib / 1024.0 * 10.0).round() / 10.0
 }
 
 fn main() -> anyhow::Result<()> {
