@@ -243,7 +243,7 @@ fn render_status(status: &Status) -> String {
         up / 60 % 60,
         up % 60,
         if status.mode == "all" {
-            "all processes"
+            "all processes but the excluded ones"
         } else {
             "selected processes"
         }
@@ -305,7 +305,9 @@ mod tests {
         };
         let text = render_status(&status);
         assert!(
-            text.starts_with("mqtrace 0.1.0 (pid 7), up 1h02m05s, tracing all processes\n"),
+            text.starts_with(
+                "mqtrace 0.1.0 (pid 7), up 1h02m05s, tracing all processes but the excluded ones\n"
+            ),
             "{text}"
         );
         assert!(text.contains("  decode errors          5\n"), "{text}");
