@@ -119,11 +119,12 @@ impl Pipeline {
             };
             self.spans += 1;
             let resource = self.resources.of(pid);
-            let process = match resource.get("service.name") {
-                Some(Value::String(name)) => name.as_str(),
+            let text = |key: &str| match resource.get(key) {
+                Some(Value::String(value)) => value.as_str(),
                 _ => "",
             };
-            self.journal.record(&event, process);
+            self.journal
+                .record(&event, text("service.name"), text("host.name"));
             out.push(Output::Span(Box::new(span(&event, resource))));
         }
     }

@@ -429,6 +429,14 @@ fn status_metrics_and_trace_agree_with_a_known_run() {
         timeline.contains("receive") && timeline.contains("group daemon_group"),
         "{timeline}"
     );
+    // Each step names the process and this host.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(
+        timeline.matches(&format!("]@{} -> ", host.trim())).count(),
+        timeline.lines().filter(|l| l.starts_with("  ")).count(),
+        "{timeline}"
+    );
+    assert!(timeline.contains(" mq-client["), "{timeline}");
     let by_key: serde_json::Value =
         serde_json::from_str(&agent.control_ok(&["trace", "--key", "key-7", "--json"])).unwrap();
     assert_eq!(by_key[0]["message_id"].as_str(), Some(produced[7].as_str()));

@@ -35,9 +35,11 @@ pub struct Step {
     pub action: String,
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
-    /// The traced process: its service name and pid.
+    /// The traced process: its service name, pid and host.
     pub process: String,
     pub pid: u32,
+    #[serde(default)]
+    pub host: String,
     pub local: Option<String>,
     /// The broker it talked to.
     pub peer: Option<String>,
@@ -94,9 +96,11 @@ impl Journal {
         }
     }
 
-    /// Adds the event's step to its message; `process` names the traced process.
-    pub fn record(&mut self, event: &MessageEvent, process: &str) {
-        let (key, step) = step_of(event, process);
+    /// Adds the event's step to its message; `process` names the traced process, `host` its
+    /// host (empty for capture files).
+    pub fn record(&mut self, event: &MessageEvent, process: &str, host: &str) {
+        let (key, mut step) = step_of(event, process);
+        step.host = host.to_string();
         if !self.by_id.contains_key(key) {
             if self.by_id.len() >= self.max_messages
                 && let Some(oldest) = self.order.pop_front()
@@ -197,6 +201,9 @@ pub fn timeline(journey: &Journey) -> String {
             step.process,
             step.pid
         );
+        if !step.host.is_empty() {
+            line.push_str(&format!("@{}", step.host));
+        }
         if let Some(peer) = &step.peer {
             line.push_str(&format!(" -> {peer}"));
         }
@@ -296,6 +303,7 @@ fn step_of<'a>(event: &'a MessageEvent, process: &str) -> (&'a str, Step) {
             end_unix_ns: end,
             process: process.to_string(),
             pid: endpoint.pid,
+            host: String::new(),
             local: endpoint.local.map(|a| a.to_string()),
             peer: endpoint.peer.map(|a| a.to_string()),
             topic: None,

@@ -79,10 +79,10 @@ fn by_id(id: &str) -> Query {
 fn steps_join_their_message_in_time_order_and_every_query_kind_finds_it() {
     let mut journal = Journal::new(10);
     // The settlement is seen before the receive (two processes, two streams): still ordered.
-    journal.record(&send("A", 1_000_000_000), "producer");
-    journal.record(&settle("A", 3_000_000_000), "consumer");
-    journal.record(&receive("A", 2_000_000_000), "consumer");
-    journal.record(&send("B", 1_500_000_000), "producer");
+    journal.record(&send("A", 1_000_000_000), "producer", "");
+    journal.record(&settle("A", 3_000_000_000), "consumer", "host-b");
+    journal.record(&receive("A", 2_000_000_000), "consumer", "host-b");
+    journal.record(&send("B", 1_500_000_000), "producer", "");
 
     let found = journal.query(&by_id("A"));
     assert_eq!(found.len(), 1);
@@ -128,6 +128,10 @@ fn steps_join_their_message_in_time_order_and_every_query_kind_finds_it() {
         "{text}"
     );
     assert!(text.contains("send                     producer[10] -> 127.0.0.1:10911  queue 1  offset 7  group pg  took 2.0 ms  ok"), "{text}");
+    assert!(
+        text.contains("receive                  consumer[20]@host-b -> "),
+        "{text}"
+    );
     assert_eq!(text.lines().count(), 4, "{text}");
 }
 
@@ -135,7 +139,7 @@ fn steps_join_their_message_in_time_order_and_every_query_kind_finds_it() {
 fn the_journal_is_bounded_in_messages_and_in_steps() {
     let mut journal = Journal::new(100);
     for i in 0..250u64 {
-        journal.record(&send(&format!("M{i}"), i), "p");
+        journal.record(&send(&format!("M{i}"), i), "p", "");
     }
     let counters = journal.counters();
     assert_eq!(counters.messages, 100);
@@ -145,7 +149,7 @@ fn the_journal_is_bounded_in_messages_and_in_steps() {
     assert_eq!(journal.query(&by_id("M150")).len(), 1);
 
     for i in 0..100 {
-        journal.record(&receive("M200", 1_000 + i), "c");
+        journal.record(&receive("M200", 1_000 + i), "c", "");
     }
     let journey = &journal.query(&by_id("M200"))[0];
     assert_eq!(journey.steps.len(), MAX_STEPS);
