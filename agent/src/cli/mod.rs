@@ -17,7 +17,18 @@ use crate::logs::{self, LogFormat};
     about = "Transparent tracing of Apache RocketMQ traffic with eBPF",
     long_about = "mqtrace follows RocketMQ messages across hosts without touching the \
                   applications: kernel probes copy the socket payloads of selected processes, \
-                  and the agent decodes them."
+                  and the agent decodes them.",
+    after_long_help = "\
+Examples:
+  mqtrace run                                   trace every RocketMQ client on this host (root)
+  mqtrace run --comm java --otlp-endpoint http://collector:4317
+  mqtrace enable --pid 4242                     start tracing a running process, at once
+  mqtrace status                                what the daemon captured, lost and exported
+  mqtrace trace --key order-1234                where is my message? send, receive, settle
+  mqtrace replay capture.pcap                   the same decoding, offline, from tcpdump
+
+Environment: MQTRACE_LOG (log level, default warn), MQTRACE_SOCKET (control socket),
+OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_EXPORTER_OTLP_PROTOCOL (collector)."
 )]
 struct Cli {
     #[command(subcommand)]
