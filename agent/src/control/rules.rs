@@ -37,12 +37,7 @@ impl Rules {
             (false, true) => Some(Selection::Excluded),
             (false, false) => None,
         };
-        // A command name is kept as the kernel sees it, so that both spellings are one rule.
-        let target = &match target {
-            Target::Comm(name) => Target::Comm(comm_name(&comm_key(name)?.0)),
-            other => other.clone(),
-        };
-        let (matching, note): (Vec<u32>, _) = match target {
+        let (target, selection, matching, note): (_, _, Vec<u32>, _) = match target {
             Target::Pid(pid) => {
                 if enabled {
                     capture.set_selection(*pid, Selection::ByPid)?;
@@ -57,11 +52,13 @@ impl Rules {
             Target::Comm(name) => {
                 let (key, note) = comm_key(name)?;
                 capture.set_comm_rule(key, kernel_rule(Selection::ByComm))?;
+                // Kept as the kernel sees it, so that both spellings are one rule.
+                let comm = comm_name(&key);
                 let pids = procfs::all_pids()
                     .into_iter()
-                    .filter(|&pid| procfs::comm(pid).as_deref() == Some(name.as_str()))
+                    .filter(|&pid| procfs::comm(pid).as_deref() == Some(comm.as_str()))
                     .collect();
-                (pids, note)
+                (Target::Comm(comm), Selection::ByComm, pids, note)
             }
             Target::Cgroup(path) => {
                 let (relative, id) = cgroup(path)?;
@@ -75,12 +72,8 @@ impl Rules {
                     .into_iter()
                     .filter(|&pid| procfs::cgroup_v2(pid).is_some_and(|c| inside(&c)))
                     .collect();
-                (pids, None)
+                (target.clone(), Selection::ByCgroup, pids, None)
             }
-        };
-        let selection = match target {
-            Target::Comm(_) => Selection::ByComm,
-            _ => Selection::ByCgroup,
         };
         let me = std::process::id();
         let mut changed = Vec::new();
@@ -95,7 +88,7 @@ impl Rules {
                 changed.push(pid);
             }
         }
-        self.rules.insert(target.clone(), enabled);
+        self.rules.insert(target, enabled);
         Ok(Applied {
             processes: changed,
             note,
