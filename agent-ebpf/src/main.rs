@@ -199,9 +199,11 @@ pub fn process_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let _ = ACTIVE.remove(pid_tgid);
     let pid = (pid_tgid >> 32) as u32;
-    // Also for an excluded process: user space removes its entry.
-    let known = maps::config().is_some_and(|c| c.trace_all != 0) || maps::selection(pid).is_some();
-    if pid == pid_tgid as u32 && known {
+    // Whole processes only (a thread's exit is one lookup less), and also an excluded one:
+    // user space removes its entry.
+    if pid == pid_tgid as u32
+        && (maps::config().is_some_and(|c| c.trace_all != 0) || maps::selection(pid).is_some())
+    {
         sockets::emit_process_exit(pid);
     }
     0
