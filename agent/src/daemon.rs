@@ -7,6 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use mqtrace_common::Selection;
+
 use crate::{
     control::{
         Request, Response, Status, Target,
@@ -181,11 +183,15 @@ impl Daemon {
     fn counters(&self) -> anyhow::Result<serde_json::Value> {
         let sockets = self.capture.sockets_per_process()?;
         let selections = self.capture.selections()?;
+        let excluded = selections
+            .values()
+            .filter(|s| **s == Selection::Excluded)
+            .count();
         Ok(serde_json::json!({
             "agent": {
                 "uptime_seconds": self.started.elapsed().as_secs(),
-                "processes_selected": selections.values().filter(|s| **s != mqtrace_common::Selection::Excluded).count(),
-                "processes_excluded": selections.values().filter(|s| **s == mqtrace_common::Selection::Excluded).count(),
+                "processes_selected": selections.len() - excluded,
+                "processes_excluded": excluded,
                 "connections_tracked": sockets.values().sum::<usize>(),
                 "malformed_records": self.capture.malformed_records,
             },

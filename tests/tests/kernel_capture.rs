@@ -17,10 +17,13 @@ use mqtrace_tests::{
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
+/// `socket-exchange MODE SEED`, once it says it is ready (its first connection is open).
 fn helper(mode: &str, seed: u64) -> Driven {
     let mut command = Command::new(env!("CARGO_BIN_EXE_socket-exchange"));
     command.args([mode, &seed.to_string()]);
-    Driven::spawn(command).expect("start socket-exchange")
+    let mut child = Driven::spawn(command).expect("start socket-exchange");
+    child.expect_line("ready").unwrap();
+    child
 }
 
 /// Equality of long byte strings, reported by first difference instead of a megabyte dump.
@@ -61,7 +64,6 @@ fn assert_no_loss(capture: &KernelCapture) {
 async fn every_syscall_family_is_rebuilt_byte_for_byte() {
     let seed = 7;
     let mut child = helper("all", seed);
-    child.expect_line("ready").unwrap();
     // The child's first connection is open already: it must be picked up from /proc.
     let mut capture = KernelCapture::start(CaptureOptions::default()).expect("start capture");
     capture.select(child.pid()).unwrap();
@@ -103,7 +105,6 @@ async fn a_write_over_the_cap_leaves_an_exact_gap_and_the_stream_goes_on() {
     let seed = 11;
     let cap = 64 * 1024;
     let mut child = helper("cap", seed);
-    child.expect_line("ready").unwrap();
     let options = CaptureOptions {
         max_bytes_per_syscall: cap,
         ..CaptureOptions::default()
@@ -159,7 +160,6 @@ async fn a_write_over_the_cap_leaves_an_exact_gap_and_the_stream_goes_on() {
 async fn unselected_process_yields_nothing_until_selected() {
     let seed = 13;
     let mut child = helper("phases", seed);
-    child.expect_line("ready").unwrap();
     let mut capture = KernelCapture::start(CaptureOptions::default()).expect("start capture");
     child.say("go").unwrap();
     child.expect_line("phase1").unwrap();

@@ -104,7 +104,7 @@ impl MessageFilter {
     }
 }
 
-pub fn enable(args: SelectArgs, enabled: bool) -> anyhow::Result<()> {
+pub fn select(args: SelectArgs, enabled: bool) -> anyhow::Result<()> {
     let target = args.target.target();
     let request = if enabled {
         Request::Enable { target }

@@ -68,8 +68,8 @@ pub fn main() -> ExitCode {
     logs::init(cli.log_format);
     let result = match cli.command {
         Command::Run(args) => run::run(args),
-        Command::Enable(args) => control::enable(args, true),
-        Command::Disable(args) => control::enable(args, false),
+        Command::Enable(args) => control::select(args, true),
+        Command::Disable(args) => control::select(args, false),
         Command::List(args) => control::list(args),
         Command::Status(args) => control::status(args),
         Command::Trace(args) => control::trace(args),

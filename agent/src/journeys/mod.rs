@@ -99,8 +99,7 @@ impl Journal {
     /// Adds the event's step to its message; `process` names the traced process, `host` its
     /// host (empty for capture files).
     pub fn record(&mut self, event: &MessageEvent, process: &str, host: &str) {
-        let (key, mut step) = step_of(event, process);
-        step.host = host.to_string();
+        let (key, step) = step_of(event, process, host);
         if !self.by_id.contains_key(key) {
             if self.by_id.len() >= self.max_messages
                 && let Some(oldest) = self.order.pop_front()
@@ -109,21 +108,20 @@ impl Journal {
                 self.evicted += 1;
             }
             self.order.push_back(key.to_string());
-            self.by_id.insert(
-                key.to_string(),
-                Journey {
-                    message_id: key.to_string(),
-                    offset_msg_id: None,
-                    topic: None,
-                    tags: None,
-                    keys: Vec::new(),
-                    born_unix_ms: None,
-                    steps: Vec::new(),
-                    steps_dropped: 0,
-                },
-            );
         }
-        let journey = self.by_id.get_mut(key).expect("inserted above");
+        let journey = self
+            .by_id
+            .entry(key.to_string())
+            .or_insert_with(|| Journey {
+                message_id: key.to_string(),
+                offset_msg_id: None,
+                topic: None,
+                tags: None,
+                keys: Vec::new(),
+                born_unix_ms: None,
+                steps: Vec::new(),
+                steps_dropped: 0,
+            });
         learn(journey, event);
         if journey.steps.len() >= MAX_STEPS {
             journey.steps_dropped += 1;
@@ -295,7 +293,7 @@ fn learn(journey: &mut Journey, event: &MessageEvent) {
     }
 }
 
-fn step_of<'a>(event: &'a MessageEvent, process: &str) -> (&'a str, Step) {
+fn step_of<'a>(event: &'a MessageEvent, process: &str, host: &str) -> (&'a str, Step) {
     let base =
         |action: String, endpoint: &Endpoint, start: u64, end: u64, outcome: &Outcome| Step {
             action,
@@ -303,7 +301,7 @@ fn step_of<'a>(event: &'a MessageEvent, process: &str) -> (&'a str, Step) {
             end_unix_ns: end,
             process: process.to_string(),
             pid: endpoint.pid,
-            host: String::new(),
+            host: host.to_string(),
             local: endpoint.local.map(|a| a.to_string()),
             peer: endpoint.peer.map(|a| a.to_string()),
             topic: None,
