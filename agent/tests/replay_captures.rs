@@ -1,5 +1,6 @@
-//! `mqtrace replay`'s pipeline over real captures: the Java client's (shared/captures/java,
-//! read in place) and our own golden captures of the Rust client (tests/captures/rust-client).
+//! `mqtrace replay`'s pipeline over real captures: the Java client's (tests/captures/java, from
+//! DeepFlow's public test data) and our own golden captures of the Rust client
+//! (tests/captures/rust-client).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -23,11 +24,11 @@ fn repo() -> PathBuf {
 }
 
 fn java_captures() -> Vec<PathBuf> {
-    let dir = repo().join("../shared/captures/java");
+    let dir = repo().join("tests/captures/java");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| {
             panic!(
-                "the Java captures must be at {} (shared/ beside the checkout): {e}",
+                "the Java captures must be at {}: {e}",
                 dir.display()
             )
         })
@@ -116,7 +117,7 @@ fn java_captures_every_uniq_key_is_reported() {
 
 #[test]
 fn java_send_v2_and_pull_fields() {
-    let dir = repo().join("../shared/captures/java");
+    let dir = repo().join("tests/captures/java");
     let sends = decode(&dir.join("rocketmq-send-message-v2.pcap"));
     let send = sends.iter().find_map(|c| match &c.operation {
         Operation::Send(s) => Some(s.clone()),
@@ -153,7 +154,7 @@ fn java_send_v2_and_pull_fields() {
 
 #[test]
 fn java_heartbeat_names_client_and_groups() {
-    let commands = decode(&repo().join("../shared/captures/java/rocketmq-heartbeat.pcap"));
+    let commands = decode(&repo().join("tests/captures/java/rocketmq-heartbeat.pcap"));
     let Operation::Heartbeat(heartbeat) = &commands[0].operation else {
         panic!("{:?}", commands[0].operation)
     };

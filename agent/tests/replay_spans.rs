@@ -57,9 +57,9 @@ fn string(span: &Span, key: &str) -> Option<String> {
 
 #[test]
 fn java_captures_every_message_gets_its_span() {
-    let dir = repo().join("../shared/captures/java");
+    let dir = repo().join("tests/captures/java");
     let mut checked = 0;
-    for entry in std::fs::read_dir(&dir).expect("shared/captures/java beside the checkout") {
+    for entry in std::fs::read_dir(&dir).expect("tests/captures/java") {
         let path = entry.unwrap().path();
         let (spans, sent, received) = replay(&path);
         for (ids, kind) in [(&sent, SpanKind::Producer), (&received, SpanKind::Client)] {
