@@ -15,6 +15,7 @@ use crate::{
         rules::{Rules, mode_name},
         server,
     },
+    correlation::Unseen,
     decoder::DecoderConfig,
     exporters::{SpanSinks, otlp::OtlpConfig},
     journeys::Journal,
@@ -112,6 +113,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
                 let _ = pending.reply.send(response);
             }
             _ = expiry.tick() => {
+                daemon.pipeline.capture_lost(daemon.capture.records_lost()?);
                 daemon.pipeline.expire(monotonic_ns(), &mut outputs);
                 let counters = daemon.counters()?;
                 metrics.update(&counters);
@@ -131,7 +133,8 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         }
     }
     // Requests still waiting will not be answered now: end them, then flush.
-    daemon.pipeline.finish(&mut outputs);
+    daemon.pipeline.capture_lost(daemon.capture.records_lost()?);
+    daemon.pipeline.finish(Unseen::AgentStopped, &mut outputs);
     export(&mut outputs, &mut daemon.spans)?;
     eprintln!("mqtrace: stopping; counters {}", daemon.counters()?);
     let Daemon { capture, spans, .. } = daemon;

@@ -6,12 +6,12 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::{
-    correlation::{CorrelationCounters, Correlator, DEFAULT_TIMEOUT_NS, MessageEvent},
+    correlation::{CorrelationCounters, Correlator, DEFAULT_TIMEOUT_NS, MessageEvent, Unseen},
     decoder::{DecodedCommand, DecoderConfig, DecoderCounters, Decoders},
     journeys::{DEFAULT_MAX_MESSAGES, Journal, JournalCounters},
     sources::{Connection, SourceEvent, pcap},
     spans::{Span, Value, resource::Resources, span},
-    streams::{StreamCounters, Streams},
+    streams::{StreamCounters, StreamEvent, Streams},
 };
 
 /// What the pipeline produces.
@@ -27,8 +27,11 @@ pub struct PipelineCounters {
     pub decoder: DecoderCounters,
     pub correlation: CorrelationCounters,
     pub connections_not_rocketmq: u64,
-    /// Connections on which the traced process is the broker: no longer decoded or copied.
+    /// Connections on which the traced process is the broker (or a proxy or relay): no longer
+    /// decoded or copied.
     pub connections_server_side: u64,
+    /// Traced processes seen accepting RocketMQ connections (brokers, proxies, relays).
+    pub serving_processes: u64,
     pub spans: u64,
     pub journal: JournalCounters,
 }
@@ -43,7 +46,7 @@ pub struct Pipeline {
     /// The recent messages and their steps, for "where is my message?".
     pub journal: Journal,
     spans: u64,
-    stream_events: Vec<crate::streams::StreamEvent>,
+    stream_events: Vec<StreamEvent>,
     commands: Vec<DecodedCommand>,
     events: Vec<MessageEvent>,
 }
@@ -77,7 +80,10 @@ impl Pipeline {
 
     pub fn push(&mut self, event: SourceEvent, out: &mut Vec<Output>) {
         match &event {
-            SourceEvent::ProcessExited { pid } => self.resources.forget(*pid),
+            SourceEvent::ProcessExited { pid } => {
+                self.resources.forget(*pid);
+                self.decoders.forget_process(*pid);
+            }
             // Read the process's resource while it surely runs: a short-lived client may be
             // gone (its environment with it) by the time its first span is made.
             SourceEvent::Opened(connection) => {
@@ -86,16 +92,35 @@ impl Pipeline {
             _ => {}
         }
         self.streams.push(event, &mut self.stream_events);
+        // One stream event at a time through decoder and correlator: a gap or an end reaches
+        // the correlator after the commands before it and before those after it.
         for event in self.stream_events.drain(..) {
             self.decoders.push(&event, &mut self.commands);
-        }
-        for command in self.commands.drain(..) {
-            if self.emit_commands {
-                out.push(Output::Command(Box::new(command.clone())));
+            for command in self.commands.drain(..) {
+                if self.emit_commands {
+                    out.push(Output::Command(Box::new(command.clone())));
+                }
+                self.correlator.push(command, &mut self.events);
             }
-            self.correlator.push(command, &mut self.events);
+            match event {
+                StreamEvent::Gap {
+                    connection,
+                    direction,
+                    ..
+                } => self.correlator.gap(connection, direction),
+                StreamEvent::Closed {
+                    connection, cause, ..
+                } => self.correlator.ended(connection, cause, &mut self.events),
+                _ => {}
+            }
         }
         self.flush_events(out);
+    }
+
+    /// The capture has lost `total` records so far (ring buffer full): requests waiting now
+    /// may never show their response, and are not taken for unanswered.
+    pub fn capture_lost(&mut self, total: u64) {
+        self.correlator.capture_lost(total);
     }
 
     /// Ends requests that waited past their timeout, by the sources' clock.
@@ -104,19 +129,16 @@ impl Pipeline {
         self.flush_events(out);
     }
 
-    /// Ends everything still waiting: the source is done.
-    pub fn finish(&mut self, out: &mut Vec<Output>) {
-        self.correlator.finish(&mut self.events);
+    /// Ends everything still waiting: the source is done (`reason`: the agent stopped, or the
+    /// capture ended).
+    pub fn finish(&mut self, reason: Unseen, out: &mut Vec<Output>) {
+        self.correlator.finish(reason, &mut self.events);
         self.flush_events(out);
     }
 
     fn flush_events(&mut self, out: &mut Vec<Output>) {
         for event in self.events.drain(..) {
-            let pid = match &event {
-                MessageEvent::Send(e) => e.endpoint.pid,
-                MessageEvent::Receive(e) => e.endpoint.pid,
-                MessageEvent::Settle(e) => e.endpoint.pid,
-            };
+            let pid = event.endpoint().pid;
             self.spans += 1;
             let resource = self.resources.of(pid);
             let text = |key: &str| match resource.get(key) {
@@ -141,6 +163,7 @@ impl Pipeline {
             correlation: self.correlator.counters.clone(),
             connections_not_rocketmq: self.decoders.connections_rejected,
             connections_server_side: self.decoders.connections_server_side,
+            serving_processes: self.decoders.serving_processes() as u64,
             spans: self.spans,
             journal: self.journal.counters(),
         }
@@ -162,7 +185,7 @@ pub fn replay_capture(
         pipeline.push(event, &mut out);
         out.drain(..).for_each(&mut sink);
     })?;
-    pipeline.finish(&mut out);
+    pipeline.finish(Unseen::CaptureEnded, &mut out);
     out.drain(..).for_each(&mut sink);
     Ok((counters, pipeline))
 }

@@ -26,12 +26,7 @@ fn repo() -> PathBuf {
 fn java_captures() -> Vec<PathBuf> {
     let dir = repo().join("tests/captures/java");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| {
-            panic!(
-                "the Java captures must be at {}: {e}",
-                dir.display()
-            )
-        })
+        .unwrap_or_else(|e| panic!("the Java captures must be at {}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "pcap"))
         .collect();

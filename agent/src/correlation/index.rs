@@ -1,21 +1,36 @@
-//! A bounded index of the messages this host received, to resolve settlements that name a
-//! message by position (acks, offset commits) or by the broker's ID (send-backs).
+//! Bounded indexes of the messages this agent saw: those received, to resolve settlements
+//! that name a message by position (acks, offset commits) or by the broker's ID (send-backs),
+//! and those sent, to tell a client's retry of a send from the first one.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    rc::Rc,
+};
 
+use super::MessageLabels;
 use crate::decoder::MessageMeta;
 
 /// Received messages remembered at most; the oldest are forgotten first.
 const CAPACITY: usize = 100_000;
+/// Sent messages remembered at most; the oldest are forgotten first.
+const SENT_CAPACITY: usize = 65_536;
+
+/// One reception of a message: what its settlement needs to name it.
+#[derive(Debug)]
+pub struct Received {
+    pub key: String,
+    pub labels: MessageLabels,
+    pub reconsume_times: Option<i32>,
+}
 
 #[derive(Default)]
 pub struct ReceivedIndex {
-    /// (topic, queue id, queue offset) → key.
-    by_position: HashMap<(String, i32, i64), String>,
-    /// offsetMsgId or UNIQ_KEY → key.
-    by_id: HashMap<String, String>,
-    /// (group, topic, queue) → queue offset → key, for messages no commit has passed yet.
-    unsettled: HashMap<(String, String, i32), BTreeMap<i64, String>>,
+    /// (topic, queue id, queue offset) → reception.
+    by_position: HashMap<(String, i32, i64), Rc<Received>>,
+    /// offsetMsgId or UNIQ_KEY → reception.
+    by_id: HashMap<String, Rc<Received>>,
+    /// (group, topic, queue) → queue offset → reception, for messages no commit has passed.
+    unsettled: HashMap<(String, String, i32), BTreeMap<i64, Rc<Received>>>,
     order: VecDeque<Entry>,
 }
 
@@ -30,19 +45,24 @@ impl ReceivedIndex {
         if self.order.len() >= CAPACITY {
             self.evict();
         }
+        let received = Rc::new(Received {
+            key: key.to_string(),
+            labels: MessageLabels::of(message),
+            reconsume_times: message.reconsume_times,
+        });
         let position = match (&message.topic, message.queue_id, message.queue_offset) {
             (Some(t), Some(q), Some(o)) => Some((t.clone(), q, o)),
             _ => None,
         };
         if let Some(p) = &position {
-            self.by_position.insert(p.clone(), key.to_string());
+            self.by_position.insert(p.clone(), received.clone());
         }
         let ids: Vec<String> = [Some(key.to_string()), message.offset_msg_id.clone()]
             .into_iter()
             .flatten()
             .collect();
         for id in &ids {
-            self.by_id.insert(id.clone(), key.to_string());
+            self.by_id.insert(id.clone(), received.clone());
         }
         let group_position = match (group, &position) {
             (Some(g), Some((t, q, o))) => {
@@ -50,7 +70,7 @@ impl ReceivedIndex {
                 self.unsettled
                     .entry(slot.clone())
                     .or_default()
-                    .insert(*o, key.to_string());
+                    .insert(*o, received.clone());
                 Some((slot, *o))
             }
             _ => None,
@@ -82,19 +102,25 @@ impl ReceivedIndex {
         }
     }
 
-    pub fn by_position(&self, topic: &str, queue: i32, offset: i64) -> Option<String> {
+    pub fn by_position(&self, topic: &str, queue: i32, offset: i64) -> Option<Rc<Received>> {
         self.by_position
             .get(&(topic.to_string(), queue, offset))
             .cloned()
     }
 
-    pub fn by_any_id(&self, id: &str) -> Option<String> {
+    pub fn by_any_id(&self, id: &str) -> Option<Rc<Received>> {
         self.by_id.get(id).cloned()
     }
 
     /// The messages of (group, topic, queue) that a committed offset of `commit` passes (the
     /// commit is the next offset to consume), removed from the unsettled set.
-    pub fn committed(&mut self, group: &str, topic: &str, queue: i32, commit: i64) -> Vec<String> {
+    pub fn committed(
+        &mut self,
+        group: &str,
+        topic: &str,
+        queue: i32,
+        commit: i64,
+    ) -> Vec<Rc<Received>> {
         let slot = (group.to_string(), topic.to_string(), queue);
         let Some(offsets) = self.unsettled.get_mut(&slot) else {
             return Vec::new();
@@ -105,5 +131,46 @@ impl ReceivedIndex {
             self.unsettled.remove(&slot);
         }
         passed.into_values().collect()
+    }
+}
+
+struct Sent {
+    attempts: u32,
+    labels: MessageLabels,
+}
+
+/// The messages this agent saw sent, by key: how often, and their labels (for the end of a
+/// transaction, which names the message by ID only).
+#[derive(Default)]
+pub struct SentIndex {
+    by_key: HashMap<String, Sent>,
+    order: VecDeque<String>,
+}
+
+impl SentIndex {
+    /// Counts a send of `key`; returns which attempt it is (1 for the first seen).
+    pub fn record(&mut self, key: &str, labels: MessageLabels) -> u32 {
+        if let Some(sent) = self.by_key.get_mut(key) {
+            sent.attempts = sent.attempts.saturating_add(1);
+            return sent.attempts;
+        }
+        if self.order.len() >= SENT_CAPACITY
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.by_key.remove(&oldest);
+        }
+        self.order.push_back(key.to_string());
+        self.by_key.insert(
+            key.to_string(),
+            Sent {
+                attempts: 1,
+                labels,
+            },
+        );
+        1
+    }
+
+    pub fn labels(&self, key: &str) -> Option<MessageLabels> {
+        self.by_key.get(key).map(|s| s.labels.clone())
     }
 }

@@ -2,13 +2,19 @@
 //!
 //! Requests are paired with their responses on (connection, opaque). Only the client side of
 //! a connection makes events (the process that sent the request: producer or consumer); what a
-//! broker's own connections show is the same traffic seen from the other end. Settlements that
-//! carry no message ID (acks, offset commits, send-backs) are resolved through a bounded index
-//! of the messages this host received.
+//! broker's own connections show is the same traffic seen from the other end, and what a
+//! process that accepts RocketMQ connections sends on its own (a relay, sidecar or proxy
+//! forwarding its clients' requests) is theirs, not its own. Settlements that carry no message
+//! ID (acks, offset commits, send-backs) are resolved through a bounded index of the messages
+//! this host received.
+//!
+//! A request whose response never shows is an error only when the agent saw everything that
+//! could have carried it; when it knows it missed something (a gap, lost records, the
+//! connection no longer followed, the agent stopping) the outcome says so instead.
 
 mod index;
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use serde::Serialize;
 
@@ -17,23 +23,18 @@ use crate::{
         DecodedCommand, MessageMeta, RequestCode, ResponseCode,
         operation::{Operation, SendResult},
     },
-    sources::{ConnectionId, Direction},
+    sources::{ConnectionId, Direction, EndCause},
+    spans::identity::{received_message_key, sent_message_key},
 };
-use index::ReceivedIndex;
+use index::{Received, ReceivedIndex, SentIndex};
 
-/// Requests in flight per agent at most; the oldest are ended as timed out beyond it.
+/// Requests in flight per agent at most; the oldest are forgotten first beyond it.
 const MAX_PENDING: usize = 65_536;
 /// A request with no response after this long ends as an error.
 pub const DEFAULT_TIMEOUT_NS: u64 = 30_000_000_000;
-
-/// The ID a message is followed by: the UNIQ_KEY its producer set, else (clients that set
-/// none) the broker's offsetMsgId, which both sides can know.
-pub fn message_key(meta: &MessageMeta, offset_msg_id: Option<&str>) -> Option<String> {
-    meta.msg_id
-        .clone()
-        .or_else(|| meta.offset_msg_id.clone())
-        .or_else(|| offset_msg_id.map(String::from))
-}
+/// Times a message may be consumed again when the send-back does not say (the broker's
+/// default `retryMaxTimes`).
+const DEFAULT_MAX_RECONSUME_TIMES: i32 = 16;
 
 /// Where an event was seen: the traced process and its peer.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -41,6 +42,50 @@ pub struct Endpoint {
     pub pid: u32,
     pub local: Option<SocketAddr>,
     pub peer: Option<SocketAddr>,
+}
+
+/// Why the agent cannot tell how a request ended: it knows it may have missed the response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unseen {
+    /// Bytes of the connection's response stream were not captured (ring buffer full, the
+    /// per-syscall cap, a failed copy).
+    CaptureGap,
+    /// The kernel dropped records while the request waited (the ring buffer was full).
+    CaptureLost,
+    /// The connection closed before a response.
+    ConnectionClosed,
+    /// The process was deselected while the request waited.
+    Deselected,
+    /// The agent stopped copying the connection.
+    NotFollowed,
+    /// The agent stopped while the request waited.
+    AgentStopped,
+    /// The capture file ended while the request waited.
+    CaptureEnded,
+}
+
+impl Unseen {
+    pub fn name(self) -> &'static str {
+        match self {
+            Unseen::CaptureGap => "capture_gap",
+            Unseen::CaptureLost => "capture_lost",
+            Unseen::ConnectionClosed => "connection_closed",
+            Unseen::Deselected => "deselected",
+            Unseen::NotFollowed => "not_followed",
+            Unseen::AgentStopped => "agent_stopped",
+            Unseen::CaptureEnded => "capture_ended",
+        }
+    }
+
+    fn of(cause: EndCause) -> Self {
+        match cause {
+            EndCause::Closed => Unseen::ConnectionClosed,
+            EndCause::Deselected => Unseen::Deselected,
+            EndCause::NotFollowed => Unseen::NotFollowed,
+            EndCause::CaptureEnded => Unseen::CaptureEnded,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -51,6 +96,27 @@ pub enum Outcome {
         error_type: String,
         message: Option<String>,
     },
+    /// No response seen, and the agent knows why it may have missed it.
+    Unseen(Unseen),
+}
+
+/// What identifies a message to a person beyond its ID, carried by every event of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MessageLabels {
+    pub tags: Option<String>,
+    pub keys: Vec<String>,
+    /// The W3C trace context the producer's application put in the message.
+    pub traceparent: Option<String>,
+}
+
+impl MessageLabels {
+    pub fn of(message: &MessageMeta) -> Self {
+        Self {
+            tags: message.tags().map(String::from),
+            keys: message.keys().into_iter().map(String::from).collect(),
+            traceparent: message.properties.traceparent().map(String::from),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -62,6 +128,8 @@ pub struct SendEvent {
     pub batch_size: usize,
     pub offset_msg_id: Option<String>,
     pub queue_offset: Option<i64>,
+    /// 1 for the first send of this message this agent saw, 2 for the next (a retry), ...
+    pub attempt: u32,
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
     pub outcome: Outcome,
@@ -90,6 +158,9 @@ pub enum Settlement {
     ChangeInvisibleTime,
     /// The consumer failed it and sent it back for a retry.
     SendBack,
+    /// The consumer failed it once more than the group may retry: the broker moves it to the
+    /// dead-letter queue (`%DLQ%group`) instead of redelivering it.
+    DeadLetter,
     /// Pull mode: the group's committed offset passed the message.
     OffsetCommitted,
     /// A transactional half message was committed or rolled back.
@@ -97,12 +168,32 @@ pub enum Settlement {
     TransactionRollback,
 }
 
+impl Settlement {
+    /// The span's operation name.
+    pub fn operation(self) -> &'static str {
+        match self {
+            Settlement::Ack => "ack",
+            Settlement::ChangeInvisibleTime => "nack",
+            Settlement::SendBack => "send_back",
+            Settlement::DeadLetter => "dead_letter",
+            Settlement::OffsetCommitted => "commit_offset",
+            Settlement::TransactionCommit => "commit",
+            Settlement::TransactionRollback => "rollback",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SettleEvent {
     pub key: String,
     pub settlement: Settlement,
     pub consumer_group: Option<String>,
+    /// Where the settlement happens: the message's topic, or the retry or dead-letter topic
+    /// it goes to.
     pub topic: Option<String>,
+    pub labels: MessageLabels,
+    /// The delivery it settles was the message's n-th redelivery.
+    pub reconsume_times: Option<i32>,
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
     pub outcome: Outcome,
@@ -117,14 +208,58 @@ pub enum MessageEvent {
     Settle(SettleEvent),
 }
 
+impl MessageEvent {
+    pub fn endpoint(&self) -> &Endpoint {
+        match self {
+            MessageEvent::Send(e) => &e.endpoint,
+            MessageEvent::Receive(e) => &e.endpoint,
+            MessageEvent::Settle(e) => &e.endpoint,
+        }
+    }
+}
+
+/// Requests that ended without a response the agent could see, by why it could not.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct UnseenCounters {
+    pub capture_gap: u64,
+    pub capture_lost: u64,
+    pub connection_closed: u64,
+    pub deselected: u64,
+    pub not_followed: u64,
+    pub agent_stopped: u64,
+    pub capture_ended: u64,
+}
+
+impl UnseenCounters {
+    fn count(&mut self, reason: Unseen) {
+        *match reason {
+            Unseen::CaptureGap => &mut self.capture_gap,
+            Unseen::CaptureLost => &mut self.capture_lost,
+            Unseen::ConnectionClosed => &mut self.connection_closed,
+            Unseen::Deselected => &mut self.deselected,
+            Unseen::NotFollowed => &mut self.not_followed,
+            Unseen::AgentStopped => &mut self.agent_stopped,
+            Unseen::CaptureEnded => &mut self.capture_ended,
+        } += 1;
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CorrelationCounters {
     pub sends: u64,
+    /// Sends of a message this agent had seen sent before (client retries).
+    pub send_retries: u64,
     pub receives: u64,
     pub settles: u64,
+    /// Requests the broker did not answer in time, with the agent seeing everything.
     pub timeouts: u64,
+    /// Requests whose response the agent may have missed, by reason: not errors.
+    pub unseen_responses: UnseenCounters,
     /// Requests the traced process received (it is the broker of that connection).
     pub server_side_requests: u64,
+    /// Requests made by processes that accept RocketMQ connections (brokers, proxies,
+    /// sidecars, relays): forwarded or internal traffic, never taken for a client's.
+    pub serving_process_requests: u64,
     /// Messages without any ID (no UNIQ_KEY and no offsetMsgId): no trace can be made.
     pub messages_without_id: u64,
     /// Settlements whose message this host never saw received.
@@ -135,14 +270,29 @@ pub struct CorrelationCounters {
 struct Pending {
     request: DecodedCommand,
     deadline_ns: u64,
+    /// The capture's lost-record count when the request was made.
+    lost_at: u64,
+    /// Something the agent missed since the request, that may have held its response.
+    missed: Option<Unseen>,
+    /// Arrival order, for evicting the oldest first.
+    sequence: u64,
 }
+
+type PendingKey = (ConnectionId, i32);
 
 pub struct Correlator {
     /// Added to command timestamps to make them Unix time (0 for captures, which are).
     clock_offset_ns: i64,
     timeout_ns: u64,
-    pending: HashMap<(ConnectionId, i32), Pending>,
+    /// Ordered by connection, so that one connection's requests are found together.
+    pending: BTreeMap<PendingKey, Pending>,
+    /// Arrival sequence → pending key: the eviction order.
+    arrival: BTreeMap<u64, PendingKey>,
+    next_sequence: u64,
+    /// Records the capture has lost so far, as last told.
+    capture_lost: u64,
     received: ReceivedIndex,
+    sent: SentIndex,
     pub counters: CorrelationCounters,
 }
 
@@ -151,14 +301,24 @@ impl Correlator {
         Self {
             clock_offset_ns,
             timeout_ns,
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
+            arrival: BTreeMap::new(),
+            next_sequence: 0,
+            capture_lost: 0,
             received: ReceivedIndex::default(),
+            sent: SentIndex::default(),
             counters: CorrelationCounters::default(),
         }
     }
 
     fn unix(&self, ns: u64) -> u64 {
         ns.saturating_add_signed(self.clock_offset_ns)
+    }
+
+    /// The capture has lost `total` records since it started: requests waiting now may have
+    /// lost their response with them.
+    pub fn capture_lost(&mut self, total: u64) {
+        self.capture_lost = self.capture_lost.max(total);
     }
 
     pub fn push(&mut self, command: DecodedCommand, out: &mut Vec<MessageEvent>) {
@@ -176,17 +336,19 @@ impl Correlator {
         }
         let key = (command.connection, command.command.header.opaque);
         if command.command.is_response() {
-            if let Some(pending) = self.pending.remove(&key) {
-                self.complete(pending.request, Some(&command), out);
+            if let Some(pending) = self.take(&key) {
+                self.complete(pending.request, Some(&command), None, out);
             }
             return;
         }
         if command.command.header.is_oneway() {
-            return self.complete(command, None, out);
+            return self.complete(command, None, None, out);
         }
-        if self.pending.len() >= MAX_PENDING {
-            self.counters.pending_evicted += self.pending.len() as u64;
-            self.pending.clear();
+        if self.pending.len() >= MAX_PENDING
+            && let Some((_, oldest)) = self.arrival.pop_first()
+        {
+            self.pending.remove(&oldest);
+            self.counters.pending_evicted += 1;
         }
         // A long poll may rightly wait its suspend time before answering.
         let suspend_ms: u64 = command
@@ -195,34 +357,95 @@ impl Correlator {
             .ext("suspendTimeoutMillis")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        let deadline_ns = command.command.end_ns + self.timeout_ns + suspend_ms * 1_000_000;
-        self.pending.insert(
-            key,
-            Pending {
-                request: command,
-                deadline_ns,
-            },
-        );
+        let deadline_ns = command
+            .command
+            .end_ns
+            .saturating_add(self.timeout_ns)
+            .saturating_add(suspend_ms.saturating_mul(1_000_000));
+        self.next_sequence += 1;
+        let pending = Pending {
+            request: command,
+            deadline_ns,
+            lost_at: self.capture_lost,
+            missed: None,
+            sequence: self.next_sequence,
+        };
+        self.arrival.insert(pending.sequence, key);
+        if let Some(replaced) = self.pending.insert(key, pending) {
+            self.arrival.remove(&replaced.sequence);
+        }
     }
 
-    /// Ends requests whose response did not come by `now_ns` (the sources' clock) as errors.
+    fn take(&mut self, key: &PendingKey) -> Option<Pending> {
+        let pending = self.pending.remove(key)?;
+        self.arrival.remove(&pending.sequence);
+        Some(pending)
+    }
+
+    fn keys_of(&self, connection: ConnectionId) -> Vec<PendingKey> {
+        self.pending
+            .range((connection, i32::MIN)..=(connection, i32::MAX))
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// Bytes of `connection` read in `direction` were not captured: the responses of requests
+    /// waiting on it may have been among them.
+    pub fn gap(&mut self, connection: ConnectionId, direction: Direction) {
+        if direction != Direction::Ingress {
+            return; // responses come in; a gap in what went out hides none
+        }
+        for key in self.keys_of(connection) {
+            if let Some(p) = self.pending.get_mut(&key) {
+                p.missed.get_or_insert(Unseen::CaptureGap);
+            }
+        }
+    }
+
+    /// The agent no longer follows `connection`: requests still waiting on it end, their
+    /// response unseen for the `cause`.
+    pub fn ended(
+        &mut self,
+        connection: ConnectionId,
+        cause: EndCause,
+        out: &mut Vec<MessageEvent>,
+    ) {
+        for key in self.keys_of(connection) {
+            let pending = self.take(&key).expect("listed");
+            let reason = pending.missed.unwrap_or(Unseen::of(cause));
+            self.complete(pending.request, None, Some(reason), out);
+        }
+    }
+
+    /// Ends requests whose response did not come by `now_ns` (the sources' clock): as errors
+    /// when the agent saw everything, else as unseen.
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<MessageEvent>) {
-        let expired: Vec<(ConnectionId, i32)> = self
+        let expired: Vec<PendingKey> = self
             .pending
             .iter()
             .filter(|(_, p)| p.deadline_ns <= now_ns)
             .map(|(k, _)| *k)
             .collect();
         for key in expired {
-            let pending = self.pending.remove(&key).expect("listed");
-            self.counters.timeouts += 1;
-            self.complete(pending.request, None, out);
+            let pending = self.take(&key).expect("listed");
+            let missed = pending
+                .missed
+                .or((self.capture_lost > pending.lost_at).then_some(Unseen::CaptureLost));
+            if missed.is_none() {
+                self.counters.timeouts += 1;
+            }
+            self.complete(pending.request, None, missed, out);
         }
     }
 
-    /// Ends every request still waiting (end of a capture): as timeouts.
-    pub fn finish(&mut self, out: &mut Vec<MessageEvent>) {
-        self.expire(u64::MAX, out);
+    /// Ends every request still waiting: the source is done (`reason`: the agent stopped, or
+    /// the capture ended).
+    pub fn finish(&mut self, reason: Unseen, out: &mut Vec<MessageEvent>) {
+        while let Some((_, key)) = self.arrival.pop_first() {
+            let pending = self.pending.remove(&key).expect("in arrival order");
+            let reason = pending.missed.unwrap_or(reason);
+            self.complete(pending.request, None, Some(reason), out);
+        }
     }
 
     fn endpoint(c: &DecodedCommand) -> Endpoint {
@@ -233,24 +456,35 @@ impl Correlator {
         }
     }
 
-    /// Events for a request and its response (None: oneway, or no response came).
+    /// Events for a request and its response (None: oneway, or no response came, `unseen`
+    /// saying why when the agent knows it may have missed it).
     fn complete(
         &mut self,
         request: DecodedCommand,
         response: Option<&DecodedCommand>,
+        unseen: Option<Unseen>,
         out: &mut Vec<MessageEvent>,
     ) {
+        if request.serving_process || response.is_some_and(|r| r.serving_process) {
+            self.counters.serving_process_requests += 1;
+            return;
+        }
+        let outcome = match (response, unseen) {
+            (Some(r), _) => outcome_of(r),
+            (None, _) if request.command.header.is_oneway() => Outcome::Ok,
+            (None, Some(reason)) => {
+                self.counters.unseen_responses.count(reason);
+                Outcome::Unseen(reason)
+            }
+            (None, None) => Outcome::Error {
+                error_type: "timeout".into(),
+                message: Some("no response".into()),
+            },
+        };
         let step = Step {
             start: self.unix(request.command.start_ns),
             end: self.unix(response.map_or(request.command.end_ns, |r| r.command.end_ns)),
-            outcome: match response {
-                Some(r) => outcome_of(r),
-                None if request.command.header.is_oneway() => Outcome::Ok,
-                None => Outcome::Error {
-                    error_type: "timeout".into(),
-                    message: Some("no response".into()),
-                },
-            },
+            outcome,
             endpoint: Self::endpoint(&request),
         };
         let pulled = match response.map(|r| &r.operation) {
@@ -263,26 +497,16 @@ impl Correlator {
                     Some(Operation::SendResult(r)) => Some(r),
                     _ => None,
                 };
+                // A consumer whose send-back failed sends the message to the retry topic
+                // itself (or to the dead-letter topic): a settlement, not a new message.
+                if let Some(settlement) = send.topic.as_deref().and_then(settlement_of_resend) {
+                    for message in &send.messages {
+                        self.resent(message, settlement, send.topic.clone(), &step, out);
+                    }
+                    return;
+                }
                 for (index, message) in send.messages.iter().enumerate() {
-                    let offset_msg_id = result.and_then(|r| r.offset_msg_ids.get(index).cloned());
-                    let Some(key) = message_key(message, offset_msg_id.as_deref()) else {
-                        self.counters.messages_without_id += 1;
-                        continue;
-                    };
-                    self.counters.sends += 1;
-                    out.push(MessageEvent::Send(SendEvent {
-                        key,
-                        message: message.clone(),
-                        producer_group: send.producer_group.clone(),
-                        batch_size: send.messages.len(),
-                        queue_offset: result
-                            .and_then(|r: &SendResult| r.queue_offset.map(|o| o + index as i64)),
-                        offset_msg_id,
-                        start_unix_ns: step.start,
-                        end_unix_ns: step.end,
-                        outcome: step.outcome.clone(),
-                        endpoint: step.endpoint.clone(),
-                    }));
+                    self.sent_message(message, index, send, result, &step, out);
                 }
             }
             Operation::Pull(pull) => {
@@ -334,7 +558,7 @@ impl Correlator {
                     _ => None,
                 };
                 self.settle(
-                    found,
+                    found.as_deref(),
                     settlement,
                     ack.consumer_group.clone(),
                     ack.topic.clone(),
@@ -347,11 +571,25 @@ impl Correlator {
                     .origin_msg_id
                     .as_deref()
                     .and_then(|id| self.received.by_any_id(id));
+                // The broker's rule (`consumerSendMsgBack`): past the group's reconsume times,
+                // or asked for with a negative delay level, the message goes to the DLQ.
+                let max = back
+                    .max_reconsume_times
+                    .unwrap_or(DEFAULT_MAX_RECONSUME_TIMES);
+                let dead = back.delay_level.is_some_and(|d| d < 0)
+                    || found
+                        .as_ref()
+                        .and_then(|r| r.reconsume_times)
+                        .is_some_and(|times| times >= max);
+                let (settlement, topic) = match (&back.consumer_group, dead) {
+                    (Some(group), true) => (Settlement::DeadLetter, Some(format!("%DLQ%{group}"))),
+                    _ => (Settlement::SendBack, back.origin_topic.clone()),
+                };
                 self.settle(
-                    found,
-                    Settlement::SendBack,
+                    found.as_deref(),
+                    settlement,
                     back.consumer_group.clone(),
-                    back.origin_topic.clone(),
+                    topic,
                     step,
                     out,
                 );
@@ -372,17 +610,100 @@ impl Correlator {
                     Some(12) => Settlement::TransactionRollback,
                     _ => return,
                 };
-                self.settle(
-                    tx.msg_id.clone(),
+                let Some(key) = tx.msg_id.clone() else {
+                    self.counters.settles_unresolved += 1;
+                    return;
+                };
+                let labels = self.sent.labels(&key).unwrap_or_default();
+                self.counters.settles += 1;
+                out.push(MessageEvent::Settle(SettleEvent {
+                    key,
                     settlement,
-                    tx.producer_group.clone(),
-                    tx.topic.clone(),
-                    step,
-                    out,
-                );
+                    consumer_group: tx.producer_group.clone(),
+                    topic: tx.topic.clone(),
+                    labels,
+                    reconsume_times: None,
+                    start_unix_ns: step.start,
+                    end_unix_ns: step.end,
+                    outcome: step.outcome,
+                    endpoint: step.endpoint,
+                }));
             }
             _ => {}
         }
+    }
+
+    fn sent_message(
+        &mut self,
+        message: &MessageMeta,
+        index: usize,
+        send: &crate::decoder::operation::SendRequest,
+        result: Option<&SendResult>,
+        step: &Step,
+        out: &mut Vec<MessageEvent>,
+    ) {
+        let offset_msg_id = result.and_then(|r| r.offset_msg_ids.get(index).cloned());
+        // The broker's UNIQ_KEY for a message sent without one (single sends only).
+        let assigned = result
+            .filter(|_| send.messages.len() == 1)
+            .and_then(|r| r.transaction_id.as_deref());
+        let Some(key) = sent_message_key(message, assigned, offset_msg_id.as_deref()) else {
+            self.counters.messages_without_id += 1;
+            return;
+        };
+        let attempt = self.sent.record(&key, MessageLabels::of(message));
+        if attempt > 1 {
+            self.counters.send_retries += 1;
+        }
+        self.counters.sends += 1;
+        out.push(MessageEvent::Send(SendEvent {
+            key,
+            message: message.clone(),
+            producer_group: send.producer_group.clone(),
+            batch_size: send.messages.len(),
+            queue_offset: result.and_then(|r| {
+                r.queue_offset
+                    .map(|o| o.saturating_add(i64::try_from(index).unwrap_or(i64::MAX)))
+            }),
+            offset_msg_id,
+            attempt,
+            start_unix_ns: step.start,
+            end_unix_ns: step.end,
+            outcome: step.outcome.clone(),
+            endpoint: step.endpoint.clone(),
+        }));
+    }
+
+    /// A message a consumer sent to a retry or dead-letter topic itself.
+    fn resent(
+        &mut self,
+        message: &MessageMeta,
+        settlement: Settlement,
+        topic: Option<String>,
+        step: &Step,
+        out: &mut Vec<MessageEvent>,
+    ) {
+        let Some(key) = received_message_key(message) else {
+            self.counters.messages_without_id += 1;
+            return;
+        };
+        let group = topic
+            .as_deref()
+            .and_then(|t| t.split_once('%').map(|(_, rest)| rest))
+            .and_then(|rest| rest.split_once('%').map(|(_, group)| group.to_string()));
+        self.counters.settles += 1;
+        out.push(MessageEvent::Settle(SettleEvent {
+            key,
+            settlement,
+            consumer_group: group,
+            topic,
+            labels: MessageLabels::of(message),
+            reconsume_times: message.reconsume_times,
+            start_unix_ns: step.start,
+            end_unix_ns: step.end,
+            outcome: step.outcome.clone(),
+            endpoint: step.endpoint.clone(),
+        }));
     }
 
     fn received_messages(
@@ -394,7 +715,7 @@ impl Correlator {
         out: &mut Vec<MessageEvent>,
     ) {
         for message in messages {
-            let Some(key) = message_key(message, None) else {
+            let Some(key) = received_message_key(message) else {
                 self.counters.messages_without_id += 1;
                 continue;
             };
@@ -422,13 +743,13 @@ impl Correlator {
         step: &Step,
         out: &mut Vec<MessageEvent>,
     ) {
-        for key in self.received.committed(group, topic, queue, commit) {
+        for received in self.received.committed(group, topic, queue, commit) {
             let step = Step {
                 outcome: Outcome::Ok,
                 ..step.clone()
             };
             self.settle(
-                Some(key),
+                Some(&received),
                 Settlement::OffsetCommitted,
                 Some(group.to_string()),
                 Some(topic.to_string()),
@@ -440,28 +761,41 @@ impl Correlator {
 
     fn settle(
         &mut self,
-        key: Option<String>,
+        received: Option<&Received>,
         settlement: Settlement,
         group: Option<String>,
         topic: Option<String>,
         step: Step,
         out: &mut Vec<MessageEvent>,
     ) {
-        let Some(key) = key else {
+        let Some(received) = received else {
             self.counters.settles_unresolved += 1;
             return;
         };
         self.counters.settles += 1;
         out.push(MessageEvent::Settle(SettleEvent {
-            key,
+            key: received.key.clone(),
             settlement,
             consumer_group: group,
             topic,
+            labels: received.labels.clone(),
+            reconsume_times: received.reconsume_times,
             start_unix_ns: step.start,
             end_unix_ns: step.end,
             outcome: step.outcome,
             endpoint: step.endpoint,
         }));
+    }
+}
+
+/// A send to `%RETRY%group` or `%DLQ%group` is a consumer settling a message, not a producer.
+fn settlement_of_resend(topic: &str) -> Option<Settlement> {
+    if topic.starts_with("%RETRY%") {
+        Some(Settlement::SendBack)
+    } else if topic.starts_with("%DLQ%") {
+        Some(Settlement::DeadLetter)
+    } else {
+        None
     }
 }
 

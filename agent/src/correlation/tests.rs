@@ -5,12 +5,13 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 
 use crate::{
+    correlation::Unseen,
     decoder::{
         DecoderConfig,
         encode::{json_frame, properties, stored_message},
     },
     pipeline::{Output, Pipeline},
-    sources::{Chunk, Connection, ConnectionId, Direction, Origin, SourceEvent},
+    sources::{Chunk, Connection, ConnectionId, Direction, EndCause, Origin, SourceEvent},
     spans::{
         Span, SpanKind, Status, Value,
         identity::{SpanId, TraceId},
@@ -20,49 +21,99 @@ use crate::{
 
 const BROKER: &str = "127.0.0.1:10911";
 
-/// Feeds frames (client's view: Egress = to the broker) through a pipeline, one connection.
-fn spans(frames: &[(Direction, Vec<u8>)]) -> Vec<Span> {
-    let mut pipeline = Pipeline::new(
-        DecoderConfig::default(),
-        0,
-        Resources::for_capture("test".as_ref()),
-    );
-    let mut out = Vec::new();
-    let id = ConnectionId(1);
-    pipeline.push(
-        SourceEvent::Opened(Connection {
+/// A pipeline fed by hand: connections opened, frames at advancing stream positions and
+/// times, other source events as given.
+struct Harness {
+    pipeline: Pipeline,
+    out: Vec<Output>,
+    positions: std::collections::HashMap<ConnectionId, [u64; 2]>,
+    clock_ns: u64,
+}
+
+impl Harness {
+    fn new(config: DecoderConfig) -> Self {
+        Self {
+            pipeline: Pipeline::new(config, 0, Resources::for_capture("test".as_ref())),
+            out: Vec::new(),
+            positions: Default::default(),
+            clock_ns: 0,
+        }
+    }
+
+    fn open(&mut self, id: u64, pid: u32, origin: Origin) -> ConnectionId {
+        let id = ConnectionId(id);
+        self.event(SourceEvent::Opened(Connection {
             id,
-            pid: 0,
-            fd: 3,
-            origin: Origin::Connect,
+            pid,
+            fd: id.0 as i32,
+            origin,
             local: Some("127.0.0.1:40000".parse().unwrap()),
             peer: Some(BROKER.parse().unwrap()),
             timestamp_ns: 0,
-        }),
-        &mut out,
-    );
-    let mut positions = [0u64; 2];
-    for (i, (direction, bytes)) in frames.iter().enumerate() {
-        let position = &mut positions[*direction as usize];
-        pipeline.push(
-            SourceEvent::Data(Chunk {
-                connection: id,
-                direction: *direction,
-                position: *position,
-                bytes: Bytes::copy_from_slice(bytes),
-                timestamp_ns: 1_000_000 * (i as u64 + 1),
-            }),
-            &mut out,
-        );
-        *position += bytes.len() as u64;
+        }));
+        id
     }
-    pipeline.finish(&mut out);
-    out.into_iter()
-        .filter_map(|o| match o {
-            Output::Span(span) => Some(*span),
-            Output::Command(_) => None,
-        })
-        .collect()
+
+    fn frame(&mut self, id: ConnectionId, direction: Direction, bytes: &[u8]) {
+        self.clock_ns += 1_000_000;
+        let position = &mut self.positions.entry(id).or_default()[direction as usize];
+        let chunk = Chunk {
+            connection: id,
+            direction,
+            position: *position,
+            bytes: Bytes::copy_from_slice(bytes),
+            timestamp_ns: self.clock_ns,
+        };
+        *position += bytes.len() as u64;
+        self.event(SourceEvent::Data(chunk));
+    }
+
+    /// `length` bytes of `direction` never captured.
+    fn gap(&mut self, id: ConnectionId, direction: Direction, length: u64) {
+        let position = &mut self.positions.entry(id).or_default()[direction as usize];
+        let gap = SourceEvent::Gap {
+            connection: id,
+            direction,
+            position: *position,
+            length,
+        };
+        *position += length;
+        self.event(gap);
+    }
+
+    fn event(&mut self, event: SourceEvent) {
+        self.pipeline.push(event, &mut self.out);
+    }
+
+    /// Lets every request's timeout pass.
+    fn time_passes(&mut self) {
+        self.pipeline.expire(u64::MAX, &mut self.out);
+    }
+
+    /// The capture ends; the spans made.
+    fn finish(mut self) -> (Vec<Span>, Pipeline) {
+        self.pipeline.finish(Unseen::CaptureEnded, &mut self.out);
+        let spans = self
+            .out
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Span(span) => Some(*span),
+                Output::Command(_) => None,
+            })
+            .collect();
+        (spans, self.pipeline)
+    }
+}
+
+/// Feeds frames (client's view: Egress = to the broker) through a pipeline, one connection,
+/// until the capture ends.
+fn spans(frames: &[(Direction, Vec<u8>)]) -> Vec<Span> {
+    let mut harness = Harness::new(DecoderConfig::default());
+    let id = harness.open(1, 0, Origin::Connect);
+    for (direction, bytes) in frames {
+        harness.frame(id, *direction, bytes);
+    }
+    harness.finish().0
 }
 
 fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
@@ -247,24 +298,32 @@ fn failed_send_is_an_error_span() {
         attr(&out[0], "error.type"),
         Some(&Value::String("NO_PERMISSION".into()))
     );
-    // No response at all: an error too, once the request times out.
-    let out = spans(&[(
-        UP,
-        json_frame(
-            10,
-            0,
-            4,
-            &[
-                ("topic", "T"),
-                ("properties", &properties(&[("UNIQ_KEY", "F2")])),
-            ],
-            b"b",
-        ),
-    )]);
+    // No response at all, with the agent seeing everything: an error too, once the request
+    // times out.
+    let mut harness = Harness::new(DecoderConfig::default());
+    let id = harness.open(1, 0, Origin::Connect);
+    harness.frame(id, UP, &single_send(4, "F2"));
+    harness.time_passes();
+    let (out, pipeline) = harness.finish();
+    assert_eq!(out[0].status, Status::Error);
     assert_eq!(
         attr(&out[0], "error.type"),
         Some(&Value::String("timeout".into()))
     );
+    assert_eq!(pipeline.counters().correlation.timeouts, 1);
+}
+
+fn single_send(opaque: i32, uniq_key: &str) -> Vec<u8> {
+    json_frame(
+        10,
+        0,
+        opaque,
+        &[
+            ("topic", "T"),
+            ("properties", &properties(&[("UNIQ_KEY", uniq_key)])),
+        ],
+        b"b",
+    )
 }
 
 #[test]
@@ -460,5 +519,256 @@ fn send_back_and_offset_commit_settle_pulled_messages() {
             ("commit_offset T".into(), "C0".into()),
             ("commit_offset T".into(), "C1".into())
         ]
+    );
+}
+
+fn ok_response(opaque: i32, ext: &[(&str, &str)]) -> Vec<u8> {
+    json_frame(0, 1, opaque, ext, b"")
+}
+
+/// The unanswered request of `harness` ends as UNSET, its reason said and counted.
+fn assert_unseen(spans: &[Span], pipeline: &Pipeline, reason: &str) {
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    assert_eq!(spans[0].status, Status::Unset, "not an error: {reason}");
+    assert_eq!(attr(&spans[0], "error.type"), None);
+    assert_eq!(
+        attr(&spans[0], "mqtrace.response.unseen"),
+        Some(&Value::String(reason.into()))
+    );
+    let counters = serde_json::to_value(&pipeline.counters().correlation).unwrap();
+    assert_eq!(counters["unseen_responses"][reason], 1, "{counters}");
+    assert_eq!(counters["timeouts"], 0);
+}
+
+#[test]
+fn a_response_the_agent_may_have_missed_is_not_an_error() {
+    // A gap in what came back, then the timeout.
+    let mut harness = Harness::new(DecoderConfig::default());
+    let id = harness.open(1, 0, Origin::Connect);
+    harness.frame(id, UP, &single_send(1, "G1"));
+    harness.gap(id, DOWN, 300);
+    harness.time_passes();
+    let (spans, pipeline) = harness.finish();
+    assert_unseen(&spans, &pipeline, "capture_gap");
+
+    // Records lost by the kernel while the request waited.
+    let mut harness = Harness::new(DecoderConfig::default());
+    let id = harness.open(1, 0, Origin::Connect);
+    harness.pipeline.capture_lost(5);
+    harness.frame(id, UP, &single_send(1, "L1"));
+    harness.pipeline.capture_lost(6);
+    harness.time_passes();
+    let (spans, pipeline) = harness.finish();
+    assert_unseen(&spans, &pipeline, "capture_lost");
+
+    // The process deselected, the connection closed, the capture ended.
+    for (cause, reason) in [
+        (Some(EndCause::Deselected), "deselected"),
+        (Some(EndCause::Closed), "connection_closed"),
+        (None, "capture_ended"),
+    ] {
+        let mut harness = Harness::new(DecoderConfig::default());
+        let id = harness.open(1, 0, Origin::Connect);
+        harness.frame(id, UP, &single_send(1, "D1"));
+        if let Some(cause) = cause {
+            harness.event(SourceEvent::Closed {
+                connection: id,
+                final_positions: None,
+                timestamp_ns: 9_000_000,
+                cause,
+            });
+        }
+        let (spans, pipeline) = harness.finish();
+        assert_unseen(&spans, &pipeline, reason);
+    }
+}
+
+#[test]
+fn a_process_that_accepts_rocketmq_connections_is_a_relay_not_a_client() {
+    let live = DecoderConfig {
+        skip_server_side: true,
+        ..DecoderConfig::default()
+    };
+    let mut harness = Harness::new(live);
+    // A client (pid 7) sends through a relay (pid 9): the relay accepts the client's
+    // connection and forwards the same frames on its own connection to the broker.
+    let client = harness.open(1, 7, Origin::Connect);
+    let accepted = harness.open(2, 9, Origin::Accept);
+    let upstream = harness.open(3, 9, Origin::Connect);
+    let request = single_send(1, "R1");
+    let response = ok_response(1, &[("msgId", "OFF"), ("queueOffset", "3")]);
+    harness.frame(client, UP, &request);
+    harness.frame(accepted, DOWN, &request);
+    harness.frame(upstream, UP, &request);
+    harness.frame(upstream, DOWN, &response);
+    harness.frame(accepted, UP, &response);
+    harness.frame(client, DOWN, &response);
+    let rejected = harness.pipeline.take_rejected();
+    assert_eq!(rejected.len(), 1, "the accepted side is no longer copied");
+    let (spans, pipeline) = harness.finish();
+    assert_eq!(spans.len(), 1, "one send span, the client's: {spans:?}");
+    assert_eq!(spans[0].span_id, SpanId::for_send("R1"));
+    let counters = pipeline.counters();
+    // The relay's request was the other one.
+    assert_eq!(counters.correlation.serving_process_requests, 1);
+    assert_eq!(counters.correlation.sends, 1);
+    assert_eq!(counters.serving_processes, 1);
+    assert_eq!(counters.connections_server_side, 1);
+
+    // A process that accepts connections of another protocol (a web server) stays a client.
+    let mut harness = Harness::new(live);
+    let web = harness.open(1, 5, Origin::Accept);
+    harness.frame(web, DOWN, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let own = harness.open(2, 5, Origin::Connect);
+    harness.frame(own, UP, &single_send(1, "W1"));
+    harness.frame(own, DOWN, &ok_response(1, &[("msgId", "OFF")]));
+    let (spans, pipeline) = harness.finish();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(pipeline.counters().connections_not_rocketmq, 1);
+}
+
+#[test]
+fn without_uniq_key_the_broker_assigned_one_joins_producer_and_consumer() {
+    // A current broker stores a message sent without UNIQ_KEY under one it makes, and returns
+    // it as the response's transactionId.
+    let store: SocketAddr = BROKER.parse().unwrap();
+    let offset_id = crate::decoder::message::offset_msg_id(store, 4096);
+    let produced = spans(&[
+        (
+            UP,
+            json_frame(
+                10,
+                0,
+                1,
+                &[
+                    ("topic", "T"),
+                    ("properties", &properties(&[("KEYS", "order-1")])),
+                ],
+                b"b",
+            ),
+        ),
+        (
+            DOWN,
+            ok_response(1, &[("msgId", &offset_id), ("transactionId", "BROKERID1")]),
+        ),
+    ]);
+    let stored = properties(&[("KEYS", "order-1"), ("UNIQ_KEY", "BROKERID1")]);
+    let consumed = spans(&[
+        (UP, pull(2, "T", "3", "-1")),
+        (
+            DOWN,
+            json_frame(
+                0,
+                1,
+                2,
+                &[],
+                &stored_message(false, store, 0, 4096, "T", &stored, b"b"),
+            ),
+        ),
+    ]);
+    assert_eq!(produced[0].trace_id, TraceId::for_message("BROKERID1"));
+    assert_eq!(consumed[0].trace_id, produced[0].trace_id);
+    assert_eq!(consumed[0].parent_span_id, Some(produced[0].span_id));
+    assert_eq!(
+        attr(&consumed[0], "messaging.rocketmq.message.keys"),
+        Some(&Value::Strings(vec!["order-1".into()])),
+        "keys on the consumer's span too"
+    );
+}
+
+#[test]
+fn a_retried_send_gets_its_own_span_id_under_the_first() {
+    let out = spans(&[
+        (UP, single_send(1, "A1")),
+        (UP, single_send(2, "A1")),
+        (DOWN, ok_response(2, &[("msgId", "OFF")])),
+    ]);
+    // The retry completed first: it owns the send span id; the first attempt, ended when the
+    // capture did, is its child.
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].span_id, SpanId::for_send("A1"));
+    assert_eq!(out[1].parent_span_id, Some(out[0].span_id));
+    assert_ne!(out[1].span_id, out[0].span_id);
+    assert_eq!(attr(&out[1], "mqtrace.send.attempt"), Some(&Value::Int(2)));
+}
+
+#[test]
+fn past_its_reconsume_times_a_sent_back_message_goes_to_the_dead_letter_queue() {
+    let store: SocketAddr = BROKER.parse().unwrap();
+    // stored_message delivers it as its 2nd redelivery (reconsume times 2), with keys.
+    let props = properties(&[("UNIQ_KEY", "Z1"), ("KEYS", "k1 k2"), ("TAGS", "t")]);
+    let id = crate::decoder::message::offset_msg_id(store, 700);
+    let send_back = |opaque: i32, max: &str| {
+        json_frame(
+            36,
+            0,
+            opaque,
+            &[
+                ("group", "g"),
+                ("offset", "700"),
+                ("originMsgId", &id),
+                ("originTopic", "T"),
+                ("delayLevel", "0"),
+                ("maxReconsumeTimes", max),
+            ],
+            b"",
+        )
+    };
+    let out = spans(&[
+        (UP, pull(1, "%RETRY%g", "3", "-1")),
+        (
+            DOWN,
+            json_frame(
+                0,
+                1,
+                1,
+                &[],
+                &stored_message(false, store, 0, 700, "%RETRY%g", &props, b"b"),
+            ),
+        ),
+        (UP, send_back(2, "3")),
+        (DOWN, ok_response(2, &[])),
+        (UP, send_back(3, "2")),
+        (DOWN, ok_response(3, &[])),
+        // A consumer that sends the message to the retry topic itself settles it too.
+        (
+            UP,
+            json_frame(
+                10,
+                0,
+                4,
+                &[("topic", "%RETRY%g"), ("properties", &props)],
+                b"b",
+            ),
+        ),
+        (DOWN, ok_response(4, &[("msgId", "OFF2")])),
+    ]);
+    let names: Vec<&str> = out.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "receive %RETRY%g",
+            "send_back T",
+            "dead_letter %DLQ%g",
+            "send_back %RETRY%g"
+        ]
+    );
+    for span in &out {
+        assert_eq!(span.trace_id, TraceId::for_message("Z1"));
+        assert_eq!(span.parent_span_id, Some(SpanId::for_send("Z1")));
+        assert_eq!(
+            attr(span, "messaging.rocketmq.message.keys"),
+            Some(&Value::Strings(vec!["k1".into(), "k2".into()])),
+            "{}",
+            span.name
+        );
+        assert_eq!(
+            attr(span, "messaging.rocketmq.message.tag"),
+            Some(&Value::String("t".into()))
+        );
+    }
+    assert_eq!(
+        attr(&out[2], "mqtrace.reconsume_times"),
+        Some(&Value::Int(2))
     );
 }

@@ -1,7 +1,10 @@
 //! The decoder stage over all connections: one [`ConnectionDecoder`] per connection, fed by
 //! stream events, emitting commands with the connection they travelled on.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+};
 
 use serde::Serialize;
 
@@ -22,6 +25,9 @@ pub struct DecodedCommand {
     pub pid: u32,
     pub local: Option<SocketAddr>,
     pub peer: Option<SocketAddr>,
+    /// The process also accepts RocketMQ connections (a broker, proxy, sidecar or relay): what
+    /// it sends on its own connections is forwarded or internal, never a client's own message.
+    pub serving_process: bool,
     #[serde(flatten)]
     pub command: Command,
     pub operation: Operation,
@@ -41,6 +47,9 @@ enum Verdict {
 
 struct Tracked {
     connection: Connection,
+    /// The process accepted it (skip_server_side): only its first bytes are looked at, to
+    /// learn whether the process serves RocketMQ.
+    accepted: bool,
     decoder: ConnectionDecoder,
     verdict: Verdict,
     /// The first bytes of the stream that spoke first, while undecided.
@@ -50,6 +59,28 @@ struct Tracked {
 }
 
 impl Tracked {
+    /// For an accepted connection: Some(true) once its client's first bytes are RocketMQ
+    /// remoting, Some(false) once they are not (or the process spoke first), None while unsure.
+    fn serves_rocketmq(
+        &mut self,
+        direction: Direction,
+        position: u64,
+        bytes: &[u8],
+    ) -> Option<bool> {
+        if direction == Direction::Egress || position != self.first_bytes.len() as u64 {
+            return Some(false);
+        }
+        let take = (RECOGNITION_BYTES - self.first_bytes.len()).min(bytes.len());
+        self.first_bytes.extend_from_slice(&bytes[..take]);
+        match recognize(&self.first_bytes) {
+            Recognition::Remoting => Some(true),
+            // A plausible head whose header is longer than the bytes kept.
+            Recognition::NeedMore if self.first_bytes.len() >= RECOGNITION_BYTES => Some(true),
+            Recognition::NeedMore => None,
+            Recognition::Other | Recognition::Http2 => Some(false),
+        }
+    }
+
     /// Updates the verdict with new bytes; false when the connection is not RocketMQ.
     fn judge(&mut self, direction: Direction, position: u64, bytes: &[u8], decoded: bool) -> bool {
         if self.verdict == Verdict::RocketMq {
@@ -85,6 +116,8 @@ pub struct Decoders {
     /// Connections found not to speak RocketMQ remoting, or (with `skip_server_side`) seen
     /// from the broker's side, since the last `take_rejected`.
     rejected: Vec<Connection>,
+    /// Processes seen accepting RocketMQ connections: brokers, name servers, proxies, relays.
+    servers: HashSet<u32>,
     pub connections_rejected: u64,
     pub connections_server_side: u64,
     /// Counters of connections that have closed, summed.
@@ -104,16 +137,14 @@ impl Decoders {
         self.scratch.clear();
         let id = match event {
             StreamEvent::Opened(connection) => {
-                // A connection the process accepted: it is the broker (or name server) there.
-                if self.config.skip_server_side && connection.origin == Origin::Accept {
-                    self.connections_server_side += 1;
-                    self.rejected.push(connection.clone());
-                    return;
-                }
+                // A connection the process accepted: it is the broker, name server or relay
+                // there, once its client's first bytes show RocketMQ.
+                let accepted = self.config.skip_server_side && connection.origin == Origin::Accept;
                 let decoder =
                     ConnectionDecoder::new(self.config, connection.origin == Origin::Existing);
                 let tracked = Tracked {
                     connection: connection.clone(),
+                    accepted,
                     decoder,
                     verdict: Verdict::Unknown,
                     first_bytes: Vec::new(),
@@ -133,6 +164,23 @@ impl Decoders {
                 let Some(t) = self.connections.get_mut(connection) else {
                     return;
                 };
+                if t.accepted {
+                    match t.serves_rocketmq(*direction, *position, bytes) {
+                        Some(true) => {
+                            let t = self.connections.remove(connection).expect("present");
+                            self.servers.insert(t.connection.pid);
+                            self.connections_server_side += 1;
+                            self.rejected.push(t.connection);
+                        }
+                        Some(false) => {
+                            let t = self.connections.remove(connection).expect("present");
+                            self.connections_rejected += 1;
+                            self.rejected.push(t.connection);
+                        }
+                        None => {}
+                    }
+                    return;
+                }
                 t.decoder.data(
                     *direction,
                     *position,
@@ -180,12 +228,17 @@ impl Decoders {
                     && !c.is_response()
                     && !RequestCode::from_code(c.header.code).is_sent_to_clients()
             });
+        if server_side {
+            self.servers.insert(t.connection.pid);
+        }
+        let serving_process = self.servers.contains(&t.connection.pid);
         for command in self.scratch.drain(..) {
             out.push(DecodedCommand {
                 connection: id,
                 pid: t.connection.pid,
                 local: t.connection.local,
                 peer: t.connection.peer,
+                serving_process,
                 operation: interpret(&command),
                 command,
             });
@@ -196,6 +249,16 @@ impl Decoders {
             self.connections_server_side += 1;
             self.rejected.push(t.connection);
         }
+    }
+
+    /// The process exited: its pid may come back as another program.
+    pub fn forget_process(&mut self, pid: u32) {
+        self.servers.remove(&pid);
+    }
+
+    /// Processes known to accept RocketMQ connections.
+    pub fn serving_processes(&self) -> usize {
+        self.servers.len()
     }
 
     /// Connections that turned out not to be RocketMQ, or to be seen from the broker's side,

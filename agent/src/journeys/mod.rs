@@ -271,6 +271,12 @@ fn learn(journey: &mut Journey, event: &MessageEvent) {
             if journey.topic.is_none() && e.topic.as_deref().is_some_and(|t| !t.starts_with('%')) {
                 journey.topic.clone_from(&e.topic);
             }
+            if journey.tags.is_none() {
+                journey.tags.clone_from(&e.labels.tags);
+            }
+            if journey.keys.is_empty() {
+                journey.keys.clone_from(&e.labels.keys);
+            }
             (None, None)
         }
     };
@@ -317,6 +323,7 @@ fn step_of<'a>(event: &'a MessageEvent, process: &str, host: &str) -> (&'a str, 
                     message: Some(message),
                 } => format!("{error_type}: {message}"),
                 Outcome::Error { error_type, .. } => error_type.clone(),
+                Outcome::Unseen(reason) => format!("no response seen ({})", reason.name()),
             },
         };
     match event {
@@ -367,6 +374,7 @@ fn step_of<'a>(event: &'a MessageEvent, process: &str, host: &str) -> (&'a str, 
             );
             step.topic.clone_from(&e.topic);
             step.group.clone_from(&e.consumer_group);
+            step.reconsume_times = e.reconsume_times;
             (&e.key, step)
         }
     }

@@ -1,6 +1,6 @@
 use super::*;
 use crate::{
-    correlation::{Endpoint, ReceiveEvent, SendEvent, SettleEvent, Settlement},
+    correlation::{Endpoint, MessageLabels, ReceiveEvent, SendEvent, SettleEvent, Settlement},
     decoder::{MessageMeta, RequestCode, message::Properties},
 };
 
@@ -35,6 +35,7 @@ fn send(id: &str, at_ns: u64) -> MessageEvent {
         batch_size: 1,
         offset_msg_id: Some(format!("OFF{id}")),
         queue_offset: Some(7),
+        attempt: 1,
         start_unix_ns: at_ns,
         end_unix_ns: at_ns + 2_000_000,
         outcome: Outcome::Ok,
@@ -61,6 +62,8 @@ fn settle(id: &str, at_ns: u64) -> MessageEvent {
         settlement: Settlement::OffsetCommitted,
         consumer_group: Some("cg".into()),
         topic: Some("T".into()),
+        labels: MessageLabels::default(),
+        reconsume_times: None,
         start_unix_ns: at_ns,
         end_unix_ns: at_ns,
         outcome: Outcome::Ok,

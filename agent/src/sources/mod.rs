@@ -50,6 +50,20 @@ pub struct Chunk {
     pub timestamp_ns: u64,
 }
 
+/// Why a connection's events end: what a request still waiting on it can be said to have met.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndCause {
+    /// The connection closed (close(2), its process exited, FIN or RST in a capture).
+    Closed,
+    /// Its process was deselected (`mqtrace disable`): the agent stopped looking.
+    Deselected,
+    /// The agent stopped copying it (not RocketMQ, or the broker's side of it).
+    NotFollowed,
+    /// The capture file ended with the connection still open.
+    CaptureEnded,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceEvent {
     Opened(Connection),
@@ -61,12 +75,13 @@ pub enum SourceEvent {
         position: u64,
         length: u64,
     },
-    /// The connection ended; `final_positions` (egress, ingress) tell of bytes never seen at
-    /// its end.
+    /// The connection ended, or the agent stopped following it (`cause` says which);
+    /// `final_positions` (egress, ingress) tell of bytes never seen at its end.
     Closed {
         connection: ConnectionId,
         final_positions: Option<[u64; 2]>,
         timestamp_ns: u64,
+        cause: EndCause,
     },
     ProcessExited {
         pid: u32,

@@ -22,7 +22,7 @@ use pcap_file::{
     pcapng::{Block, PcapNgReader},
 };
 
-use super::{Chunk, Connection, ConnectionId, Direction, Origin, SourceEvent};
+use super::{Chunk, Connection, ConnectionId, Direction, EndCause, Origin, SourceEvent};
 
 /// Out-of-order bytes held per direction at most before the hole is declared a gap.
 const MAX_HELD_BYTES: usize = 8 << 20;
@@ -43,7 +43,8 @@ struct Flow {
     /// Last position computed, to unwrap 32-bit sequence numbers.
     last: u64,
     next: u64,
-    held: BTreeMap<u64, Bytes>,
+    /// Segments ahead of `next`, with their own capture time.
+    held: BTreeMap<u64, (Bytes, u64)>,
     held_bytes: usize,
     fin: bool,
 }
@@ -59,6 +60,8 @@ struct Tcp {
 pub struct TcpReassembler {
     connections: HashMap<(SocketAddr, SocketAddr), Tcp>,
     next_id: u64,
+    /// The latest capture time seen: when the capture ends.
+    last_timestamp_ns: u64,
     pub counters: PcapCounters,
 }
 
@@ -102,6 +105,7 @@ impl TcpReassembler {
 
     pub fn segment(&mut self, s: Segment<'_>, out: &mut Vec<SourceEvent>) {
         self.counters.tcp_segments += 1;
+        self.last_timestamp_ns = self.last_timestamp_ns.max(s.timestamp_ns);
         let key = canonical(s.src, s.dst);
         if !self.connections.contains_key(&key) {
             if s.rst || (s.fin && s.payload.is_empty()) {
@@ -171,7 +175,7 @@ impl TcpReassembler {
         let both_done = tcp.flows.iter().all(|f| f.fin);
         if s.rst || both_done {
             let tcp = self.connections.remove(&key).expect("present");
-            close(tcp, s.timestamp_ns, out);
+            close(tcp, s.timestamp_ns, EndCause::Closed, out);
         }
     }
 
@@ -180,7 +184,7 @@ impl TcpReassembler {
         let mut open: Vec<Tcp> = self.connections.drain().map(|(_, tcp)| tcp).collect();
         open.sort_by_key(|tcp| tcp.id);
         for tcp in open {
-            close(tcp, 0, out);
+            close(tcp, self.last_timestamp_ns, EndCause::CaptureEnded, out);
         }
     }
 }
@@ -201,12 +205,13 @@ fn place(
         return payload.len() as u64;
     }
     if position > flow.next {
-        flow.held_bytes += payload.len();
-        flow.held
-            .entry(position)
-            .or_insert_with(|| Bytes::copy_from_slice(payload));
+        // A retransmission of a held segment is not counted twice.
+        if let std::collections::btree_map::Entry::Vacant(slot) = flow.held.entry(position) {
+            flow.held_bytes += payload.len();
+            slot.insert((Bytes::copy_from_slice(payload), timestamp_ns));
+        }
         if flow.held_bytes > MAX_HELD_BYTES {
-            release(flow, id, direction, timestamp_ns, true, out);
+            release(flow, id, direction, true, out);
         }
         return 0;
     }
@@ -220,7 +225,7 @@ fn place(
         timestamp_ns,
         out,
     );
-    release(flow, id, direction, timestamp_ns, false, out);
+    release(flow, id, direction, false, out);
     skip as u64
 }
 
@@ -243,13 +248,12 @@ fn emit(
     }));
 }
 
-/// Delivers held segments that now follow on; with `force`, also across holes (the streams
-/// stage reports each hole as a gap of its exact size).
+/// Delivers held segments that now follow on, each with its own capture time; with `force`,
+/// also across holes (the streams stage reports each hole as a gap of its exact size).
 fn release(
     flow: &mut Flow,
     id: ConnectionId,
     direction: Direction,
-    timestamp_ns: u64,
     force: bool,
     out: &mut Vec<SourceEvent>,
 ) {
@@ -257,7 +261,7 @@ fn release(
         if position > flow.next && !force {
             return;
         }
-        let (position, bytes) = flow.held.pop_first().expect("non-empty");
+        let (position, (bytes, timestamp_ns)) = flow.held.pop_first().expect("non-empty");
         flow.held_bytes -= bytes.len();
         let end = position + bytes.len() as u64;
         if end <= flow.next {
@@ -276,13 +280,12 @@ fn release(
     }
 }
 
-fn close(mut tcp: Tcp, timestamp_ns: u64, out: &mut Vec<SourceEvent>) {
+fn close(mut tcp: Tcp, timestamp_ns: u64, cause: EndCause, out: &mut Vec<SourceEvent>) {
     for direction in [Direction::Egress, Direction::Ingress] {
         release(
             &mut tcp.flows[direction as usize],
             tcp.id,
             direction,
-            timestamp_ns,
             true,
             out,
         );
@@ -291,6 +294,7 @@ fn close(mut tcp: Tcp, timestamp_ns: u64, out: &mut Vec<SourceEvent>) {
         connection: tcp.id,
         final_positions: None,
         timestamp_ns,
+        cause,
     });
 }
 

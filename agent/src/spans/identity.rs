@@ -1,17 +1,74 @@
 //! Trace and span identities derived from the message ID, so that agents on different hosts,
-//! which never talk to each other, give one message one trace.
+//! which never talk to each other, give one message one trace, with no span id twice.
 //!
-//! - trace id: the first 16 bytes of SHA-256("mqtrace trace " + key);
-//! - send span id: the first 8 bytes of SHA-256("mqtrace send " + key);
+//! # The message key
+//!
+//! Every span of a message is keyed by one string both ends can know:
+//!
+//! 1. the `UNIQ_KEY` property the producer set (the ID applications see; Java, Go, C++ and
+//!    Rust clients set it). Retries, delayed and transactional messages and every copy of the
+//!    message keep it;
+//! 2. for a single send without one (ali-ons, some older clients): the `UNIQ_KEY` a current
+//!    broker assigns when it stores the message. The consumer reads it in the message's
+//!    properties; the producer's side reads it in the send response's `transactionId` field,
+//!    where Apache RocketMQ's broker (`SendMessageProcessor`, 4.x and 5.x) returns the stored
+//!    message's `UNIQ_KEY`;
+//! 3. else the broker's `offsetMsgId` (store host and commit-log offset): the producer reads
+//!    it in the send response, the consumer computes it from the stored message. Brokers that
+//!    assign no `UNIQ_KEY` leave the consumer only this.
+//!
+//! Limits: a batch sent without `UNIQ_KEY`s to a broker that assigns them joins by rule 3 only
+//! where the broker returns no `UNIQ_KEY` for the batch, and a delayed or transactional message
+//! without `UNIQ_KEY` on a broker that assigns none is stored again under a new `offsetMsgId`:
+//! its consumers start a trace of their own. A send whose response the agent never saw has
+//! only rule 1.
+//!
+//! # Ids
+//!
+//! - trace id: the first 16 bytes of SHA-256 over `mqtrace`, `trace` and the key (each part
+//!   length-prefixed);
+//! - send span id: the first 8 bytes of SHA-256 over `mqtrace`, `send` and the key. A client
+//!   that sends the same message again (a retry after a timeout) makes a second send span; it
+//!   gets an id of its own (kind, key, attempt number) and the first one as parent;
 //! - receive and settle span ids: the first 8 bytes of SHA-256 over their kind, the key and
-//!   what makes each one unique (group, reconsume count, start time).
+//!   what makes each one unique (group, reconsume count, start time); their parent is the
+//!   send span.
 //!
-//! `key` is the message's UNIQ_KEY, or its offsetMsgId when the producer set none. When the
-//! message carries a valid W3C `traceparent`, its trace id is used instead and the send span
-//! becomes a child of the application's span; the send span id stays derived from the key, so
-//! consumers still find their parent.
+//! When the message carries a valid W3C `traceparent`, its trace id is used instead and the
+//! send span becomes a child of the application's span; the send span id stays derived from
+//! the key, so consumers still find their parent.
+//!
+//! Only processes that send or consume make spans: a process that accepts RocketMQ
+//! connections (a broker, a RocketMQ proxy, a sidecar, a relay) forwards its clients'
+//! messages on its own connections, and those make none, however many agents see it.
 
 use sha2::{Digest, Sha256};
+
+use crate::decoder::MessageMeta;
+
+/// The key of a message its producer sent: its `UNIQ_KEY`, else the one the broker assigned
+/// (`assigned`, from the send response), else the broker's `offsetMsgId`.
+pub fn sent_message_key(
+    message: &MessageMeta,
+    assigned: Option<&str>,
+    offset_msg_id: Option<&str>,
+) -> Option<String> {
+    message
+        .msg_id
+        .as_deref()
+        .or(assigned.filter(|id| !id.is_empty()))
+        .or(offset_msg_id)
+        .map(String::from)
+}
+
+/// The key of a message a consumer received (a stored message): its `UNIQ_KEY`, whoever set
+/// it, else its `offsetMsgId`.
+pub fn received_message_key(message: &MessageMeta) -> Option<String> {
+    message
+        .msg_id
+        .clone()
+        .or_else(|| message.offset_msg_id.clone())
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TraceId(pub [u8; 16]);

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Serialize, Serializer};
 
-use crate::correlation::{MessageEvent, Outcome, ReceiveEvent, SendEvent, SettleEvent, Settlement};
+use crate::correlation::{MessageEvent, Outcome, ReceiveEvent, SendEvent, SettleEvent};
 use identity::{SpanId, TraceId, message_trace};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -108,6 +108,11 @@ fn put(attributes: &mut Attributes, key: &str, value: Option<impl Into<Value>>) 
 fn status(outcome: &Outcome, attributes: &mut Attributes) -> (Status, Option<String>) {
     match outcome {
         Outcome::Ok => (Status::Unset, None),
+        // The agent's blind spot, not the application's failure: said, not an error.
+        Outcome::Unseen(reason) => {
+            attributes.insert("mqtrace.response.unseen".into(), reason.name().into());
+            (Status::Unset, None)
+        }
         Outcome::Error {
             error_type,
             message,
@@ -158,6 +163,22 @@ fn sizes(attributes: &mut Attributes, body_len: u64, batch_size: usize) {
     }
 }
 
+/// Tag and keys: on every span of a message, so that a search by business key finds them all.
+fn labels<'a>(
+    attributes: &mut Attributes,
+    tag: Option<&str>,
+    keys: impl IntoIterator<Item = &'a str>,
+) {
+    put(attributes, "messaging.rocketmq.message.tag", tag);
+    let keys: Vec<String> = keys.into_iter().map(String::from).collect();
+    if !keys.is_empty() {
+        attributes.insert(
+            "messaging.rocketmq.message.keys".into(),
+            Value::Strings(keys),
+        );
+    }
+}
+
 fn message_type(event: &SendEvent) -> &'static str {
     let p = &event.message.properties;
     if p.transaction_prepared() {
@@ -183,14 +204,7 @@ pub fn send_span(event: &SendEvent, resource: &Attributes) -> Span {
     let (trace_id, parent) = message_trace(&event.key, m.properties.traceparent());
     let mut a = common("send", "send", m.topic.as_deref());
     a.insert("messaging.message.id".into(), event.key.as_str().into());
-    put(&mut a, "messaging.rocketmq.message.tag", m.tags());
-    let keys: Vec<String> = m.keys().into_iter().map(String::from).collect();
-    if !keys.is_empty() {
-        a.insert(
-            "messaging.rocketmq.message.keys".into(),
-            Value::Strings(keys),
-        );
-    }
+    labels(&mut a, m.tags(), m.keys());
     a.insert(
         "messaging.rocketmq.message.type".into(),
         message_type(event).into(),
@@ -226,9 +240,24 @@ pub fn send_span(event: &SendEvent, resource: &Attributes) -> Span {
     put(&mut a, "mqtrace.queue_offset", event.queue_offset);
     peer(&mut a, &event.endpoint);
     let (status, status_message) = status(&event.outcome, &mut a);
+    // The first send of the message owns the send span id its consumers point to; a retry of
+    // it is a child of that one, with an id of its own.
+    let (span_id, parent) = if event.attempt > 1 {
+        a.insert(
+            "mqtrace.send.attempt".into(),
+            i64::from(event.attempt).into(),
+        );
+        let attempt = event.attempt.to_string();
+        (
+            SpanId::for_step("send", &event.key, &[&attempt]),
+            Some(SpanId::for_send(&event.key)),
+        )
+    } else {
+        (SpanId::for_send(&event.key), parent)
+    };
     Span {
         trace_id,
-        span_id: SpanId::for_send(&event.key),
+        span_id,
         parent_span_id: parent,
         name: name("send", m.topic.as_deref()),
         kind: SpanKind::Producer,
@@ -253,7 +282,7 @@ pub fn receive_span(event: &ReceiveEvent, resource: &Attributes) -> Span {
         "messaging.consumer.group.name",
         event.consumer_group.clone(),
     );
-    put(&mut a, "messaging.rocketmq.message.tag", m.tags());
+    labels(&mut a, m.tags(), m.keys());
     put(
         &mut a,
         "messaging.destination.partition.id",
@@ -281,7 +310,7 @@ pub fn receive_span(event: &ReceiveEvent, resource: &Attributes) -> Span {
         let received_ms = (event.end_unix_ns / 1_000_000) as i64;
         a.insert(
             "mqtrace.born_to_receive_ms".into(),
-            (received_ms - born).into(),
+            received_ms.saturating_sub(born).into(),
         );
     }
     sizes(&mut a, m.body_len, event.batch_size);
@@ -309,21 +338,24 @@ pub fn receive_span(event: &ReceiveEvent, resource: &Attributes) -> Span {
 }
 
 pub fn settle_span(event: &SettleEvent, resource: &Attributes) -> Span {
-    let operation = match event.settlement {
-        Settlement::Ack => "ack",
-        Settlement::ChangeInvisibleTime => "nack",
-        Settlement::SendBack => "send_back",
-        Settlement::OffsetCommitted => "commit_offset",
-        Settlement::TransactionCommit => "commit",
-        Settlement::TransactionRollback => "rollback",
-    };
-    let (trace_id, _) = message_trace(&event.key, None);
+    let operation = event.settlement.operation();
+    let (trace_id, _) = message_trace(&event.key, event.labels.traceparent.as_deref());
     let mut a = common(operation, "settle", event.topic.as_deref());
     a.insert("messaging.message.id".into(), event.key.as_str().into());
     put(
         &mut a,
         "messaging.consumer.group.name",
         event.consumer_group.clone(),
+    );
+    labels(
+        &mut a,
+        event.labels.tags.as_deref(),
+        event.labels.keys.iter().map(String::as_str),
+    );
+    put(
+        &mut a,
+        "mqtrace.reconsume_times",
+        event.reconsume_times.map(i64::from),
     );
     peer(&mut a, &event.endpoint);
     let (status, status_message) = status(&event.outcome, &mut a);

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use crate::sources::{Connection, ConnectionId, Direction, Origin, SourceEvent};
+use crate::sources::{Connection, ConnectionId, Direction, EndCause, Origin, SourceEvent};
 
 /// Connections followed at once; beyond it new ones are counted and ignored.
 pub const MAX_CONNECTIONS: usize = 131_072;
@@ -34,6 +34,7 @@ pub enum StreamEvent {
     Closed {
         connection: ConnectionId,
         timestamp_ns: u64,
+        cause: EndCause,
     },
 }
 
@@ -120,7 +121,8 @@ impl Streams {
                 connection,
                 final_positions,
                 timestamp_ns,
-            } => self.close(connection, final_positions, timestamp_ns, out),
+                cause,
+            } => self.close(connection, final_positions, timestamp_ns, cause, out),
             SourceEvent::ProcessExited { pid } => {
                 let ids: Vec<ConnectionId> = self
                     .connections
@@ -129,7 +131,7 @@ impl Streams {
                     .map(|(id, _)| *id)
                     .collect();
                 for id in ids {
-                    self.close(id, None, 0, out);
+                    self.close(id, None, 0, EndCause::Closed, out);
                 }
             }
         }
@@ -215,6 +217,7 @@ impl Streams {
         id: ConnectionId,
         final_positions: Option<[u64; 2]>,
         timestamp_ns: u64,
+        cause: EndCause,
         out: &mut Vec<StreamEvent>,
     ) {
         let Some(state) = self.connections.remove(&id) else {
@@ -231,6 +234,7 @@ impl Streams {
         out.push(StreamEvent::Closed {
             connection: id,
             timestamp_ns,
+            cause,
         });
     }
 }

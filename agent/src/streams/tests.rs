@@ -74,6 +74,7 @@ fn close_reports_unseen_tail() {
         connection: C,
         final_positions: Some([5, 0]),
         timestamp_ns: 0,
+        cause: EndCause::Closed,
     };
     let (out, _) = run(vec![data(0, b"abc"), closed]);
     assert_eq!(render(&out), "abc[gap 2]");

@@ -20,7 +20,7 @@ use mqtrace_common::{
 };
 use tokio::io::unix::AsyncFd;
 
-use crate::sources::{Connection, ConnectionId, Origin, SourceEvent};
+use crate::sources::{Connection, ConnectionId, EndCause, Origin, SourceEvent};
 
 /// The compiled kernel programs, built by build.rs from `agent-ebpf`.
 static EBPF_OBJECT: &[u8] =
@@ -320,7 +320,7 @@ impl KernelCapture {
         {
             let _ = sockets.remove(&key);
         }
-        self.end_connections(vec![connection.id]);
+        self.end_connections(vec![connection.id], EndCause::NotFollowed);
         Ok(())
     }
 
@@ -351,13 +351,13 @@ impl KernelCapture {
     /// sockets up anew, mid-stream).
     fn stop_following(&mut self, pid: u32) -> anyhow::Result<()> {
         let closed = self.forget_sockets(pid)?;
-        self.end_connections(closed);
+        self.end_connections(closed, EndCause::Deselected);
         Ok(())
     }
 
     /// Queues the end of these connections for user space, after the records already in the
     /// ring (which still belong to them).
-    fn end_connections(&mut self, closed: Vec<ConnectionId>) {
+    fn end_connections(&mut self, closed: Vec<ConnectionId>, cause: EndCause) {
         let mut events = std::mem::take(&mut self.pending);
         self.drain_now(&mut events);
         let timestamp_ns = monotonic_ns();
@@ -365,6 +365,7 @@ impl KernelCapture {
             connection,
             final_positions: None,
             timestamp_ns,
+            cause,
         }));
         self.pending = events;
     }
@@ -472,6 +473,11 @@ impl KernelCapture {
                 _ => {}
             }
         }
+    }
+
+    /// Records the kernel dropped so far because the ring buffer was full.
+    pub fn records_lost(&self) -> anyhow::Result<u64> {
+        Ok(self.counters()?.get(Counter::RecordsLost))
     }
 
     pub fn counters(&self) -> anyhow::Result<KernelCounters> {

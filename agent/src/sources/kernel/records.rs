@@ -12,7 +12,7 @@ use mqtrace_common::{
     ProcessExited, RecordKind,
 };
 
-use crate::sources::{Chunk, Connection, ConnectionId, Origin, SourceEvent};
+use crate::sources::{Chunk, Connection, ConnectionId, EndCause, Origin, SourceEvent};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -106,6 +106,7 @@ pub fn decode(
                 connection: ConnectionId(closed.connection_id),
                 final_positions: Some([closed.egress_pos, closed.ingress_pos]),
                 timestamp_ns: closed.timestamp_ns,
+                cause: EndCause::Closed,
             });
         }
         k if k == RecordKind::ProcessExited as u32 => {
