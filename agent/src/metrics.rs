@@ -34,6 +34,8 @@ const GAUGES: &[&str] = &[
     "_processes_excluded",
     "_connections_tracked",
     "_journal_messages",
+    "_requests_waiting",
+    "_serving_processes",
 ];
 
 /// Flattens nested objects into `prefix_key_subkey value` lines.

@@ -26,6 +26,8 @@ pub struct PipelineCounters {
     pub streams: StreamCounters,
     pub decoder: DecoderCounters,
     pub correlation: CorrelationCounters,
+    /// Requests sent and not answered yet (a gauge).
+    pub requests_waiting: u64,
     pub connections_not_rocketmq: u64,
     /// Connections on which the traced process is the broker (or a proxy or relay): no longer
     /// decoded or copied.
@@ -161,6 +163,7 @@ impl Pipeline {
             streams: self.streams.counters.clone(),
             decoder: self.decoders.counters(),
             correlation: self.correlator.counters.clone(),
+            requests_waiting: self.correlator.waiting() as u64,
             connections_not_rocketmq: self.decoders.connections_rejected,
             connections_server_side: self.decoders.connections_server_side,
             serving_processes: self.decoders.serving_processes() as u64,

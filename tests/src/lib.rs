@@ -8,6 +8,7 @@ pub mod otlp;
 pub mod process;
 pub mod relay;
 pub mod rocketmq;
+pub mod spancheck;
 
 /// Deterministic pseudo-random bytes (xorshift64*), so that a test and the helper program it
 /// starts agree on what was sent without passing it around.

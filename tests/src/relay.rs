@@ -1,5 +1,7 @@
 //! A plain TCP relay between two addresses of this host, for peers that listen on loopback
-//! only. It forwards bytes unchanged, on its own threads; dropping it stops accepting.
+//! only. It forwards bytes unchanged, on its own threads; dropping it stops accepting. Each
+//! socket keeps its one fd for both directions, as real proxies do (the agent follows a
+//! socket by its fd, so a relay reading through dup'ed fds would be invisible to it).
 
 use std::{
     io,
@@ -40,15 +42,10 @@ impl Relay {
 
 /// Copies both ways until either side closes.
 fn pipe(a: TcpStream, b: TcpStream) {
-    for (mut from, mut to) in [
-        (a.try_clone(), b.try_clone()),
-        (b.try_clone(), a.try_clone()),
-    ]
-    .into_iter()
-    .filter_map(|(f, t)| Some((f.ok()?, t.ok()?)))
-    {
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    for (from, to) in [(a.clone(), b.clone()), (b, a)] {
         thread::spawn(move || {
-            let _ = io::copy(&mut from, &mut to);
+            let _ = io::copy(&mut &*from, &mut &*to);
             let _ = to.shutdown(Shutdown::Write);
         });
     }

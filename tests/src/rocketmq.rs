@@ -39,6 +39,22 @@ pub fn client() -> Command {
     Command::new(client_path())
 }
 
+/// The JSON lines a client printed (mq-client, raw-producer).
+pub fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The last lines of a client's stderr, for failure messages.
+pub fn tail(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
 /// A process killed (by pid) and reaped on drop.
 pub struct Owned(pub Child);
 

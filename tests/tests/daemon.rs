@@ -13,6 +13,7 @@ use mqtrace_tests::{
     agent::{Agent, mqtrace_bin},
     process::Driven,
     rocketmq::{Broker, client, client_path},
+    spancheck::read_span_file,
 };
 
 /// The tests share fixed broker ports: they take turns.
@@ -270,6 +271,7 @@ fn selection_changes_apply_at_once_to_running_and_later_processes() {
     assert!(stderr.contains("permission denied on"), "{stderr}");
 
     let log = agent.stop();
+    read_span_file(&output);
     let _ = std::fs::remove_file(&output);
     drop(broker);
     assert!(log.contains("mqtrace: stopped"), "{log}");
@@ -550,6 +552,7 @@ fn in_trace_all_mode_disable_excludes_a_process_until_enabled_again() {
         "spans for messages sent while excluded"
     );
     agent.stop();
+    read_span_file(&output);
     let _ = std::fs::remove_file(&output);
     drop(broker);
 }

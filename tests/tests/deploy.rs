@@ -237,6 +237,7 @@ fn the_agent_traces_with_only_the_granted_capabilities() {
         std::thread::sleep(Duration::from_millis(200));
     };
     let log = agent.stop();
+    mqtrace_tests::spancheck::read_span_file(&output);
     let _ = std::fs::remove_file(&output);
     drop(broker);
     assert_eq!(sends, produced, "a send span per message\n{log}");

@@ -14,7 +14,8 @@ use mqtrace_tests::{
     netns::NetNs,
     otlp::{ReceivedSpan, Receiver},
     relay::Relay,
-    rocketmq::{Broker, client, client_path},
+    rocketmq::{Broker, client, client_path, json_lines, tail},
+    spancheck::{assert_complete_traces, read_span_file},
 };
 
 const MESSAGES: usize = 200;
@@ -23,22 +24,8 @@ const MESSAGES: usize = 200;
 /// (tokio's mutex: the guard is held across awaits, and it does not poison when a test fails.)
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The last lines of a client's stderr, for failure messages.
-fn tail(stderr: &[u8]) -> String {
-    let text = String::from_utf8_lossy(stderr);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(15)..].join("\n")
-}
 const PRODUCER: i32 = 4;
 const CLIENT: i32 = 3;
-
-fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(out)
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_messages_one_trace_each_over_otlp() {
@@ -115,6 +102,18 @@ async fn two_hundred_messages_one_trace_each_over_otlp() {
         .unwrap();
     let spans = receiver.spans();
     drop(broker);
+    assert_complete_traces(
+        &spans
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "trace_id": s.trace_id, "span_id": s.span_id, "name": s.name,
+                    "parent_span_id": (!s.parent_span_id.is_empty()).then_some(&s.parent_span_id),
+                    "resource": {}, "attributes": {},
+                })
+            })
+            .collect::<Vec<_>>(),
+    );
 
     let ids: BTreeSet<String> = produced
         .iter()
@@ -202,11 +201,7 @@ async fn two_hundred_messages_one_trace_each_over_otlp() {
 }
 
 fn spans_from_file(path: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    read_span_file(path)
 }
 
 fn attr<'a>(span: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
@@ -299,6 +294,7 @@ async fn failed_consumption_settles_and_retries_and_an_unanswered_send_is_an_err
         .unwrap();
     let spans = spans_from_file(&output);
     let _ = std::fs::remove_file(&output);
+    assert_complete_traces(&spans);
 
     for id in &failed {
         let trace = TraceId::for_message(id).hex();
@@ -416,6 +412,7 @@ async fn two_hosts_two_agents_the_traces_still_join() {
     for f in [&out_a, &out_b] {
         let _ = std::fs::remove_file(f);
     }
+    assert_complete_traces(&[spans_a.clone(), spans_b.clone()].concat());
     drop(broker);
 
     assert_eq!(produced.len(), messages);

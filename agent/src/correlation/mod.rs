@@ -376,6 +376,11 @@ impl Correlator {
         }
     }
 
+    /// Requests waiting for their response.
+    pub fn waiting(&self) -> usize {
+        self.pending.len()
+    }
+
     fn take(&mut self, key: &PendingKey) -> Option<Pending> {
         let pending = self.pending.remove(key)?;
         self.arrival.remove(&pending.sequence);

@@ -1,18 +1,21 @@
-//! frame-load: the project's own RocketMQ load generator. A client and a server in this one
-//! process exchange real frames (see `mqtrace_tests::frames`) over loopback TCP at a fixed
-//! message rate, one write per frame as real clients and brokers do, so that an agent tracing
-//! this process sees what it would see of a producer (or consumer) far faster than the real
-//! broker here can go.
+//! frame-load: the project's own RocketMQ load generator. A client (this process) and a server
+//! (a child process: a process that accepts RocketMQ connections is a broker to the agent, and
+//! makes no client spans) exchange real frames (see `mqtrace_tests::frames`) over loopback TCP
+//! at a fixed message rate, one write per frame as real clients and brokers do, so that an
+//! agent tracing this process sees what it would see of a producer (or consumer) far faster
+//! than the real broker here can go.
 //!
 //! usage: frame-load send|pull RATE SECONDS
 //!   prints "ready", waits for a line on stdin, connects and runs; then prints one JSON line
 //!   {"mode","target_per_s","messages","seconds","achieved_per_s"}. RATE counts messages: in
 //!   pull mode each response carries 32 of them.
+//! (frame-load serve send|pull RUN: the server side, started by the client.)
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
     path::Path,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -58,24 +61,53 @@ fn serve(listener: TcpListener, exchange: &Exchange, run: u64) -> anyhow::Result
     Ok(())
 }
 
+/// The frames of `mode`, and the messages each request moves.
+fn exchange(mode: &str) -> anyhow::Result<(Exchange, usize)> {
+    let captures = Path::new(env!("CARGO_MANIFEST_DIR")).join("captures/rust-client");
+    Ok(match mode {
+        "send" => (frames::send_exchange(&captures)?, 1),
+        "pull" => (frames::pull_exchange(&captures, PULL_BATCH)?, PULL_BATCH),
+        other => bail!("mode {other:?}: send or pull"),
+    })
+}
+
+/// The server process: says where it listens, serves one connection, exits.
+fn server_process(mode: &str, run: u64) -> anyhow::Result<()> {
+    let (exchange, _) = exchange(mode)?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    println!("{}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    serve(listener, &exchange, run)
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if let [_, serve, mode, run] = args.as_slice()
+        && serve == "serve"
+    {
+        return server_process(mode, run.parse()?);
+    }
     let (mode, rate, seconds) = match args.as_slice() {
         [_, mode, rate, seconds] => (mode.as_str(), rate.parse::<f64>()?, seconds.parse::<f64>()?),
         _ => bail!("usage: frame-load send|pull RATE SECONDS"),
     };
-    let captures = Path::new(env!("CARGO_MANIFEST_DIR")).join("captures/rust-client");
-    let (exchange, per_request) = match mode {
-        "send" => (frames::send_exchange(&captures)?, 1),
-        "pull" => (frames::pull_exchange(&captures, PULL_BATCH)?, PULL_BATCH),
-        other => bail!("mode {other:?}: send or pull"),
-    };
+    let (exchange, per_request) = exchange(mode)?;
     // Tells runs apart, so that no two runs make the same message ID.
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_micros() as u64;
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let address = listener.local_addr()?;
+    let mut server = Command::new(std::env::current_exe()?)
+        .args(["serve", mode, &run.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the server process")?;
+    let mut address = String::new();
+    BufReader::new(server.stdout.take().context("server stdout")?).read_line(&mut address)?;
+    let address: std::net::SocketAddr = address
+        .trim()
+        .parse()
+        .with_context(|| format!("the server said {address:?}"))?;
     println!("ready");
     std::io::stdin().lock().read_line(&mut String::new())?;
 
@@ -83,8 +115,7 @@ fn main() -> anyhow::Result<()> {
     // Connected before the server accepts: the listener's backlog holds it.
     let client = TcpStream::connect(address)?;
     client.set_nodelay(true)?;
-    let server = std::thread::scope(|scope| -> anyhow::Result<Duration> {
-        let server = scope.spawn(|| serve(listener, &exchange, run));
+    let elapsed = std::thread::scope(|scope| -> anyhow::Result<Duration> {
         let client = &client;
         let mut responses = BufReader::with_capacity(1 << 16, client);
         let reader = scope.spawn(move || -> anyhow::Result<usize> {
@@ -112,12 +143,19 @@ fn main() -> anyhow::Result<()> {
         let answered = reader.join().expect("reader thread")?;
         let elapsed = started.elapsed();
         client.shutdown(std::net::Shutdown::Both)?;
-        server.join().expect("server thread")?;
         if answered != requests {
             bail!("{answered} of {requests} requests answered");
         }
         Ok(elapsed)
-    })?;
+    });
+    if elapsed.is_err() {
+        let _ = server.kill(); // it may still wait for the connection
+    }
+    let served = server.wait()?;
+    let elapsed = elapsed?;
+    if !served.success() {
+        bail!("the server process failed: {served}");
+    }
     let messages = requests * per_request;
     println!(
         "{}",
@@ -125,8 +163,8 @@ fn main() -> anyhow::Result<()> {
             "mode": mode,
             "target_per_s": rate,
             "messages": messages,
-            "seconds": server.as_secs_f64(),
-            "achieved_per_s": (messages as f64 / server.as_secs_f64()).round(),
+            "seconds": elapsed.as_secs_f64(),
+            "achieved_per_s": (messages as f64 / elapsed.as_secs_f64()).round(),
         })
     );
     Ok(())

@@ -7,12 +7,14 @@
 //!   line on stdin (the producer and its connections stay up meanwhile). With --rate R it sends
 //!   R messages per second at most; with --stats it prints, instead of the lines, one summary:
 //!   {"count","seconds","msgs_per_s","p50_us","p99_us"} (send latencies; synchronous sends).
-//! mq-client consume NAMESRV TOPIC GROUP EXPECT TIMEOUT_SECS [--fail-first N]
+//! mq-client consume NAMESRV TOPIC GROUP EXPECT TIMEOUT_SECS [--fail-first N] [--fail-all --max-reconsume M]
 //!   consumes until EXPECT distinct messages (by UNIQ_KEY) were consumed (or the timeout),
 //!   printing one JSON line per delivery: {"msg_id" (the offsetMsgId), "uniq_key", "queue_id",
 //!   "queue_offset", "topic", "tags", "reconsume_times", "status"}. With --fail-first, the
 //!   first N messages are failed once (ReconsumeLater: the client sends them back for a retry),
-//!   with status "failed". With --stats it prints instead one summary {"count","seconds",
+//!   with status "failed". With --fail-all every delivery fails, the group may retry a message
+//!   M times (maxReconsumeTimes), and a message counts once delivered with reconsume times M:
+//!   the send-back of that delivery puts it into the dead-letter queue. With --stats it prints instead one summary {"count","seconds",
 //!   "msgs_per_s"} (first to last delivery) and leaves without waiting for the offset commit.
 #![recursion_limit = "512"]
 
@@ -179,6 +181,8 @@ struct Collector {
     quiet: bool,
     /// UNIQ_KEYs failed once on purpose, and how many may still be.
     failed: Mutex<(HashSet<String>, usize)>,
+    /// Fail every delivery; a message is done at this reconsume count.
+    fail_all: Option<i32>,
 }
 
 impl MessageListenerConcurrently for Collector {
@@ -195,7 +199,11 @@ impl MessageListenerConcurrently for Collector {
         *times = Some((times.map_or(now, |(first, _)| first), now));
         for msg in msgs {
             let uniq_key = msg.property("UNIQ_KEY").unwrap_or_default().to_string();
-            let fail = msg.reconsume_times() == 0 && failed.1 > 0 && !failed.0.contains(&uniq_key);
+            let fail = self.fail_all.is_some()
+                || (msg.reconsume_times() == 0 && failed.1 > 0 && !failed.0.contains(&uniq_key));
+            if self.fail_all.is_some_and(|max| msg.reconsume_times() >= max) {
+                seen.insert(uniq_key.clone());
+            }
             if fail {
                 failed.0.insert(uniq_key.clone());
                 failed.1 -= 1;
@@ -234,13 +242,18 @@ async fn consume(args: &[String]) -> ClientResult<()> {
     let expect: usize = arg(args, 5, "EXPECT").parse().expect("EXPECT");
     let timeout: u64 = arg(args, 6, "TIMEOUT_SECS").parse().expect("TIMEOUT_SECS");
     let fail_first: usize = flag(args, "--fail-first").map_or(0, |n| n.parse().expect("--fail-first"));
+    let max_reconsume: Option<i32> = flag(args, "--max-reconsume").map(|n| n.parse().expect("--max-reconsume"));
+    let fail_all = args.iter().any(|a| a == "--fail-all").then(|| max_reconsume.expect("--fail-all needs --max-reconsume"));
     let stats = args.iter().any(|a| a == "--stats");
     let times = Arc::new(Mutex::new(None));
     let rt = runtime("consumer");
-    let mut consumer = DefaultMQPushConsumer::builder(rt.client.clone())
+    let mut builder = DefaultMQPushConsumer::builder(rt.client.clone())
         .consumer_group(group)
-        .name_server_addr(namesrv)
-        .build();
+        .name_server_addr(namesrv);
+    if let Some(max) = max_reconsume {
+        builder = builder.max_reconsume_times(max);
+    }
+    let mut consumer = builder.build();
     consumer.subscribe(&topic, "*").await?;
     let seen = Arc::new(Mutex::new(HashSet::new()));
     consumer.register_message_listener_concurrently(Collector {
@@ -248,6 +261,7 @@ async fn consume(args: &[String]) -> ClientResult<()> {
         times: times.clone(),
         quiet: stats,
         failed: Mutex::new((HashSet::new(), fail_first)),
+        fail_all,
     });
     consumer.start().await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);

@@ -1,0 +1,89 @@
+//! raw-producer: a RocketMQ producer that sets no UNIQ_KEY, as ali-ons and some older clients
+//! do. It writes SEND_MESSAGE (10) frames encoded from the wire reference straight to a broker
+//! and reads the answers, one request at a time.
+//!
+//! usage: raw-producer BROKER TOPIC COUNT
+//!   sends COUNT messages (keys "raw-<i>", tag "TagRaw", queues 0..3 in turn) and prints one
+//!   JSON line per message: {"key","offset_msg_id","transaction_id","queue_id","queue_offset"}
+//!   (transaction_id: the UNIQ_KEY the broker assigned, where it returns one).
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, bail};
+use mqtrace::decoder::encode::{json_frame, properties};
+use serde_json::{Value, json};
+
+/// One frame's JSON header (the body is read and dropped).
+fn read_header(stream: &mut TcpStream) -> anyhow::Result<Value> {
+    let mut head = [0u8; 8];
+    stream.read_exact(&mut head)?;
+    let length = u32::from_be_bytes(head[..4].try_into()?) as usize;
+    let header_len = (u32::from_be_bytes(head[4..].try_into()?) & 0x00FF_FFFF) as usize;
+    if length > 16 << 20 || header_len + 4 > length {
+        bail!("frame of {length} bytes with a {header_len}-byte header");
+    }
+    let mut rest = vec![0u8; length - 4];
+    stream.read_exact(&mut rest)?;
+    Ok(serde_json::from_slice(&rest[..header_len])?)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, broker, topic, count] = args.as_slice() else {
+        bail!("usage: raw-producer BROKER TOPIC COUNT");
+    };
+    let count: usize = count.parse()?;
+    let mut stream = TcpStream::connect(broker).with_context(|| format!("connecting {broker}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    for i in 0..count {
+        let key = format!("raw-{i}");
+        let born = SystemTime::now()
+            .duration_since(UNIX_EPOCH)?
+            .as_millis()
+            .to_string();
+        let queue = (i % 4).to_string();
+        let props = properties(&[("KEYS", &key), ("TAGS", "TagRaw"), ("WAIT", "true")]);
+        let opaque = i as i32 + 1;
+        let frame = json_frame(
+            10,
+            0,
+            opaque,
+            &[
+                ("producerGroup", "raw_producer"),
+                ("topic", topic),
+                ("defaultTopic", "TBW102"),
+                ("defaultTopicQueueNums", "4"),
+                ("queueId", &queue),
+                ("sysFlag", "0"),
+                ("bornTimestamp", &born),
+                ("flag", "0"),
+                ("properties", &props),
+                ("reconsumeTimes", "0"),
+                ("unitMode", "false"),
+                ("batch", "false"),
+            ],
+            format!("raw message {i}").as_bytes(),
+        );
+        stream.write_all(&frame)?;
+        let header = read_header(&mut stream)?;
+        if header["opaque"] != opaque || header["code"] != 0 {
+            bail!("message {i}: the broker answered {header}");
+        }
+        let ext = &header["extFields"];
+        println!(
+            "{}",
+            json!({
+                "key": key,
+                "offset_msg_id": ext["msgId"],
+                "transaction_id": ext["transactionId"],
+                "queue_id": ext["queueId"],
+                "queue_offset": ext["queueOffset"],
+            })
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,515 @@
+//! One correct trace per message in the topologies real clusters have, with the agent tracing
+//! every process: a relay between clients and broker (on the clients' host, or on its own host
+//! with its own agent), a producer that sets no UNIQ_KEY, a consumer that fails a message until
+//! it goes to the dead-letter queue, and a request the agent stops watching. Real name server,
+//! broker and clients; the real `mqtrace` binary. Needs root and the peers (`cargo xtask test`).
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use mqtrace::spans::identity::{SpanId, TraceId};
+use mqtrace_tests::{
+    agent::Agent,
+    netns::NetNs,
+    process::Driven,
+    relay::Relay,
+    rocketmq::{Broker, client, json_lines, tail},
+    spancheck::{assert_complete_traces, read_span_file},
+};
+use serde_json::Value;
+
+/// The tests share fixed broker ports: they take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A span file of this test run, removed on drop.
+struct SpanFile(PathBuf);
+
+impl SpanFile {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "mqtrace-topology-{name}-{}.jsonl",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        Self(path)
+    }
+    fn arg(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+    fn spans(&self) -> Vec<Value> {
+        read_span_file(&self.0)
+    }
+}
+
+impl Drop for SpanFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn succeeded(what: &str, out: Output) -> Vec<Value> {
+    assert!(out.status.success(), "{what} failed: {}", tail(&out.stderr));
+    json_lines(&out.stdout)
+}
+
+/// Runs a client to its end, returning its pid and its JSON lines.
+fn run(what: &str, mut command: Command) -> (u32, Vec<Value>) {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let pid = child.id();
+    (pid, succeeded(what, child.wait_with_output().unwrap()))
+}
+
+fn text<'a>(span: &'a Value, key: &str) -> &'a str {
+    span[key].as_str().unwrap_or("")
+}
+
+fn attribute<'a>(span: &'a Value, key: &str) -> &'a Value {
+    &span["attributes"][key]
+}
+
+fn pid_of(span: &Value) -> u64 {
+    span["resource"]["process.pid"].as_u64().unwrap_or(0)
+}
+
+/// The spans of each trace.
+fn by_trace(spans: &[Value]) -> BTreeMap<String, Vec<&Value>> {
+    let mut traces: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for span in spans {
+        traces
+            .entry(text(span, "trace_id").to_string())
+            .or_default()
+            .push(span);
+    }
+    traces
+}
+
+/// Who did what to a message, as its trace must show it.
+struct Expected<'a> {
+    key: &'a str,
+    topic: &'a str,
+    business_key: &'a str,
+    producer: u32,
+    consumer: u32,
+}
+
+/// Why the trace of a message is not complete and correct, if it is not: exactly one send
+/// span (the producer's, with the send span id), receive and offset-commit spans from the
+/// consumer, each a child of the send span and carrying the message's keys.
+fn trace_problem(traces: &BTreeMap<String, Vec<&Value>>, e: &Expected) -> Option<String> {
+    let Some(trace) = traces.get(&TraceId::for_message(e.key).hex()) else {
+        return Some("no trace".into());
+    };
+    let send_id = SpanId::for_send(e.key).hex();
+    let sends: Vec<&&Value> = trace.iter().filter(|s| s["kind"] == "PRODUCER").collect();
+    if sends.len() != 1 {
+        return Some(format!("{} send spans", sends.len()));
+    }
+    let send = sends[0];
+    if text(send, "span_id") != send_id || pid_of(send) != u64::from(e.producer) {
+        return Some(format!(
+            "send span {} from pid {}",
+            send["span_id"],
+            pid_of(send)
+        ));
+    }
+    let receives: Vec<&&Value> = trace
+        .iter()
+        .filter(|s| text(s, "name") == format!("receive {}", e.topic))
+        .collect();
+    let commits: Vec<&&Value> = trace
+        .iter()
+        .filter(|s| text(s, "name") == format!("commit_offset {}", e.topic))
+        .collect();
+    if receives.is_empty() || commits.is_empty() {
+        return Some(format!(
+            "{} receive and {} commit spans",
+            receives.len(),
+            commits.len()
+        ));
+    }
+    for span in trace {
+        if pid_of(span) != u64::from(e.producer) && pid_of(span) != u64::from(e.consumer) {
+            return Some(format!("{} from pid {}", span["name"], pid_of(span)));
+        }
+        if text(span, "span_id") != send_id && text(span, "parent_span_id") != send_id {
+            return Some(format!("{} is not a child of the send", span["name"]));
+        }
+        if attribute(span, "messaging.rocketmq.message.keys")
+            != &serde_json::json!([e.business_key])
+        {
+            return Some(format!("{} lacks the keys", span["name"]));
+        }
+    }
+    None
+}
+
+/// Checks every message's trace; prints the share complete and correct (for the record).
+fn assert_traces(test: &str, spans: &[Value], expected: &[Expected]) {
+    let traces = by_trace(spans);
+    let problems: Vec<String> = expected
+        .iter()
+        .filter_map(|e| trace_problem(&traces, e).map(|p| format!("{}: {p}", e.key)))
+        .collect();
+    eprintln!(
+        "{test}: {} of {} messages have a complete and correct trace",
+        expected.len() - problems.len(),
+        expected.len()
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+fn produce(namesrv: &str, topic: &str, count: usize) -> (u32, Vec<Value>) {
+    let mut command = client();
+    command.args(["produce", namesrv, topic, &count.to_string()]);
+    let (pid, produced) = run("producer", command);
+    assert_eq!(produced.len(), count);
+    (pid, produced)
+}
+
+fn consume(
+    namesrv: &str,
+    topic: &str,
+    group: &str,
+    expect: usize,
+    extra: &[&str],
+) -> (u32, Vec<Value>) {
+    let mut command = client();
+    command
+        .args(["consume", namesrv, topic, group, &expect.to_string(), "120"])
+        .args(extra);
+    run("consumer", command)
+}
+
+/// The relay process: tcp-relay LISTEN=TARGET ..., once it listens.
+fn relay_process(mut command: Command, pairs: &[String]) -> Driven {
+    command.args(pairs);
+    let mut relay = Driven::spawn(command).expect("start tcp-relay");
+    relay.expect_line("ready").unwrap();
+    relay
+}
+
+fn relayed(listen_ip: &str, target_ip: &str) -> Vec<String> {
+    [9876, 10911]
+        .map(|port| format!("{listen_ip}:{port}={target_ip}:{port}"))
+        .to_vec()
+}
+
+const MESSAGES: usize = 200;
+
+/// The expectations of a produce/consume run whose messages carry keys "key-<i>".
+fn expectations<'a>(
+    produced: &'a [Value],
+    topic: &'a str,
+    producer: u32,
+    consumer: u32,
+) -> Vec<Expected<'a>> {
+    produced
+        .iter()
+        .map(|p| Expected {
+            key: p["msg_id"].as_str().unwrap(),
+            topic,
+            business_key: p["key"].as_str().unwrap(),
+            producer,
+            consumer,
+        })
+        .collect()
+}
+
+#[test]
+fn a_relay_on_the_clients_host_is_not_taken_for_a_client() {
+    let _turn = turn();
+    let topic = "TopoRelay";
+    // The broker listens on 127.0.0.1 and tells clients it is at 127.0.0.2, where the relay
+    // listens: every byte between clients and broker crosses the relay process.
+    let broker = Broker::start_advertising("127.0.0.1", "127.0.0.2").unwrap();
+    let relay = relay_process(
+        Command::new(env!("CARGO_BIN_EXE_tcp-relay")),
+        &relayed("127.0.0.2", "127.0.0.1"),
+    );
+    let file = SpanFile::new("relay");
+    let agent = Agent::start("topo-relay", &["--all", "--output", file.arg()]);
+    let namesrv = "127.0.0.2:9876";
+    let (producer, produced) = produce(namesrv, topic, MESSAGES);
+    let (consumer, consumed) = consume(namesrv, topic, "topo_relay_group", MESSAGES, &[]);
+    assert!(consumed.len() >= MESSAGES);
+    let counters = agent.scrape();
+    agent.stop();
+    let relay_pid = u64::from(relay.pid());
+    drop(relay);
+    drop(broker);
+
+    let spans = file.spans();
+    assert_complete_traces(&spans);
+    assert!(
+        spans.iter().all(|s| pid_of(s) != relay_pid),
+        "the relay made spans"
+    );
+    assert_traces(
+        "relay on the clients' host",
+        &spans,
+        &expectations(&produced, topic, producer, consumer),
+    );
+    assert!(
+        counters["mqtrace_pipeline_correlation_serving_process_requests"] >= MESSAGES as f64,
+        "the relay's forwarded requests are counted: {counters:?}"
+    );
+    assert_eq!(
+        counters["mqtrace_pipeline_correlation_sends"],
+        MESSAGES as f64
+    );
+}
+
+#[test]
+fn a_relay_on_its_own_host_with_its_own_agent_adds_no_span() {
+    let _turn = turn();
+    let topic = "TopoRelayHost";
+    let relay_host = NetNs::create(3).unwrap();
+    // Clients reach the relay's host at its link address; the relay forwards to this host's
+    // link address, where a second relay (in the test process: one more hop, traced by the
+    // clients' agent) reaches the broker on loopback, the only address it serves in plain TCP.
+    let broker = Broker::start_advertising("127.0.0.1", &relay_host.ns_ip).unwrap();
+    let _hop = [9876, 10911].map(|port| {
+        Relay::start(
+            &format!("{}:{port}", relay_host.host_ip),
+            &format!("127.0.0.1:{port}"),
+        )
+        .unwrap()
+    });
+    let relay = relay_process(
+        relay_host.command(env!("CARGO_BIN_EXE_tcp-relay")),
+        &relayed(&relay_host.ns_ip, &relay_host.host_ip),
+    );
+    // `ip netns exec` execs the relay: the pid is the relay's.
+    let relay_pid = relay.pid().to_string();
+    let (clients_file, relay_file) = (SpanFile::new("clients"), SpanFile::new("relay-host"));
+    let clients_agent = Agent::start("topo-clients", &["--all", "--output", clients_file.arg()]);
+    let relay_agent = Agent::start(
+        "topo-relay-host",
+        &["--pid", &relay_pid, "--output", relay_file.arg()],
+    );
+    let namesrv = format!("{}:9876", relay_host.ns_ip);
+    let (producer, produced) = produce(&namesrv, topic, MESSAGES);
+    let (consumer, consumed) = consume(&namesrv, topic, "topo_host_group", MESSAGES, &[]);
+    assert!(consumed.len() >= MESSAGES);
+    let relay_counters = relay_agent.scrape();
+    relay_agent.stop();
+    clients_agent.stop();
+    drop(relay);
+    drop(broker);
+
+    let (clients_spans, relay_spans) = (clients_file.spans(), relay_file.spans());
+    assert!(
+        relay_spans.is_empty(),
+        "the relay host's agent made {} spans",
+        relay_spans.len()
+    );
+    assert!(
+        relay_counters["mqtrace_pipeline_correlation_serving_process_requests"] >= MESSAGES as f64,
+        "the relay host's agent saw the relay forward: {relay_counters:?}"
+    );
+    let all = [clients_spans, relay_spans].concat();
+    assert_complete_traces(&all);
+    assert_traces(
+        "relay on its own host",
+        &all,
+        &expectations(&produced, topic, producer, consumer),
+    );
+}
+
+#[test]
+fn a_producer_without_uniq_key_joins_its_consumer() {
+    let _turn = turn();
+    let topic = "TopoNoUniqKey";
+    let raw = 20;
+    let broker = Broker::start("127.0.0.1").unwrap();
+    let file = SpanFile::new("no-uniq-key");
+    let agent = Agent::start("topo-no-uniq", &["--all", "--output", file.arg()]);
+    let namesrv = broker.namesrv();
+    // One message from the real client makes the topic and its route.
+    let (_, first) = produce(&namesrv, topic, 1);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_raw-producer"));
+    command.args(["127.0.0.1:10911", topic, &raw.to_string()]);
+    let (producer, sent) = run("raw-producer", command);
+    assert_eq!(sent.len(), raw);
+    let (consumer, consumed) = consume(&namesrv, topic, "topo_raw_group", raw + 1, &[]);
+    agent.stop();
+    drop(broker);
+
+    // The broker assigned each one a UNIQ_KEY and said which; the consumer sees the same.
+    let seen: Vec<&str> = consumed
+        .iter()
+        .filter_map(|c| c["uniq_key"].as_str())
+        .collect();
+    let expected: Vec<Expected> = sent
+        .iter()
+        .map(|s| {
+            let key = s["transaction_id"]
+                .as_str()
+                .expect("the broker returns the UNIQ_KEY it assigned");
+            assert!(seen.contains(&key), "{key} consumed");
+            Expected {
+                key,
+                topic,
+                business_key: s["key"].as_str().unwrap(),
+                producer,
+                consumer,
+            }
+        })
+        .collect();
+    let spans = file.spans();
+    assert_complete_traces(&spans);
+    assert_traces("producer without UNIQ_KEY", &spans, &expected);
+    assert!(first[0]["msg_id"].is_string());
+}
+
+#[test]
+fn a_message_failed_until_the_dead_letter_queue_keeps_one_trace() {
+    let _turn = turn();
+    let topic = "TopoDlq";
+    let group = "topo_dlq_group";
+    let messages = 10;
+    let broker = Broker::start("127.0.0.1").unwrap();
+    let file = SpanFile::new("dlq");
+    let agent = Agent::start("topo-dlq", &["--all", "--output", file.arg()]);
+    let namesrv = broker.namesrv();
+    let (producer, produced) = produce(&namesrv, topic, messages);
+    // Every delivery fails; the group retries a message once, then it goes to the DLQ.
+    let (consumer, deliveries) = consume(
+        &namesrv,
+        topic,
+        group,
+        messages,
+        &["--fail-all", "--max-reconsume", "1"],
+    );
+    agent.stop();
+    drop(broker);
+
+    let spans = file.spans();
+    assert_complete_traces(&spans);
+    let traces = by_trace(&spans);
+    let mut complete = 0;
+    let mut problems = Vec::new();
+    for p in &produced {
+        let id = p["msg_id"].as_str().unwrap();
+        assert!(
+            deliveries
+                .iter()
+                .any(|d| d["uniq_key"] == id && d["reconsume_times"] == 1),
+            "{id}: redelivered once"
+        );
+        let trace = traces
+            .get(&TraceId::for_message(id).hex())
+            .cloned()
+            .unwrap_or_default();
+        // In time order: what happened to the message, step by step.
+        let mut steps: Vec<&Value> = trace;
+        steps.sort_by_key(|s| s["start_unix_nano"].as_u64());
+        let story: Vec<(String, u64, i64)> = steps
+            .iter()
+            .map(|s| {
+                (
+                    text(s, "name").to_string(),
+                    pid_of(s),
+                    attribute(s, "mqtrace.reconsume_times")
+                        .as_i64()
+                        .unwrap_or(0),
+                )
+            })
+            .collect();
+        let (producer, consumer) = (u64::from(producer), u64::from(consumer));
+        let want = [
+            (format!("send {topic}"), producer, 0),
+            (format!("receive {topic}"), consumer, 0),
+            (format!("send_back {topic}"), consumer, 0),
+            (format!("receive %RETRY%{group}"), consumer, 1),
+            (format!("dead_letter %DLQ%{group}"), consumer, 1),
+        ];
+        let children_of_send = steps[1..]
+            .iter()
+            .all(|s| text(s, "parent_span_id") == SpanId::for_send(id).hex());
+        let ok_status = steps.iter().all(|s| s["status"] != "ERROR");
+        if story == want && children_of_send && ok_status {
+            complete += 1;
+        } else {
+            problems.push(format!("{id}: {story:?}"));
+        }
+    }
+    eprintln!(
+        "dead-letter lineage: {complete} of {messages} messages have a complete and correct trace"
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn a_request_the_agent_stopped_watching_is_not_an_error() {
+    let _turn = turn();
+    let topic = "TopoBlind";
+    let broker = Broker::start("127.0.0.1").unwrap();
+    let file = SpanFile::new("blind");
+    let agent = Agent::start(
+        "topo-blind",
+        &["--all", "--output", file.arg(), "--request-timeout", "3"],
+    );
+    // The producer starts, connects and waits before its first message.
+    let mut command = client();
+    command.args([
+        "produce",
+        &broker.namesrv(),
+        topic,
+        "1",
+        "--pause-every",
+        "1000",
+    ]);
+    let mut producer = Driven::spawn(command).unwrap();
+    producer.expect_line("{\"pause\":0}").unwrap();
+    let waiting = |agent: &Agent| agent.scrape()["mqtrace_pipeline_requests_waiting"];
+    let before = waiting(&agent);
+    // The broker freezes; the message goes out and waits for an answer ...
+    broker.pause();
+    producer.say("go").unwrap();
+    let started = Instant::now();
+    while waiting(&agent) <= before {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the send never waited"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // ... when the producer is disabled: the agent stops watching it mid-request.
+    agent.control_ok(&["disable", "--pid", &producer.pid().to_string()]);
+    broker.resume();
+    producer.finish().unwrap();
+    std::thread::sleep(Duration::from_secs(4)); // past --request-timeout
+    let counters = agent.scrape();
+    agent.stop();
+    drop(broker);
+
+    let spans = file.spans();
+    let errors: Vec<&Value> = spans.iter().filter(|s| s["status"] == "ERROR").collect();
+    assert!(
+        errors.is_empty(),
+        "the agent's blind spot is no error: {errors:?}"
+    );
+    let send = spans
+        .iter()
+        .find(|s| s["kind"] == "PRODUCER")
+        .expect("the send span, ended when the agent stopped watching");
+    assert_eq!(send["status"], "UNSET");
+    assert_eq!(attribute(send, "mqtrace.response.unseen"), "deselected");
+    assert!(counters["mqtrace_pipeline_correlation_unseen_responses_deselected"] >= 1.0);
+    assert_eq!(counters["mqtrace_pipeline_correlation_timeouts"], 0.0);
+}
