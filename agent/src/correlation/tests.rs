@@ -772,3 +772,24 @@ fn past_its_reconsume_times_a_sent_back_message_goes_to_the_dead_letter_queue() 
         Some(&Value::Int(2))
     );
 }
+
+#[test]
+fn a_huge_suspend_time_does_not_overflow_the_deadline() {
+    let mut harness = Harness::new(DecoderConfig::default());
+    let id = harness.open(1, 0, Origin::Connect);
+    let request = json_frame(
+        11,
+        0,
+        1,
+        &[
+            ("consumerGroup", "g"),
+            ("topic", "T"),
+            ("queueId", "0"),
+            ("suspendTimeoutMillis", &u64::MAX.to_string()),
+        ],
+        b"",
+    );
+    harness.frame(id, UP, &request);
+    harness.time_passes();
+    assert_eq!(harness.pipeline.counters().requests_waiting, 0);
+}

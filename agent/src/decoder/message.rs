@@ -60,9 +60,10 @@ impl Properties {
             .or_else(|| {
                 self.get("TIMER_DELAY_SEC")
                     .and_then(|v| v.parse::<i64>().ok())
-                    .map(|s| s * 1000)
+                    .map(|s| s.saturating_mul(1000))
             })?;
-        Some(born_ms + delay_ms)
+        // Wire values: saturate rather than wrap (or panic in a debug build).
+        Some(born_ms.saturating_add(delay_ms))
     }
     pub fn transaction_prepared(&self) -> bool {
         self.get("TRAN_MSG") == Some("true")

@@ -517,3 +517,16 @@ fn the_brokers_side_is_let_go_and_the_clients_side_is_kept() {
     // Connected by the process: it is the client, whatever arrives.
     assert_eq!(verdict(Origin::Connect, 10), (false, 0));
 }
+
+#[test]
+fn wire_times_saturate_instead_of_overflowing() {
+    let props = crate::decoder::Properties::parse(
+        crate::decoder::encode::properties(&[("TIMER_DELAY_SEC", &i64::MAX.to_string())])
+            .as_bytes(),
+    );
+    assert_eq!(props.delivery_time_ms(i64::MAX), Some(i64::MAX));
+    let props = crate::decoder::Properties::parse(
+        crate::decoder::encode::properties(&[("TIMER_DELAY_MS", "1")]).as_bytes(),
+    );
+    assert_eq!(props.delivery_time_ms(i64::MAX), Some(i64::MAX));
+}

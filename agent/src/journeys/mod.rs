@@ -356,7 +356,7 @@ fn step_of<'a>(event: &'a MessageEvent, process: &str, host: &str) -> (&'a str, 
             step.delay_since_born_ms = e
                 .message
                 .born_timestamp_ms
-                .map(|born| (e.end_unix_ns / 1_000_000) as i64 - born);
+                .map(|born| ((e.end_unix_ns / 1_000_000) as i64).saturating_sub(born));
             step.reconsume_times = e.message.reconsume_times;
             (&e.key, step)
         }

@@ -3,7 +3,7 @@
 //! and reads the answers, one request at a time.
 //!
 //! usage: raw-producer BROKER TOPIC COUNT
-//!   sends COUNT messages (keys "raw-<i>", tag "TagRaw", queues 0..3 in turn) and prints one
+//!   sends COUNT messages (keys "raw-<i>", tag "TagRaw", queue 0) and prints one
 //!   JSON line per message: {"key","offset_msg_id","transaction_id","queue_id","queue_offset"}
 //!   (transaction_id: the UNIQ_KEY the broker assigned, where it returns one).
 
@@ -45,7 +45,6 @@ fn main() -> anyhow::Result<()> {
             .duration_since(UNIX_EPOCH)?
             .as_millis()
             .to_string();
-        let queue = (i % 4).to_string();
         let props = properties(&[("KEYS", &key), ("TAGS", "TagRaw"), ("WAIT", "true")]);
         let opaque = i as i32 + 1;
         let frame = json_frame(
@@ -57,7 +56,7 @@ fn main() -> anyhow::Result<()> {
                 ("topic", topic),
                 ("defaultTopic", "TBW102"),
                 ("defaultTopicQueueNums", "4"),
-                ("queueId", &queue),
+                ("queueId", "0"),
                 ("sysFlag", "0"),
                 ("bornTimestamp", &born),
                 ("flag", "0"),
