@@ -283,6 +283,8 @@ fn add(total: &mut DecoderCounters, c: &DecoderCounters) {
     total.frames_lost += c.frames_lost;
     total.resyncs += c.resyncs;
     total.resync_bytes += c.resync_bytes;
+    total.resync_candidates_skipped += c.resync_candidates_skipped;
+    total.resync_header_bytes_parsed += c.resync_header_bytes_parsed;
     total.malformed_messages += c.malformed_messages;
     total.messages_dropped += c.messages_dropped;
     total.pending_evicted += c.pending_evicted;

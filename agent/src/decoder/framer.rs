@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use bytes::{Buf, BytesMut};
+
 use super::{
     Command, DecoderConfig, DecoderCounters, MAX_JSON_BODY, RequestCode, ResponseCode,
     header::{FrameHead, HEAD_LEN, Header, SerializeType},
@@ -16,6 +18,11 @@ use crate::sources::Direction;
 const RESYNC_MAX_HEADER: u32 = 64 << 10;
 /// Bytes kept while scanning: enough for a head and a plausible header.
 const RESYNC_WINDOW: usize = RESYNC_MAX_HEADER as usize + HEAD_LEN;
+/// Header bytes the scan may parse per stream byte seen: whatever bytes a neighbour crafts,
+/// looking for a lost frame boundary costs at most this many times a plain read of them.
+const RESYNC_WORK_PER_BYTE: u64 = 4;
+/// The most header-parse work saved up for one scan.
+const RESYNC_BUDGET_MAX: u64 = 1 << 20;
 
 enum Body {
     Count,
@@ -78,12 +85,15 @@ enum State {
 pub struct Framer {
     config: DecoderConfig,
     state: State,
-    buf: Vec<u8>,
-    /// Stream position of the next byte to consume.
+    /// Bytes taken from the stream and not consumed yet: the head or header being collected,
+    /// or the window being scanned (right after a scan found a frame: that frame's bytes on).
+    buf: BytesMut,
+    /// Stream position of the next byte to take from the stream (the end of `buf`).
     position: u64,
-    /// Position and time of the current frame's first byte.
-    frame_start: u64,
-    frame_start_ns: u64,
+    /// Position and time of the current frame's first byte, once known.
+    frame_start: Option<(u64, u64)>,
+    /// Header-parse work the scan may still do, earned by every byte seen.
+    resync_budget: u64,
 }
 
 impl Framer {
@@ -95,10 +105,10 @@ impl Framer {
             } else {
                 State::Head
             },
-            buf: Vec::new(),
+            buf: BytesMut::new(),
             position: 0,
-            frame_start: 0,
-            frame_start_ns: 0,
+            frame_start: None,
+            resync_budget: 0,
         }
     }
 
@@ -126,82 +136,130 @@ impl Framer {
             let overlap = ((self.position - position) as usize).min(bytes.len());
             bytes = &bytes[overlap..];
         }
-        while !bytes.is_empty() {
-            let consumed = match &mut self.state {
-                State::Head => {
-                    if self.buf.is_empty() {
-                        self.frame_start = self.position;
-                        self.frame_start_ns = timestamp_ns;
-                    }
-                    let n = (HEAD_LEN - self.buf.len()).min(bytes.len());
-                    self.buf.extend_from_slice(&bytes[..n]);
-                    if self.buf.len() == HEAD_LEN {
-                        let head: [u8; HEAD_LEN] = self.buf[..].try_into().unwrap();
-                        match FrameHead::parse(&head, self.config.max_frame) {
-                            Ok(head) => self.state = State::Header(head),
-                            Err(_) => self.start_resync(counters),
-                        }
-                    }
-                    n
+        self.resync_budget = self
+            .resync_budget
+            .saturating_add((bytes.len() as u64).saturating_mul(RESYNC_WORK_PER_BYTE))
+            .min(RESYNC_BUDGET_MAX);
+        // One step at a time until the input is used up: no recursion, and every byte is
+        // taken from the stream once.
+        while self.step(direction, &mut bytes, timestamp_ns, pending, counters, out) {}
+    }
+
+    /// Moves the state machine on with what `buf` holds, then with `input`; false when it
+    /// needs more bytes than there are.
+    fn step(
+        &mut self,
+        direction: Direction,
+        input: &mut &[u8],
+        timestamp_ns: u64,
+        pending: &HashMap<(Direction, i32), RequestCode>,
+        counters: &mut DecoderCounters,
+        out: &mut Vec<Command>,
+    ) -> bool {
+        match &mut self.state {
+            State::Head => {
+                let start = self.position - self.buf.len() as u64;
+                if self.buf.is_empty() && input.is_empty() {
+                    return false;
                 }
-                State::Header(head) => {
-                    let head = *head;
-                    let want = HEAD_LEN + head.header_len as usize;
-                    let n = (want - self.buf.len()).min(bytes.len());
-                    self.buf.extend_from_slice(&bytes[..n]);
-                    if self.buf.len() == want {
-                        match Header::parse(head.serialize_type, &self.buf[HEAD_LEN..]) {
-                            Ok(header) => {
-                                self.buf.clear();
-                                let body = body_for(&header, direction, pending);
-                                let frame = Frame {
-                                    head,
-                                    header,
-                                    body,
-                                    body_remaining: head.body_len(),
-                                    start_position: self.frame_start,
-                                    start_ns: self.frame_start_ns,
-                                    missing: 0,
-                                };
-                                self.state = State::Body(Box::new(frame));
-                                self.finish_if_done(direction, timestamp_ns, out);
-                            }
-                            // A plausible head with a garbage header: the boundary is lost.
-                            Err(_) => self.start_resync(counters),
-                        }
-                    }
-                    n
+                self.frame_start.get_or_insert((start, timestamp_ns));
+                if !self.fill(HEAD_LEN, input) {
+                    return false;
                 }
-                State::Body(frame) => {
-                    let n = frame.body_remaining.min(bytes.len() as u64) as usize;
-                    frame.body.feed(&bytes[..n]);
+                let head: [u8; HEAD_LEN] = self.buf[..HEAD_LEN].try_into().unwrap();
+                match FrameHead::parse(&head, self.config.max_frame) {
+                    Ok(head) => self.state = State::Header(head),
+                    Err(_) => self.start_resync(counters),
+                }
+            }
+            State::Header(head) => {
+                let head = *head;
+                let want = HEAD_LEN + head.header_len as usize;
+                if !self.fill(want, input) {
+                    return false;
+                }
+                match Header::parse(head.serialize_type, &self.buf[HEAD_LEN..want]) {
+                    Ok(header) => {
+                        self.buf.advance(want);
+                        let (start_position, start_ns) =
+                            self.frame_start.unwrap_or((self.position, timestamp_ns));
+                        let body = body_for(&header, direction, pending);
+                        let frame = Frame {
+                            head,
+                            header,
+                            body,
+                            body_remaining: head.body_len(),
+                            start_position,
+                            start_ns,
+                            missing: 0,
+                        };
+                        self.state = State::Body(Box::new(frame));
+                        self.finish_if_done(direction, timestamp_ns, out);
+                    }
+                    // A plausible head with a garbage header: the boundary is lost.
+                    Err(_) => self.start_resync(counters),
+                }
+            }
+            State::Body(frame) => {
+                // Bytes held since a scan first, then the stream's.
+                if !self.buf.is_empty() {
+                    let n = frame.body_remaining.min(self.buf.len() as u64) as usize;
+                    frame.body.feed(&self.buf[..n]);
+                    frame.body_remaining -= n as u64;
+                    self.buf.advance(n);
+                } else if !input.is_empty() {
+                    let n = frame.body_remaining.min(input.len() as u64) as usize;
+                    frame.body.feed(&input[..n]);
                     frame.body_remaining -= n as u64;
                     self.position += n as u64;
-                    self.finish_if_done(direction, timestamp_ns, out);
-                    bytes = &bytes[n..];
-                    continue;
+                    *input = &input[n..];
+                } else {
+                    return false;
                 }
-                State::Skip { remaining } => {
-                    let n = (*remaining).min(bytes.len() as u64);
-                    *remaining -= n;
-                    if *remaining == 0 {
-                        self.state = State::Head;
-                    }
-                    n as usize
-                }
-                State::Resync => {
-                    let room = RESYNC_WINDOW.saturating_sub(self.buf.len()).max(1);
-                    let n = room.min(bytes.len());
-                    self.buf.extend_from_slice(&bytes[..n]);
+                self.finish_if_done(direction, timestamp_ns, out);
+            }
+            State::Skip { remaining } => {
+                let n = if !self.buf.is_empty() {
+                    let n = (*remaining).min(self.buf.len() as u64);
+                    self.buf.advance(n as usize);
                     n
+                } else if !input.is_empty() {
+                    let n = (*remaining).min(input.len() as u64);
+                    self.position += n;
+                    *input = &input[n as usize..];
+                    n
+                } else {
+                    return false;
+                };
+                *remaining -= n;
+                if *remaining == 0 {
+                    self.state = State::Head;
                 }
-            };
-            self.position += consumed as u64;
-            bytes = &bytes[consumed..];
-            if matches!(self.state, State::Resync) {
-                self.scan(direction, timestamp_ns, pending, counters, out);
+            }
+            State::Resync => {
+                let room = RESYNC_WINDOW.saturating_sub(self.buf.len());
+                let n = room.min(input.len());
+                self.take(n, input);
+                if !self.scan(timestamp_ns, counters) && n == 0 {
+                    return false;
+                }
             }
         }
+        true
+    }
+
+    /// Moves `n` bytes of `input` into `buf`.
+    fn take(&mut self, n: usize, input: &mut &[u8]) {
+        self.buf.extend_from_slice(&input[..n]);
+        self.position += n as u64;
+        *input = &input[n..];
+    }
+
+    /// Makes `buf` hold `want` bytes, from `input`; false when there are not enough yet.
+    fn fill(&mut self, want: usize, input: &mut &[u8]) -> bool {
+        let n = want.saturating_sub(self.buf.len()).min(input.len());
+        self.take(n, input);
+        self.buf.len() >= want
     }
 
     /// `length` bytes at `position` were never seen.
@@ -232,7 +290,8 @@ impl Framer {
             }
             State::Header(head) => {
                 // The header is lost: skip the frame by its length.
-                let frame_end = self.frame_start + 4 + u64::from(head.length);
+                let frame_start = self.frame_start.map_or(position, |(start, _)| start);
+                let frame_end = frame_start + 4 + u64::from(head.length);
                 counters.frames_lost += 1;
                 self.buf.clear();
                 self.state = if end < frame_end {
@@ -269,6 +328,9 @@ impl Framer {
             self.start_resync(counters);
             self.buf.clear();
         }
+        if !matches!(self.state, State::Header(_)) {
+            self.frame_start = None;
+        }
     }
 
     fn finish_if_done(&mut self, direction: Direction, timestamp_ns: u64, out: &mut Vec<Command>) {
@@ -281,6 +343,7 @@ impl Framer {
         let State::Body(frame) = std::mem::replace(&mut self.state, State::Head) else {
             unreachable!()
         };
+        self.frame_start = None;
         let Frame {
             head,
             header,
@@ -322,58 +385,50 @@ impl Framer {
     fn start_resync(&mut self, counters: &mut DecoderCounters) {
         counters.resyncs += 1;
         if !self.buf.is_empty() {
-            self.buf.remove(0);
+            self.buf.advance(1);
             counters.resync_bytes += 1;
         }
+        self.frame_start = None;
         self.state = State::Resync;
     }
 
-    /// Looks for a plausible frame in `buf`; on success the framer goes on from there.
-    fn scan(
-        &mut self,
-        direction: Direction,
-        timestamp_ns: u64,
-        pending: &HashMap<(Direction, i32), RequestCode>,
-        counters: &mut DecoderCounters,
-        out: &mut Vec<Command>,
-    ) {
+    /// Looks for a plausible frame in `buf`, dropping what cannot start one; true when one
+    /// was found (`buf` then starts with it and the framer goes on from there).
+    fn scan(&mut self, timestamp_ns: u64, counters: &mut DecoderCounters) -> bool {
         let mut at = 0;
-        while at + HEAD_LEN <= self.buf.len() {
-            match plausible(&self.buf[at..], self.config.max_frame) {
-                Plausible::No => at += 1,
-                Plausible::NeedMore => break,
-                Plausible::Yes => {
-                    counters.resync_bytes += at as u64;
-                    let rest = self.buf.split_off(at);
-                    self.buf.clear();
-                    self.state = State::Head;
-                    // Re-feed the found frame's bytes from its start position.
-                    let start = self.position - rest.len() as u64;
-                    self.position = start;
-                    self.feed(
-                        direction,
-                        start,
-                        &rest,
-                        timestamp_ns,
-                        pending,
-                        counters,
-                        out,
-                    );
-                    return;
-                }
+        let found = loop {
+            if at + HEAD_LEN > self.buf.len() {
+                break false;
             }
+            let mut budget = Budget {
+                left: &mut self.resync_budget,
+                skipped: &mut counters.resync_candidates_skipped,
+                spent: &mut counters.resync_header_bytes_parsed,
+            };
+            match plausible(&self.buf[at..], self.config.max_frame, Some(&mut budget)) {
+                Plausible::No => at += 1,
+                Plausible::NeedMore => break false,
+                Plausible::Yes => break true,
+            }
+        };
+        // What lies before `at` cannot start a frame; a candidate that needs more bytes
+        // needs at most the window.
+        counters.resync_bytes += at as u64;
+        self.buf.advance(at);
+        if found {
+            self.frame_start = Some((self.position - self.buf.len() as u64, timestamp_ns));
+            self.state = State::Head;
         }
-        // Keep only what may still start a frame.
-        if at > 0 && at <= self.buf.len() {
-            counters.resync_bytes += at as u64;
-            self.buf.drain(..at);
-        }
-        if self.buf.len() >= RESYNC_WINDOW {
-            let drop = self.buf.len() - HEAD_LEN;
-            counters.resync_bytes += drop as u64;
-            self.buf.drain(..drop);
-        }
+        found
     }
+}
+
+/// The header-parse work a scan may still spend, and the count of candidates passed over
+/// for want of it.
+pub(super) struct Budget<'a> {
+    left: &'a mut u64,
+    skipped: &'a mut u64,
+    spent: &'a mut u64,
 }
 
 pub(super) enum Plausible {
@@ -382,8 +437,37 @@ pub(super) enum Plausible {
     NeedMore,
 }
 
-/// Whether `bytes` starts with a frame head and a header that decodes.
-pub(super) fn plausible(bytes: &[u8], max_frame: u32) -> Plausible {
+/// Whether a header's outline holds, in constant time: a JSON object's braces, or a binary
+/// header whose remark and ext fields fill it exactly.
+fn outline_holds(serialize_type: SerializeType, header: &[u8]) -> bool {
+    match serialize_type {
+        SerializeType::Json => header.first() == Some(&b'{') && header.last() == Some(&b'}'),
+        SerializeType::Rocketmq => {
+            let i32_at = |at: usize| {
+                header
+                    .get(at..at + 4)
+                    .map(|b| i32::from_be_bytes(b.try_into().unwrap()))
+            };
+            let Some(remark_len) = i32_at(13) else {
+                return false;
+            };
+            let remark_len = usize::try_from(remark_len.max(0)).unwrap_or(usize::MAX);
+            let Some(ext_len) = 17usize
+                .checked_add(remark_len)
+                .and_then(i32_at)
+                .and_then(|l| usize::try_from(l).ok())
+            else {
+                return false;
+            };
+            header[2] <= 13
+                && 21usize.saturating_add(remark_len).saturating_add(ext_len) == header.len()
+        }
+    }
+}
+
+/// Whether `bytes` starts with a frame head and a header that decodes. With a `budget`, a
+/// header is parsed only while the budget lasts (and is charged for it).
+pub(super) fn plausible(bytes: &[u8], max_frame: u32, budget: Option<&mut Budget>) -> Plausible {
     let Ok(head) = FrameHead::parse(bytes[..HEAD_LEN].try_into().unwrap(), max_frame) else {
         return Plausible::No;
     };
@@ -396,6 +480,18 @@ pub(super) fn plausible(bytes: &[u8], max_frame: u32) -> Plausible {
     let Some(header) = bytes.get(HEAD_LEN..HEAD_LEN + head.header_len as usize) else {
         return Plausible::NeedMore;
     };
+    if !outline_holds(head.serialize_type, header) {
+        return Plausible::No;
+    }
+    if let Some(budget) = budget {
+        let cost = u64::from(head.header_len);
+        if *budget.left < cost {
+            *budget.skipped += 1;
+            return Plausible::No;
+        }
+        *budget.left -= cost;
+        *budget.spent += cost;
+    }
     match Header::parse(head.serialize_type, header) {
         Ok(_) => Plausible::Yes,
         Err(_) => Plausible::No,

@@ -117,6 +117,11 @@ pub struct DecoderCounters {
     pub resyncs: u64,
     /// Bytes skipped while scanning for a frame header.
     pub resync_bytes: u64,
+    /// Possible frame heads the scan passed over without parsing their header: it had used
+    /// up the work allowed per byte seen (bytes crafted to look like many heads).
+    pub resync_candidates_skipped: u64,
+    /// Header bytes parsed while scanning (at most a few per byte seen).
+    pub resync_header_bytes_parsed: u64,
     pub malformed_messages: u64,
     pub messages_dropped: u64,
     pub pending_evicted: u64,

@@ -34,7 +34,7 @@ pub fn recognize(prefix: &[u8]) -> Recognition {
     if prefix.len() < HEAD_LEN {
         return Recognition::NeedMore;
     }
-    match plausible(prefix, DEFAULT_MAX_FRAME) {
+    match plausible(prefix, DEFAULT_MAX_FRAME, None) {
         Plausible::Yes => Recognition::Remoting,
         Plausible::NeedMore => Recognition::NeedMore,
         Plausible::No => Recognition::Other,

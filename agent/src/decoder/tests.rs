@@ -530,3 +530,42 @@ fn wire_times_saturate_instead_of_overflowing() {
     );
     assert_eq!(props.delivery_time_ms(i64::MAX), Some(i64::MAX));
 }
+
+/// A head every 32 bytes, each claiming a 65,000-byte binary header whose outline holds.
+fn crafted_heads(count: usize) -> Vec<u8> {
+    let mut unit = Vec::new();
+    unit.extend_from_slice(&65_100u32.to_be_bytes());
+    unit.extend_from_slice(&((1u32 << 24) | 65_000).to_be_bytes());
+    unit.extend_from_slice(&[0, 10, 0, 1, 61, 0, 0, 0, 0, 0, 0, 0, 0]);
+    unit.extend_from_slice(&0i32.to_be_bytes());
+    unit.extend_from_slice(&(65_000i32 - 21).to_be_bytes());
+    unit.resize(32, b'k');
+    unit.repeat(count)
+}
+
+#[test]
+fn crafted_heads_cost_bounded_work_and_real_frames_are_found_after_them() {
+    let frame = json_frame(11, 0, 3, &[("topic", "T")], b"");
+    let hostile = crafted_heads(64 << 10); // 2 MiB
+    // Real traffic goes on after the garbage (a candidate claiming a 65,000-byte header holds
+    // the scan until that many bytes have come).
+    let after: Vec<u8> = frame.repeat((80 << 10) / frame.len());
+    let stream = [&frame[..], &[0xFF; 8], &hostile, &after].concat();
+    let mut decoder = ConnectionDecoder::new(DecoderConfig::default(), false);
+    let mut out = Vec::new();
+    // In pieces, as a live connection arrives; no recursion however many candidates.
+    for (i, piece) in stream.chunks(1000).enumerate() {
+        decoder.data(UP, (i * 1000) as u64, piece, 0, &mut out);
+    }
+    let c = &decoder.counters;
+    assert!(c.resync_candidates_skipped > 0, "{c:?}");
+    assert!(
+        c.resync_header_bytes_parsed <= 4 * stream.len() as u64,
+        "header parsing is paid for by the bytes seen: {c:?}"
+    );
+    let found = out.iter().filter(|c| c.header.opaque == 3).count();
+    assert!(
+        found >= after.len() / frame.len() / 2,
+        "the frames after the garbage: {found} {c:?}"
+    );
+}
