@@ -177,10 +177,31 @@ pub fn enter_accept4(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Attached to `sys_exit_connect`, `sys_exit_accept` and `sys_exit_accept4`.
+/// Attached to `sys_exit_connect`.
 #[tracepoint]
 pub fn exit_open(ctx: TracePointContext) -> u32 {
     if let Some(active) = maps::take_active() {
+        sockets::on_open_exit(&active, return_value(&ctx));
+    }
+    0
+}
+
+/// Attached to `sys_exit_accept` and `sys_exit_accept4`. A server thread usually waits inside
+/// accept: when tracing began meanwhile, its enter was never seen. The connection is tracked
+/// all the same (without the peer address, which user space learns from /proc).
+#[tracepoint]
+pub fn exit_accept(ctx: TracePointContext) -> u32 {
+    let active = maps::take_active().or_else(|| {
+        process_selected(current_pid()).then_some(ActiveSyscall {
+            buf: 0,
+            len: 0,
+            fd: -1,
+            syscall: Syscall::Accept4 as u8,
+            vectored: 0,
+            _pad: 0,
+        })
+    });
+    if let Some(active) = active {
         sockets::on_open_exit(&active, return_value(&ctx));
     }
     0
