@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod decoder;
 pub mod exporters;
 pub mod journeys;
+pub mod listeners;
 pub mod logs;
 pub mod metrics;
 pub mod pipeline;

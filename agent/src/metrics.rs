@@ -10,6 +10,8 @@ use std::{
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::listeners::{Admission, REQUEST_TIMEOUT};
+
 /// The latest rendering of the counters, shared with the server.
 #[derive(Clone, Default)]
 pub struct Snapshot(Arc<Mutex<String>>);
@@ -67,15 +69,26 @@ pub async fn serve(address: SocketAddr, snapshot: Snapshot) -> anyhow::Result<()
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("binding the metrics endpoint to {address}"))?;
+    let mut admission = Admission::new("metrics");
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
+            let mut stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    admission.accept_failed(&error).await;
+                    continue;
+                }
+            };
+            let Some(slot) = admission.admit() else {
+                continue; // every slot taken: closed at once
             };
             let snapshot = snapshot.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let mut request = [0u8; 1024];
-                let Ok(n) = stream.read(&mut request).await else {
+                let Ok(Ok(n)) =
+                    tokio::time::timeout(REQUEST_TIMEOUT, stream.read(&mut request)).await
+                else {
                     return;
                 };
                 let request = String::from_utf8_lossy(&request[..n]);

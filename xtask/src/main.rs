@@ -2,6 +2,7 @@
 //! Linux host, installing what is missing and saying so.
 
 mod bench;
+mod fuzz;
 mod image;
 mod peers;
 mod setup;
@@ -38,6 +39,13 @@ enum Task {
     Peers,
     /// Build the container image from deploy/Dockerfile with buildah (installed if missing).
     Image,
+    /// Run the libFuzzer targets (decoder; pipeline from source events to spans and journal)
+    /// with cargo-fuzz on rustup's nightly, each for SECONDS (installs cargo-fuzz if missing).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +67,10 @@ fn main() -> anyhow::Result<()> {
         Task::Test => test(),
         Task::Peers => peers::ensure().map(|dir| println!("peers in {}", dir.display())),
         Task::Image => image::run(),
+        Task::Fuzz { seconds } => {
+            setup::run()?;
+            fuzz::run(seconds).map(drop)
+        }
         Task::Bench => {
             setup::run()?;
             bench::run()
@@ -88,8 +100,13 @@ fn test() -> anyhow::Result<()> {
         "running all tests (real RocketMQ peers from {})",
         peers.display()
     ));
-    cargo(&["test", "--workspace", "--", "--test-threads=1"])
+    cargo(&["test", "--workspace", "--", "--test-threads=1"])?;
+    step("fuzzing each target briefly (cargo xtask fuzz runs them longer)");
+    fuzz::run(FUZZ_SMOKE_SECONDS).map(drop)
 }
+
+/// How long `cargo xtask test` fuzzes each target.
+const FUZZ_SMOKE_SECONDS: u64 = 30;
 
 pub fn step(what: &str) {
     println!("==> xtask: {what}");

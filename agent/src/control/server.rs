@@ -1,5 +1,7 @@
-//! The daemon's side of the control socket: accepts connections, reads one request each and
-//! hands it to the daemon's loop, which owns the probes and answers.
+//! The daemon's side of the control socket: accepts connections, checks who is asking (root,
+//! the daemon's own user, or a member of the control group, by the kernel's peer credentials:
+//! the socket file's mode is not the only guard), reads one request each and hands it to the
+//! daemon's loop, which owns the probes and answers.
 
 use std::{
     os::unix::fs::{PermissionsExt, chown},
@@ -14,6 +16,7 @@ use tokio::{
 };
 
 use super::{MAX_REQUEST_BYTES, Request, Response};
+use crate::listeners::{Admission, REQUEST_TIMEOUT};
 
 /// A request waiting for the daemon, with where its answer goes.
 pub struct Pending {
@@ -68,35 +71,79 @@ pub fn serve(
             .with_context(|| format!("giving {} to group {gid}", path.display()))?;
     }
     let (tx, rx) = mpsc::channel(16);
+    let mut admission = Admission::new("control");
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    admission.accept_failed(&error).await;
+                    continue;
+                }
+            };
+            let Some(slot) = admission.admit() else {
+                continue; // every slot taken: closed at once
             };
             let tx = tx.clone();
             tokio::spawn(async move {
-                let _ = answer(stream, tx).await;
+                let _slot = slot;
+                let _ = answer(stream, gid, tx).await;
             });
         }
     });
     Ok((socket, rx))
 }
 
-async fn answer(stream: UnixStream, daemon: mpsc::Sender<Pending>) -> anyhow::Result<()> {
+/// Why the peer may not use the control socket, if it may not: root, the daemon's own user
+/// and members of the control group (primary or supplementary) may.
+fn refusal(uid: u32, gid: u32, pid: Option<i32>, group: Option<u32>) -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if uid == 0 || uid == unsafe { libc::geteuid() } {
+        return None;
+    }
+    let Some(group) = group else {
+        return Some(format!(
+            "refused: uid {uid} is not root (start the daemon with --control-group to let a \
+             group in)"
+        ));
+    };
+    let member = gid == group
+        || pid
+            .is_some_and(|pid| crate::sources::kernel::procfs::groups(pid as u32).contains(&group));
+    (!member).then(|| format!("refused: uid {uid} is neither root nor in group {group}"))
+}
+
+async fn answer(
+    stream: UnixStream,
+    group: Option<u32>,
+    daemon: mpsc::Sender<Pending>,
+) -> anyhow::Result<()> {
+    let credentials = stream.peer_cred()?;
+    let refused = refusal(
+        credentials.uid(),
+        credentials.gid(),
+        credentials.pid(),
+        group,
+    );
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    BufReader::new(read.take(MAX_REQUEST_BYTES as u64 + 1))
-        .read_line(&mut line)
-        .await?;
-    let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => {
-            let (reply, answer) = oneshot::channel();
-            daemon.send(Pending { request, reply }).await?;
-            answer.await?
+    let response = if let Some(message) = refused {
+        Response::Error { message }
+    } else {
+        let mut line = String::new();
+        let mut reader = BufReader::new(read.take(MAX_REQUEST_BYTES as u64 + 1));
+        tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line))
+            .await
+            .context("no request within the deadline")??;
+        match serde_json::from_str::<Request>(&line) {
+            Ok(request) => {
+                let (reply, answer) = oneshot::channel();
+                daemon.send(Pending { request, reply }).await?;
+                answer.await?
+            }
+            Err(error) => Response::Error {
+                message: format!("not a request mqtrace understands: {error}"),
+            },
         }
-        Err(error) => Response::Error {
-            message: format!("not a request mqtrace understands: {error}"),
-        },
     };
     let mut text = serde_json::to_string(&response)?;
     text.push('\n');

@@ -53,8 +53,6 @@ pub enum Unseen {
     CaptureGap,
     /// The kernel dropped records while the request waited (the ring buffer was full).
     CaptureLost,
-    /// The connection closed before a response.
-    ConnectionClosed,
     /// The process was deselected while the request waited.
     Deselected,
     /// The agent stopped copying the connection.
@@ -70,7 +68,6 @@ impl Unseen {
         match self {
             Unseen::CaptureGap => "capture_gap",
             Unseen::CaptureLost => "capture_lost",
-            Unseen::ConnectionClosed => "connection_closed",
             Unseen::Deselected => "deselected",
             Unseen::NotFollowed => "not_followed",
             Unseen::AgentStopped => "agent_stopped",
@@ -78,12 +75,14 @@ impl Unseen {
         }
     }
 
-    fn of(cause: EndCause) -> Self {
+    /// Why the agent may have missed a response on a connection it stopped following; None
+    /// when the connection really closed (the agent saw it all: no response came).
+    fn of(cause: EndCause) -> Option<Self> {
         match cause {
-            EndCause::Closed => Unseen::ConnectionClosed,
-            EndCause::Deselected => Unseen::Deselected,
-            EndCause::NotFollowed => Unseen::NotFollowed,
-            EndCause::CaptureEnded => Unseen::CaptureEnded,
+            EndCause::Closed => None,
+            EndCause::Deselected => Some(Unseen::Deselected),
+            EndCause::NotFollowed => Some(Unseen::NotFollowed),
+            EndCause::CaptureEnded => Some(Unseen::CaptureEnded),
         }
     }
 }
@@ -223,7 +222,6 @@ impl MessageEvent {
 pub struct UnseenCounters {
     pub capture_gap: u64,
     pub capture_lost: u64,
-    pub connection_closed: u64,
     pub deselected: u64,
     pub not_followed: u64,
     pub agent_stopped: u64,
@@ -235,7 +233,6 @@ impl UnseenCounters {
         *match reason {
             Unseen::CaptureGap => &mut self.capture_gap,
             Unseen::CaptureLost => &mut self.capture_lost,
-            Unseen::ConnectionClosed => &mut self.connection_closed,
             Unseen::Deselected => &mut self.deselected,
             Unseen::NotFollowed => &mut self.not_followed,
             Unseen::AgentStopped => &mut self.agent_stopped,
@@ -253,6 +250,8 @@ pub struct CorrelationCounters {
     pub settles: u64,
     /// Requests the broker did not answer in time, with the agent seeing everything.
     pub timeouts: u64,
+    /// Requests whose connection closed before an answer, with the agent seeing everything.
+    pub closed_unanswered: u64,
     /// Requests whose response the agent may have missed, by reason: not errors.
     pub unseen_responses: UnseenCounters,
     /// Requests the traced process received (it is the broker of that connection).
@@ -337,12 +336,12 @@ impl Correlator {
         let key = (command.connection, command.command.header.opaque);
         if command.command.is_response() {
             if let Some(pending) = self.take(&key) {
-                self.complete(pending.request, Some(&command), None, out);
+                self.complete(pending.request, Some(&command), Unanswered::TimedOut, out);
             }
             return;
         }
         if command.command.header.is_oneway() {
-            return self.complete(command, None, None, out);
+            return self.complete(command, None, Unanswered::TimedOut, out);
         }
         if self.pending.len() >= MAX_PENDING
             && let Some((_, oldest)) = self.arrival.pop_first()
@@ -407,8 +406,8 @@ impl Correlator {
         }
     }
 
-    /// The agent no longer follows `connection`: requests still waiting on it end, their
-    /// response unseen for the `cause`.
+    /// The agent no longer follows `connection`: requests still waiting on it end, as
+    /// unanswered when it closed with the agent seeing everything, else as unseen.
     pub fn ended(
         &mut self,
         connection: ConnectionId,
@@ -417,8 +416,14 @@ impl Correlator {
     ) {
         for key in self.keys_of(connection) {
             let pending = self.take(&key).expect("listed");
-            let reason = pending.missed.unwrap_or(Unseen::of(cause));
-            self.complete(pending.request, None, Some(reason), out);
+            let end = match pending.missed.or(Unseen::of(cause)) {
+                Some(reason) => Unanswered::Unseen(reason),
+                None => {
+                    self.counters.closed_unanswered += 1;
+                    Unanswered::Closed
+                }
+            };
+            self.complete(pending.request, None, end, out);
         }
     }
 
@@ -439,7 +444,8 @@ impl Correlator {
             if missed.is_none() {
                 self.counters.timeouts += 1;
             }
-            self.complete(pending.request, None, missed, out);
+            let end = missed.map_or(Unanswered::TimedOut, Unanswered::Unseen);
+            self.complete(pending.request, None, end, out);
         }
     }
 
@@ -449,7 +455,7 @@ impl Correlator {
         while let Some((_, key)) = self.arrival.pop_first() {
             let pending = self.pending.remove(&key).expect("in arrival order");
             let reason = pending.missed.unwrap_or(reason);
-            self.complete(pending.request, None, Some(reason), out);
+            self.complete(pending.request, None, Unanswered::Unseen(reason), out);
         }
     }
 
@@ -461,29 +467,33 @@ impl Correlator {
         }
     }
 
-    /// Events for a request and its response (None: oneway, or no response came, `unseen`
-    /// saying why when the agent knows it may have missed it).
+    /// Events for a request and its response (None: oneway, or no response came, and
+    /// `unanswered` says how it ended).
     fn complete(
         &mut self,
         request: DecodedCommand,
         response: Option<&DecodedCommand>,
-        unseen: Option<Unseen>,
+        unanswered: Unanswered,
         out: &mut Vec<MessageEvent>,
     ) {
         if request.serving_process || response.is_some_and(|r| r.serving_process) {
             self.counters.serving_process_requests += 1;
             return;
         }
-        let outcome = match (response, unseen) {
+        let outcome = match (response, unanswered) {
             (Some(r), _) => outcome_of(r),
             (None, _) if request.command.header.is_oneway() => Outcome::Ok,
-            (None, Some(reason)) => {
+            (None, Unanswered::Unseen(reason)) => {
                 self.counters.unseen_responses.count(reason);
                 Outcome::Unseen(reason)
             }
-            (None, None) => Outcome::Error {
+            (None, Unanswered::TimedOut) => Outcome::Error {
                 error_type: "timeout".into(),
                 message: Some("no response".into()),
+            },
+            (None, Unanswered::Closed) => Outcome::Error {
+                error_type: "connection_closed".into(),
+                message: Some("the connection closed before a response".into()),
             },
         };
         let step = Step {
@@ -791,6 +801,17 @@ impl Correlator {
             endpoint: step.endpoint,
         }));
     }
+}
+
+/// How a request without a response ended.
+#[derive(Clone, Copy)]
+enum Unanswered {
+    /// Its deadline passed, the agent seeing everything.
+    TimedOut,
+    /// Its connection closed, the agent seeing everything.
+    Closed,
+    /// The agent may have missed the response.
+    Unseen(Unseen),
 }
 
 /// A send to `%RETRY%group` or `%DLQ%group` is a consumer settling a message, not a producer.

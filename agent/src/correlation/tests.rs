@@ -561,10 +561,10 @@ fn a_response_the_agent_may_have_missed_is_not_an_error() {
     let (spans, pipeline) = harness.finish();
     assert_unseen(&spans, &pipeline, "capture_lost");
 
-    // The process deselected, the connection closed, the capture ended.
+    // The process deselected, the capture ended.
     for (cause, reason) in [
         (Some(EndCause::Deselected), "deselected"),
-        (Some(EndCause::Closed), "connection_closed"),
+        (Some(EndCause::NotFollowed), "not_followed"),
         (None, "capture_ended"),
     ] {
         let mut harness = Harness::new(DecoderConfig::default());
@@ -581,6 +581,26 @@ fn a_response_the_agent_may_have_missed_is_not_an_error() {
         let (spans, pipeline) = harness.finish();
         assert_unseen(&spans, &pipeline, reason);
     }
+}
+
+#[test]
+fn a_connection_closed_before_the_answer_with_nothing_missed_is_an_error() {
+    let mut harness = Harness::new(DecoderConfig::default());
+    let id = harness.open(1, 0, Origin::Connect);
+    harness.frame(id, UP, &single_send(1, "C1"));
+    harness.event(SourceEvent::Closed {
+        connection: id,
+        final_positions: None,
+        timestamp_ns: 9_000_000,
+        cause: EndCause::Closed,
+    });
+    let (spans, pipeline) = harness.finish();
+    assert_eq!(spans[0].status, Status::Error);
+    assert_eq!(
+        attr(&spans[0], "error.type"),
+        Some(&Value::String("connection_closed".into()))
+    );
+    assert_eq!(pipeline.counters().correlation.closed_unanswered, 1);
 }
 
 #[test]

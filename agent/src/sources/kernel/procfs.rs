@@ -65,6 +65,22 @@ pub fn cgroup_v2(pid: u32) -> Option<String> {
         .map(String::from)
 }
 
+/// A process's supplementary groups (the `Groups:` line of /proc/PID/status).
+pub fn groups(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| {
+                line.strip_prefix("Groups:").map(|ids| {
+                    ids.split_whitespace()
+                        .filter_map(|id| id.parse().ok())
+                        .collect()
+                })
+            })
+        })
+        .unwrap_or_default()
+}
+
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on
 /// hybrid hosts).
 pub fn cgroup_v2_mount() -> Option<std::path::PathBuf> {
