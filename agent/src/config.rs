@@ -16,6 +16,7 @@
 //! control_socket = "/run/mqtrace/mqtrace.sock"
 //! control_group = "mqtrace"        # may use the control socket besides root
 //! journal_messages = 20000
+//! state_file = "/run/mqtrace/mqtrace.rules.json"   # rules kept across restarts
 //! ```
 
 use std::{
@@ -46,6 +47,7 @@ pub struct FileConfig {
     pub control_socket: Option<PathBuf>,
     pub control_group: Option<String>,
     pub journal_messages: Option<usize>,
+    pub state_file: Option<PathBuf>,
 }
 
 impl FileConfig {

@@ -1,9 +1,10 @@
 //! The live daemon: kernel capture → pipeline → exporters, steered while it runs over the
 //! control socket, its counters on `/metrics`, its problems in the log.
 
+use anyhow::Context;
 use std::{
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -12,7 +13,7 @@ use mqtrace_common::Selection;
 use crate::{
     control::{
         Request, Response, Status, Target,
-        rules::{Rules, mode_name},
+        rules::{Rules, SavedRule, mode_name},
         server,
     },
     correlation::Unseen,
@@ -47,6 +48,8 @@ pub struct DaemonOptions {
     pub control_socket: PathBuf,
     pub control_group: Option<String>,
     pub journal_messages: usize,
+    /// Where the rules set with enable/disable are kept, to apply them again at a restart.
+    pub state_file: PathBuf,
 }
 
 struct Daemon {
@@ -54,10 +57,12 @@ struct Daemon {
     pipeline: Pipeline,
     spans: SpanSinks,
     rules: Rules,
+    state_file: PathBuf,
     started: Instant,
 }
 
 pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
+    crate::listeners::raise_open_files_limit();
     let mut capture = KernelCapture::start(CaptureOptions {
         trace_all: options.trace_all,
         max_bytes_per_syscall: options.max_bytes_per_syscall,
@@ -66,6 +71,18 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let mut rules = Rules::default();
     for target in &options.startup {
         rules.apply(&mut capture, target, true)?;
+    }
+    // The rules of the last run are the later word.
+    match load_rules(&options.state_file) {
+        Ok(saved) if !saved.is_empty() => {
+            let (applied, skipped) = rules.restore(&mut capture, &saved);
+            tracing::info!(applied, state_file = %options.state_file.display(), "rules of the last run applied again");
+            for reason in skipped {
+                tracing::info!(%reason, "a rule of the last run not applied");
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!("{error:#}"),
     }
     let (_socket, mut requests) =
         server::serve(&options.control_socket, options.control_group.as_deref())?;
@@ -86,6 +103,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         pipeline,
         spans: SpanSinks::new(options.output.as_deref(), options.otlp.clone())?,
         rules,
+        state_file: options.state_file.clone(),
         started: Instant::now(),
     };
     let what = if options.trace_all {
@@ -173,6 +191,10 @@ impl Daemon {
 
     fn apply(&mut self, target: Target, enabled: bool) -> anyhow::Result<Response> {
         let applied = self.rules.apply(&mut self.capture, &target, enabled)?;
+        if let Err(error) = save_rules(&self.state_file, &self.rules.saved()) {
+            // The rule is in force; only a restart would lose it.
+            tracing::warn!("{error:#}");
+        }
         tracing::info!(%target, enabled, processes = ?applied.processes, "selection changed");
         Ok(Response::Applied {
             target,
@@ -203,6 +225,27 @@ impl Daemon {
             "export": self.spans.counters(),
         }))
     }
+}
+
+/// The rules a previous run kept (none when there is no state file yet).
+fn load_rules(path: &Path) -> anyhow::Result<Vec<SavedRule>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading the rules in {}", path.display()));
+        }
+    };
+    serde_json::from_str(&text)
+        .with_context(|| format!("the rules in {} are not readable; ignored", path.display()))
+}
+
+/// Writes the rules in force, whole or not at all (a temporary file renamed over the old).
+fn save_rules(path: &Path, rules: &[SavedRule]) -> anyhow::Result<()> {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, serde_json::to_vec_pretty(rules)?)
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .with_context(|| format!("keeping the rules in {}", path.display()))
 }
 
 /// Hands the pipeline's spans to their destinations.

@@ -66,6 +66,10 @@ const PROBLEMS: &[(&str, &str)] = &[
         "requests forgotten: too many waiting for a response",
     ),
     (
+        "/export/write_errors",
+        "spans not written: the --output file could not be written (disk full?); tracing goes on",
+    ),
+    (
         "/export/otlp/dropped_queue_full",
         "spans dropped: the OTLP export queue was full",
     ),

@@ -187,5 +187,7 @@ impl Drop for Agent {
         drop(self.process.take()); // killed by pid if still running
         let _ = std::fs::remove_file(&self.log);
         let _ = std::fs::remove_file(&self.socket);
+        // The rules it kept (its default state file, beside the socket).
+        let _ = std::fs::remove_file(self.socket.with_extension("rules.json"));
     }
 }

@@ -12,7 +12,7 @@ use std::{
 use mqtrace_tests::{
     agent::{Agent, mqtrace_bin},
     process::Driven,
-    rocketmq::{Broker, client, client_path},
+    rocketmq::{Broker, Owned, client, client_path},
     spancheck::read_span_file,
 };
 
@@ -280,6 +280,12 @@ fn selection_changes_apply_at_once_to_running_and_later_processes() {
 /// Runs the mqtrace binary as user nobody (a copy readable by all: the build directory may
 /// not be).
 fn as_nobody(args: &[&str]) -> std::process::Output {
+    as_user(&["--clear-groups"], args)
+}
+
+/// Runs the mqtrace binary as user nobody with these further setpriv options (groups,
+/// capabilities).
+fn as_user(setpriv: &[&str], args: &[&str]) -> std::process::Output {
     let dir = std::env::temp_dir().join(format!("mqtrace-nobody-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bin = dir.join("mqtrace");
@@ -287,13 +293,115 @@ fn as_nobody(args: &[&str]) -> std::process::Output {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = Command::new("setpriv")
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(["--reuid", "65534", "--regid", "65534"])
+        .args(setpriv)
         .arg(&bin)
         .args(args)
         .output()
         .expect("setpriv");
     let _ = std::fs::remove_dir_all(&dir);
     out
+}
+
+#[test]
+fn the_control_socket_serves_group_members_and_refuses_others_by_peer_credentials() {
+    let _turn = turn();
+    let group = "4242";
+    let agent = Agent::start(
+        "daemon-peers",
+        &["--only-selected", "--control-group", group],
+    );
+    let socket = agent.socket.to_str().unwrap().to_string();
+    // A member of the group (supplementary) is served.
+    let member = as_user(&["--groups", group], &["status", "--socket", &socket]);
+    assert!(
+        member.status.success(),
+        "a member is served: {}",
+        String::from_utf8_lossy(&member.stderr)
+    );
+    // A non-member that gets past the file's mode (CAP_DAC_OVERRIDE) is refused all the same.
+    let outsider = as_user(
+        &[
+            "--clear-groups",
+            "--inh-caps",
+            "+dac_override",
+            "--ambient-caps",
+            "+dac_override",
+        ],
+        &["status", "--socket", &socket],
+    );
+    assert!(!outsider.status.success());
+    let stderr = String::from_utf8_lossy(&outsider.stderr);
+    assert!(
+        stderr.contains("refused: uid 65534 is neither root nor in group 4242"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn rules_survive_a_restart_of_the_daemon() {
+    let _turn = turn();
+    let state = std::env::temp_dir().join(format!("mqtrace-rules-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&state);
+    let sleeper = Owned(Command::new("sleep").arg("120").spawn().unwrap());
+    let pid = sleeper.0.id().to_string();
+    let args = ["--all", "--state-file", state.to_str().unwrap()];
+    let agent = Agent::start("daemon-rules", &args);
+    agent.control_ok(&["disable", "--pid", &pid]);
+    agent.control_ok(&["disable", "--comm", "mqtrace-rules-x"]);
+    agent.stop();
+    let agent = Agent::start("daemon-rules", &args);
+    let listing = agent.control_ok(&["list"]);
+    let _ = std::fs::remove_file(&state);
+    assert!(listing.contains("mqtrace-rules-x"), "{listing}");
+    let line = listing
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(pid.as_str()))
+        .unwrap_or_else(|| panic!("pid {pid} listed again: {listing}"));
+    assert!(line.contains("excluded"), "{line}");
+}
+
+#[test]
+fn idle_connections_to_the_metrics_port_stop_nothing() {
+    let _turn = turn();
+    // This test holds thousands of sockets itself.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with a valid pointer.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    let agent = Agent::start("daemon-idle", &["--only-selected"]);
+    let idle: Vec<std::net::TcpStream> = (0..2000)
+        .filter_map(|_| std::net::TcpStream::connect(agent.metrics).ok())
+        .collect();
+    assert_eq!(idle.len(), 2000, "connected");
+    let started = Instant::now();
+    agent.control_ok(&["status"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "status answered in {:?}",
+        started.elapsed()
+    );
+    // The idle ones get their deadline; /metrics answers again while they are still open.
+    let started = Instant::now();
+    let counters = loop {
+        let counters = std::panic::catch_unwind(|| agent.scrape()).unwrap_or_default();
+        if !counters.is_empty() {
+            break counters;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "/metrics never answered again"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(counters.contains_key("mqtrace_agent_uptime_seconds"));
+    drop(idle);
 }
 
 #[test]

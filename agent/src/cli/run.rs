@@ -93,6 +93,11 @@ pub struct RunArgs {
     /// Recent messages kept for `mqtrace trace`, the oldest forgotten first [default: 20000].
     #[arg(long, value_name = "MESSAGES")]
     journal_messages: Option<usize>,
+    /// Keep the rules set with enable/disable in FILE and apply them again at start (pid
+    /// rules only to the same process) [default: the control socket's path, with extension
+    /// .rules.json].
+    #[arg(long, value_name = "FILE", env = "MQTRACE_STATE_FILE")]
+    state_file: Option<PathBuf>,
 }
 
 /// Resolves the options in force: flag (or environment) over file over default.
@@ -161,6 +166,13 @@ fn resolve(args: RunArgs) -> anyhow::Result<DaemonOptions> {
             .metrics_address
             .or(file.metrics_address)
             .unwrap_or(([127, 0, 0, 1], 9464).into()),
+        state_file: args.state_file.or(file.state_file).unwrap_or_else(|| {
+            args.control_socket
+                .as_ref()
+                .or(file.control_socket.as_ref())
+                .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), Clone::clone)
+                .with_extension("rules.json")
+        }),
         control_socket: args
             .control_socket
             .or(file.control_socket)

@@ -14,6 +14,18 @@ use crate::sources::kernel::{KernelCapture, procfs};
 pub struct Rules {
     /// Comm and cgroup rules, the latest word on each target.
     rules: BTreeMap<Target, bool>,
+    /// Pid rules, with the process's start time (a pid may be reused by another program).
+    pids: BTreeMap<u32, (bool, Option<u64>)>,
+}
+
+/// A rule as the state file keeps it, to apply it again when the daemon restarts.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SavedRule {
+    pub target: Target,
+    pub enabled: bool,
+    /// A pid rule's process start time: the rule is applied again only to that process.
+    #[serde(default)]
+    pub start_time: Option<u64>,
 }
 
 /// What an enable or disable changed.
@@ -44,6 +56,7 @@ impl Rules {
                 } else {
                     capture.deselect(*pid)?;
                 }
+                self.pids.insert(*pid, (enabled, procfs::start_time(*pid)));
                 return Ok(Applied {
                     processes: vec![*pid],
                     note: None,
@@ -93,6 +106,51 @@ impl Rules {
             processes: changed,
             note,
         })
+    }
+
+    /// The rules to keep across a restart: every comm and cgroup rule, and the pid rules of
+    /// processes that still run.
+    pub fn saved(&self) -> Vec<SavedRule> {
+        let pids = self
+            .pids
+            .iter()
+            .filter(|(pid, (_, started))| {
+                started.is_some() && procfs::start_time(**pid) == *started
+            })
+            .map(|(&pid, &(enabled, start_time))| SavedRule {
+                target: Target::Pid(pid),
+                enabled,
+                start_time,
+            });
+        let others = self.rules.iter().map(|(target, &enabled)| SavedRule {
+            target: target.clone(),
+            enabled,
+            start_time: None,
+        });
+        pids.chain(others).collect()
+    }
+
+    /// Applies saved rules again; returns how many were, and why the others were not.
+    pub fn restore(
+        &mut self,
+        capture: &mut KernelCapture,
+        saved: &[SavedRule],
+    ) -> (usize, Vec<String>) {
+        let mut applied = 0;
+        let mut skipped = Vec::new();
+        for rule in saved {
+            if let Target::Pid(pid) = rule.target
+                && procfs::start_time(pid) != rule.start_time
+            {
+                skipped.push(format!("{}: that process is gone", rule.target));
+                continue;
+            }
+            match self.apply(capture, &rule.target, rule.enabled) {
+                Ok(_) => applied += 1,
+                Err(error) => skipped.push(format!("{}: {error:#}", rule.target)),
+            }
+        }
+        (applied, skipped)
     }
 
     pub fn listing(&self, capture: &KernelCapture) -> anyhow::Result<Listing> {

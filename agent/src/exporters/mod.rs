@@ -3,7 +3,7 @@
 pub mod otlp;
 
 use std::{
-    fs::File,
+    fs::{File, OpenOptions},
     io::{BufWriter, Write},
     path::Path,
 };
@@ -18,8 +18,22 @@ pub struct JsonLines {
 }
 
 impl JsonLines {
+    /// A new file at `path` (an offline replay writes the spans of one capture).
     pub fn create(path: &Path) -> anyhow::Result<Self> {
         let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self {
+            out: BufWriter::new(file),
+        })
+    }
+
+    /// `path` opened for appending, created if missing: a daemon's restart keeps what the
+    /// last run wrote.
+    pub fn append(path: &Path) -> anyhow::Result<Self> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {} to append spans", path.display()))?;
         Ok(Self {
             out: BufWriter::new(file),
         })
@@ -41,6 +55,8 @@ impl JsonLines {
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ExportCounters {
     pub spans_written: u64,
+    /// Spans the --output file did not take (a full disk, an I/O error): the daemon goes on.
+    pub write_errors: u64,
     pub otlp: Option<otlp::OtlpCounters>,
 }
 
@@ -50,21 +66,27 @@ pub struct SpanSinks {
     file: Option<JsonLines>,
     otlp: Option<otlp::OtlpExporter>,
     spans_written: u64,
+    write_errors: u64,
 }
 
 impl SpanSinks {
     pub fn new(output: Option<&Path>, otlp: Option<otlp::OtlpConfig>) -> anyhow::Result<Self> {
         Ok(Self {
-            file: output.map(JsonLines::create).transpose()?,
+            file: output.map(JsonLines::append).transpose()?,
             otlp: otlp.map(otlp::OtlpExporter::start).transpose()?,
             spans_written: 0,
+            write_errors: 0,
         })
     }
 
+    /// Hands a span to every destination. A file that cannot be written is counted (and
+    /// logged as a problem), never fatal: tracing goes on.
     pub fn export(&mut self, span: Span) -> anyhow::Result<()> {
         if let Some(file) = self.file.as_mut() {
-            file.write(&span)?;
-            self.spans_written += 1;
+            match file.write(&span) {
+                Ok(()) => self.spans_written += 1,
+                Err(_) => self.write_errors += 1,
+            }
         }
         match &self.otlp {
             Some(otlp) => otlp.send(span),
@@ -74,10 +96,13 @@ impl SpanSinks {
         Ok(())
     }
 
-    /// Writes buffered file output (the OTLP task batches on its own).
+    /// Writes buffered file output (the OTLP task batches on its own); a failed write is
+    /// counted, as in `export`.
     pub fn flush(&mut self) -> anyhow::Result<()> {
-        if let Some(file) = self.file.as_mut() {
-            file.flush()?;
+        if let Some(file) = self.file.as_mut()
+            && file.flush().is_err()
+        {
+            self.write_errors += 1;
         }
         Ok(())
     }
@@ -85,6 +110,7 @@ impl SpanSinks {
     pub fn counters(&self) -> ExportCounters {
         ExportCounters {
             spans_written: self.spans_written,
+            write_errors: self.write_errors,
             otlp: self.otlp.as_ref().map(otlp::OtlpExporter::counters),
         }
     }
@@ -101,7 +127,56 @@ impl SpanSinks {
         };
         Ok(ExportCounters {
             spans_written: self.spans_written,
+            write_errors: self.write_errors,
             otlp,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_daemon_appends_to_its_output_file() {
+        let path = std::env::temp_dir().join(format!("mqtrace-append-{}", std::process::id()));
+        std::fs::write(&path, "{\"earlier\":true}\n").unwrap();
+        let mut file = JsonLines::append(&path).unwrap();
+        file.out.write_all(b"{}\n").unwrap();
+        file.flush().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(text, "{\"earlier\":true}\n{}\n");
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_written_is_counted_not_fatal() {
+        // /dev/full: every write fails with ENOSPC, as on a full disk.
+        use crate::spans::{
+            SpanKind, Status,
+            identity::{SpanId, TraceId},
+        };
+        let mut sinks = SpanSinks::new(Some(Path::new("/dev/full")), None).unwrap();
+        let span = Span {
+            trace_id: TraceId::for_message("A"),
+            span_id: SpanId::for_send("A"),
+            parent_span_id: None,
+            name: "send T".into(),
+            kind: SpanKind::Producer,
+            start_unix_nano: 0,
+            end_unix_nano: 0,
+            status: Status::Unset,
+            status_message: None,
+            attributes: Default::default(),
+            resource: Default::default(),
+            links: Vec::new(),
+        };
+        // Buffered: errors show once the buffer is written out.
+        for _ in 0..100 {
+            sinks.export(span.clone()).unwrap();
+        }
+        sinks.flush().unwrap();
+        let counters = sinks.counters();
+        assert!(counters.write_errors >= 1, "{counters:?}");
     }
 }

@@ -6,7 +6,10 @@ use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::correlation::{Endpoint, MessageEvent, Outcome};
+use crate::{
+    correlation::{Endpoint, MessageEvent, Outcome},
+    spans::printable,
+};
 
 /// Messages kept by default; the oldest go first beyond it.
 pub const DEFAULT_MAX_MESSAGES: usize = 20_000;
@@ -190,7 +193,8 @@ pub fn timeline(journey: &Journey) -> String {
         "born",
         journey.born_unix_ms.map(|ms| utc(ms as u64 * 1_000_000)),
     );
-    out.push('\n');
+    // Wire strings may hold terminal control sequences: shown escaped, never obeyed.
+    let mut out = format!("{}\n", printable(&out));
     for step in &journey.steps {
         let mut line = format!(
             "  {}  {:<24} {}[{}]",
@@ -229,11 +233,12 @@ pub fn timeline(journey: &Journey) -> String {
         }
         let took = step.end_unix_ns.saturating_sub(step.start_unix_ns);
         line.push_str(&format!(
-            "  took {:.1} ms  {}\n",
+            "  took {:.1} ms  {}",
             took as f64 / 1e6,
             step.result
         ));
-        out.push_str(&line);
+        out.push_str(&printable(&line));
+        out.push('\n');
     }
     if journey.steps_dropped > 0 {
         out.push_str(&format!(

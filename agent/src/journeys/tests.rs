@@ -159,3 +159,17 @@ fn the_journal_is_bounded_in_messages_and_in_steps() {
     assert_eq!(journey.steps_dropped, 101 - MAX_STEPS as u64);
     assert_eq!(journal.counters().steps_dropped, 101 - MAX_STEPS as u64);
 }
+
+#[test]
+fn wire_strings_reach_the_terminal_escaped() {
+    let mut journal = Journal::new(10);
+    let mut event = send("A", 1_000_000_000);
+    if let MessageEvent::Send(e) = &mut event {
+        e.message.topic = Some("T\u{1b}]0;owned\u{7}\r".into());
+    }
+    journal.record(&event, "producer\u{1b}[2J", "host");
+    let text = timeline(&journal.query(&by_id("A"))[0]);
+    assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text:?}");
+    assert!(text.contains("T\\u{1b}]0;owned\\u{7}\\r"), "{text}");
+    assert_eq!(text.lines().count(), 2, "one line per step: {text}");
+}

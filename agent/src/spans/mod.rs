@@ -388,6 +388,24 @@ pub fn span(event: &MessageEvent, resource: &Attributes) -> Span {
     }
 }
 
+/// Text for a terminal: control characters (escape sequences, carriage returns, newlines) in
+/// strings that came off the wire are shown escaped, never passed to the terminal.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 /// One readable line per span, for the terminal.
 pub fn span_line(span: &Span) -> String {
     let id = |k: &str| match span.attributes.get(k) {
@@ -399,7 +417,7 @@ pub fn span_line(span: &Span) -> String {
         Some(Value::String(s)) => s.as_str(),
         _ => "?",
     };
-    format!(
+    let line = format!(
         "{:<8} {:<24} msg {} trace {} {:?}{} [{}] {:.1} ms",
         format!("{:?}", span.kind).to_uppercase(),
         span.name,
@@ -412,5 +430,6 @@ pub fn span_line(span: &Span) -> String {
             .unwrap_or_default(),
         service,
         span.end_unix_nano.saturating_sub(span.start_unix_nano) as f64 / 1e6,
-    )
+    );
+    printable(&line).into_owned()
 }

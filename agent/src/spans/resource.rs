@@ -4,6 +4,21 @@
 use std::collections::HashMap;
 
 use super::{Attributes, Value};
+use crate::sources::kernel::safe_read::{read_capped, read_in_root};
+
+/// The most read of a process's environment or command line.
+const MAX_PROC_FILE: usize = 256 << 10;
+/// The most read of a pod's namespace file (a DNS label: 63 bytes).
+const MAX_NAMESPACE: usize = 256;
+
+/// A /proc file of `pid`, capped.
+fn proc_file(pid: u32, name: &str) -> Vec<u8> {
+    read_capped(
+        std::path::Path::new(&format!("/proc/{pid}/{name}")),
+        MAX_PROC_FILE,
+    )
+    .unwrap_or_default()
+}
 
 /// Resources kept at most; beyond it the cache starts over.
 const MAX_CACHED: usize = 16_384;
@@ -78,7 +93,7 @@ fn process_resource(pid: u32, host_name: &str) -> Attributes {
     }
     let service = service_name(pid).unwrap_or(executable);
     r.insert("service.name".into(), service.into());
-    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let cgroup = String::from_utf8_lossy(&proc_file(pid, "cgroup")).into_owned();
     if let Some(id) = container_id(&cgroup) {
         r.insert("container.id".into(), id.into());
     }
@@ -95,7 +110,7 @@ fn process_resource(pid: u32, host_name: &str) -> Attributes {
 /// NODE_NAME, from the downward API). Whatever is missing is left out.
 fn kubernetes(pid: u32, uid: String, r: &mut Attributes) {
     r.insert("k8s.pod.uid".into(), uid.into());
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let environ = proc_file(pid, "environ");
     let env = |name: &str| {
         let prefix = format!("{name}=");
         environ
@@ -107,11 +122,15 @@ fn kubernetes(pid: u32, uid: String, r: &mut Attributes) {
     if let Some(name) = env("HOSTNAME") {
         r.insert("k8s.pod.name".into(), name.into());
     }
-    let namespace = std::fs::read_to_string(format!(
-        "/proc/{pid}/root/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-    ))
+    // Inside the pod's own root: never blocking on a FIFO, never a device, never a symlink
+    // out to the node's files.
+    let namespace = read_in_root(
+        std::path::Path::new(&format!("/proc/{pid}/root")),
+        std::path::Path::new("/var/run/secrets/kubernetes.io/serviceaccount/namespace"),
+        MAX_NAMESPACE,
+    )
     .ok()
-    .map(|n| n.trim().to_string())
+    .map(|n| String::from_utf8_lossy(&n).trim().to_string())
     .filter(|n| !n.is_empty())
     .or_else(|| env("POD_NAMESPACE"));
     if let Some(namespace) = namespace {
@@ -145,13 +164,13 @@ fn pod_uid(cgroup: &str) -> Option<String> {
 /// `OTEL_SERVICE_NAME` from the process's environment, or `-Dotel.service.name=` from its
 /// command line, as the OpenTelemetry agents the application may run would call it.
 fn service_name(pid: u32) -> Option<String> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let environ = proc_file(pid, "environ");
     let from_env = environ
         .split(|&b| b == 0)
         .find_map(|var| var.strip_prefix(b"OTEL_SERVICE_NAME="))
         .map(|v| String::from_utf8_lossy(v).into_owned());
     from_env.filter(|s| !s.is_empty()).or_else(|| {
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = proc_file(pid, "cmdline");
         cmdline
             .split(|&b| b == 0)
             .find_map(|arg| arg.strip_prefix(b"-Dotel.service.name="))

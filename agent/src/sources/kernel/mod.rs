@@ -4,6 +4,7 @@
 mod preflight;
 pub mod procfs;
 pub mod records;
+pub mod safe_read;
 
 use std::collections::BTreeMap;
 

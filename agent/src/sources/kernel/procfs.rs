@@ -65,6 +65,19 @@ pub fn cgroup_v2(pid: u32) -> Option<String> {
         .map(String::from)
 }
 
+/// When a process started (clock ticks after boot, field 22 of /proc/PID/stat): with the pid,
+/// it names one process even after the pid is reused.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses, starttime is the 20th field.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
 /// A process's supplementary groups (the `Groups:` line of /proc/PID/status).
 pub fn groups(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
