@@ -75,7 +75,7 @@ fn stash(syscall: Syscall, fd: u64, buf: u64, len: u64, vectored: bool) {
         vectored: vectored as u8,
         _pad: 0,
     };
-    let _ = ACTIVE.insert(bpf_get_current_pid_tgid(), active, 0);
+    maps::stash_active(bpf_get_current_pid_tgid(), active);
 }
 
 /// `struct user_msghdr`: msg_iov at 16, msg_iovlen at 24.

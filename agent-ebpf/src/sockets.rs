@@ -11,7 +11,7 @@ use mqtrace_common::{
 };
 
 use crate::maps::{
-    ACTIVE, ActiveSyscall, NEXT_CONNECTION_ID, RECORDS, SOCKETS, count, fetch_add,
+    ActiveSyscall, NEXT_CONNECTION_ID, RECORDS, SOCKETS, count, fetch_add,
     process_selected,
 };
 
@@ -40,7 +40,7 @@ pub fn stash_open(syscall: Syscall, fd: u64, sockaddr: u64) {
         vectored: 0,
         _pad: 0,
     };
-    let _ = ACTIVE.insert(pid_tgid, active, 0);
+    crate::maps::stash_active(pid_tgid, active);
 }
 
 /// Peer address from a user sockaddr: (family, port in host order, address bytes).

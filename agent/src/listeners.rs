@@ -35,14 +35,34 @@ impl Admission {
         }
     }
 
-    /// A slot for a connection just accepted, held while it is served; None when every slot
-    /// is taken (the caller drops the connection).
-    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
+    /// The next connection `accept` gives while a slot is free, with the slot (held while it
+    /// is served). Connections beyond the slots are closed at once; a failed accept pauses.
+    pub async fn next<S, Fut>(
+        &mut self,
+        mut accept: impl FnMut() -> Fut,
+    ) -> (S, OwnedSemaphorePermit)
+    where
+        Fut: std::future::Future<Output = std::io::Result<S>>,
+    {
+        loop {
+            match accept().await {
+                Ok(stream) => {
+                    if let Some(slot) = self.admit() {
+                        return (stream, slot);
+                    }
+                }
+                Err(error) => self.accept_failed(&error).await,
+            }
+        }
+    }
+
+    /// A slot for a connection just accepted; None when every slot is taken.
+    fn admit(&self) -> Option<OwnedSemaphorePermit> {
         self.slots.clone().try_acquire_owned().ok()
     }
 
     /// After a failed accept: says so (at most once a minute) and pauses.
-    pub async fn accept_failed(&mut self, error: &std::io::Error) {
+    async fn accept_failed(&mut self, error: &std::io::Error) {
         let now = Instant::now();
         if self
             .last_logged

@@ -46,6 +46,10 @@ const PROBLEMS: &[(&str, &str)] = &[
         "connections not tracked: the kernel's socket table is full",
     ),
     (
+        "/kernel/syscall_table_full",
+        "syscalls on traced sockets not followed: the table of syscalls in flight is full",
+    ),
+    (
         "/agent/malformed_records",
         "kernel records that could not be decoded (agent and probes disagree)",
     ),

@@ -72,16 +72,9 @@ pub async fn serve(address: SocketAddr, snapshot: Snapshot) -> anyhow::Result<()
     let mut admission = Admission::new("metrics");
     tokio::spawn(async move {
         loop {
-            let mut stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    admission.accept_failed(&error).await;
-                    continue;
-                }
-            };
-            let Some(slot) = admission.admit() else {
-                continue; // every slot taken: closed at once
-            };
+            let (mut stream, slot) = admission
+                .next(|| async { listener.accept().await.map(|(stream, _)| stream) })
+                .await;
             let snapshot = snapshot.clone();
             tokio::spawn(async move {
                 let _slot = slot;

@@ -273,18 +273,22 @@ pub enum Counter {
     BytesCopied = 4,
     /// Connections not tracked because the socket table was full.
     SocketTableFull = 5,
+    /// Syscalls on tracked sockets not followed because the table of syscalls in flight was
+    /// full: their bytes were neither copied nor counted in the stream positions.
+    SyscallTableFull = 6,
 }
 
 pub const COUNTER_SLOTS: u32 = 8;
 
 impl Counter {
-    pub const ALL: [Counter; 6] = [
+    pub const ALL: [Counter; 7] = [
         Counter::RecordsLost,
         Counter::BytesNotCopied,
         Counter::UserReadFailures,
         Counter::RecordsEmitted,
         Counter::BytesCopied,
         Counter::SocketTableFull,
+        Counter::SyscallTableFull,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -295,6 +299,7 @@ impl Counter {
             Counter::RecordsEmitted => "records_emitted",
             Counter::BytesCopied => "bytes_copied",
             Counter::SocketTableFull => "socket_table_full",
+            Counter::SyscallTableFull => "syscall_table_full",
         }
     }
 }

@@ -247,6 +247,14 @@ fn a_relay_on_the_clients_host_is_not_taken_for_a_client() {
     let (consumer, consumed) = consume(namesrv, topic, "topo_relay_group", MESSAGES, &[]);
     assert!(consumed.len() >= MESSAGES);
     let counters = agent.scrape();
+    // A business key finds the message's whole story, the consumer's steps too.
+    let timeline = agent.control_ok(&["trace", "--key", "key-7"]);
+    for step in ["send", "receive", "settle offset_committed"] {
+        assert!(
+            timeline.contains(&format!("  {step} ")),
+            "{step} in: {timeline}"
+        );
+    }
     agent.stop();
     let relay_pid = u64::from(relay.pid());
     drop(relay);

@@ -74,16 +74,9 @@ pub fn serve(
     let mut admission = Admission::new("control");
     tokio::spawn(async move {
         loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    admission.accept_failed(&error).await;
-                    continue;
-                }
-            };
-            let Some(slot) = admission.admit() else {
-                continue; // every slot taken: closed at once
-            };
+            let (stream, slot) = admission
+                .next(|| async { listener.accept().await.map(|(stream, _)| stream) })
+                .await;
             let tx = tx.clone();
             tokio::spawn(async move {
                 let _slot = slot;
