@@ -17,6 +17,7 @@
 //! control_group = "mqtrace"        # may use the control socket besides root
 //! journal_messages = 20000
 //! state_file = "/run/mqtrace/mqtrace.rules.json"   # rules kept across restarts
+//! memory_budget_mib = 256          # what the agent keeps between events, oldest forgotten first
 //! ```
 
 use std::{
@@ -48,6 +49,7 @@ pub struct FileConfig {
     pub control_group: Option<String>,
     pub journal_messages: Option<usize>,
     pub state_file: Option<PathBuf>,
+    pub memory_budget_mib: Option<usize>,
 }
 
 impl FileConfig {

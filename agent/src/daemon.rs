@@ -19,8 +19,8 @@ use crate::{
     correlation::Unseen,
     decoder::DecoderConfig,
     exporters::{SpanSinks, otlp::OtlpConfig},
-    journeys::Journal,
     logs::{ProblemLog, log_problems},
+    memory::Shares,
     metrics::{self, Snapshot},
     pipeline::{Output, Pipeline},
     sources::kernel::{CaptureOptions, KernelCapture, monotonic_ns},
@@ -50,6 +50,8 @@ pub struct DaemonOptions {
     pub journal_messages: usize,
     /// Where the rules set with enable/disable are kept, to apply them again at a restart.
     pub state_file: PathBuf,
+    /// The memory budget, shared out.
+    pub memory: Shares,
 }
 
 struct Daemon {
@@ -97,7 +99,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         Resources::new(),
         options.request_timeout.as_nanos().max(1) as u64,
     );
-    pipeline.journal = Journal::new(options.journal_messages);
+    pipeline.set_memory(&options.memory, options.journal_messages);
     let mut daemon = Daemon {
         capture,
         pipeline,

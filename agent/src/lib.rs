@@ -17,6 +17,7 @@ pub mod exporters;
 pub mod journeys;
 pub mod listeners;
 pub mod logs;
+pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod sources;

@@ -38,6 +38,11 @@ const GAUGES: &[&str] = &[
     "_journal_messages",
     "_requests_waiting",
     "_serving_processes",
+    "_memory_pending_bytes",
+    "_memory_received_bytes",
+    "_memory_sent_bytes",
+    "_journal_bytes",
+    "_queued_bytes",
 ];
 
 /// Flattens nested objects into `prefix_key_subkey value` lines.

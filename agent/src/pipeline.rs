@@ -6,9 +6,13 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::{
-    correlation::{CorrelationCounters, Correlator, DEFAULT_TIMEOUT_NS, MessageEvent, Unseen},
+    correlation::{
+        CorrelationCounters, CorrelationMemory, Correlator, DEFAULT_TIMEOUT_NS, MessageEvent,
+        Unseen,
+    },
     decoder::{DecodedCommand, DecoderConfig, DecoderCounters, Decoders},
     journeys::{DEFAULT_MAX_MESSAGES, Journal, JournalCounters},
+    memory::Shares,
     sources::{Connection, SourceEvent, pcap},
     spans::{Span, Value, resource::Resources, span},
     streams::{StreamCounters, StreamEvent, Streams},
@@ -26,6 +30,8 @@ pub struct PipelineCounters {
     pub streams: StreamCounters,
     pub decoder: DecoderCounters,
     pub correlation: CorrelationCounters,
+    /// Bytes held by correlation against its shares of the memory budget (gauges).
+    pub memory: CorrelationMemory,
     /// Requests sent and not answered yet (a gauge).
     pub requests_waiting: u64,
     pub connections_not_rocketmq: u64,
@@ -119,6 +125,13 @@ impl Pipeline {
         self.flush_events(out);
     }
 
+    /// Keeps what the pipeline holds within these shares of the memory budget (`journal`
+    /// keeps at most `journal_messages` too).
+    pub fn set_memory(&mut self, shares: &Shares, journal_messages: usize) {
+        self.correlator.set_memory(shares);
+        self.journal = Journal::with_budget(journal_messages, shares.journal);
+    }
+
     /// The capture has lost `total` records so far (ring buffer full): requests waiting now
     /// may never show their response, and are not taken for unanswered.
     pub fn capture_lost(&mut self, total: u64) {
@@ -162,7 +175,8 @@ impl Pipeline {
         PipelineCounters {
             streams: self.streams.counters.clone(),
             decoder: self.decoders.counters(),
-            correlation: self.correlator.counters.clone(),
+            correlation: self.correlator.counters(),
+            memory: self.correlator.memory(),
             requests_waiting: self.correlator.waiting() as u64,
             connections_not_rocketmq: self.decoders.connections_rejected,
             connections_server_side: self.decoders.connections_server_side,

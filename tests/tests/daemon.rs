@@ -664,3 +664,67 @@ fn in_trace_all_mode_disable_excludes_a_process_until_enabled_again() {
     let _ = std::fs::remove_file(&output);
     drop(broker);
 }
+
+#[test]
+fn thirty_kilobyte_keys_stay_within_the_memory_budget() {
+    let _turn = turn();
+    let budget_mib = 128;
+    let messages = 5000;
+    let broker = Broker::start("127.0.0.1").unwrap();
+    let agent = Agent::start(
+        "daemon-memory",
+        &["--all", "--memory-budget-mib", &budget_mib.to_string()],
+    );
+    let topic = "MemoryKeys";
+    let made = client()
+        .args(["produce", &broker.namesrv(), topic, "1"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "the topic is made");
+    let out = Command::new(env!("CARGO_BIN_EXE_raw-producer"))
+        .args(["127.0.0.1:10911", topic, &messages.to_string(), "30000"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "raw-producer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        messages
+    );
+    let started = Instant::now();
+    let counters = loop {
+        let counters = agent.scrape();
+        if counters["mqtrace_pipeline_correlation_sends"] >= (messages + 1) as f64
+            || started.elapsed() > Duration::from_secs(30)
+        {
+            break counters;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let peak_mib = agent.peak_rss_mib();
+    drop(broker);
+    assert_eq!(
+        counters["mqtrace_pipeline_correlation_sends"],
+        (messages + 1) as f64,
+        "every send seen"
+    );
+    let journal_share = (budget_mib << 20) as f64 * 0.30;
+    assert!(
+        counters["mqtrace_pipeline_journal_bytes"] <= journal_share,
+        "{counters:?}"
+    );
+    assert!(counters["mqtrace_pipeline_journal_messages_evicted"] > 0.0);
+    eprintln!(
+        "{messages} messages with 30 KB keys: agent peak RSS {peak_mib:.0} MiB, budget \
+         {budget_mib} MiB, journal {:.0} MiB holding {} messages",
+        counters["mqtrace_pipeline_journal_bytes"] / (1 << 20) as f64,
+        counters["mqtrace_pipeline_journal_messages"]
+    );
+    assert!(
+        peak_mib < budget_mib as f64,
+        "peak resident memory {peak_mib:.0} MiB, budget {budget_mib} MiB"
+    );
+}

@@ -48,7 +48,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Capture live traffic with kernel probes (needs root, or CAP_BPF and CAP_PERFMON).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Start tracing a process, a command name or a cgroup, in the running daemon.
     Enable(control::SelectArgs),
     /// Stop tracing a process, a command name or a cgroup, in the running daemon.
@@ -67,7 +67,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     logs::init(cli.log_format);
     let result = match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Enable(args) => control::select(args, true),
         Command::Disable(args) => control::select(args, false),
         Command::List(args) => control::list(args),

@@ -1,5 +1,6 @@
 //! `mqtrace run`: the live pipeline on this host.
 
+use crate::memory::{DEFAULT_BUDGET_MIB, Shares};
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, ValueEnum};
@@ -98,6 +99,11 @@ pub struct RunArgs {
     /// .rules.json].
     #[arg(long, value_name = "FILE", env = "MQTRACE_STATE_FILE")]
     state_file: Option<PathBuf>,
+    /// Memory the agent may keep between events, in MiB: requests waiting for their answer,
+    /// the messages received and sent, the journal and the OTLP queue each get a share and
+    /// forget their oldest entries first beyond it (counted) [default: 256].
+    #[arg(long, value_name = "MIB")]
+    memory_budget_mib: Option<usize>,
 }
 
 /// Resolves the options in force: flag (or environment) over file over default.
@@ -138,7 +144,15 @@ fn resolve(args: RunArgs) -> anyhow::Result<DaemonOptions> {
     if trace_all && !startup.is_empty() {
         anyhow::bail!("config file: `all = true` conflicts with pids, comms and cgroups");
     }
+    let memory = Shares::of(
+        args.memory_budget_mib
+            .or(file.memory_budget_mib)
+            .unwrap_or(DEFAULT_BUDGET_MIB)
+            .max(1)
+            .saturating_mul(1 << 20),
+    );
     Ok(DaemonOptions {
+        memory,
         trace_all,
         startup,
         max_bytes_per_syscall: args
@@ -156,6 +170,7 @@ fn resolve(args: RunArgs) -> anyhow::Result<DaemonOptions> {
         otlp: endpoint.map(|endpoint| OtlpConfig {
             protocol: otlp_protocol,
             endpoint: Some(endpoint),
+            queue_bytes: memory.export,
             ..OtlpConfig::default()
         }),
         request_timeout: Duration::from_secs(

@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::MessageLabels;
-use crate::decoder::MessageMeta;
+use crate::{decoder::MessageMeta, memory::HeapSize};
 
 /// Received messages remembered at most; the oldest are forgotten first.
 const CAPACITY: usize = 100_000;
@@ -23,7 +23,6 @@ pub struct Received {
     pub reconsume_times: Option<i32>,
 }
 
-#[derive(Default)]
 pub struct ReceivedIndex {
     /// (topic, queue id, queue offset) → reception.
     by_position: HashMap<(String, i32, i64), Rc<Received>>,
@@ -32,22 +31,54 @@ pub struct ReceivedIndex {
     /// (group, topic, queue) → queue offset → reception, for messages no commit has passed.
     unsettled: HashMap<(String, String, i32), BTreeMap<i64, Rc<Received>>>,
     order: VecDeque<Entry>,
+    /// Bytes held, and the most that may be.
+    bytes: usize,
+    limit: usize,
+    /// Receptions forgotten to stay within the count or the bytes.
+    pub evicted: u64,
 }
 
 struct Entry {
     position: Option<(String, i32, i64)>,
     ids: Vec<String>,
     group_position: Option<((String, String, i32), i64)>,
+    bytes: usize,
 }
 
 impl ReceivedIndex {
+    pub fn new(limit_bytes: usize) -> Self {
+        Self {
+            by_position: HashMap::new(),
+            by_id: HashMap::new(),
+            unsettled: HashMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+            limit: limit_bytes,
+            evicted: 0,
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     pub fn insert(&mut self, key: &str, message: &MessageMeta, group: Option<&str>) {
-        if self.order.len() >= CAPACITY {
+        let labels = MessageLabels::of(message);
+        // The reception, its key in each map, and the group and topic again.
+        let bytes = 3 * key.len()
+            + labels.heap_bytes()
+            + 2 * message.topic.heap_bytes()
+            + group.map_or(0, str::len)
+            + message.offset_msg_id.heap_bytes()
+            + 256;
+        while !self.order.is_empty()
+            && (self.order.len() >= CAPACITY || self.bytes + bytes > self.limit)
+        {
             self.evict();
         }
         let received = Rc::new(Received {
             key: key.to_string(),
-            labels: MessageLabels::of(message),
+            labels,
             reconsume_times: message.reconsume_times,
         });
         let position = match (&message.topic, message.queue_id, message.queue_offset) {
@@ -75,10 +106,12 @@ impl ReceivedIndex {
             }
             _ => None,
         };
+        self.bytes += bytes;
         self.order.push_back(Entry {
             position,
             ids,
             group_position,
+            bytes,
         });
     }
 
@@ -86,6 +119,8 @@ impl ReceivedIndex {
         let Some(entry) = self.order.pop_front() else {
             return;
         };
+        self.bytes -= entry.bytes;
+        self.evicted += 1;
         if let Some(p) = entry.position {
             self.by_position.remove(&p);
         }
@@ -137,34 +172,60 @@ impl ReceivedIndex {
 struct Sent {
     attempts: u32,
     labels: MessageLabels,
+    bytes: usize,
 }
 
 /// The messages this agent saw sent, by key: how often, and their labels (for the end of a
 /// transaction, which names the message by ID only).
-#[derive(Default)]
 pub struct SentIndex {
     by_key: HashMap<String, Sent>,
     order: VecDeque<String>,
+    /// Bytes held, and the most that may be.
+    bytes: usize,
+    limit: usize,
+    /// Sends forgotten to stay within the count or the bytes.
+    pub evicted: u64,
 }
 
 impl SentIndex {
+    pub fn new(limit_bytes: usize) -> Self {
+        Self {
+            by_key: HashMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+            limit: limit_bytes,
+            evicted: 0,
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Counts a send of `key`; returns which attempt it is (1 for the first seen).
     pub fn record(&mut self, key: &str, labels: MessageLabels) -> u32 {
         if let Some(sent) = self.by_key.get_mut(key) {
             sent.attempts = sent.attempts.saturating_add(1);
             return sent.attempts;
         }
-        if self.order.len() >= SENT_CAPACITY
-            && let Some(oldest) = self.order.pop_front()
-        {
-            self.by_key.remove(&oldest);
+        let bytes = 2 * key.len() + labels.heap_bytes() + 128;
+        while self.order.len() >= SENT_CAPACITY || self.bytes + bytes > self.limit {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(sent) = self.by_key.remove(&oldest) {
+                self.bytes -= sent.bytes;
+            }
+            self.evicted += 1;
         }
+        self.bytes += bytes;
         self.order.push_back(key.to_string());
         self.by_key.insert(
             key.to_string(),
             Sent {
                 attempts: 1,
                 labels,
+                bytes,
             },
         );
         1

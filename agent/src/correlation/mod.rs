@@ -23,6 +23,7 @@ use crate::{
         DecodedCommand, MessageMeta, RequestCode, ResponseCode,
         operation::{Operation, SendResult},
     },
+    memory::{HeapSize, Shares},
     sources::{ConnectionId, Direction, EndCause},
     spans::identity::{received_message_key, sent_message_key},
 };
@@ -263,11 +264,26 @@ pub struct CorrelationCounters {
     pub messages_without_id: u64,
     /// Settlements whose message this host never saw received.
     pub settles_unresolved: u64,
+    /// Requests forgotten, oldest first, beyond the count or memory share of those waiting.
     pub pending_evicted: u64,
+    /// Received messages forgotten (their settlements then go unresolved), oldest first.
+    pub received_evicted: u64,
+    /// Sent messages forgotten (a later retry of one is then a send of its own), oldest first.
+    pub sent_evicted: u64,
+}
+
+/// Bytes held by the correlation stage, against its shares of the memory budget.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CorrelationMemory {
+    pub pending_bytes: u64,
+    pub received_bytes: u64,
+    pub sent_bytes: u64,
 }
 
 struct Pending {
     request: DecodedCommand,
+    /// What it holds, counted against the memory share of requests waiting.
+    bytes: usize,
     deadline_ns: u64,
     /// The capture's lost-record count when the request was made.
     lost_at: u64,
@@ -290,6 +306,9 @@ pub struct Correlator {
     next_sequence: u64,
     /// Records the capture has lost so far, as last told.
     capture_lost: u64,
+    /// Bytes held by the requests waiting, and the most they may hold.
+    pending_bytes: usize,
+    pending_limit: usize,
     received: ReceivedIndex,
     sent: SentIndex,
     pub counters: CorrelationCounters,
@@ -304,9 +323,36 @@ impl Correlator {
             arrival: BTreeMap::new(),
             next_sequence: 0,
             capture_lost: 0,
-            received: ReceivedIndex::default(),
-            sent: SentIndex::default(),
+            pending_bytes: 0,
+            pending_limit: Shares::default().pending,
+            received: ReceivedIndex::new(Shares::default().received),
+            sent: SentIndex::new(Shares::default().sent),
             counters: CorrelationCounters::default(),
+        }
+    }
+
+    /// Keeps within these shares of the memory budget.
+    pub fn set_memory(&mut self, shares: &Shares) {
+        self.pending_limit = shares.pending;
+        self.received = ReceivedIndex::new(shares.received);
+        self.sent = SentIndex::new(shares.sent);
+    }
+
+    /// Bytes held now.
+    pub fn memory(&self) -> CorrelationMemory {
+        CorrelationMemory {
+            pending_bytes: self.pending_bytes as u64,
+            received_bytes: self.received.bytes() as u64,
+            sent_bytes: self.sent.bytes() as u64,
+        }
+    }
+
+    /// Counters, with what the indexes forgot.
+    pub fn counters(&self) -> CorrelationCounters {
+        CorrelationCounters {
+            received_evicted: self.received.evicted,
+            sent_evicted: self.sent.evicted,
+            ..self.counters.clone()
         }
     }
 
@@ -343,10 +389,15 @@ impl Correlator {
         if command.command.header.is_oneway() {
             return self.complete(command, None, Unanswered::TimedOut, out);
         }
-        if self.pending.len() >= MAX_PENDING
-            && let Some((_, oldest)) = self.arrival.pop_first()
-        {
-            self.pending.remove(&oldest);
+        let bytes = command.heap_bytes();
+        // The oldest go first, one by one, until the new one fits.
+        while self.pending.len() >= MAX_PENDING || self.pending_bytes + bytes > self.pending_limit {
+            let Some((_, oldest)) = self.arrival.pop_first() else {
+                break;
+            };
+            if let Some(evicted) = self.pending.remove(&oldest) {
+                self.pending_bytes -= evicted.bytes;
+            }
             self.counters.pending_evicted += 1;
         }
         // A long poll may rightly wait its suspend time before answering.
@@ -362,8 +413,10 @@ impl Correlator {
             .saturating_add(self.timeout_ns)
             .saturating_add(suspend_ms.saturating_mul(1_000_000));
         self.next_sequence += 1;
+        self.pending_bytes += bytes;
         let pending = Pending {
             request: command,
+            bytes,
             deadline_ns,
             lost_at: self.capture_lost,
             missed: None,
@@ -372,6 +425,7 @@ impl Correlator {
         self.arrival.insert(pending.sequence, key);
         if let Some(replaced) = self.pending.insert(key, pending) {
             self.arrival.remove(&replaced.sequence);
+            self.pending_bytes -= replaced.bytes;
         }
     }
 
@@ -383,6 +437,7 @@ impl Correlator {
     fn take(&mut self, key: &PendingKey) -> Option<Pending> {
         let pending = self.pending.remove(key)?;
         self.arrival.remove(&pending.sequence);
+        self.pending_bytes -= pending.bytes;
         Some(pending)
     }
 
@@ -454,6 +509,7 @@ impl Correlator {
     pub fn finish(&mut self, reason: Unseen, out: &mut Vec<MessageEvent>) {
         while let Some((_, key)) = self.arrival.pop_first() {
             let pending = self.pending.remove(&key).expect("in arrival order");
+            self.pending_bytes -= pending.bytes;
             let reason = pending.missed.unwrap_or(reason);
             self.complete(pending.request, None, Unanswered::Unseen(reason), out);
         }
@@ -666,7 +722,13 @@ impl Correlator {
             self.counters.messages_without_id += 1;
             return;
         };
-        let attempt = self.sent.record(&key, MessageLabels::of(message));
+        // Labels are kept for transactional messages only: their end names them by ID alone.
+        let labels = if message.properties.transaction_prepared() {
+            MessageLabels::of(message)
+        } else {
+            MessageLabels::default()
+        };
+        let attempt = self.sent.record(&key, labels);
         if attempt > 1 {
             self.counters.send_retries += 1;
         }

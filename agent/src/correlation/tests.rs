@@ -813,3 +813,36 @@ fn a_huge_suspend_time_does_not_overflow_the_deadline() {
     harness.time_passes();
     assert_eq!(harness.pipeline.counters().requests_waiting, 0);
 }
+
+#[test]
+fn requests_waiting_keep_within_their_bytes_forgetting_the_oldest() {
+    let mut harness = Harness::new(DecoderConfig::default());
+    let shares = crate::memory::Shares::of(10 << 20); // 2 MiB for requests waiting
+    harness.pipeline.set_memory(&shares, 100);
+    let id = harness.open(1, 0, Origin::Connect);
+    let keys = "k".repeat(30_000);
+    for opaque in 0..300 {
+        let props = properties(&[("UNIQ_KEY", &format!("B{opaque}")), ("KEYS", &keys)]);
+        let request = json_frame(
+            10,
+            0,
+            opaque,
+            &[("topic", "T"), ("properties", &props)],
+            b"",
+        );
+        harness.frame(id, UP, &request);
+    }
+    let counters = harness.pipeline.counters();
+    assert!(
+        counters.memory.pending_bytes <= shares.pending as u64,
+        "{:?}",
+        counters.memory
+    );
+    assert!(counters.correlation.pending_evicted > 0);
+    assert_eq!(
+        counters.requests_waiting + counters.correlation.pending_evicted,
+        300
+    );
+    // The journal's share holds too: at most 100 messages, within its bytes.
+    assert!(counters.journal.bytes <= shares.journal as u64);
+}

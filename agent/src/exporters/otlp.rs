@@ -30,6 +30,7 @@ use opentelemetry_sdk::{
 };
 use tokio::sync::mpsc;
 
+use crate::memory::HeapSize;
 use crate::spans::{Attributes, Span, SpanKind, Status, Value};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -66,6 +67,8 @@ pub struct OtlpConfig {
     pub endpoint: Option<String>,
     /// Spans waiting for export at most.
     pub queue_size: usize,
+    /// Bytes the queued spans may hold at most (their share of the memory budget).
+    pub queue_bytes: usize,
     pub batch_size: usize,
     pub batch_interval: Duration,
     /// Attempts per batch before its spans are dropped.
@@ -79,6 +82,7 @@ impl Default for OtlpConfig {
             protocol: Protocol::from_env(),
             endpoint: None,
             queue_size: 8192,
+            queue_bytes: crate::memory::Shares::default().export,
             batch_size: 512,
             batch_interval: Duration::from_secs(1),
             attempts: 3,
@@ -90,6 +94,8 @@ impl Default for OtlpConfig {
 #[derive(Debug, Default)]
 struct Counters {
     queued: AtomicU64,
+    /// Bytes of the spans in the queue now.
+    queued_bytes: AtomicU64,
     exported: AtomicU64,
     dropped_queue_full: AtomicU64,
     dropped_export_failed: AtomicU64,
@@ -100,6 +106,7 @@ impl Counters {
     fn snapshot(&self) -> OtlpCounters {
         OtlpCounters {
             queued: self.queued.load(Ordering::Relaxed),
+            queued_bytes: self.queued_bytes.load(Ordering::Relaxed),
             exported: self.exported.load(Ordering::Relaxed),
             dropped_queue_full: self.dropped_queue_full.load(Ordering::Relaxed),
             dropped_export_failed: self.dropped_export_failed.load(Ordering::Relaxed),
@@ -111,6 +118,8 @@ impl Counters {
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct OtlpCounters {
     pub queued: u64,
+    /// Bytes of the spans waiting in the queue (a gauge).
+    pub queued_bytes: u64,
     pub exported: u64,
     pub dropped_queue_full: u64,
     pub dropped_export_failed: u64,
@@ -118,7 +127,8 @@ pub struct OtlpCounters {
 }
 
 pub struct OtlpExporter {
-    tx: mpsc::Sender<Span>,
+    tx: mpsc::Sender<(Span, u64)>,
+    queue_bytes: u64,
     counters: Arc<Counters>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -131,15 +141,33 @@ impl OtlpExporter {
             .context("configuring the OTLP exporter")?;
         let (tx, rx) = mpsc::channel(config.queue_size);
         let counters = Arc::new(Counters::default());
+        let queue_bytes = config.queue_bytes as u64;
         let task = tokio::spawn(run(config, rx, counters.clone()));
-        Ok(Self { tx, counters, task })
+        Ok(Self {
+            tx,
+            queue_bytes,
+            counters,
+            task,
+        })
     }
 
-    /// Queues a span; drops and counts it when the queue is full (the collector is slow or down).
+    /// Queues a span; drops and counts it when the queue is full, by count or by bytes (the
+    /// collector is slow or down).
     pub fn send(&self, span: Span) {
-        match self.tx.try_send(span) {
+        let bytes = span.heap_bytes() as u64;
+        let queued = self.counters.queued_bytes.load(Ordering::Relaxed);
+        if queued + bytes > self.queue_bytes {
+            self.counters
+                .dropped_queue_full
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match self.tx.try_send((span, bytes)) {
             Ok(()) => {
                 self.counters.queued.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .queued_bytes
+                    .fetch_add(bytes, Ordering::Relaxed);
             }
             Err(_) => {
                 self.counters
@@ -155,7 +183,9 @@ impl OtlpExporter {
 
     /// Exports what is queued, for at most `deadline`; returns the counters after it.
     pub async fn shutdown(self, deadline: Duration) -> OtlpCounters {
-        let Self { tx, counters, task } = self;
+        let Self {
+            tx, counters, task, ..
+        } = self;
         drop(tx);
         if tokio::time::timeout(deadline, task).await.is_err() {
             // The spans still queued are lost.
@@ -203,7 +233,7 @@ fn build(
 /// Exporters kept at most, one per distinct resource.
 const MAX_EXPORTERS: usize = 64;
 
-async fn run(config: OtlpConfig, mut rx: mpsc::Receiver<Span>, counters: Arc<Counters>) {
+async fn run(config: OtlpConfig, mut rx: mpsc::Receiver<(Span, u64)>, counters: Arc<Counters>) {
     let mut exporters: HashMap<String, opentelemetry_otlp::SpanExporter> = HashMap::new();
     let mut batch = Vec::with_capacity(config.batch_size);
     loop {
@@ -211,7 +241,10 @@ async fn run(config: OtlpConfig, mut rx: mpsc::Receiver<Span>, counters: Arc<Cou
         let mut closed = false;
         while batch.len() < config.batch_size {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(span)) => batch.push(span),
+                Ok(Some((span, bytes))) => {
+                    counters.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                    batch.push(span);
+                }
                 Ok(None) => {
                     closed = true;
                     break;

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     correlation::{Endpoint, MessageEvent, Outcome},
+    memory::HeapSize,
     spans::printable,
 };
 
@@ -29,6 +30,35 @@ pub struct Journey {
     pub steps: Vec<Step>,
     /// Steps not kept because the message had MAX_STEPS already.
     pub steps_dropped: u64,
+    /// What it holds, counted against the journal's memory share.
+    #[serde(skip)]
+    held_bytes: usize,
+}
+
+impl HeapSize for Step {
+    fn heap_bytes(&self) -> usize {
+        std::mem::size_of::<Step>()
+            + self.action.heap_bytes()
+            + self.process.heap_bytes()
+            + self.host.heap_bytes()
+            + self.local.heap_bytes()
+            + self.peer.heap_bytes()
+            + self.topic.heap_bytes()
+            + self.group.heap_bytes()
+            + self.result.heap_bytes()
+    }
+}
+
+impl HeapSize for Journey {
+    fn heap_bytes(&self) -> usize {
+        // Its ID once more as the map's key and in the eviction order.
+        3 * self.message_id.heap_bytes()
+            + self.offset_msg_id.heap_bytes()
+            + self.topic.heap_bytes()
+            + self.tags.heap_bytes()
+            + self.keys.heap_bytes()
+            + self.steps.heap_bytes()
+    }
 }
 
 /// One thing a process did with the message.
@@ -75,12 +105,17 @@ pub struct Query {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct JournalCounters {
     pub messages: u64,
+    /// Bytes held, against the journal's memory share (a gauge).
+    pub bytes: u64,
     pub messages_evicted: u64,
     pub steps_dropped: u64,
 }
 
 pub struct Journal {
     max_messages: usize,
+    /// Bytes held, and the most that may be.
+    bytes: usize,
+    max_bytes: usize,
     by_id: HashMap<String, Journey>,
     /// IDs by first sight, oldest first: the eviction order.
     order: VecDeque<String>,
@@ -90,7 +125,15 @@ pub struct Journal {
 
 impl Journal {
     pub fn new(max_messages: usize) -> Self {
+        Self::with_budget(max_messages, crate::memory::Shares::default().journal)
+    }
+
+    /// At most `max_messages`, holding at most `max_bytes` (the newest message is always
+    /// kept).
+    pub fn with_budget(max_messages: usize, max_bytes: usize) -> Self {
         Self {
+            bytes: 0,
+            max_bytes,
             max_messages: max_messages.max(1),
             by_id: HashMap::new(),
             order: VecDeque::new(),
@@ -104,11 +147,8 @@ impl Journal {
     pub fn record(&mut self, event: &MessageEvent, process: &str, host: &str) {
         let (key, step) = step_of(event, process, host);
         if !self.by_id.contains_key(key) {
-            if self.by_id.len() >= self.max_messages
-                && let Some(oldest) = self.order.pop_front()
-            {
-                self.by_id.remove(&oldest);
-                self.evicted += 1;
+            if self.by_id.len() >= self.max_messages {
+                self.evict_oldest();
             }
             self.order.push_back(key.to_string());
         }
@@ -124,18 +164,35 @@ impl Journal {
                 born_unix_ms: None,
                 steps: Vec::new(),
                 steps_dropped: 0,
+                held_bytes: 0,
             });
         learn(journey, event);
         if journey.steps.len() >= MAX_STEPS {
             journey.steps_dropped += 1;
             self.steps_dropped += 1;
-            return;
+        } else {
+            // Steps arrive roughly in order; keep them sorted by start for the timeline.
+            let at = journey
+                .steps
+                .partition_point(|s| s.start_unix_ns <= step.start_unix_ns);
+            journey.steps.insert(at, step);
         }
-        // Steps arrive roughly in order; keep them sorted by start for the timeline.
-        let at = journey
-            .steps
-            .partition_point(|s| s.start_unix_ns <= step.start_unix_ns);
-        journey.steps.insert(at, step);
+        let held = journey.heap_bytes();
+        self.bytes = self.bytes - journey.held_bytes + held;
+        journey.held_bytes = held;
+        // Within the memory share: the oldest messages go first, one by one.
+        while self.bytes > self.max_bytes && self.order.len() > 1 {
+            self.evict_oldest();
+        }
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some(oldest) = self.order.pop_front()
+            && let Some(journey) = self.by_id.remove(&oldest)
+        {
+            self.bytes -= journey.held_bytes;
+            self.evicted += 1;
+        }
     }
 
     /// The matching messages, most recent first, at most `query.limit` (0: no limit).
@@ -171,6 +228,7 @@ impl Journal {
     pub fn counters(&self) -> JournalCounters {
         JournalCounters {
             messages: self.by_id.len() as u64,
+            bytes: self.bytes as u64,
             messages_evicted: self.evicted,
             steps_dropped: self.steps_dropped,
         }

@@ -173,3 +173,33 @@ fn wire_strings_reach_the_terminal_escaped() {
     assert!(text.contains("T\\u{1b}]0;owned\\u{7}\\r"), "{text}");
     assert_eq!(text.lines().count(), 2, "one line per step: {text}");
 }
+
+#[test]
+fn the_journal_keeps_within_its_bytes_forgetting_the_oldest() {
+    let mut journal = Journal::with_budget(20_000, 1 << 20);
+    for i in 0..200 {
+        let id = format!("M{i}");
+        let mut event = send(&id, i * 1_000_000);
+        if let MessageEvent::Send(e) = &mut event {
+            // A producer's 30 KB keys.
+            e.message
+                .properties
+                .0
+                .insert("KEYS".into(), format!("{i}-{}", "k".repeat(30_000)));
+        }
+        journal.record(&event, "producer", "host");
+    }
+    let counters = journal.counters();
+    assert!(counters.bytes <= 1 << 20, "{counters:?}");
+    assert!(counters.messages_evicted > 150, "{counters:?}");
+    assert_eq!(counters.messages + counters.messages_evicted, 200);
+    assert_eq!(
+        journal.query(&by_id("M199")).len(),
+        1,
+        "the newest are kept"
+    );
+    assert!(
+        journal.query(&by_id("M0")).is_empty(),
+        "the oldest went first"
+    );
+}

@@ -2,8 +2,9 @@
 //! do. It writes SEND_MESSAGE (10) frames encoded from the wire reference straight to a broker
 //! and reads the answers, one request at a time.
 //!
-//! usage: raw-producer BROKER TOPIC COUNT
-//!   sends COUNT messages (keys "raw-<i>", tag "TagRaw", queue 0) and prints one
+//! usage: raw-producer BROKER TOPIC COUNT [KEY_BYTES]
+//!   sends COUNT messages (keys "raw-<i>", padded to KEY_BYTES with "k", tag "TagRaw", queue 0)
+//!   and prints one
 //!   JSON line per message: {"key","offset_msg_id","transaction_id","queue_id","queue_offset"}
 //!   (transaction_id: the UNIQ_KEY the broker assigned, where it returns one).
 
@@ -33,14 +34,20 @@ fn read_header(stream: &mut TcpStream) -> anyhow::Result<Value> {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, broker, topic, count] = args.as_slice() else {
-        bail!("usage: raw-producer BROKER TOPIC COUNT");
+    let (broker, topic, count, key_bytes) = match args.as_slice() {
+        [_, broker, topic, count] => (broker, topic, count, 0),
+        [_, broker, topic, count, key_bytes] => (broker, topic, count, key_bytes.parse()?),
+        _ => bail!("usage: raw-producer BROKER TOPIC COUNT [KEY_BYTES]"),
     };
     let count: usize = count.parse()?;
     let mut stream = TcpStream::connect(broker).with_context(|| format!("connecting {broker}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     for i in 0..count {
-        let key = format!("raw-{i}");
+        let mut key = format!("raw-{i}");
+        if key.len() < key_bytes {
+            key.push('-');
+            key.extend(std::iter::repeat_n('k', key_bytes - key.len()));
+        }
         let born = SystemTime::now()
             .duration_since(UNIX_EPOCH)?
             .as_millis()

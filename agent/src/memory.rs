@@ -1,0 +1,160 @@
+//! One memory budget in bytes for what the agent keeps between events, shared out among the
+//! places that keep things: requests waiting for their response, the indexes of messages
+//! received and sent, the journal, the OTLP export queue. Each keeps within its share by
+//! forgetting its oldest entries first, one by one, and counts what it forgot. Sizes are
+//! estimated from what each entry holds (strings, maps, vectors), which producers choose
+//! (keys, tags, properties): entry counts alone would not bound memory.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::{
+    correlation::MessageLabels,
+    decoder::{DecodedCommand, Header, MessageMeta},
+    spans::{Attributes, Span, Value},
+};
+
+/// The default budget: 256 MiB.
+pub const DEFAULT_BUDGET_MIB: usize = 256;
+
+/// The budget shared out, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Shares {
+    pub pending: usize,
+    pub received: usize,
+    pub sent: usize,
+    pub journal: usize,
+    pub export: usize,
+}
+
+impl Shares {
+    pub fn of(budget_bytes: usize) -> Self {
+        let part = |percent: usize| budget_bytes / 100 * percent;
+        Self {
+            pending: part(20),
+            received: part(15),
+            sent: part(10),
+            journal: part(30),
+            export: part(25),
+        }
+    }
+}
+
+impl Default for Shares {
+    fn default() -> Self {
+        Self::of(DEFAULT_BUDGET_MIB << 20)
+    }
+}
+
+/// What a value holds on the heap, roughly (enough to bound memory, not to the byte).
+pub trait HeapSize {
+    fn heap_bytes(&self) -> usize;
+}
+
+/// What every allocation costs besides its bytes (allocator and container overhead).
+const PER_ALLOCATION: usize = 32;
+
+impl HeapSize for String {
+    fn heap_bytes(&self) -> usize {
+        self.capacity() + PER_ALLOCATION
+    }
+}
+
+impl<T: HeapSize> HeapSize for Option<T> {
+    fn heap_bytes(&self) -> usize {
+        self.as_ref().map_or(0, HeapSize::heap_bytes)
+    }
+}
+
+impl<T: HeapSize> HeapSize for Vec<T> {
+    fn heap_bytes(&self) -> usize {
+        self.capacity() * std::mem::size_of::<T>()
+            + self.iter().map(HeapSize::heap_bytes).sum::<usize>()
+            + PER_ALLOCATION
+    }
+}
+
+impl<K: HeapSize, V: HeapSize> HeapSize for BTreeMap<K, V> {
+    fn heap_bytes(&self) -> usize {
+        self.iter()
+            .map(|(k, v)| {
+                k.heap_bytes() + v.heap_bytes() + std::mem::size_of::<(K, V)>() + PER_ALLOCATION / 4
+            })
+            .sum()
+    }
+}
+
+impl HeapSize for MessageMeta {
+    fn heap_bytes(&self) -> usize {
+        self.msg_id.heap_bytes()
+            + self.offset_msg_id.heap_bytes()
+            + self.topic.heap_bytes()
+            + self.properties.0.heap_bytes()
+    }
+}
+
+impl HeapSize for Header {
+    fn heap_bytes(&self) -> usize {
+        self.language.heap_bytes() + self.remark.heap_bytes() + self.ext_fields.heap_bytes()
+    }
+}
+
+impl HeapSize for DecodedCommand {
+    fn heap_bytes(&self) -> usize {
+        // The operation repeats what the header and messages hold, about once more.
+        2 * (self.command.header.heap_bytes() + self.command.messages.heap_bytes())
+            + self
+                .command
+                .body_json
+                .as_ref()
+                .map_or(0, |j| j.to_string().len())
+    }
+}
+
+impl HeapSize for MessageLabels {
+    fn heap_bytes(&self) -> usize {
+        self.tags.heap_bytes() + self.keys.heap_bytes() + self.traceparent.heap_bytes()
+    }
+}
+
+impl HeapSize for Value {
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Value::String(s) => s.heap_bytes(),
+            Value::Strings(v) => v.heap_bytes(),
+            Value::Int(_) | Value::Bool(_) => 0,
+        }
+    }
+}
+
+fn attributes_bytes(attributes: &Attributes) -> usize {
+    attributes.heap_bytes()
+}
+
+impl HeapSize for Span {
+    fn heap_bytes(&self) -> usize {
+        std::mem::size_of::<Span>()
+            + self.name.heap_bytes()
+            + self.status_message.heap_bytes()
+            + attributes_bytes(&self.attributes)
+            + attributes_bytes(&self.resource)
+            + self.links.capacity() * std::mem::size_of::<crate::spans::Link>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_grow_with_what_producers_choose() {
+        let mut meta = MessageMeta::default();
+        let small = meta.heap_bytes();
+        meta.properties.0.insert("KEYS".into(), "k".repeat(30_000));
+        assert!(meta.heap_bytes() >= small + 30_000);
+        let shares = Shares::of(100 << 20);
+        let total = shares.pending + shares.received + shares.sent + shares.journal + shares.export;
+        assert!(total <= 100 << 20);
+    }
+}
