@@ -108,7 +108,12 @@ pub struct Receiver {
 impl Receiver {
     /// Listens on 127.0.0.1 on a free port, inside the current tokio runtime.
     pub async fn start() -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on("127.0.0.1:0".parse()?).await
+    }
+
+    /// Listens on `addr` (a collector coming back where it was).
+    pub async fn start_on(addr: SocketAddr) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let collector = Collector::default();
         let spans = collector.spans.clone();

@@ -43,6 +43,9 @@ pub fn run() -> anyhow::Result<()> {
     step("ceiling: frame-load at rising rates, single sends and pulls of 32 x 1 KiB");
     lines.extend(json_lines(&mut bin("ceiling-bench"))?);
 
+    step("a collector down for 10 minutes at 600 messages/s, then back (11 minutes)");
+    lines.extend(json_lines(&mut bin("outage-bench"))?);
+
     let report = report_dir.join("report.jsonl");
     let mut file = std::fs::File::create(&report)?;
     for line in &lines {
@@ -66,12 +69,38 @@ pub fn run() -> anyhow::Result<()> {
         let v: serde_json::Value = serde_json::from_str(line)?;
         let text = |k: &str| v[k].as_str().unwrap_or("?").to_string();
         match v["bench"].as_str() {
+            Some("decode") if v["cpu_per_byte_ratio"].is_number() => row(
+                format!("decode {}", text("case")),
+                &v["cpu_per_byte_ratio"],
+                "CPU/byte",
+                &v["cpu_per_byte_ratio"],
+            ),
             Some("decode") => row(
                 format!("decode {}", text("case")),
                 &v["mb_per_s"],
                 "MB/s",
                 &none,
             ),
+            Some("outage") => {
+                row(
+                    "collector down: agent memory first / last".into(),
+                    &serde_json::json!(format!("{} / {}", v["rss_mib_first"], v["rss_mib_last"])),
+                    "MiB",
+                    &none,
+                );
+                row(
+                    "  spans dropped while it was down".into(),
+                    &v["dropped_export_failed"],
+                    "spans",
+                    &none,
+                );
+                row(
+                    "  spans received once it was back".into(),
+                    &v["spans_received_after_recovery"],
+                    "spans",
+                    &none,
+                );
+            }
             Some("capture_echo") => row(
                 format!("echo syscall, {}", text("setup")),
                 &v["ns_per_syscall"],
