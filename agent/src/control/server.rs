@@ -119,24 +119,23 @@ async fn answer(
         group,
     );
     let (read, mut write) = stream.into_split();
-    let response = if let Some(message) = refused {
-        Response::Error { message }
-    } else {
-        let mut line = String::new();
-        let mut reader = BufReader::new(read.take(MAX_REQUEST_BYTES as u64 + 1));
-        tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line))
-            .await
-            .context("no request within the deadline")??;
-        match serde_json::from_str::<Request>(&line) {
-            Ok(request) => {
-                let (reply, answer) = oneshot::channel();
-                daemon.send(Pending { request, reply }).await?;
-                answer.await?
-            }
-            Err(error) => Response::Error {
-                message: format!("not a request mqtrace understands: {error}"),
-            },
+    // The request is read whoever asks, so that a refused client gets its answer instead of a
+    // broken pipe.
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST_BYTES as u64 + 1));
+    tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line))
+        .await
+        .context("no request within the deadline")??;
+    let response = match (refused, serde_json::from_str::<Request>(&line)) {
+        (Some(message), _) => Response::Error { message },
+        (None, Ok(request)) => {
+            let (reply, answer) = oneshot::channel();
+            daemon.send(Pending { request, reply }).await?;
+            answer.await?
         }
+        (None, Err(error)) => Response::Error {
+            message: format!("not a request mqtrace understands: {error}"),
+        },
     };
     let mut text = serde_json::to_string(&response)?;
     text.push('\n');
