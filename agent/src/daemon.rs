@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mqtrace_common::Selection;
+use mqtrace_common::{Counter, Selection};
 
 use crate::{
     control::{
@@ -29,6 +29,9 @@ use crate::{
 
 /// A problem counter that keeps growing is logged at most this often.
 const PROBLEM_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the socket table is swept of sockets closed unseen (and at once when it was
+/// found full).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct DaemonOptions {
@@ -56,6 +59,9 @@ pub struct DaemonOptions {
 
 struct Daemon {
     capture: KernelCapture,
+    /// Sockets forgotten by the sweeps, and when and at what table-full count the last ran.
+    stale_sockets_swept: u64,
+    last_sweep: (Instant, u64),
     pipeline: Pipeline,
     spans: SpanSinks,
     rules: Rules,
@@ -107,6 +113,8 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         rules,
         state_file: options.state_file.clone(),
         started: Instant::now(),
+        stale_sockets_swept: 0,
+        last_sweep: (Instant::now(), 0),
     };
     let what = if options.trace_all {
         "all processes".to_string()
@@ -133,6 +141,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
                 let _ = pending.reply.send(response);
             }
             _ = expiry.tick() => {
+                daemon.sweep_if_due()?;
                 daemon.pipeline.capture_lost(daemon.capture.records_lost()?);
                 daemon.pipeline.expire(monotonic_ns(), &mut outputs);
                 let counters = daemon.counters()?;
@@ -168,6 +177,17 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
 }
 
 impl Daemon {
+    /// Sweeps the socket table every SWEEP_INTERVAL, and at once when it was found full.
+    fn sweep_if_due(&mut self) -> anyhow::Result<()> {
+        let full = self.capture.counters()?.get(Counter::SocketTableFull);
+        let (at, full_then) = self.last_sweep;
+        if at.elapsed() >= SWEEP_INTERVAL || full > full_then {
+            self.stale_sockets_swept += self.capture.sweep_stale_sockets()? as u64;
+            self.last_sweep = (Instant::now(), full);
+        }
+        Ok(())
+    }
+
     fn answer(&mut self, request: Request) -> Response {
         let result = match request {
             Request::Enable { target } => self.apply(target, true),
@@ -220,6 +240,7 @@ impl Daemon {
                 "processes_selected": selections.len() - excluded,
                 "processes_excluded": excluded,
                 "connections_tracked": sockets.values().sum::<usize>(),
+                "stale_sockets_swept": self.stale_sockets_swept,
                 "malformed_records": self.capture.malformed_records,
             },
             "kernel": self.capture.counters()?.0,

@@ -728,3 +728,57 @@ fn thirty_kilobyte_keys_stay_within_the_memory_budget() {
         "peak resident memory {peak_mib:.0} MiB, budget {budget_mib} MiB"
     );
 }
+
+/// Connections of `pid` the kernel copies now, as `mqtrace list` shows them.
+fn listed_connections(agent: &Agent, pid: u32) -> Option<usize> {
+    agent
+        .control_ok(&["list"])
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(pid.to_string().as_str()))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+}
+
+#[test]
+fn sockets_closed_unseen_are_swept_from_the_socket_table() {
+    let _turn = turn();
+    // A process replaces its sockets' fds with dup2, which the close probe does not see.
+    let script = r#"
+import os, socket, sys
+listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen()
+print("ready", flush=True); sys.stdin.readline()
+client = socket.create_connection(listener.getsockname()); server, _ = listener.accept()
+print("connected", flush=True); sys.stdin.readline()
+null = os.open("/dev/null", os.O_RDONLY)
+os.dup2(null, client.fileno()); os.dup2(null, server.fileno())
+print("replaced", flush=True); sys.stdin.readline()
+"#;
+    let mut command = Command::new("python3");
+    command.args(["-c", script]);
+    let mut process = Driven::spawn(command).unwrap();
+    process.expect_line("ready").unwrap();
+    let pid = process.pid();
+    let agent = Agent::start("daemon-sweep", &["--pid", &pid.to_string()]);
+    process.say("go").unwrap();
+    process.expect_line("connected").unwrap();
+    let started = Instant::now();
+    while listed_connections(&agent, pid) != Some(2) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "both ends tracked"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    process.say("go").unwrap();
+    process.expect_line("replaced").unwrap();
+    let started = Instant::now();
+    while listed_connections(&agent, pid) != Some(0) {
+        assert!(
+            started.elapsed() < Duration::from_secs(25),
+            "the stale sockets were swept: {:?}",
+            listed_connections(&agent, pid)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(agent.scrape()["mqtrace_agent_stale_sockets_swept"] >= 2.0);
+    process.say("go").unwrap();
+}

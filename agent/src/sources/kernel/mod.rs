@@ -250,6 +250,38 @@ impl KernelCapture {
         Ok(counts)
     }
 
+    /// Forgets tracked sockets whose fd no longer holds a socket (closed through `dup2` or
+    /// `close_range`, which the close probe does not see) or whose process is gone, so that
+    /// the socket table has room again; their connections end for user space. Returns how
+    /// many went.
+    pub fn sweep_stale_sockets(&mut self) -> anyhow::Result<usize> {
+        let mut sockets: HashMap<_, SocketKey, SocketState> = HashMap::try_from(
+            self.ebpf
+                .map_mut(maps::SOCKETS)
+                .context("SOCKETS map missing")?,
+        )?;
+        let stale: Vec<(SocketKey, SocketState)> = sockets
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, _)| {
+                std::fs::read_link(format!("/proc/{}/fd/{}", key.pid, key.fd))
+                    .map_or(true, |target| {
+                        !target.to_string_lossy().starts_with("socket:")
+                    })
+            })
+            .collect();
+        for (key, _) in &stale {
+            let _ = sockets.remove(key);
+        }
+        let ended: Vec<ConnectionId> = stale
+            .iter()
+            .map(|(_, state)| ConnectionId(state.connection_id))
+            .collect();
+        let count = ended.len();
+        self.end_connections(ended, EndCause::Closed);
+        Ok(count)
+    }
+
     /// Sets (or with `None` removes) the selection a process gets when it execs `comm`.
     pub fn set_comm_rule(
         &mut self,
