@@ -77,10 +77,18 @@ async fn two_hundred_messages_one_trace_each_over_otlp() {
     assert_eq!(produced.len(), MESSAGES);
     assert!(consumed.len() >= MESSAGES);
 
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    // The agent's own counters agree with what the run is known to have done.
+    // The agent's own counters agree with what the run is known to have done (once the last
+    // events have made their way through).
     let (agent, counters) = tokio::task::spawn_blocking(move || {
-        let counters = agent.scrape();
+        let started = std::time::Instant::now();
+        let counters = loop {
+            let counters = agent.scrape();
+            let receives = counters["mqtrace_pipeline_correlation_receives"];
+            if receives >= MESSAGES as f64 || started.elapsed() > Duration::from_secs(20) {
+                break counters;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
         (agent, counters)
     })
     .await
@@ -277,8 +285,15 @@ async fn failed_consumption_settles_and_retries_and_an_unanswered_send_is_an_err
         !unanswered.status.success(),
         "a send to a frozen broker fails"
     );
-    tokio::time::sleep(Duration::from_secs(5)).await; // past --request-timeout
     // Ended by the request timeout while the agent runs, not by its shutdown.
+    let started = std::time::Instant::now();
+    while !spans_from_file(&output)
+        .iter()
+        .any(|s| s["status"] == "ERROR")
+        && started.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let so_far = spans_from_file(&output);
     let errors_while_running = so_far.iter().filter(|s| s["status"] == "ERROR").count();
     let sends: Vec<String> = so_far
