@@ -47,6 +47,34 @@ impl Default for Shares {
     }
 }
 
+/// Bytes one store holds against its share, and the entries it forgot to stay within it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Held {
+    pub bytes: usize,
+    pub limit: usize,
+    pub evicted: u64,
+}
+
+impl Held {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            ..Self::default()
+        }
+    }
+
+    /// Whether `more` bytes fit besides what is held.
+    pub fn fits(&self, more: usize) -> bool {
+        self.bytes + more <= self.limit
+    }
+
+    /// An entry of `bytes` was forgotten to make room.
+    pub fn evicted(&mut self, bytes: usize) {
+        self.bytes -= bytes;
+        self.evicted += 1;
+    }
+}
+
 /// What a value holds on the heap, roughly (enough to bound memory, not to the byte).
 pub trait HeapSize {
     fn heap_bytes(&self) -> usize;

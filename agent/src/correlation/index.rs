@@ -8,7 +8,10 @@ use std::{
 };
 
 use super::MessageLabels;
-use crate::{decoder::MessageMeta, memory::HeapSize};
+use crate::{
+    decoder::MessageMeta,
+    memory::{HeapSize, Held},
+};
 
 /// Received messages remembered at most; the oldest are forgotten first.
 const CAPACITY: usize = 100_000;
@@ -31,11 +34,8 @@ pub struct ReceivedIndex {
     /// (group, topic, queue) → queue offset → reception, for messages no commit has passed.
     unsettled: HashMap<(String, String, i32), BTreeMap<i64, Rc<Received>>>,
     order: VecDeque<Entry>,
-    /// Bytes held, and the most that may be.
-    bytes: usize,
-    limit: usize,
-    /// Receptions forgotten to stay within the count or the bytes.
-    pub evicted: u64,
+    /// Bytes held against the share; receptions forgotten to stay within it or the count.
+    pub held: Held,
 }
 
 struct Entry {
@@ -52,14 +52,8 @@ impl ReceivedIndex {
             by_id: HashMap::new(),
             unsettled: HashMap::new(),
             order: VecDeque::new(),
-            bytes: 0,
-            limit: limit_bytes,
-            evicted: 0,
+            held: Held::new(limit_bytes),
         }
-    }
-
-    pub fn bytes(&self) -> usize {
-        self.bytes
     }
 
     pub fn insert(&mut self, key: &str, message: &MessageMeta, group: Option<&str>) {
@@ -71,9 +65,7 @@ impl ReceivedIndex {
             + group.map_or(0, str::len)
             + message.offset_msg_id.heap_bytes()
             + 256;
-        while !self.order.is_empty()
-            && (self.order.len() >= CAPACITY || self.bytes + bytes > self.limit)
-        {
+        while !self.order.is_empty() && (self.order.len() >= CAPACITY || !self.held.fits(bytes)) {
             self.evict();
         }
         let received = Rc::new(Received {
@@ -106,7 +98,7 @@ impl ReceivedIndex {
             }
             _ => None,
         };
-        self.bytes += bytes;
+        self.held.bytes += bytes;
         self.order.push_back(Entry {
             position,
             ids,
@@ -119,8 +111,7 @@ impl ReceivedIndex {
         let Some(entry) = self.order.pop_front() else {
             return;
         };
-        self.bytes -= entry.bytes;
-        self.evicted += 1;
+        self.held.evicted(entry.bytes);
         if let Some(p) = entry.position {
             self.by_position.remove(&p);
         }
@@ -180,11 +171,8 @@ struct Sent {
 pub struct SentIndex {
     by_key: HashMap<String, Sent>,
     order: VecDeque<String>,
-    /// Bytes held, and the most that may be.
-    bytes: usize,
-    limit: usize,
-    /// Sends forgotten to stay within the count or the bytes.
-    pub evicted: u64,
+    /// Bytes held against the share; sends forgotten to stay within it or the count.
+    pub held: Held,
 }
 
 impl SentIndex {
@@ -192,14 +180,8 @@ impl SentIndex {
         Self {
             by_key: HashMap::new(),
             order: VecDeque::new(),
-            bytes: 0,
-            limit: limit_bytes,
-            evicted: 0,
+            held: Held::new(limit_bytes),
         }
-    }
-
-    pub fn bytes(&self) -> usize {
-        self.bytes
     }
 
     /// Counts a send of `key`; returns which attempt it is (1 for the first seen).
@@ -209,16 +191,14 @@ impl SentIndex {
             return sent.attempts;
         }
         let bytes = 2 * key.len() + labels.heap_bytes() + 128;
-        while self.order.len() >= SENT_CAPACITY || self.bytes + bytes > self.limit {
+        while self.order.len() >= SENT_CAPACITY || !self.held.fits(bytes) {
             let Some(oldest) = self.order.pop_front() else {
                 break;
             };
-            if let Some(sent) = self.by_key.remove(&oldest) {
-                self.bytes -= sent.bytes;
-            }
-            self.evicted += 1;
+            let freed = self.by_key.remove(&oldest).map_or(0, |sent| sent.bytes);
+            self.held.evicted(freed);
         }
-        self.bytes += bytes;
+        self.held.bytes += bytes;
         self.order.push_back(key.to_string());
         self.by_key.insert(
             key.to_string(),

@@ -342,16 +342,16 @@ impl Correlator {
     pub fn memory(&self) -> CorrelationMemory {
         CorrelationMemory {
             pending_bytes: self.pending_bytes as u64,
-            received_bytes: self.received.bytes() as u64,
-            sent_bytes: self.sent.bytes() as u64,
+            received_bytes: self.received.held.bytes as u64,
+            sent_bytes: self.sent.held.bytes as u64,
         }
     }
 
     /// Counters, with what the indexes forgot.
     pub fn counters(&self) -> CorrelationCounters {
         CorrelationCounters {
-            received_evicted: self.received.evicted,
-            sent_evicted: self.sent.evicted,
+            received_evicted: self.received.held.evicted,
+            sent_evicted: self.sent.held.evicted,
             ..self.counters.clone()
         }
     }
