@@ -311,7 +311,7 @@ pub struct Correlator {
     pending_limit: usize,
     received: ReceivedIndex,
     sent: SentIndex,
-    pub counters: CorrelationCounters,
+    counters: CorrelationCounters,
 }
 
 impl Correlator {

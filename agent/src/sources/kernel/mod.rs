@@ -255,31 +255,39 @@ impl KernelCapture {
     /// the socket table has room again; their connections end for user space. Returns how
     /// many went.
     pub fn sweep_stale_sockets(&mut self) -> anyhow::Result<usize> {
+        let ended = self.remove_sockets(|key| {
+            std::fs::read_link(format!("/proc/{}/fd/{}", key.pid, key.fd)).map_or(true, |target| {
+                !target.to_string_lossy().starts_with("socket:")
+            })
+        })?;
+        let count = ended.len();
+        self.end_connections(ended, EndCause::Closed);
+        Ok(count)
+    }
+
+    /// Removes the kernel's socket table entries that `which` picks; returns their connection
+    /// ids.
+    fn remove_sockets(
+        &mut self,
+        which: impl Fn(&SocketKey) -> bool,
+    ) -> anyhow::Result<Vec<ConnectionId>> {
         let mut sockets: HashMap<_, SocketKey, SocketState> = HashMap::try_from(
             self.ebpf
                 .map_mut(maps::SOCKETS)
                 .context("SOCKETS map missing")?,
         )?;
-        let stale: Vec<(SocketKey, SocketState)> = sockets
+        let entries: Vec<(SocketKey, SocketState)> = sockets
             .iter()
             .filter_map(Result::ok)
-            .filter(|(key, _)| {
-                std::fs::read_link(format!("/proc/{}/fd/{}", key.pid, key.fd))
-                    .map_or(true, |target| {
-                        !target.to_string_lossy().starts_with("socket:")
-                    })
-            })
+            .filter(|(key, _)| which(key))
             .collect();
-        for (key, _) in &stale {
+        for (key, _) in &entries {
             let _ = sockets.remove(key);
         }
-        let ended: Vec<ConnectionId> = stale
-            .iter()
+        Ok(entries
+            .into_iter()
             .map(|(_, state)| ConnectionId(state.connection_id))
-            .collect();
-        let count = ended.len();
-        self.end_connections(ended, EndCause::Closed);
-        Ok(count)
+            .collect())
     }
 
     /// Sets (or with `None` removes) the selection a process gets when it execs `comm`.
@@ -360,23 +368,7 @@ impl KernelCapture {
     /// Removes `pid`'s sockets from the kernel's table; returns their connection ids.
     fn forget_sockets(&mut self, pid: u32) -> anyhow::Result<Vec<ConnectionId>> {
         self.pids_with_sockets.remove(&pid);
-        let mut sockets: HashMap<_, SocketKey, SocketState> = HashMap::try_from(
-            self.ebpf
-                .map_mut(maps::SOCKETS)
-                .context("SOCKETS map missing")?,
-        )?;
-        let entries: Vec<(SocketKey, SocketState)> = sockets
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, _)| k.pid == pid)
-            .collect();
-        for (key, _) in &entries {
-            let _ = sockets.remove(key);
-        }
-        Ok(entries
-            .into_iter()
-            .map(|(_, state)| ConnectionId(state.connection_id))
-            .collect())
+        self.remove_sockets(|key| key.pid == pid)
     }
 
     /// Stops following `pid`'s connections: the records already in the ring go first, then
