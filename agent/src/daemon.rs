@@ -242,6 +242,7 @@ impl Daemon {
                 "connections_tracked": sockets.values().sum::<usize>(),
                 "stale_sockets_swept": self.stale_sockets_swept,
                 "malformed_records": self.capture.malformed_records,
+                "non_tcp_sockets": self.capture.non_tcp_sockets,
             },
             "kernel": self.capture.counters()?.0,
             "pipeline": self.pipeline.counters(),

@@ -4,7 +4,7 @@
 use std::{process::Command, time::Duration};
 
 use mqtrace::sources::{
-    Direction,
+    Direction, SourceEvent,
     kernel::{CaptureOptions, KernelCapture},
 };
 use mqtrace_common::Counter;
@@ -186,4 +186,48 @@ async fn unselected_process_yields_nothing_until_selected() {
     want.sort();
     assert_eq!(captured.exchanges(), want, "exactly the phase-2 exchanges");
     assert_no_loss(&capture);
+}
+
+#[tokio::test]
+async fn connected_udp_sockets_take_no_slot() {
+    let udp_sockets = 50;
+    let mut child = helper("udp", udp_sockets);
+    let mut capture = KernelCapture::start(CaptureOptions::default()).expect("start capture");
+    capture.select(child.pid()).unwrap();
+    child.say("go").unwrap();
+    child.expect_line("exchanged").unwrap();
+    let mut events = Vec::new();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while capture.non_tcp_sockets < udp_sockets {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {udp_sockets} UDP sockets let go",
+            capture.non_tcp_sockets
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(200), capture.next_events(&mut events))
+            .await;
+    }
+    capture.drain_now(&mut events);
+    // The UDP sockets are still open, yet none holds a slot: only the two TCP pairs (the one
+    // found open at selection and the new one) do, and only their bytes are seen.
+    assert_eq!(capture.non_tcp_sockets, udp_sockets);
+    assert_eq!(
+        capture.sockets_per_process().unwrap().get(&child.pid()),
+        Some(&4)
+    );
+    let opened = events
+        .iter()
+        .filter(|e| matches!(e, SourceEvent::Opened(_)))
+        .count();
+    assert_eq!(opened, 4, "{events:?}");
+    let data: Vec<&[u8]> = events
+        .iter()
+        .filter_map(|e| match e {
+            SourceEvent::Data(chunk) => Some(&chunk.bytes[..]),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(data, [b"tcp bytes"; 2], "only the TCP exchange, both ends");
+    child.say("go2").unwrap();
+    child.wait_success().unwrap();
 }

@@ -87,3 +87,15 @@ pub enum SourceEvent {
         pid: u32,
     },
 }
+
+impl SourceEvent {
+    /// The connection the event is about (none for a process's exit).
+    pub fn connection(&self) -> Option<ConnectionId> {
+        match self {
+            Self::Opened(connection) => Some(connection.id),
+            Self::Data(chunk) => Some(chunk.connection),
+            Self::Gap { connection, .. } | Self::Closed { connection, .. } => Some(*connection),
+            Self::ProcessExited { .. } => None,
+        }
+    }
+}

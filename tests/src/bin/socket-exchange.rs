@@ -2,6 +2,7 @@
 //! syscall family, in steps the test drives over stdin/stdout.
 //!
 //! usage: socket-exchange all|phases|cap SEED
+//!        socket-exchange udp SOCKETS   (connected UDP sockets, then one TCP exchange)
 //!        socket-exchange echo ROUNDS   (64-byte round trips; prints "elapsed_ns N")
 
 use std::{
@@ -218,6 +219,33 @@ fn main() {
             send_all(client.as_raw_fd(), Family::WriteRead, &big, usize::MAX);
             send_all(client.as_raw_fd(), Family::WriteRead, &small, usize::MAX);
             assert!(reader.join().unwrap() == [big, small].concat());
+        }
+        "udp" => {
+            // Connected UDP sockets (as resolvers make them) exchanging datagrams, kept open;
+            // then one TCP exchange. The seed argument is the number of UDP sockets.
+            let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let senders: Vec<std::net::UdpSocket> = (0..seed)
+                .map(|_| {
+                    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                    socket.connect(receiver.local_addr().unwrap()).unwrap();
+                    socket.send(b"datagram").unwrap();
+                    socket
+                })
+                .collect();
+            let mut buf = [0u8; 16];
+            for _ in &senders {
+                receiver.recv(&mut buf).unwrap();
+            }
+            let (client, server) = connected_pair();
+            send_all(
+                client.as_raw_fd(),
+                Family::WriteRead,
+                b"tcp bytes",
+                usize::MAX,
+            );
+            recv_exact(server.as_raw_fd(), Family::WriteRead, 9);
+            say("exchanged");
+            wait_for("go2");
         }
         other => panic!("unknown mode {other}"),
     }

@@ -107,6 +107,8 @@ pub struct KernelCapture {
     pids_with_sockets: std::collections::HashSet<u32>,
     /// Records that could not be decoded (never expected: a layout mismatch).
     pub malformed_records: u64,
+    /// Connected sockets let go of at once because they are not TCP (UDP).
+    pub non_tcp_sockets: u64,
 }
 
 impl KernelCapture {
@@ -154,6 +156,7 @@ impl KernelCapture {
             next_user_connection: 0,
             pending: Vec::new(),
             malformed_records: 0,
+            non_tcp_sockets: 0,
             pids_with_sockets: std::collections::HashSet::new(),
         };
         if capture.options.trace_all {
@@ -345,6 +348,14 @@ impl KernelCapture {
     /// space after the records already captured; a later connection on the same fd is tracked
     /// anew at its connect or accept.
     pub fn stop_copying(&mut self, connection: &Connection) -> anyhow::Result<()> {
+        self.remove_socket(connection)?;
+        self.end_connections(vec![connection.id], EndCause::NotFollowed);
+        Ok(())
+    }
+
+    /// Removes one connection's socket table entry, unless its fd holds a newer connection by
+    /// now.
+    fn remove_socket(&mut self, connection: &Connection) -> anyhow::Result<()> {
         let mut sockets: HashMap<_, SocketKey, SocketState> = HashMap::try_from(
             self.ebpf
                 .map_mut(maps::SOCKETS)
@@ -354,14 +365,12 @@ impl KernelCapture {
             pid: connection.pid,
             fd: connection.fd,
         };
-        // The fd may hold a newer connection by now: only this one is removed.
         if sockets
             .get(&key, 0)
             .is_ok_and(|state| state.connection_id == connection.id.0)
         {
             let _ = sockets.remove(&key);
         }
-        self.end_connections(vec![connection.id], EndCause::NotFollowed);
         Ok(())
     }
 
@@ -463,7 +472,7 @@ impl KernelCapture {
                 break;
             }
         }
-        self.forget_exited(&out[start..]);
+        self.after_records(out, start);
         Ok(())
     }
 
@@ -479,15 +488,24 @@ impl KernelCapture {
             &mut self.malformed_records,
         ) == MAX_RECORDS_PER_POLL
         {}
-        self.forget_exited(&out[start..]);
+        self.after_records(out, start);
     }
 
-    /// An exiting process closes its fds without close(2): drop its kernel state here.
-    fn forget_exited(&mut self, events: &[SourceEvent]) {
-        for event in events {
+    /// What the records just read ask of the tables: an exiting process closes its fds without
+    /// close(2), so its kernel state goes here; a connected socket that is not TCP leaves the
+    /// socket table at once, unseen by the pipeline.
+    fn after_records(&mut self, out: &mut Vec<SourceEvent>, start: usize) {
+        let mut not_tcp = Vec::new();
+        for event in &out[start..] {
             match *event {
                 SourceEvent::Opened(ref connection) => {
                     self.pids_with_sockets.insert(connection.pid);
+                    if connection.origin == Origin::Connect
+                        && procfs::is_stream_socket(connection.pid, connection.fd).ok()
+                            == Some(false)
+                    {
+                        not_tcp.push(connection.clone());
+                    }
                 }
                 SourceEvent::ProcessExited { pid } => {
                     let _ = self.unselect(pid);
@@ -498,6 +516,19 @@ impl KernelCapture {
                 _ => {}
             }
         }
+        if not_tcp.is_empty() {
+            return;
+        }
+        for connection in &not_tcp {
+            let _ = self.remove_socket(connection);
+        }
+        self.non_tcp_sockets += not_tcp.len() as u64;
+        let ids: std::collections::HashSet<ConnectionId> = not_tcp.iter().map(|c| c.id).collect();
+        let mut index = 0;
+        out.retain(|event| {
+            index += 1;
+            index <= start || !event.connection().is_some_and(|id| ids.contains(&id))
+        });
     }
 
     /// Records the kernel dropped so far because the ring buffer was full.
