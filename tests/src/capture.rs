@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::Context;
 use mqtrace::{
-    sources::{ConnectionId, Direction, SourceEvent, kernel::KernelCapture},
+    sources::{ConnectionId, Direction, SourceEvent, capture::Capture, kernel::KernelCapture},
     streams::{StreamEvent, Streams},
 };
 

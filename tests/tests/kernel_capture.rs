@@ -5,6 +5,7 @@ use std::{process::Command, time::Duration};
 
 use mqtrace::sources::{
     Direction, SourceEvent,
+    capture::Capture,
     kernel::{CaptureOptions, KernelCapture},
 };
 use mqtrace_common::Counter;
@@ -57,7 +58,7 @@ fn assert_no_loss(capture: &KernelCapture) {
             counter.name()
         );
     }
-    assert_eq!(capture.malformed_records, 0);
+    assert_eq!(capture.malformed_records(), 0);
 }
 
 #[tokio::test]
@@ -198,11 +199,11 @@ async fn connected_udp_sockets_take_no_slot() {
     child.expect_line("exchanged").unwrap();
     let mut events = Vec::new();
     let deadline = std::time::Instant::now() + TIMEOUT;
-    while capture.non_tcp_sockets < udp_sockets {
+    while capture.non_tcp_sockets() < udp_sockets {
         assert!(
             std::time::Instant::now() < deadline,
             "{} of {udp_sockets} UDP sockets let go",
-            capture.non_tcp_sockets
+            capture.non_tcp_sockets()
         );
         let _ = tokio::time::timeout(Duration::from_millis(200), capture.next_events(&mut events))
             .await;
@@ -210,7 +211,7 @@ async fn connected_udp_sockets_take_no_slot() {
     capture.drain_now(&mut events);
     // The UDP sockets are still open, yet none holds a slot: only the two TCP pairs (the one
     // found open at selection and the new one) do, and only their bytes are seen.
-    assert_eq!(capture.non_tcp_sockets, udp_sockets);
+    assert_eq!(capture.non_tcp_sockets(), udp_sockets);
     assert_eq!(
         capture.sockets_per_process().unwrap().get(&child.pid()),
         Some(&4)

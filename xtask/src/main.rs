@@ -91,18 +91,130 @@ fn test() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ])?;
+    unprivileged_tests()?;
     let peers = peers::ensure()?;
     // The end-to-end tests find the real RocketMQ peers there.
     // SAFETY: xtask is single-threaded; the variable is inherited by the cargo started next.
     unsafe { std::env::set_var("MQTRACE_PEERS", &peers) };
     // One test thread: the kernel tests share the kernel's tracepoints and CPU time.
     step(&format!(
-        "running all tests (real RocketMQ peers from {})",
+        "running the tests that need root: kernel probes, daemon, end to end (real RocketMQ \
+         peers from {})",
         peers.display()
     ));
-    cargo(&["test", "--workspace", "--", "--test-threads=1"])?;
+    cargo(&["test", "--package", ROOT_TESTS, "--", "--test-threads=1"])?;
     step("fuzzing each target briefly (cargo xtask fuzz runs them longer)");
     fuzz::run(FUZZ_SMOKE_SECONDS).map(drop)
+}
+
+/// The package whose tests load kernel probes and start real peers; every other package's
+/// tests need no privilege.
+const ROOT_TESTS: &str = "mqtrace-tests";
+/// Who runs the tests that need no privilege when xtask runs as root.
+const UNPRIVILEGED_ID: &str = "65534"; // nobody
+
+/// Builds the tests of every package but ROOT_TESTS and runs them first, as `nobody` when
+/// xtask runs as root: they must not depend on privilege (the decoder, pipeline, daemon on a
+/// fake capture, replay).
+fn unprivileged_tests() -> anyhow::Result<()> {
+    step("building the tests that need no privilege");
+    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(&cargo_bin)
+        .args(["test", "--workspace", "--exclude", ROOT_TESTS, "--no-run"])
+        .args(["--message-format=json-render-diagnostics"])
+        .current_dir(workspace_root())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("building the tests")?;
+    if !built.status.success() {
+        bail!("building the tests failed ({})", built.status);
+    }
+    let mut executables = Vec::new();
+    for line in String::from_utf8_lossy(&built.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if message["reason"] == "compiler-artifact"
+            && message["profile"]["test"] == true
+            && let (Some(executable), Some(manifest)) = (
+                message["executable"].as_str(),
+                message["manifest_path"].as_str(),
+            )
+        {
+            let package = std::path::Path::new(manifest).parent().map(Into::into);
+            executables.push((executable.to_string(), package));
+        }
+    }
+    let as_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.starts_with(b"0\n"));
+    // A clone inside a private folder (mktemp -d) cannot be read by nobody: then nobody gets
+    // the one capability to read files, nothing else.
+    let readable = as_root
+        && executables.iter().all(|(executable, _)| {
+            unprivileged(&[])
+                .args(["test", "-x", executable])
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+    let read_capability: &[&str] = if readable {
+        &[]
+    } else {
+        &[
+            "--inh-caps",
+            "+dac_read_search",
+            "--ambient-caps",
+            "+dac_read_search",
+        ]
+    };
+    step(&format!(
+        "running {} test executables {}",
+        executables.len(),
+        match (as_root, readable) {
+            (true, true) => "as nobody (uid 65534), without root",
+            (true, false) =>
+                "as nobody (uid 65534), without root, allowed to read the clone's \
+                              private folder (CAP_DAC_READ_SEARCH)",
+            (false, _) => "as this user",
+        }
+    ));
+    for (executable, package) in executables {
+        let mut command = if as_root {
+            let mut c = unprivileged(read_capability);
+            c.arg(&executable);
+            c
+        } else {
+            Command::new(&executable)
+        };
+        if let Some(package) = package {
+            // As cargo runs them: from their package's folder.
+            command.current_dir::<std::path::PathBuf>(package);
+        }
+        let status = command
+            .status()
+            .with_context(|| format!("running {executable}"))?;
+        if !status.success() {
+            bail!("{executable} failed ({status})");
+        }
+    }
+    Ok(())
+}
+
+/// A command run as nobody, with the capabilities given.
+fn unprivileged(capabilities: &[&str]) -> Command {
+    let mut command = Command::new("setpriv");
+    command
+        .args([
+            "--reuid",
+            UNPRIVILEGED_ID,
+            "--regid",
+            UNPRIVILEGED_ID,
+            "--clear-groups",
+        ])
+        .args(capabilities)
+        .arg("--");
+    command
 }
 
 /// How long `cargo xtask test` fuzzes each target.

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use mqtrace_common::{COMM_LEN, Selection};
 
 use super::{ListedProcess, Listing, Rule, Target};
-use crate::sources::kernel::{KernelCapture, procfs};
+use crate::sources::{capture::Capture, kernel::procfs};
 
 #[derive(Default)]
 pub struct Rules {
@@ -37,11 +37,11 @@ pub struct Applied {
 impl Rules {
     pub fn apply(
         &mut self,
-        capture: &mut KernelCapture,
+        capture: &mut impl Capture,
         target: &Target,
         enabled: bool,
     ) -> anyhow::Result<Applied> {
-        let trace_all = capture.options().trace_all;
+        let trace_all = capture.trace_all();
         // In trace-all mode a disable must be remembered (an exclusion); in selected mode it
         // is the default and the rule simply goes.
         let kernel_rule = |selection| match (enabled, trace_all) {
@@ -133,7 +133,7 @@ impl Rules {
     /// Applies saved rules again; returns how many were, and why the others were not.
     pub fn restore(
         &mut self,
-        capture: &mut KernelCapture,
+        capture: &mut impl Capture,
         saved: &[SavedRule],
     ) -> (usize, Vec<String>) {
         let mut applied = 0;
@@ -153,7 +153,7 @@ impl Rules {
         (applied, skipped)
     }
 
-    pub fn listing(&self, capture: &KernelCapture) -> anyhow::Result<Listing> {
+    pub fn listing(&self, capture: &impl Capture) -> anyhow::Result<Listing> {
         let connections = capture.sockets_per_process()?;
         let processes = capture
             .selections()?
@@ -166,7 +166,7 @@ impl Rules {
             })
             .collect();
         Ok(Listing {
-            mode: mode_name(capture.options().trace_all).into(),
+            mode: mode_name(capture.trace_all()).into(),
             rules: self
                 .rules
                 .iter()

@@ -1,6 +1,7 @@
 //! Where bytes come from: the kernel probes of a live host, or a packet capture file. Both
 //! produce the same [`SourceEvent`]s, so everything after this stage cannot tell them apart.
 
+pub mod capture;
 pub mod kernel;
 pub mod pcap;
 

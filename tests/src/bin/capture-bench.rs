@@ -8,7 +8,10 @@
 
 use std::process::Command;
 
-use mqtrace::sources::kernel::{CaptureOptions, KernelCapture, NoopProbes};
+use mqtrace::sources::{
+    capture::Capture,
+    kernel::{CaptureOptions, KernelCapture, NoopProbes},
+};
 use mqtrace_common::Counter;
 use mqtrace_tests::process::Driven;
 

@@ -21,7 +21,7 @@ use mqtrace_common::{
 };
 use tokio::io::unix::AsyncFd;
 
-use crate::sources::{Connection, ConnectionId, EndCause, Origin, SourceEvent};
+use crate::sources::{Connection, ConnectionId, EndCause, Origin, SourceEvent, capture::Capture};
 
 /// The compiled kernel programs, built by build.rs from `agent-ebpf`.
 static EBPF_OBJECT: &[u8] =
@@ -106,9 +106,9 @@ pub struct KernelCapture {
     /// they exit (in trace-all mode every process exit on the host is reported).
     pids_with_sockets: std::collections::HashSet<u32>,
     /// Records that could not be decoded (never expected: a layout mismatch).
-    pub malformed_records: u64,
+    malformed_records: u64,
     /// Connected sockets let go of at once because they are not TCP (UDP).
-    pub non_tcp_sockets: u64,
+    non_tcp_sockets: u64,
 }
 
 impl KernelCapture {
@@ -178,96 +178,6 @@ impl KernelCapture {
         self.set_selection(pid, Selection::ByPid)
     }
 
-    /// Traces `pid` from now on for the reason given, or stops (`Excluded`), whatever the
-    /// mode. A process that starts being traced has its open connections picked up; one that
-    /// stops has its sockets forgotten (their positions would be wrong after bytes moved
-    /// unseen).
-    pub fn set_selection(&mut self, pid: u32, selection: Selection) -> anyhow::Result<()> {
-        if pid == std::process::id() {
-            bail!("mqtrace does not trace itself (pid {pid})");
-        }
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            bail!("no process with pid {pid}");
-        }
-        let was_traced = self.is_traced(pid)?;
-        // Entered first, so that a connection opened during the scan is caught by the kernel;
-        // the scan then leaves it alone.
-        self.selected_map()?
-            .insert(pid, selection as u8, 0)
-            .with_context(|| format!("selecting pid {pid}"))?;
-        match (was_traced, selection != Selection::Excluded) {
-            (false, true) => self.register_existing_sockets(pid),
-            (true, false) => self.stop_following(pid),
-            _ => Ok(()),
-        }
-    }
-
-    /// Stops copying `pid`'s traffic (in trace-all mode: until it is selected again).
-    pub fn deselect(&mut self, pid: u32) -> anyhow::Result<()> {
-        if self.options.trace_all {
-            self.set_selection(pid, Selection::Excluded)
-        } else {
-            self.unselect(pid)?;
-            self.stop_following(pid)
-        }
-    }
-
-    /// Whether the kernel copies `pid`'s traffic now.
-    pub fn is_traced(&self, pid: u32) -> anyhow::Result<bool> {
-        let selected: HashMap<_, u32, u8> = HashMap::try_from(
-            self.ebpf
-                .map(maps::SELECTED_PROCESSES)
-                .context("SELECTED_PROCESSES map missing")?,
-        )?;
-        Ok(match selected.get(&pid, 0) {
-            Ok(value) => value != Selection::Excluded as u8,
-            Err(_) => self.options.trace_all,
-        })
-    }
-
-    /// Every process with its own entry (traced or excluded, and why), by pid.
-    pub fn selections(&self) -> anyhow::Result<BTreeMap<u32, Selection>> {
-        let selected: HashMap<_, u32, u8> = HashMap::try_from(
-            self.ebpf
-                .map(maps::SELECTED_PROCESSES)
-                .context("SELECTED_PROCESSES map missing")?,
-        )?;
-        Ok(selected
-            .iter()
-            .filter_map(Result::ok)
-            .filter_map(|(pid, value)| Some((pid, Selection::from_u8(value)?)))
-            .collect())
-    }
-
-    /// Sockets in the kernel's table now, per process.
-    pub fn sockets_per_process(&self) -> anyhow::Result<BTreeMap<u32, usize>> {
-        let sockets: HashMap<_, SocketKey, SocketState> = HashMap::try_from(
-            self.ebpf
-                .map(maps::SOCKETS)
-                .context("SOCKETS map missing")?,
-        )?;
-        let mut counts = BTreeMap::new();
-        for key in sockets.keys().filter_map(Result::ok) {
-            *counts.entry(key.pid).or_insert(0) += 1;
-        }
-        Ok(counts)
-    }
-
-    /// Forgets tracked sockets whose fd no longer holds a socket (closed through `dup2` or
-    /// `close_range`, which the close probe does not see) or whose process is gone, so that
-    /// the socket table has room again; their connections end for user space. Returns how
-    /// many went.
-    pub fn sweep_stale_sockets(&mut self) -> anyhow::Result<usize> {
-        let ended = self.remove_sockets(|key| {
-            std::fs::read_link(format!("/proc/{}/fd/{}", key.pid, key.fd)).map_or(true, |target| {
-                !target.to_string_lossy().starts_with("socket:")
-            })
-        })?;
-        let count = ended.len();
-        self.end_connections(ended, EndCause::Closed);
-        Ok(count)
-    }
-
     /// Removes the kernel's socket table entries that `which` picks; returns their connection
     /// ids.
     fn remove_sockets(
@@ -291,21 +201,6 @@ impl KernelCapture {
             .into_iter()
             .map(|(_, state)| ConnectionId(state.connection_id))
             .collect())
-    }
-
-    /// Sets (or with `None` removes) the selection a process gets when it execs `comm`.
-    pub fn set_comm_rule(
-        &mut self,
-        comm: [u8; COMM_LEN],
-        selection: Option<Selection>,
-    ) -> anyhow::Result<()> {
-        self.set_rule(maps::COMM_RULES, comm, selection)
-    }
-
-    /// Sets (or with `None` removes) the selection a process gets when it execs inside the
-    /// cgroup `id` or below it.
-    pub fn set_cgroup_rule(&mut self, id: u64, selection: Option<Selection>) -> anyhow::Result<()> {
-        self.set_rule(maps::CGROUP_RULES, id, selection)
     }
 
     fn set_rule<K: aya::Pod>(
@@ -341,15 +236,6 @@ impl KernelCapture {
     /// Removes `pid`'s own entry (a no-op when it has none).
     fn unselect(&mut self, pid: u32) -> anyhow::Result<()> {
         let _ = self.selected_map()?.remove(&pid);
-        Ok(())
-    }
-
-    /// Stops copying one connection (not RocketMQ, or the broker's side) and ends it for user
-    /// space after the records already captured; a later connection on the same fd is tracked
-    /// anew at its connect or accept.
-    pub fn stop_copying(&mut self, connection: &Connection) -> anyhow::Result<()> {
-        self.remove_socket(connection)?;
-        self.end_connections(vec![connection.id], EndCause::NotFollowed);
         Ok(())
     }
 
@@ -441,41 +327,6 @@ impl KernelCapture {
         Ok(())
     }
 
-    /// Waits until records are available and appends their events to `out`.
-    pub async fn next_events(&mut self, out: &mut Vec<SourceEvent>) -> anyhow::Result<()> {
-        if !self.pending.is_empty() {
-            out.append(&mut self.pending);
-            return Ok(());
-        }
-        let start = out.len();
-        let cap = self.options.max_bytes_per_syscall as u64;
-        loop {
-            let read = match tokio::time::timeout(POLL_INTERVAL, self.records.readable_mut()).await
-            {
-                Ok(guard) => {
-                    let mut guard = guard?;
-                    let read =
-                        drain_ring(guard.get_inner_mut(), cap, out, &mut self.malformed_records);
-                    if read < MAX_RECORDS_PER_POLL {
-                        guard.clear_ready();
-                    }
-                    read
-                }
-                Err(_) => drain_ring(
-                    self.records.get_mut(),
-                    cap,
-                    out,
-                    &mut self.malformed_records,
-                ),
-            };
-            if read > 0 {
-                break;
-            }
-        }
-        self.after_records(out, start);
-        Ok(())
-    }
-
     /// Appends whatever records are available now, without waiting.
     pub fn drain_now(&mut self, out: &mut Vec<SourceEvent>) {
         out.append(&mut self.pending);
@@ -530,13 +381,171 @@ impl KernelCapture {
             index <= start || !event.connection().is_some_and(|id| ids.contains(&id))
         });
     }
+}
 
-    /// Records the kernel dropped so far because the ring buffer was full.
-    pub fn records_lost(&self) -> anyhow::Result<u64> {
-        Ok(self.counters()?.get(Counter::RecordsLost))
+impl Capture for KernelCapture {
+    fn trace_all(&self) -> bool {
+        self.options.trace_all
     }
 
-    pub fn counters(&self) -> anyhow::Result<KernelCounters> {
+    fn non_tcp_sockets(&self) -> u64 {
+        self.non_tcp_sockets
+    }
+
+    fn malformed_records(&self) -> u64 {
+        self.malformed_records
+    }
+
+    /// Traces `pid` from now on for the reason given, or stops (`Excluded`), whatever the
+    /// mode. A process that starts being traced has its open connections picked up; one that
+    /// stops has its sockets forgotten (their positions would be wrong after bytes moved
+    /// unseen).
+    fn set_selection(&mut self, pid: u32, selection: Selection) -> anyhow::Result<()> {
+        if pid == std::process::id() {
+            bail!("mqtrace does not trace itself (pid {pid})");
+        }
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            bail!("no process with pid {pid}");
+        }
+        let was_traced = self.is_traced(pid)?;
+        // Entered first, so that a connection opened during the scan is caught by the kernel;
+        // the scan then leaves it alone.
+        self.selected_map()?
+            .insert(pid, selection as u8, 0)
+            .with_context(|| format!("selecting pid {pid}"))?;
+        match (was_traced, selection != Selection::Excluded) {
+            (false, true) => self.register_existing_sockets(pid),
+            (true, false) => self.stop_following(pid),
+            _ => Ok(()),
+        }
+    }
+
+    /// Stops copying `pid`'s traffic (in trace-all mode: until it is selected again).
+    fn deselect(&mut self, pid: u32) -> anyhow::Result<()> {
+        if self.options.trace_all {
+            self.set_selection(pid, Selection::Excluded)
+        } else {
+            self.unselect(pid)?;
+            self.stop_following(pid)
+        }
+    }
+
+    /// Whether the kernel copies `pid`'s traffic now.
+    fn is_traced(&self, pid: u32) -> anyhow::Result<bool> {
+        let selected: HashMap<_, u32, u8> = HashMap::try_from(
+            self.ebpf
+                .map(maps::SELECTED_PROCESSES)
+                .context("SELECTED_PROCESSES map missing")?,
+        )?;
+        Ok(match selected.get(&pid, 0) {
+            Ok(value) => value != Selection::Excluded as u8,
+            Err(_) => self.options.trace_all,
+        })
+    }
+
+    /// Every process with its own entry (traced or excluded, and why), by pid.
+    fn selections(&self) -> anyhow::Result<BTreeMap<u32, Selection>> {
+        let selected: HashMap<_, u32, u8> = HashMap::try_from(
+            self.ebpf
+                .map(maps::SELECTED_PROCESSES)
+                .context("SELECTED_PROCESSES map missing")?,
+        )?;
+        Ok(selected
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(pid, value)| Some((pid, Selection::from_u8(value)?)))
+            .collect())
+    }
+
+    /// Sockets in the kernel's table now, per process.
+    fn sockets_per_process(&self) -> anyhow::Result<BTreeMap<u32, usize>> {
+        let sockets: HashMap<_, SocketKey, SocketState> = HashMap::try_from(
+            self.ebpf
+                .map(maps::SOCKETS)
+                .context("SOCKETS map missing")?,
+        )?;
+        let mut counts = BTreeMap::new();
+        for key in sockets.keys().filter_map(Result::ok) {
+            *counts.entry(key.pid).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
+
+    /// Forgets tracked sockets whose fd no longer holds a socket (closed through `dup2` or
+    /// `close_range`, which the close probe does not see) or whose process is gone, so that
+    /// the socket table has room again; their connections end for user space. Returns how
+    /// many went.
+    fn sweep_stale_sockets(&mut self) -> anyhow::Result<usize> {
+        let ended = self.remove_sockets(|key| {
+            std::fs::read_link(format!("/proc/{}/fd/{}", key.pid, key.fd)).map_or(true, |target| {
+                !target.to_string_lossy().starts_with("socket:")
+            })
+        })?;
+        let count = ended.len();
+        self.end_connections(ended, EndCause::Closed);
+        Ok(count)
+    }
+
+    /// Sets (or with `None` removes) the selection a process gets when it execs `comm`.
+    fn set_comm_rule(
+        &mut self,
+        comm: [u8; COMM_LEN],
+        selection: Option<Selection>,
+    ) -> anyhow::Result<()> {
+        self.set_rule(maps::COMM_RULES, comm, selection)
+    }
+
+    /// Sets (or with `None` removes) the selection a process gets when it execs inside the
+    /// cgroup `id` or below it.
+    fn set_cgroup_rule(&mut self, id: u64, selection: Option<Selection>) -> anyhow::Result<()> {
+        self.set_rule(maps::CGROUP_RULES, id, selection)
+    }
+
+    /// Stops copying one connection (not RocketMQ, or the broker's side) and ends it for user
+    /// space after the records already captured; a later connection on the same fd is tracked
+    /// anew at its connect or accept.
+    fn stop_copying(&mut self, connection: &Connection) -> anyhow::Result<()> {
+        self.remove_socket(connection)?;
+        self.end_connections(vec![connection.id], EndCause::NotFollowed);
+        Ok(())
+    }
+
+    /// Waits until records are available and appends their events to `out`.
+    async fn next_events(&mut self, out: &mut Vec<SourceEvent>) -> anyhow::Result<()> {
+        if !self.pending.is_empty() {
+            out.append(&mut self.pending);
+            return Ok(());
+        }
+        let start = out.len();
+        let cap = self.options.max_bytes_per_syscall as u64;
+        loop {
+            let read = match tokio::time::timeout(POLL_INTERVAL, self.records.readable_mut()).await
+            {
+                Ok(guard) => {
+                    let mut guard = guard?;
+                    let read =
+                        drain_ring(guard.get_inner_mut(), cap, out, &mut self.malformed_records);
+                    if read < MAX_RECORDS_PER_POLL {
+                        guard.clear_ready();
+                    }
+                    read
+                }
+                Err(_) => drain_ring(
+                    self.records.get_mut(),
+                    cap,
+                    out,
+                    &mut self.malformed_records,
+                ),
+            };
+            if read > 0 {
+                break;
+            }
+        }
+        self.after_records(out, start);
+        Ok(())
+    }
+
+    fn counters(&self) -> anyhow::Result<KernelCounters> {
         let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(
             self.ebpf
                 .map(maps::COUNTERS)

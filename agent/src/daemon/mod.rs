@@ -23,7 +23,10 @@ use crate::{
     memory::Shares,
     metrics::{self, Snapshot},
     pipeline::{Output, Pipeline},
-    sources::kernel::{CaptureOptions, KernelCapture, monotonic_ns},
+    sources::{
+        capture::Capture,
+        kernel::{CaptureOptions, KernelCapture, monotonic_ns},
+    },
     spans::resource::Resources,
 };
 
@@ -57,8 +60,8 @@ pub struct DaemonOptions {
     pub memory: Shares,
 }
 
-struct Daemon {
-    capture: KernelCapture,
+struct Daemon<C> {
+    capture: C,
     /// Sockets forgotten by the sweeps, and when and at what table-full count the last ran.
     stale_sockets_swept: u64,
     last_sweep: (Instant, u64),
@@ -69,13 +72,30 @@ struct Daemon {
     started: Instant,
 }
 
+/// Runs the daemon on the kernel's capture until Ctrl-C or SIGTERM.
 pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     crate::listeners::raise_open_files_limit();
-    let mut capture = KernelCapture::start(CaptureOptions {
+    let capture = KernelCapture::start(CaptureOptions {
         trace_all: options.trace_all,
         max_bytes_per_syscall: options.max_bytes_per_syscall,
         ring_buffer_bytes: options.ring_buffer_bytes,
     })?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stop = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = sigterm.recv() => {}
+        }
+    };
+    serve(capture, &options, stop).await
+}
+
+/// Runs the daemon on `capture` until `stop` completes.
+pub async fn serve(
+    mut capture: impl Capture,
+    options: &DaemonOptions,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let mut rules = Rules::default();
     for target in &options.startup {
         rules.apply(&mut capture, target, true)?;
@@ -132,7 +152,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let (mut events, mut outputs) = (Vec::new(), Vec::new());
     let mut stats = tokio::time::interval(options.stats_interval.max(Duration::from_secs(1)));
     let mut expiry = tokio::time::interval(Duration::from_secs(1));
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             result = daemon.capture.next_events(&mut events) => result?,
@@ -149,8 +169,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
                 log_problems(&problems.check(&counters, Instant::now()));
             }
             _ = stats.tick() => tracing::info!(counters = %daemon.counters()?, "stats"),
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
+            () = &mut stop => break,
         }
         for event in events.drain(..) {
             daemon.pipeline.push(event, &mut outputs);
@@ -176,7 +195,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-impl Daemon {
+impl<C: Capture> Daemon<C> {
     /// Sweeps the socket table every SWEEP_INTERVAL, and at once when it was found full.
     fn sweep_if_due(&mut self) -> anyhow::Result<()> {
         let full = self.capture.counters()?.get(Counter::SocketTableFull);
@@ -198,7 +217,7 @@ impl Daemon {
                     version: env!("CARGO_PKG_VERSION").into(),
                     pid: std::process::id(),
                     uptime_seconds: self.started.elapsed().as_secs(),
-                    mode: mode_name(self.capture.options().trace_all).into(),
+                    mode: mode_name(self.capture.trace_all()).into(),
                     counters,
                 })
             }),
@@ -241,8 +260,8 @@ impl Daemon {
                 "processes_excluded": excluded,
                 "connections_tracked": sockets.values().sum::<usize>(),
                 "stale_sockets_swept": self.stale_sockets_swept,
-                "malformed_records": self.capture.malformed_records,
-                "non_tcp_sockets": self.capture.non_tcp_sockets,
+                "malformed_records": self.capture.malformed_records(),
+                "non_tcp_sockets": self.capture.non_tcp_sockets(),
             },
             "kernel": self.capture.counters()?.0,
             "pipeline": self.pipeline.counters(),
@@ -289,3 +308,6 @@ fn unix_minus_monotonic_ns() -> i64 {
         .map_or(0, |d| d.as_nanos() as i64);
     unix - monotonic_ns() as i64
 }
+
+#[cfg(test)]
+mod tests;

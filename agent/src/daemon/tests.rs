@@ -1,0 +1,303 @@
+//! The daemon on a fake capture (see `sources::capture`): its control socket, rules, state
+//! file, pipeline and span output, tested without root or eBPF.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use mqtrace_common::Selection;
+
+use super::{DaemonOptions, serve};
+use crate::{
+    control::{Request, Response, Target, client},
+    decoder::encode::{json_frame, properties},
+    memory::Shares,
+    sources::{
+        Chunk, Connection, ConnectionId, Direction, Origin, SourceEvent,
+        capture::fake::{FakeCapture, FakeHandle},
+        kernel::monotonic_ns,
+    },
+};
+
+fn options(dir: &Path) -> DaemonOptions {
+    DaemonOptions {
+        trace_all: false,
+        startup: Vec::new(),
+        max_bytes_per_syscall: 4096,
+        ring_buffer_bytes: 1 << 20,
+        stats_interval: Duration::from_secs(3600),
+        output: Some(dir.join("spans.jsonl")),
+        otlp: None,
+        request_timeout: Duration::from_secs(30),
+        flush_timeout: Duration::from_secs(1),
+        metrics_address: "127.0.0.1:0".parse().unwrap(),
+        control_socket: dir.join("control.sock"),
+        control_group: None,
+        journal_messages: 1000,
+        state_file: dir.join("rules.json"),
+        memory: Shares::of(64 << 20),
+    }
+}
+
+/// A daemon serving on its own thread until dropped.
+struct Running {
+    capture: FakeHandle,
+    socket: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    fn start(options: DaemonOptions) -> Self {
+        let (fake, capture) = FakeCapture::new(options.trace_all);
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let socket = options.control_socket.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(serve(fake, &options, async {
+                let _ = stopped.await;
+            }))
+        });
+        let running = Self {
+            capture,
+            socket,
+            stop: Some(stop),
+            thread: Some(thread),
+        };
+        running.wait_for("the control socket to answer", || {
+            running.ask(Request::Status).is_ok()
+        });
+        running
+    }
+
+    fn ask(&self, request: Request) -> anyhow::Result<Response> {
+        client::send(&self.socket, &request)
+    }
+
+    fn push(&self, event: SourceEvent) {
+        self.capture.events.send(event).expect("the daemon runs");
+    }
+
+    fn wait_for(&self, what: &str, done: impl Fn() -> bool) {
+        let started = Instant::now();
+        while !done() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the daemon; its result.
+    fn stop(mut self) -> anyhow::Result<()> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take() {
+            Some(thread) => thread.join().expect("the daemon thread panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+/// A process for pid rules to name; killed when dropped.
+struct Sleeper(Child);
+
+impl Sleeper {
+    fn start() -> Self {
+        Self(
+            Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .expect("start sleep"),
+        )
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn rules_reach_the_capture_and_are_applied_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let sleeper = Sleeper::start();
+    let daemon = Running::start(options(dir.path()));
+    daemon
+        .ask(Request::Enable {
+            target: Target::Pid(sleeper.pid()),
+        })
+        .unwrap();
+    daemon
+        .ask(Request::Enable {
+            target: Target::Comm("order-service".into()),
+        })
+        .unwrap();
+    {
+        let state = daemon.capture.state.lock().unwrap();
+        assert_eq!(state.selected.get(&sleeper.pid()), Some(&Selection::ByPid));
+        assert_eq!(state.comm_rules.len(), 1);
+    }
+    let Response::Listing(listing) = daemon.ask(Request::List).unwrap() else {
+        panic!("a listing")
+    };
+    assert_eq!(listing.rules.len(), 1, "{listing:?}");
+    assert_eq!(listing.processes.len(), 1, "{listing:?}");
+    daemon.stop().unwrap();
+
+    // A new daemon on a new capture: the same rules from the state file.
+    let daemon = Running::start(options(dir.path()));
+    let state = daemon.capture.state.lock().unwrap();
+    assert_eq!(state.selected.get(&sleeper.pid()), Some(&Selection::ByPid));
+    assert_eq!(
+        state.comm_rules.values().collect::<Vec<_>>(),
+        [&Selection::ByComm]
+    );
+    drop(state);
+
+    // A disable is kept as well: after the next restart the process is not selected.
+    daemon
+        .ask(Request::Disable {
+            target: Target::Pid(sleeper.pid()),
+        })
+        .unwrap();
+    daemon.stop().unwrap();
+    let daemon = Running::start(options(dir.path()));
+    assert_eq!(
+        daemon
+            .capture
+            .state
+            .lock()
+            .unwrap()
+            .selected
+            .get(&sleeper.pid()),
+        None
+    );
+}
+
+/// Chunks of one connection at advancing positions.
+struct Stream {
+    id: ConnectionId,
+    positions: [u64; 2],
+}
+
+impl Stream {
+    fn open(daemon: &Running, id: u64, pid: u32) -> Self {
+        daemon.push(SourceEvent::Opened(Connection {
+            id: ConnectionId(id),
+            pid,
+            fd: id as i32,
+            origin: Origin::Connect,
+            local: Some("127.0.0.1:40000".parse().unwrap()),
+            peer: Some("127.0.0.1:10911".parse().unwrap()),
+            timestamp_ns: monotonic_ns(),
+        }));
+        Self {
+            id: ConnectionId(id),
+            positions: [0, 0],
+        }
+    }
+
+    fn bytes(&mut self, daemon: &Running, direction: Direction, bytes: &[u8]) {
+        let position = &mut self.positions[direction as usize];
+        daemon.push(SourceEvent::Data(Chunk {
+            connection: self.id,
+            direction,
+            position: *position,
+            bytes: Bytes::copy_from_slice(bytes),
+            timestamp_ns: monotonic_ns(),
+        }));
+        *position += bytes.len() as u64;
+    }
+}
+
+#[test]
+fn rocketmq_traffic_becomes_spans_and_other_traffic_is_let_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = options(dir.path());
+    let output = options.output.clone().unwrap();
+    let daemon = Running::start(options);
+    let pid = std::process::id();
+
+    let mut rocketmq = Stream::open(&daemon, 1, pid);
+    let props = properties(&[("UNIQ_KEY", "7F0000010001"), ("KEYS", "order-1")]);
+    let send = json_frame(
+        10,
+        0,
+        1,
+        &[
+            ("producerGroup", "pg"),
+            ("topic", "orders"),
+            ("queueId", "0"),
+            ("properties", &props),
+        ],
+        b"body",
+    );
+    let answer = json_frame(
+        0,
+        1,
+        1,
+        &[
+            ("msgId", "OFFSETID"),
+            ("queueId", "0"),
+            ("queueOffset", "5"),
+        ],
+        b"",
+    );
+    rocketmq.bytes(&daemon, Direction::Egress, &send);
+    rocketmq.bytes(&daemon, Direction::Ingress, &answer);
+
+    let mut http = Stream::open(&daemon, 2, pid);
+    http.bytes(
+        &daemon,
+        Direction::Egress,
+        b"GET / HTTP/1.1\r\nHost: example\r\n\r\n",
+    );
+
+    daemon.wait_for("the send span in the output file", || {
+        std::fs::read_to_string(&output).is_ok_and(|text| text.contains("send orders"))
+    });
+    daemon.wait_for("the HTTP connection to be let go", || {
+        daemon.capture.state.lock().unwrap().stopped == [ConnectionId(2)]
+    });
+    let spans = std::fs::read_to_string(&output).unwrap();
+    assert_eq!(spans.lines().count(), 1, "{spans}");
+    assert!(spans.contains("order-1"), "{spans}");
+    let Response::Status(status) = daemon.ask(Request::Status).unwrap() else {
+        panic!("a status")
+    };
+    assert_eq!(
+        status.counters["pipeline"]["correlation"]["sends"], 1,
+        "{:#}",
+        status.counters
+    );
+    assert_eq!(
+        status.counters["agent"]["connections_tracked"], 1,
+        "{:#}",
+        status.counters
+    );
+    daemon.stop().unwrap();
+}
