@@ -18,6 +18,7 @@
 //! journal_messages = 20000
 //! state_file = "/run/mqtrace/mqtrace.rules.json"   # rules kept across restarts
 //! memory_budget_mib = 256          # what the agent keeps between events, oldest forgotten first
+//! health_stall_seconds = 30        # /healthz fails once the pipeline is stuck this long
 //! ```
 
 use std::{
@@ -50,6 +51,7 @@ pub struct FileConfig {
     pub journal_messages: Option<usize>,
     pub state_file: Option<PathBuf>,
     pub memory_budget_mib: Option<usize>,
+    pub health_stall_seconds: Option<u64>,
 }
 
 impl FileConfig {

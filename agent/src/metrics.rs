@@ -1,10 +1,15 @@
 //! Self-metrics over HTTP: `GET /metrics` (Prometheus text: every counter the agent keeps,
 //! named `mqtrace_<stage>_<counter>`) and `GET /healthz` for liveness and readiness probes.
-//! Loopback by default: the counters say which processes are traced.
+//! Loopback by default: the counters say which processes are traced. Served from a thread of
+//! its own, so that a busy or stuck pipeline is reported, not hidden by a probe that hangs.
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use anyhow::Context;
@@ -26,6 +31,46 @@ impl Snapshot {
 
     fn text(&self) -> String {
         self.0.lock().unwrap().clone()
+    }
+}
+
+/// Whether the pipeline advances: the daemon's loop beats at every pass (at least once a
+/// second, from its timer); `/healthz` fails once no beat came for `stall_after`.
+pub struct Health {
+    started: Instant,
+    /// Milliseconds after `started` of the last beat.
+    last_beat_ms: AtomicU64,
+    stall_after: Duration,
+}
+
+impl Health {
+    pub fn new(stall_after: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            started: Instant::now(),
+            last_beat_ms: AtomicU64::new(0),
+            stall_after,
+        })
+    }
+
+    pub fn beat(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last_beat_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Ok, or why not.
+    pub fn check(&self) -> Result<(), String> {
+        let now = self.started.elapsed().as_millis() as u64;
+        let silent =
+            Duration::from_millis(now.saturating_sub(self.last_beat_ms.load(Ordering::Relaxed)));
+        if silent > self.stall_after {
+            Err(format!(
+                "stalled: the pipeline has not advanced for {} s (limit {} s)",
+                silent.as_secs(),
+                self.stall_after.as_secs()
+            ))
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -69,43 +114,89 @@ fn render(prefix: &str, value: &serde_json::Value, out: &mut String) {
     }
 }
 
-/// Serves until the runtime ends; fails at once when the address cannot be bound.
-pub async fn serve(address: SocketAddr, snapshot: Snapshot) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
+/// The metrics server's thread; dropping it stops the server.
+pub struct MetricsServer {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Serves on a thread of its own until dropped; fails at once when the address cannot be
+/// bound.
+pub fn serve(
+    address: SocketAddr,
+    snapshot: Snapshot,
+    health: Arc<Health>,
+) -> anyhow::Result<MetricsServer> {
+    let listener = std::net::TcpListener::bind(address)
         .with_context(|| format!("binding the metrics endpoint to {address}"))?;
-    let mut admission = Admission::new("metrics");
-    tokio::spawn(async move {
-        loop {
-            let (mut stream, slot) = admission
-                .next(|| async { listener.accept().await.map(|(stream, _)| stream) })
-                .await;
-            let snapshot = snapshot.clone();
-            tokio::spawn(async move {
-                let _slot = slot;
-                let mut request = [0u8; 1024];
-                let Ok(Ok(n)) =
-                    tokio::time::timeout(REQUEST_TIMEOUT, stream.read(&mut request)).await
-                else {
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("mqtrace-metrics".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                     return;
                 };
-                let request = String::from_utf8_lossy(&request[..n]);
-                let (status, body) = if request.starts_with("GET /metrics ") {
-                    ("200 OK", snapshot.text())
-                } else if request.starts_with("GET /healthz ") {
-                    ("200 OK", "ok\n".to_string())
-                } else {
-                    ("404 Not Found", "try /metrics or /healthz\n".to_string())
-                };
-                let reply = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(reply.as_bytes()).await;
+                tokio::select! {
+                    () = accept_loop(listener, snapshot, health) => {}
+                    _ = stopped => {}
+                }
             });
-        }
-    });
-    Ok(())
+        })?;
+    Ok(MetricsServer {
+        stop: Some(stop),
+        thread: Some(thread),
+    })
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, snapshot: Snapshot, health: Arc<Health>) {
+    let mut admission = Admission::new("metrics");
+    loop {
+        let (mut stream, slot) = admission
+            .next(|| async { listener.accept().await.map(|(stream, _)| stream) })
+            .await;
+        let snapshot = snapshot.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut request = [0u8; 1024];
+            let Ok(Ok(n)) = tokio::time::timeout(REQUEST_TIMEOUT, stream.read(&mut request)).await
+            else {
+                return;
+            };
+            let request = String::from_utf8_lossy(&request[..n]);
+            let (status, body) = if request.starts_with("GET /metrics ") {
+                ("200 OK", snapshot.text())
+            } else if request.starts_with("GET /healthz ") {
+                match health.check() {
+                    Ok(()) => ("200 OK", "ok\n".to_string()),
+                    Err(why) => ("503 Service Unavailable", format!("{why}\n")),
+                }
+            } else {
+                ("404 Not Found", "try /metrics or /healthz\n".to_string())
+            };
+            let reply = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(reply.as_bytes()).await;
+        });
+    }
 }
 
 #[cfg(test)]

@@ -104,6 +104,11 @@ pub struct RunArgs {
     /// forget their oldest entries first beyond it (counted) [default: 256].
     #[arg(long, value_name = "MIB")]
     memory_budget_mib: Option<usize>,
+    /// /healthz answers 503 once the pipeline has not advanced for this long (it advances at
+    /// least once a second when idle): a stuck agent fails its liveness probe; at least 2
+    /// [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    health_stall_seconds: Option<u64>,
 }
 
 /// Resolves the options in force: flag (or environment) over file over default.
@@ -153,6 +158,12 @@ fn resolve(args: RunArgs) -> anyhow::Result<DaemonOptions> {
     );
     Ok(DaemonOptions {
         memory,
+        health_stall: Duration::from_secs(
+            args.health_stall_seconds
+                .or(file.health_stall_seconds)
+                .unwrap_or(30)
+                .max(2),
+        ),
         trace_all,
         startup,
         max_bytes_per_syscall: args

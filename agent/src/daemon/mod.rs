@@ -21,7 +21,7 @@ use crate::{
     exporters::{SpanSinks, otlp::OtlpConfig},
     logs::{ProblemLog, log_problems},
     memory::Shares,
-    metrics::{self, Snapshot},
+    metrics::{self, Health, Snapshot},
     pipeline::{Output, Pipeline},
     sources::{
         capture::Capture,
@@ -58,6 +58,8 @@ pub struct DaemonOptions {
     pub state_file: PathBuf,
     /// The memory budget, shared out.
     pub memory: Shares,
+    /// `/healthz` fails once the pipeline has not advanced for this long.
+    pub health_stall: Duration,
 }
 
 struct Daemon<C> {
@@ -115,7 +117,9 @@ pub async fn serve(
     let (_socket, mut requests) =
         server::serve(&options.control_socket, options.control_group.as_deref())?;
     let metrics = Snapshot::default();
-    metrics::serve(options.metrics_address, metrics.clone()).await?;
+    let health = Health::new(options.health_stall);
+    health.beat();
+    let _metrics_server = metrics::serve(options.metrics_address, metrics.clone(), health.clone())?;
     let mut pipeline = Pipeline::with_request_timeout(
         DecoderConfig {
             skip_server_side: true,
@@ -179,6 +183,7 @@ pub async fn serve(
             // Not RocketMQ, or the broker's side: the kernel stops copying it.
             daemon.capture.stop_copying(&connection)?;
         }
+        health.beat();
     }
     // Requests still waiting will not be answered now: end them, then flush.
     daemon.pipeline.capture_lost(daemon.capture.records_lost()?);

@@ -33,13 +33,37 @@ fn options(dir: &Path) -> DaemonOptions {
         otlp: None,
         request_timeout: Duration::from_secs(30),
         flush_timeout: Duration::from_secs(1),
-        metrics_address: "127.0.0.1:0".parse().unwrap(),
+        metrics_address: free_port(),
         control_socket: dir.join("control.sock"),
         control_group: None,
         journal_messages: 1000,
         state_file: dir.join("rules.json"),
         memory: Shares::of(64 << 20),
+        health_stall: Duration::from_secs(30),
     }
+}
+
+fn free_port() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// `GET path` answered within a second: (status code, body).
+fn get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    stream
+        .read_to_string(&mut reply)
+        .unwrap_or_else(|e| panic!("GET {path} not answered within a second: {e}"));
+    let status = reply[9..12].parse().unwrap();
+    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_string())
 }
 
 /// A daemon serving on its own thread until dropped.
@@ -298,6 +322,39 @@ fn rocketmq_traffic_becomes_spans_and_other_traffic_is_let_go() {
         status.counters["agent"]["connections_tracked"], 1,
         "{:#}",
         status.counters
+    );
+    daemon.stop().unwrap();
+}
+
+#[test]
+fn healthz_fails_while_the_pipeline_is_stuck_and_recovers_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = options(dir.path());
+    options.health_stall = Duration::from_secs(2);
+    let metrics = options.metrics_address;
+    let daemon = Running::start(options);
+    assert_eq!(get(metrics, "/healthz"), (200, "ok\n".into()));
+
+    // The daemon's thread blocks for 6 s; /healthz keeps answering, and says so.
+    daemon.capture.state.lock().unwrap().stall = Some(Duration::from_secs(6));
+    daemon.push(SourceEvent::ProcessExited { pid: 1 });
+    let stalled_at = Instant::now();
+    let (status, body) = loop {
+        let (status, body) = get(metrics, "/healthz");
+        if status != 200 || stalled_at.elapsed() > Duration::from_secs(5) {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.starts_with("stalled: the pipeline has not advanced for"),
+        "{body}"
+    );
+    daemon.wait_for("/healthz to recover", || get(metrics, "/healthz").0 == 200);
+    assert!(
+        stalled_at.elapsed() >= Duration::from_secs(5),
+        "not before the stall ended"
     );
     daemon.stop().unwrap();
 }

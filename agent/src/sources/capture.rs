@@ -92,6 +92,8 @@ pub mod fake {
         pub sockets: BTreeSet<(u32, ConnectionId)>,
         /// Connections the daemon stopped copying.
         pub stopped: Vec<ConnectionId>,
+        /// The next wait for events blocks the daemon's thread this long: a stuck pipeline.
+        pub stall: Option<std::time::Duration>,
         /// Events the capture makes itself (the ends of connections let go of).
         pending: Vec<SourceEvent>,
     }
@@ -156,6 +158,10 @@ pub mod fake {
         }
 
         async fn next_events(&mut self, out: &mut Vec<SourceEvent>) -> anyhow::Result<()> {
+            let stall = self.state().stall.take();
+            if let Some(stall) = stall {
+                std::thread::sleep(stall);
+            }
             let pending = std::mem::take(&mut self.state().pending);
             if !pending.is_empty() {
                 out.extend(pending);

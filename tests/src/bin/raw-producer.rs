@@ -2,7 +2,9 @@
 //! do. It writes SEND_MESSAGE (10) frames encoded from the wire reference straight to a broker
 //! and reads the answers, one request at a time.
 //!
-//! usage: raw-producer BROKER TOPIC COUNT [KEY_BYTES]
+//! usage: raw-producer [--root DIR] BROKER TOPIC COUNT [KEY_BYTES]
+//!   --root DIR: chroot into DIR first, as a container's process lives in its own root
+//!   (BROKER is then an IP address: nothing is resolved inside).
 //!   sends COUNT messages (keys "raw-<i>", padded to KEY_BYTES with "k", tag "TagRaw", queue 0)
 //!   and prints one
 //!   JSON line per message: {"key","offset_msg_id","transaction_id","queue_id","queue_offset"}
@@ -33,11 +35,17 @@ fn read_header(stream: &mut TcpStream) -> anyhow::Result<Value> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--root") && args.len() > 2 {
+        let root = args.remove(2);
+        args.remove(1);
+        std::os::unix::fs::chroot(&root).with_context(|| format!("chroot {root}"))?;
+        std::env::set_current_dir("/")?;
+    }
     let (broker, topic, count, key_bytes) = match args.as_slice() {
         [_, broker, topic, count] => (broker, topic, count, 0),
         [_, broker, topic, count, key_bytes] => (broker, topic, count, key_bytes.parse()?),
-        _ => bail!("usage: raw-producer BROKER TOPIC COUNT [KEY_BYTES]"),
+        _ => bail!("usage: raw-producer [--root DIR] BROKER TOPIC COUNT [KEY_BYTES]"),
     };
     let count: usize = count.parse()?;
     let mut stream = TcpStream::connect(broker).with_context(|| format!("connecting {broker}"))?;
