@@ -101,3 +101,21 @@ impl Drop for Driven {
         }
     }
 }
+
+/// A scratch file of a test, removed when dropped (also when the test fails).
+pub struct ScratchFile(pub std::path::PathBuf);
+
+impl ScratchFile {
+    /// `name` in the temporary folder, made unique by this process's id; any old one removed.
+    pub fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        Self(path)
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -11,7 +11,7 @@ use std::{
 
 use mqtrace_tests::{
     agent::{Agent, mqtrace_bin},
-    process::Driven,
+    process::{Driven, ScratchFile},
     rocketmq::{Broker, Owned, client, client_path},
     spancheck::read_span_file,
 };
@@ -781,4 +781,209 @@ print("replaced", flush=True); sys.stdin.readline()
     }
     assert!(agent.scrape()["mqtrace_agent_stale_sockets_swept"] >= 2.0);
     process.say("go").unwrap();
+}
+
+/// A pod as the node sees it: a cgroup in the kubelet's layout (cgroupfs driver) and a root
+/// of its own. Removed when dropped (its processes must have ended).
+struct PodLike {
+    uid: String,
+    cgroup: PathBuf,
+    root: PathBuf,
+}
+
+impl PodLike {
+    const TOP: &'static str = "mqtrace-test-kubepods";
+
+    fn create(index: usize) -> Self {
+        let uid = format!("8d2c7e3a-1b4f-4c9e-9a61-{:012x}", 0x2f0d_5b7c_8e00 + index);
+        let container: String = format!("{index:x}").repeat(64).chars().take(64).collect();
+        let mount = mqtrace::sources::kernel::procfs::cgroup_v2_mount()
+            .expect("this machine mounts cgroup v2");
+        let cgroup = mount
+            .join(Self::TOP)
+            .join("besteffort")
+            .join(format!("pod{uid}"))
+            .join(container);
+        std::fs::create_dir_all(&cgroup).expect("create the pod's cgroup");
+        let root = std::env::temp_dir().join(format!("mqtrace-pod-{}-{index}", std::process::id()));
+        std::fs::create_dir_all(root.join("var/run/secrets/kubernetes.io/serviceaccount")).unwrap();
+        Self { uid, cgroup, root }
+    }
+
+    /// The path a pod's namespace is read from, inside its root.
+    fn namespace_file(&self) -> PathBuf {
+        self.root
+            .join("var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    }
+
+    /// `raw-producer` started inside the pod: in its cgroup before it execs (so that a
+    /// cgroup rule selects it), chrooted into the pod's root, with the downward API's
+    /// variables.
+    fn producer(&self, name: &str, topic: &str, count: usize) -> std::process::Child {
+        use std::os::{fd::AsRawFd, unix::process::CommandExt};
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.cgroup.join("cgroup.procs"))
+            .unwrap();
+        let fd = procs.as_raw_fd();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_raw-producer"));
+        command
+            .arg("--root")
+            .arg(&self.root)
+            .args(["127.0.0.1:10911", topic, &count.to_string()])
+            .env("HOSTNAME", name)
+            .env("POD_NAMESPACE", "from-downward-api")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: one write(2) of a static buffer to an fd opened before the fork:
+        // async-signal-safe, as the time between fork and exec requires.
+        unsafe {
+            command.pre_exec(move || {
+                let zero = b"0";
+                if libc::write(fd, zero.as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("start raw-producer in the pod");
+        drop(procs);
+        child
+    }
+}
+
+impl Drop for PodLike {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+        // Leaf first, up to the top.
+        let mut dir = Some(self.cgroup.as_path());
+        while let Some(d) = dir {
+            if std::fs::remove_dir(d).is_err() || d.ends_with(Self::TOP) {
+                break;
+            }
+            dir = d.parent();
+        }
+    }
+}
+
+/// `GET /healthz` and how long it took; None when it did not answer within a second.
+fn healthz(agent: &Agent) -> Option<(String, Duration)> {
+    use std::io::{Read, Write};
+    let started = Instant::now();
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&agent.metrics, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    Some((reply.lines().next()?.to_string(), started.elapsed()))
+}
+
+#[test]
+fn pods_with_a_fifo_or_a_symlink_at_the_namespace_path_neither_stall_nor_leak_host_files() {
+    let _turn = turn();
+    let broker = Broker::start("127.0.0.1").unwrap();
+    let topic = "PodTopic";
+    let made = client()
+        .args(["produce", &broker.namesrv(), topic, "1"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "the topic is made");
+    // A node file a pod must never get the agent to export.
+    let host_file = ScratchFile::new("mqtrace-host-secret");
+    let secret = host_file
+        .0
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    std::fs::write(&host_file.0, &secret).unwrap();
+
+    let pods: Vec<PodLike> = (0..3).map(PodLike::create).collect();
+    // A FIFO nobody writes: an agent that opens it blocking hangs for good.
+    let fifo = std::ffi::CString::new(pods[0].namespace_file().to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    // Symlinks to the node's file: absolute, and climbing out with `..`.
+    std::os::unix::fs::symlink(&host_file.0, pods[1].namespace_file()).unwrap();
+    let climb = format!("../../../../../../../../../..{}", host_file.0.display());
+    std::os::unix::fs::symlink(&climb, pods[2].namespace_file()).unwrap();
+
+    let output_file = ScratchFile::new("mqtrace-pods.jsonl");
+    let output = &output_file.0;
+    let agent = Agent::start(
+        "daemon-pods",
+        &[
+            "--cgroup",
+            &format!("/{}", PodLike::TOP),
+            "--health-stall-seconds",
+            "2",
+            "--output",
+            output.to_str().unwrap(),
+        ],
+    );
+    let per_pod = 5;
+    let producers: Vec<_> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, pod)| Owned(pod.producer(&format!("pod-{i}"), topic, per_pod)))
+        .collect();
+    // /healthz answers within a second, and healthy, all the while.
+    let started = Instant::now();
+    let mut probes = 0;
+    while sent_ids_in(&output).len() < pods.len() * per_pod {
+        let (status, took) = healthz(&agent).expect("/healthz answered within a second");
+        assert_eq!(
+            status,
+            "HTTP/1.1 200 OK",
+            "after {took:?}\n{}",
+            agent.log_text()
+        );
+        probes += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{} of {} sends traced\n{}",
+            sent_ids_in(&output).len(),
+            pods.len() * per_pod,
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for mut producer in producers {
+        let status = producer.0.wait().unwrap();
+        let mut printed = String::new();
+        std::io::Read::read_to_string(producer.0.stdout.as_mut().unwrap(), &mut printed).unwrap();
+        assert!(status.success(), "raw-producer failed");
+        assert_eq!(printed.lines().count(), per_pod);
+    }
+    for _ in 0..5 {
+        let (status, _) = healthz(&agent).expect("/healthz answered within a second");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        probes += 1;
+    }
+    agent.stop();
+    drop(broker);
+
+    let text = std::fs::read_to_string(&output).unwrap();
+    assert!(!text.contains(&secret), "a node file was exported");
+    let spans = read_span_file(&output);
+    for (i, pod) in pods.iter().enumerate() {
+        let sends: Vec<&serde_json::Value> = spans
+            .iter()
+            .filter(|s| s["kind"] == "PRODUCER" && s["resource"]["k8s.pod.uid"] == pod.uid)
+            .collect();
+        assert_eq!(sends.len(), per_pod, "pod {i}");
+        for send in sends {
+            let resource = &send["resource"];
+            assert_eq!(resource["k8s.pod.name"], format!("pod-{i}"), "{resource}");
+            // Not from the FIFO or the node's file: from the downward API's variable.
+            assert_eq!(
+                resource["k8s.namespace.name"], "from-downward-api",
+                "{resource}"
+            );
+        }
+    }
+    eprintln!("{probes} /healthz probes, each answered 200 within a second");
 }

@@ -20,6 +20,22 @@ fn proc_file(pid: u32, name: &str) -> Vec<u8> {
     .unwrap_or_default()
 }
 
+/// The most kept of a value a process chooses (its environment, its command line), in bytes:
+/// Kubernetes names are at most 253, service names are short. Every span carries them.
+const MAX_VALUE: usize = 256;
+
+/// `value` cut to MAX_VALUE bytes (at a character boundary).
+fn bounded(mut value: String) -> String {
+    if value.len() > MAX_VALUE {
+        let mut end = MAX_VALUE;
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        value.truncate(end);
+    }
+    value
+}
+
 /// Resources kept at most; beyond it the cache starts over.
 const MAX_CACHED: usize = 16_384;
 
@@ -92,7 +108,7 @@ fn process_resource(pid: u32, host_name: &str) -> Attributes {
         r.insert("process.executable.name".into(), executable.clone().into());
     }
     let service = service_name(pid).unwrap_or(executable);
-    r.insert("service.name".into(), service.into());
+    r.insert("service.name".into(), bounded(service).into());
     let cgroup = String::from_utf8_lossy(&proc_file(pid, "cgroup")).into_owned();
     if let Some(id) = container_id(&cgroup) {
         r.insert("container.id".into(), id.into());
@@ -116,7 +132,7 @@ fn kubernetes(pid: u32, uid: String, r: &mut Attributes) {
         environ
             .split(|&b| b == 0)
             .find_map(|var| var.strip_prefix(prefix.as_bytes()))
-            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .map(|v| bounded(String::from_utf8_lossy(v).into_owned()))
             .filter(|v| !v.is_empty())
     };
     if let Some(name) = env("HOSTNAME") {
@@ -215,6 +231,15 @@ mod tests {
             pod_uid("0::/user.slice/user-0.slice/session-3.scope\n"),
             None
         );
+    }
+
+    #[test]
+    fn values_a_process_chooses_are_cut_at_a_character_boundary() {
+        assert_eq!(bounded("short".into()), "short");
+        let long = "é".repeat(200); // 400 bytes
+        let cut = bounded(long);
+        assert!(cut.len() <= MAX_VALUE && cut.len() >= MAX_VALUE - 1);
+        assert!(cut.chars().all(|c| c == 'é'));
     }
 
     #[test]
