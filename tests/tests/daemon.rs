@@ -570,26 +570,42 @@ fn status_metrics_and_trace_agree_with_a_known_run() {
     assert_eq!(found, produced.iter().map(String::as_str).collect());
 
     // status and /metrics: the same counters, and the known counts. The metrics snapshot is
-    // renewed every second, so wait for one renewal after the traffic.
-    std::thread::sleep(Duration::from_millis(2_500));
-    let status: serde_json::Value =
-        serde_json::from_str(&agent.control_ok(&["status", "--json"])).unwrap();
-    let metrics = agent.scrape();
-    let counters = &status["counters"];
-    let mut compared = 0;
-    let mut leaves = vec![("mqtrace".to_string(), counters)];
-    while let Some((name, value)) = leaves.pop() {
-        match value {
-            serde_json::Value::Object(map) => {
-                leaves.extend(map.iter().map(|(k, v)| (format!("{name}_{k}"), v)))
+    // renewed every second: wait until one renewal after the traffic shows them alike.
+    let started = Instant::now();
+    let (status, compared) = loop {
+        let status: serde_json::Value =
+            serde_json::from_str(&agent.control_ok(&["status", "--json"])).unwrap();
+        let metrics = agent.scrape();
+        let mut compared = 0;
+        let mut differing = Vec::new();
+        let mut leaves = vec![("mqtrace".to_string(), &status["counters"])];
+        while let Some((name, value)) = leaves.pop() {
+            match value {
+                serde_json::Value::Object(map) => {
+                    leaves.extend(map.iter().map(|(k, v)| (format!("{name}_{k}"), v)))
+                }
+                serde_json::Value::Number(n) if name != "mqtrace_agent_uptime_seconds" => {
+                    if metrics.get(&name) != n.as_f64().as_ref() {
+                        differing.push(format!(
+                            "{name}: status {n}, /metrics {:?}",
+                            metrics.get(&name)
+                        ));
+                    }
+                    compared += 1;
+                }
+                _ => {}
             }
-            serde_json::Value::Number(n) if name != "mqtrace_agent_uptime_seconds" => {
-                assert_eq!(metrics.get(&name), n.as_f64().as_ref(), "{name}");
-                compared += 1;
-            }
-            _ => {}
         }
-    }
+        if differing.is_empty() {
+            break (status, compared);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "status and /metrics differ: {differing:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let counters = &status["counters"];
     assert!(compared > 30, "only {compared} counters compared");
     let count = |pointer: &str| counters.pointer(pointer).and_then(|v| v.as_u64()).unwrap();
     assert_eq!(count("/pipeline/correlation/sends"), messages as u64);
@@ -933,7 +949,7 @@ fn pods_with_a_fifo_or_a_symlink_at_the_namespace_path_neither_stall_nor_leak_ho
     // /healthz answers within a second, and healthy, all the while.
     let started = Instant::now();
     let mut probes = 0;
-    while sent_ids_in(&output).len() < pods.len() * per_pod {
+    while sent_ids_in(output).len() < pods.len() * per_pod {
         let (status, took) = healthz(&agent).expect("/healthz answered within a second");
         assert_eq!(
             status,
@@ -945,7 +961,7 @@ fn pods_with_a_fifo_or_a_symlink_at_the_namespace_path_neither_stall_nor_leak_ho
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "{} of {} sends traced\n{}",
-            sent_ids_in(&output).len(),
+            sent_ids_in(output).len(),
             pods.len() * per_pod,
             agent.log_text()
         );
@@ -966,9 +982,9 @@ fn pods_with_a_fifo_or_a_symlink_at_the_namespace_path_neither_stall_nor_leak_ho
     agent.stop();
     drop(broker);
 
-    let text = std::fs::read_to_string(&output).unwrap();
+    let text = std::fs::read_to_string(output).unwrap();
     assert!(!text.contains(&secret), "a node file was exported");
-    let spans = read_span_file(&output);
+    let spans = read_span_file(output);
     for (i, pod) in pods.iter().enumerate() {
         let sends: Vec<&serde_json::Value> = spans
             .iter()
