@@ -1,6 +1,6 @@
 //! One memory budget in bytes for what the agent keeps between events, shared out among the
-//! places that keep things: requests waiting for their response, the indexes of messages
-//! received and sent, the journal, the OTLP export queue. Each keeps within its share by
+//! places that keep things: the connections' decoding buffers, requests waiting for their
+//! response, the indexes of messages received and sent, the journal, the OTLP export queue. Each keeps within its share by
 //! forgetting its oldest entries first, one by one, and counts what it forgot. Sizes are
 //! estimated from what each entry holds (strings, maps, vectors), which producers choose
 //! (keys, tags, properties): entry counts alone would not bound memory.
@@ -21,6 +21,7 @@ pub const DEFAULT_BUDGET_MIB: usize = 256;
 /// The budget shared out, in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Shares {
+    pub streams: usize,
     pub pending: usize,
     pub received: usize,
     pub sent: usize,
@@ -32,7 +33,8 @@ impl Shares {
     pub fn of(budget_bytes: usize) -> Self {
         let part = |percent: usize| budget_bytes / 100 * percent;
         Self {
-            pending: part(20),
+            streams: part(10),
+            pending: part(10),
             received: part(15),
             sent: part(10),
             journal: part(30),

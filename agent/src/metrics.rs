@@ -83,6 +83,7 @@ const GAUGES: &[&str] = &[
     "_journal_messages",
     "_requests_waiting",
     "_serving_processes",
+    "_memory_stream_bytes",
     "_memory_pending_bytes",
     "_memory_received_bytes",
     "_memory_sent_bytes",
@@ -164,6 +165,24 @@ pub fn serve(
     })
 }
 
+/// The request line (`GET /metrics HTTP/1.1`), however the client cut its bytes; None when
+/// the connection ends first or the line does not fit 1 KiB.
+async fn read_request_line(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut request = [0u8; 1024];
+    let mut len = 0;
+    while len < request.len() {
+        let n = stream.read(&mut request[len..]).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        len += n;
+        if let Some(end) = request[..len].windows(2).position(|w| w == b"\r\n") {
+            return Some(String::from_utf8_lossy(&request[..end]).into_owned());
+        }
+    }
+    None
+}
+
 async fn accept_loop(listener: tokio::net::TcpListener, snapshot: Snapshot, health: Arc<Health>) {
     let mut admission = Admission::new("metrics");
     loop {
@@ -174,21 +193,19 @@ async fn accept_loop(listener: tokio::net::TcpListener, snapshot: Snapshot, heal
         let health = health.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let mut request = [0u8; 1024];
-            let Ok(Ok(n)) = tokio::time::timeout(REQUEST_TIMEOUT, stream.read(&mut request)).await
+            let Ok(Some(request)) =
+                tokio::time::timeout(REQUEST_TIMEOUT, read_request_line(&mut stream)).await
             else {
                 return;
             };
-            let request = String::from_utf8_lossy(&request[..n]);
-            let (status, body) = if request.starts_with("GET /metrics ") {
-                ("200 OK", snapshot.text())
-            } else if request.starts_with("GET /healthz ") {
-                match health.check() {
+            let mut words = request.split(' ');
+            let (status, body) = match (words.next(), words.next()) {
+                (Some("GET"), Some("/metrics")) => ("200 OK", snapshot.text()),
+                (Some("GET"), Some("/healthz")) => match health.check() {
                     Ok(()) => ("200 OK", "ok\n".to_string()),
                     Err(why) => ("503 Service Unavailable", format!("{why}\n")),
-                }
-            } else {
-                ("404 Not Found", "try /metrics or /healthz\n".to_string())
+                },
+                _ => ("404 Not Found", "try /metrics or /healthz\n".to_string()),
             };
             let reply = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -26,12 +26,20 @@ pub enum Output {
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
+pub struct MemoryHeld {
+    /// By the connections' decoders: headers and fields being collected.
+    pub stream_bytes: u64,
+    #[serde(flatten)]
+    pub correlation: CorrelationMemory,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct PipelineCounters {
     pub streams: StreamCounters,
     pub decoder: DecoderCounters,
     pub correlation: CorrelationCounters,
-    /// Bytes held by correlation against its shares of the memory budget (gauges).
-    pub memory: CorrelationMemory,
+    /// Bytes held against the shares of the memory budget (gauges).
+    pub memory: MemoryHeld,
     /// Requests sent and not answered yet (a gauge).
     pub requests_waiting: u64,
     pub connections_not_rocketmq: u64,
@@ -128,6 +136,7 @@ impl Pipeline {
     /// Keeps what the pipeline holds within these shares of the memory budget (`journal`
     /// keeps at most `journal_messages` too).
     pub fn set_memory(&mut self, shares: &Shares, journal_messages: usize) {
+        self.decoders.set_memory(shares.streams);
         self.correlator.set_memory(shares);
         self.journal = Journal::with_budget(journal_messages, shares.journal);
     }
@@ -176,7 +185,10 @@ impl Pipeline {
             streams: self.streams.counters.clone(),
             decoder: self.decoders.counters(),
             correlation: self.correlator.counters(),
-            memory: self.correlator.memory(),
+            memory: MemoryHeld {
+                stream_bytes: self.decoders.held_bytes() as u64,
+                correlation: self.correlator.memory(),
+            },
             requests_waiting: self.correlator.waiting() as u64,
             connections_not_rocketmq: self.decoders.connections_rejected,
             connections_server_side: self.decoders.connections_server_side,

@@ -834,7 +834,7 @@ fn requests_waiting_keep_within_their_bytes_forgetting_the_oldest() {
     }
     let counters = harness.pipeline.counters();
     assert!(
-        counters.memory.pending_bytes <= shares.pending as u64,
+        counters.memory.correlation.pending_bytes <= shares.pending as u64,
         "{:?}",
         counters.memory
     );

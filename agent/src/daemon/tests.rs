@@ -56,7 +56,10 @@ fn get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
     stream
         .set_read_timeout(Some(Duration::from_secs(1)))
         .unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // In two pieces, as a client may send it.
+    stream.write_all(format!("GET {path} ").as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    stream.write_all(b"HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut reply = String::new();
     stream
         .read_to_string(&mut reply)

@@ -56,6 +56,8 @@ struct Tracked {
     first_bytes: Vec<u8>,
     first_direction: Option<Direction>,
     undecoded_bytes: u64,
+    /// Bytes its decoder held when last asked.
+    held: usize,
 }
 
 impl Tracked {
@@ -123,13 +125,60 @@ pub struct Decoders {
     /// Counters of connections that have closed, summed.
     closed: DecoderCounters,
     scratch: Vec<Command>,
+    /// Bytes the connections' decoders hold, and their share of the memory budget.
+    held: usize,
+    held_limit: usize,
 }
 
 impl Decoders {
     pub fn new(config: DecoderConfig) -> Self {
         Self {
             config,
+            held_limit: crate::memory::Shares::default().streams,
             ..Self::default()
+        }
+    }
+
+    /// Keeps the connections' buffers within `bytes`.
+    pub fn set_memory(&mut self, bytes: usize) {
+        self.held_limit = bytes;
+    }
+
+    /// Bytes the connections' decoders hold now.
+    pub fn held_bytes(&self) -> usize {
+        self.held
+    }
+
+    fn remove(&mut self, id: &ConnectionId) -> Option<Tracked> {
+        let t = self.connections.remove(id)?;
+        self.held -= t.held;
+        Some(t)
+    }
+
+    /// Takes note of what `id`'s decoder holds now; beyond the share, the connections
+    /// holding most let go of their buffers, one by one, until the rest fits.
+    fn account(&mut self, id: ConnectionId) {
+        let Some(t) = self.connections.get_mut(&id) else {
+            return;
+        };
+        let now = t.decoder.held_bytes();
+        self.held = self.held - t.held + now;
+        t.held = now;
+        if self.held <= self.held_limit {
+            return;
+        }
+        // Down to 90 %, so that the search for the largest is not made at every byte.
+        let target = self.held_limit - self.held_limit / 10;
+        while self.held > target {
+            let Some(largest) = self.connections.values_mut().max_by_key(|t| t.held) else {
+                break;
+            };
+            let freed = largest.decoder.shed();
+            largest.held -= freed.min(largest.held);
+            self.held -= freed.min(self.held);
+            if freed == 0 {
+                break;
+            }
         }
     }
 
@@ -150,6 +199,7 @@ impl Decoders {
                     first_bytes: Vec::new(),
                     first_direction: None,
                     undecoded_bytes: 0,
+                    held: 0,
                 };
                 self.connections.insert(connection.id, tracked);
                 return;
@@ -167,13 +217,13 @@ impl Decoders {
                 if t.accepted {
                     match t.serves_rocketmq(*direction, *position, bytes) {
                         Some(true) => {
-                            let t = self.connections.remove(connection).expect("present");
+                            let t = self.remove(connection).expect("present");
                             self.servers.insert(t.connection.pid);
                             self.connections_server_side += 1;
                             self.rejected.push(t.connection);
                         }
                         Some(false) => {
-                            let t = self.connections.remove(connection).expect("present");
+                            let t = self.remove(connection).expect("present");
                             self.connections_rejected += 1;
                             self.rejected.push(t.connection);
                         }
@@ -189,12 +239,13 @@ impl Decoders {
                     &mut self.scratch,
                 );
                 if !t.judge(*direction, *position, bytes, !self.scratch.is_empty()) {
-                    let t = self.connections.remove(connection).expect("present");
+                    let t = self.remove(connection).expect("present");
                     add(&mut self.closed, &t.decoder.counters);
                     self.connections_rejected += 1;
                     self.rejected.push(t.connection);
                     return;
                 }
+                self.account(*connection);
                 *connection
             }
             StreamEvent::Gap {
@@ -207,10 +258,11 @@ impl Decoders {
                     t.decoder
                         .gap(*direction, *position, *length, &mut self.scratch);
                 }
+                self.account(*connection);
                 *connection
             }
             StreamEvent::Closed { connection, .. } => {
-                if let Some(t) = self.connections.remove(connection) {
+                if let Some(t) = self.remove(connection) {
                     add(&mut self.closed, &t.decoder.counters);
                 }
                 return;
@@ -244,7 +296,7 @@ impl Decoders {
             });
         }
         if server_side {
-            let t = self.connections.remove(&id).expect("present");
+            let t = self.remove(&id).expect("present");
             add(&mut self.closed, &t.decoder.counters);
             self.connections_server_side += 1;
             self.rejected.push(t.connection);
@@ -288,4 +340,5 @@ fn add(total: &mut DecoderCounters, c: &DecoderCounters) {
     total.malformed_messages += c.malformed_messages;
     total.messages_dropped += c.messages_dropped;
     total.pending_evicted += c.pending_evicted;
+    total.bytes_shed += c.bytes_shed;
 }

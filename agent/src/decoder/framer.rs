@@ -23,6 +23,9 @@ const RESYNC_WINDOW: usize = RESYNC_MAX_HEADER as usize + HEAD_LEN;
 const RESYNC_WORK_PER_BYTE: u64 = 4;
 /// The most header-parse work saved up for one scan.
 const RESYNC_BUDGET_MAX: u64 = 1 << 20;
+/// An emptied buffer larger than this is given back rather than kept for the next frame: one
+/// large header must not pin its memory for the connection's life.
+const KEEP_CAPACITY: usize = 64 << 10;
 
 enum Body {
     Count,
@@ -53,6 +56,26 @@ impl Body {
             Body::Count => {}
             Body::Json { overflow, .. } => *overflow = true,
             Body::Messages(walker) => walker.skip(length),
+        }
+    }
+
+    fn held_bytes(&self) -> usize {
+        match self {
+            Body::Count => 0,
+            Body::Json { bytes, .. } => bytes.capacity(),
+            Body::Messages(walker) => walker.held_bytes(),
+        }
+    }
+
+    /// Lets go of what is held; the frame still completes, without what was let go.
+    fn shed(&mut self) {
+        match self {
+            Body::Count => {}
+            Body::Json { bytes, overflow } => {
+                *bytes = Vec::new();
+                *overflow = true;
+            }
+            Body::Messages(walker) => walker.shed(),
         }
     }
 }
@@ -181,6 +204,9 @@ impl Framer {
                 match Header::parse(head.serialize_type, &self.buf[HEAD_LEN..want]) {
                     Ok(header) => {
                         self.buf.advance(want);
+                        if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
+                            self.buf = BytesMut::new();
+                        }
                         let (start_position, start_ns) =
                             self.frame_start.unwrap_or((self.position, timestamp_ns));
                         let body = body_for(&header, direction, pending);
@@ -331,6 +357,53 @@ impl Framer {
         if !matches!(self.state, State::Header(_)) {
             self.frame_start = None;
         }
+    }
+
+    /// Bytes this direction holds between events: the head, header or scan window being
+    /// collected and the body's fields.
+    pub fn held_bytes(&self) -> usize {
+        self.buf.capacity()
+            + match &self.state {
+                State::Body(frame) => frame.body.held_bytes(),
+                _ => 0,
+            }
+    }
+
+    /// Lets go of what this direction holds (memory is short), as if those bytes had been
+    /// lost: a header being collected is given up and its frame skipped by its length (counted
+    /// as lost), a body keeps only its counts, a scan starts again with the next bytes.
+    /// Returns the bytes let go of.
+    pub fn shed(&mut self, counters: &mut DecoderCounters) -> usize {
+        let held = self.held_bytes();
+        match &mut self.state {
+            State::Header(head) => {
+                let frame_start = self.frame_start.map_or(self.position, |(start, _)| start);
+                let frame_end = frame_start + 4 + u64::from(head.length);
+                counters.frames_lost += 1;
+                self.frame_start = None;
+                self.state = match frame_end.saturating_sub(self.position) {
+                    0 => State::Head,
+                    remaining => State::Skip { remaining },
+                };
+                self.buf = BytesMut::new();
+            }
+            State::Body(frame) => {
+                frame.body.shed();
+                if self.buf.is_empty() {
+                    self.buf = BytesMut::new();
+                }
+            }
+            State::Resync => {
+                counters.resync_bytes += self.buf.len() as u64;
+                self.buf = BytesMut::new();
+            }
+            State::Head | State::Skip { .. } => {
+                if self.buf.is_empty() {
+                    self.buf = BytesMut::new();
+                }
+            }
+        }
+        held.saturating_sub(self.held_bytes())
     }
 
     fn finish_if_done(&mut self, direction: Direction, timestamp_ns: u64, out: &mut Vec<Command>) {

@@ -458,6 +458,21 @@ impl MessageWalker {
         }
     }
 
+    /// Bytes this walker holds: the fields being collected and the messages walked so far
+    /// (their fixed part; their strings come from the same bounded body).
+    pub fn held_bytes(&self) -> usize {
+        self.buf.capacity() + self.messages.capacity() * std::mem::size_of::<MessageMeta>()
+    }
+
+    /// Lets go of everything held (memory is short): the messages walked so far are dropped,
+    /// counted, and the rest of the body is not walked.
+    pub fn shed(&mut self) {
+        self.dropped += self.messages.len() as u64;
+        self.messages = Vec::new();
+        self.buf = Vec::new();
+        self.phase = Phase::Lost;
+    }
+
     /// Called at the end of the body: a message cut short is kept as incomplete.
     pub fn finish(mut self) -> Self {
         if self.seen > 0 && !matches!(self.phase, Phase::Lost) {

@@ -14,7 +14,7 @@ pub mod message;
 pub mod operation;
 mod recognize;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 pub use codes::{RequestCode, ResponseCode};
 pub use connections::{DecodedCommand, Decoders};
@@ -124,7 +124,11 @@ pub struct DecoderCounters {
     pub resync_header_bytes_parsed: u64,
     pub malformed_messages: u64,
     pub messages_dropped: u64,
+    /// Requests forgotten, oldest first, because too many awaited a response on one connection.
     pub pending_evicted: u64,
+    /// Bytes let go of because the connections' buffers reached their share of the memory
+    /// budget (headers given up and their frames skipped, bodies' fields dropped).
+    pub bytes_shed: u64,
 }
 
 /// The decoder of one connection: two framers and the pairing of requests with responses.
@@ -132,6 +136,8 @@ pub struct ConnectionDecoder {
     framers: [Framer; 2],
     /// (direction the request was read from, opaque) → request code.
     pending: HashMap<(Direction, i32), RequestCode>,
+    /// The keys of `pending` in arrival order (answered ones linger until compacted).
+    arrival: VecDeque<(Direction, i32)>,
     pub counters: DecoderCounters,
 }
 
@@ -145,8 +151,29 @@ impl ConnectionDecoder {
                 Framer::new(config, mid_stream),
             ],
             pending: HashMap::new(),
+            arrival: VecDeque::new(),
             counters: DecoderCounters::default(),
         }
+    }
+
+    /// Bytes held between events: both directions' buffers and the requests awaiting a
+    /// response.
+    pub fn held_bytes(&self) -> usize {
+        const PENDING_ENTRY: usize = std::mem::size_of::<((Direction, i32), RequestCode)>() + 8;
+        self.framers.iter().map(Framer::held_bytes).sum::<usize>()
+            + self.pending.capacity() * PENDING_ENTRY
+            + self.arrival.capacity() * std::mem::size_of::<(Direction, i32)>()
+    }
+
+    /// Lets go of both directions' buffers (memory is short); returns the bytes let go of.
+    pub fn shed(&mut self) -> usize {
+        let freed = self
+            .framers
+            .iter_mut()
+            .map(|framer| framer.shed(&mut self.counters))
+            .sum();
+        self.counters.bytes_shed += freed as u64;
+        freed
     }
 
     /// Feeds bytes read from `direction` at stream `position`; appends finished commands.
@@ -197,15 +224,35 @@ impl ConnectionDecoder {
                     command.request_code = Some(code);
                 }
             } else if !command.header.is_oneway() {
-                if self.pending.len() >= MAX_PENDING {
-                    self.counters.pending_evicted += self.pending.len() as u64;
-                    self.pending.clear();
-                }
-                self.pending.insert(
-                    (command.direction, opaque),
-                    RequestCode::from_code(command.header.code),
-                );
+                self.await_response((command.direction, opaque), command.header.code);
             }
+        }
+    }
+}
+
+impl ConnectionDecoder {
+    /// Remembers a request until its response; beyond MAX_PENDING the oldest go, one each.
+    fn await_response(&mut self, key: (Direction, i32), code: i32) {
+        while self.pending.len() >= MAX_PENDING {
+            let Some(oldest) = self.arrival.pop_front() else {
+                break;
+            };
+            if self.pending.remove(&oldest).is_some() {
+                self.counters.pending_evicted += 1;
+            }
+        }
+        if self
+            .pending
+            .insert(key, RequestCode::from_code(code))
+            .is_none()
+        {
+            self.arrival.push_back(key);
+        }
+        // Answered requests leave their key behind in `arrival`: drop those now and then (the
+        // work is paid for by the inserts since the last time, and the queue stays small).
+        if self.arrival.len() > 2 * self.pending.len() + 16 {
+            let pending = &self.pending;
+            self.arrival.retain(|key| pending.contains_key(key));
         }
     }
 }

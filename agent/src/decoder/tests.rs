@@ -569,3 +569,93 @@ fn crafted_heads_cost_bounded_work_and_real_frames_are_found_after_them() {
         "the frames after the garbage: {found} {c:?}"
     );
 }
+
+#[test]
+fn connection_buffers_stay_within_their_share_and_decoding_goes_on_after() {
+    use crate::{
+        sources::{Connection, ConnectionId, Origin},
+        streams::StreamEvent,
+    };
+    const SHARE: usize = 4 << 20;
+    const HEADER: usize = 1 << 20;
+    const SENT: usize = 600 << 10;
+    let mut decoders = Decoders::new(DecoderConfig::default());
+    decoders.set_memory(SHARE);
+    let mut out = Vec::new();
+    let mut positions = [0u64; 20];
+    let mut data = |decoders: &mut Decoders, id: usize, bytes: Vec<u8>, out: &mut Vec<_>| {
+        let length = bytes.len() as u64;
+        decoders.push(
+            &StreamEvent::Data {
+                connection: ConnectionId(id as u64),
+                direction: UP,
+                position: positions[id],
+                bytes: bytes::Bytes::from(bytes),
+                timestamp_ns: 1,
+            },
+            out,
+        );
+        positions[id] += length;
+    };
+    // Twenty connections, each a RocketMQ client (one frame decoded), then each the head of a
+    // frame with a 1 MiB header and 600 KiB of it: 12 MiB to hold against a 4 MiB share.
+    let mut head = Vec::new();
+    head.extend_from_slice(&((4 + HEADER) as u32).to_be_bytes());
+    head.extend_from_slice(&(HEADER as u32).to_be_bytes());
+    for id in 0..20 {
+        let connection = Connection {
+            id: ConnectionId(id as u64),
+            pid: 7,
+            fd: id as i32,
+            origin: Origin::Connect,
+            local: None,
+            peer: None,
+            timestamp_ns: 0,
+        };
+        decoders.push(&StreamEvent::Opened(connection), &mut out);
+        data(&mut decoders, id, json_frame(34, 0, 1, &[], b""), &mut out);
+        data(&mut decoders, id, head.clone(), &mut out);
+        for _ in 0..SENT / (60 << 10) {
+            data(&mut decoders, id, vec![b' '; 60 << 10], &mut out);
+            assert!(decoders.held_bytes() <= SHARE, "{}", decoders.held_bytes());
+        }
+    }
+    assert_eq!(out.len(), 20, "the first frames");
+    let counters = decoders.counters();
+    assert!(
+        counters.bytes_shed >= (20 * SENT - SHARE) as u64,
+        "{counters:?}"
+    );
+    assert!(counters.frames_lost >= 14, "{counters:?}");
+    assert!(
+        decoders.take_rejected().is_empty(),
+        "no connection given up"
+    );
+    // The rest of a given-up frame is skipped by its length and the next frame decodes; a
+    // frame whose header was kept ends in a bad header (spaces) and a scan, which finds the
+    // next frame too.
+    for id in 0..20 {
+        data(&mut decoders, id, vec![b' '; HEADER - SENT], &mut out);
+        data(&mut decoders, id, json_frame(34, 0, 2, &[], b""), &mut out);
+    }
+    assert_eq!(out.len(), 40);
+    let after = decoders.counters();
+    assert_eq!(after.frames_lost, counters.frames_lost, "{after:?}");
+    assert_eq!(after.resyncs, 20 - counters.frames_lost, "{after:?}");
+}
+
+#[test]
+fn requests_awaiting_responses_beyond_the_bound_go_oldest_first() {
+    let mut stream: Vec<(Direction, Vec<u8>)> = (0..=MAX_PENDING as i32)
+        .map(|opaque| (UP, json_frame(34, 0, opaque, &[], b"")))
+        .collect();
+    // Answers to the oldest (forgotten) and to the second oldest (kept).
+    stream.push((DOWN, json_frame(0, 1, 0, &[], b"")));
+    stream.push((DOWN, json_frame(0, 1, 1, &[], b"")));
+    let borrowed: Vec<(Direction, &[u8])> = stream.iter().map(|(d, b)| (*d, &b[..])).collect();
+    let (commands, counters) = decode(&borrowed);
+    assert_eq!(counters.pending_evicted, 1);
+    let answers = &commands[commands.len() - 2..];
+    assert_eq!(answers[0].request_code, None);
+    assert_eq!(answers[1].request_code, Some(RequestCode::from_code(34)));
+}
