@@ -24,9 +24,7 @@ pub struct Snapshot(Arc<Mutex<String>>);
 impl Snapshot {
     /// Replaces the counters with `counters`, a JSON object of (nested) numbers.
     pub fn update(&self, counters: &serde_json::Value) {
-        let mut text = String::new();
-        render("mqtrace", counters, &mut text);
-        *self.0.lock().unwrap() = text;
+        *self.0.lock().unwrap() = render_all(counters);
     }
 
     fn text(&self) -> String {
@@ -74,7 +72,7 @@ impl Health {
     }
 }
 
-/// Values that go up and down (the rest only grow).
+/// Values that go up and down (the rest only grow, and are exposed with `_total`).
 const GAUGES: &[&str] = &[
     "_uptime_seconds",
     "_processes_selected",
@@ -91,7 +89,63 @@ const GAUGES: &[&str] = &[
     "_queued_bytes",
 ];
 
-/// Flattens nested objects into `prefix_key_subkey value` lines.
+/// Help for the metrics that say something was lost, and what to do; the others get their
+/// place in the counter tree, which `mqtrace status` and the README explain.
+const HELP: &[(&str, &str)] = &[
+    (
+        "mqtrace_kernel_records_lost_ring_full",
+        "Records the kernel dropped because the ring buffer was full (raise ring_buffer_bytes).",
+    ),
+    (
+        "mqtrace_kernel_bytes_not_copied",
+        "Payload bytes beyond max_bytes_per_syscall, reported as gaps.",
+    ),
+    (
+        "mqtrace_kernel_socket_table_full",
+        "Connections not tracked because the kernel's socket table was full.",
+    ),
+    (
+        "mqtrace_kernel_syscall_table_full",
+        "Syscalls not copied because the kernel's table of syscalls in flight was full.",
+    ),
+    (
+        "mqtrace_pipeline_streams_gaps",
+        "Stretches of a stream the agent did not see.",
+    ),
+    (
+        "mqtrace_export_dropped_queue_full",
+        "Spans dropped because the OTLP queue was full (collector slow or down).",
+    ),
+    (
+        "mqtrace_export_export_failed",
+        "Spans the collector did not accept after retries.",
+    ),
+    (
+        "mqtrace_export_write_errors",
+        "Spans that could not be written to the output file.",
+    ),
+    (
+        "mqtrace_agent_uptime_seconds",
+        "Seconds since the agent started.",
+    ),
+];
+
+/// Renders the counter tree as Prometheus text: `# HELP`, `# TYPE`, counters with `_total`,
+/// and `mqtrace_build_info`.
+fn render_all(counters: &serde_json::Value) -> String {
+    let mut out = String::new();
+    out.push_str(concat!(
+        "# HELP mqtrace_build_info The running mqtrace's version, as a label; always 1.\n",
+        "# TYPE mqtrace_build_info gauge\n",
+        "mqtrace_build_info{version=\"",
+        env!("CARGO_PKG_VERSION"),
+        "\"} 1\n"
+    ));
+    render("mqtrace", counters, &mut out);
+    out
+}
+
+/// Flattens nested objects into metrics named by their path, `prefix_key_subkey`.
 fn render(prefix: &str, value: &serde_json::Value, out: &mut String) {
     match value {
         serde_json::Value::Object(map) => {
@@ -104,15 +158,32 @@ fn render(prefix: &str, value: &serde_json::Value, out: &mut String) {
             }
         }
         serde_json::Value::Number(n) => {
-            let kind = if GAUGES.iter().any(|g| prefix.ends_with(g)) {
-                "gauge"
+            let gauge = GAUGES.iter().any(|g| prefix.ends_with(g));
+            let help = HELP
+                .iter()
+                .find(|(name, _)| *name == prefix)
+                .map_or_else(|| described(prefix), |(_, help)| (*help).to_string());
+            let (name, kind) = if gauge {
+                (prefix.to_string(), "gauge")
             } else {
-                "counter"
+                (format!("{prefix}_total"), "counter")
             };
-            out.push_str(&format!("# TYPE {prefix} {kind}\n{prefix} {n}\n"));
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {n}\n"
+            ));
         }
         _ => {}
     }
+}
+
+/// `mqtrace_pipeline_correlation_sends` → `pipeline correlation: sends (mqtrace status).`
+fn described(name: &str) -> String {
+    let path = name.trim_start_matches("mqtrace_");
+    let (stage, rest) = path.split_once('_').unwrap_or((path, ""));
+    format!(
+        "{stage}: {} (the {stage} counters of `mqtrace status`).",
+        rest.replace('_', " ")
+    )
 }
 
 /// The metrics server's thread; dropping it stops the server.
@@ -223,12 +294,22 @@ mod tests {
     #[test]
     fn nested_counters_become_prometheus_lines() {
         let snapshot = Snapshot::default();
-        snapshot.update(&serde_json::json!({"kernel": {"records_lost_ring_full": 0}, "pipeline": {"correlation": {"sends": 7}}, "otlp": null}));
+        snapshot.update(&serde_json::json!({"kernel": {"records_lost_ring_full": 0}, "pipeline": {"correlation": {"sends": 7}, "requests_waiting": 2}, "otlp": null}));
         let text = snapshot.text();
+        assert!(text.starts_with("# HELP mqtrace_build_info "), "{text}");
         assert!(
-            text.contains("mqtrace_kernel_records_lost_ring_full 0\n"),
+            text.contains(&format!(
+                "mqtrace_build_info{{version=\"{}\"}} 1\n",
+                env!("CARGO_PKG_VERSION")
+            )),
             "{text}"
         );
-        assert!(text.contains("# TYPE mqtrace_pipeline_correlation_sends counter\nmqtrace_pipeline_correlation_sends 7\n"), "{text}");
+        assert!(
+            text.contains("# TYPE mqtrace_kernel_records_lost_ring_full_total counter\nmqtrace_kernel_records_lost_ring_full_total 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP mqtrace_pipeline_correlation_sends_total pipeline: correlation sends (the pipeline counters of `mqtrace status`).\n# TYPE mqtrace_pipeline_correlation_sends_total counter\nmqtrace_pipeline_correlation_sends_total 7\n"), "{text}");
+        assert!(text.contains("# TYPE mqtrace_pipeline_requests_waiting gauge\nmqtrace_pipeline_requests_waiting 2\n"), "{text}");
+        assert!(!text.contains("otlp"), "{text}");
     }
 }

@@ -147,16 +147,18 @@ impl Agent {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `GET /metrics`: the Prometheus text as served.
+    pub fn metrics_text(&self) -> String {
+        let (status, body) = crate::http::get(self.metrics, "/metrics", Duration::from_secs(10))
+            .expect("GET /metrics");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
     /// `GET /metrics`, as name → value.
     pub fn scrape(&self) -> BTreeMap<String, f64> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(self.metrics).unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
-        text.lines()
+        self.metrics_text()
+            .lines()
             .filter(|l| l.starts_with("mqtrace_"))
             .filter_map(|l| {
                 l.split_once(' ')

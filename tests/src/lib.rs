@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod capture;
 pub mod frames;
+pub mod http;
 pub mod netns;
 pub mod otlp;
 pub mod process;

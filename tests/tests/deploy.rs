@@ -242,3 +242,208 @@ fn the_agent_traces_with_only_the_granted_capabilities() {
     drop(broker);
     assert_eq!(sends, produced, "a send span per message\n{log}");
 }
+
+/// promtool from Debian's prometheus package (`cargo xtask test` installs it).
+fn promtool(args: &[&str], stdin: Option<&str>, dir: &Path) -> Output {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; cargo xtask test installs it)");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn alert_rules_pass_promtool_and_fire_on_loss() {
+    let dir = repo().join("deploy/prometheus");
+    let checked = promtool(&["check", "rules", "mqtrace-rules.yaml"], None, &dir);
+    assert!(checked.status.success(), "{}", show(&checked));
+    assert!(
+        show(&checked).contains("SUCCESS: 6 rules found"),
+        "{}",
+        show(&checked)
+    );
+    // The cases: each alert fires on its loss, at the time it should, with its words.
+    let tested = promtool(&["test", "rules", "mqtrace-rules.test.yaml"], None, &dir);
+    assert!(tested.status.success(), "{}", show(&tested));
+    assert!(show(&tested).contains("SUCCESS"), "{}", show(&tested));
+}
+
+/// The metric names in `text` (`mqtrace_...` words).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("mqtrace_"))
+        .map(String::from)
+        .collect()
+}
+
+/// A real Prometheus (Debian's 2.42) scraping `target` every second, with the alert rules.
+struct Prometheus {
+    process: Option<mqtrace_tests::rocketmq::Owned>,
+    address: std::net::SocketAddr,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    fn start(target: std::net::SocketAddr) -> Self {
+        let dir = std::env::temp_dir().join(format!("mqtrace-prometheus-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let rules = repo().join("deploy/prometheus/mqtrace-rules.yaml");
+        std::fs::write(
+            dir.join("prometheus.yml"),
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
+                 scrape_configs:\n  - job_name: mqtrace\n    static_configs:\n      - targets: [\"{target}\"]\n",
+                rules.display()
+            ),
+        )
+        .unwrap();
+        let address = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let process = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={address}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus (Debian's package; cargo xtask test installs it)");
+        Self {
+            process: Some(mqtrace_tests::rocketmq::Owned(process)),
+            address,
+            dir,
+        }
+    }
+
+    /// An instant query's result vector (empty while Prometheus is not up yet).
+    fn query(&self, query: &str) -> Vec<serde_json::Value> {
+        let path = format!(
+            "/api/v1/query?query={}",
+            mqtrace_tests::http::percent_encoded(query)
+        );
+        mqtrace_tests::http::get(self.address, &path, Duration::from_secs(5))
+            .ok()
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|v| v["data"]["result"].as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        // Stopped first (killed by pid), then its files removed.
+        drop(self.process.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_agent_and_the_rules_and_dashboard_name_real_metrics() {
+    // A dead collector, so that the export metrics are there too.
+    let agent = Agent::start(
+        "deploy-prometheus",
+        &["--only-selected", "--otlp-endpoint", "http://127.0.0.1:9"],
+    );
+    // The exposition as Prometheus' own linter reads it.
+    let text = agent.metrics_text();
+    let linted = promtool(&["check", "metrics"], Some(&text), &repo());
+    assert!(
+        linted.status.success() && show(&linted).trim().is_empty(),
+        "promtool check metrics: {}\n{text}",
+        show(&linted)
+    );
+    assert!(text.contains("# TYPE mqtrace_kernel_records_lost_ring_full_total counter"));
+    assert!(text.contains(&format!(
+        "mqtrace_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    )));
+
+    // Every metric the alert rules and the dashboard use is one the agent serves.
+    let served = metric_names(&text);
+    for file in [
+        "deploy/prometheus/mqtrace-rules.yaml",
+        "deploy/prometheus/mqtrace-rules.test.yaml",
+        "deploy/grafana/mqtrace-dashboard.json",
+    ] {
+        let used = metric_names(&std::fs::read_to_string(repo().join(file)).unwrap());
+        assert!(!used.is_empty(), "{file}");
+        let unknown: Vec<&String> = used.difference(&served).collect();
+        assert!(
+            unknown.is_empty(),
+            "{file} names metrics the agent does not serve: {unknown:?}"
+        );
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("deploy/grafana/mqtrace-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(dashboard["panels"].as_array().unwrap().len() >= 6);
+
+    // A real Prometheus scrapes it, and loads and evaluates the rules.
+    let prometheus = Prometheus::start(agent.metrics);
+    let started = Instant::now();
+    loop {
+        let up = prometheus.query("up{job=\"mqtrace\"}");
+        let build = prometheus.query("mqtrace_build_info");
+        let uptime = prometheus.query("mqtrace_agent_uptime_seconds > 0");
+        if up.first().is_some_and(|s| s["value"][1] == "1")
+            && build
+                .first()
+                .is_some_and(|s| s["metric"]["version"] == env!("CARGO_PKG_VERSION"))
+            && !uptime.is_empty()
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "Prometheus never scraped the agent: up {up:?}\n{}",
+            prometheus.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let started = Instant::now();
+    loop {
+        let (_, body) =
+            mqtrace_tests::http::get(prometheus.address, "/api/v1/rules", Duration::from_secs(5))
+                .unwrap();
+        let rules: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let healthy = rules["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|group| group["rules"].as_array())
+            .flatten()
+            .filter(|rule| rule["health"] == "ok")
+            .count();
+        if healthy == 6 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the rules were not all evaluated: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    agent.stop();
+}

@@ -83,7 +83,7 @@ async fn two_hundred_messages_one_trace_each_over_otlp() {
         let started = std::time::Instant::now();
         let counters = loop {
             let counters = agent.scrape();
-            let receives = counters["mqtrace_pipeline_correlation_receives"];
+            let receives = counters["mqtrace_pipeline_correlation_receives_total"];
             if receives >= MESSAGES as f64 || started.elapsed() > Duration::from_secs(20) {
                 break counters;
             }
@@ -94,17 +94,17 @@ async fn two_hundred_messages_one_trace_each_over_otlp() {
     .await
     .unwrap();
     assert_eq!(
-        counters.get("mqtrace_pipeline_correlation_sends"),
+        counters.get("mqtrace_pipeline_correlation_sends_total"),
         Some(&(MESSAGES as f64)),
         "{counters:?}"
     );
     assert!(
-        counters["mqtrace_pipeline_correlation_receives"] >= MESSAGES as f64,
+        counters["mqtrace_pipeline_correlation_receives_total"] >= MESSAGES as f64,
         "{counters:?}"
     );
-    assert_eq!(counters["mqtrace_kernel_records_lost_ring_full"], 0.0);
-    assert_eq!(counters["mqtrace_kernel_bytes_not_copied_cap"], 0.0);
-    assert_eq!(counters["mqtrace_pipeline_streams_gaps"], 0.0);
+    assert_eq!(counters["mqtrace_kernel_records_lost_ring_full_total"], 0.0);
+    assert_eq!(counters["mqtrace_kernel_bytes_not_copied_cap_total"], 0.0);
+    assert_eq!(counters["mqtrace_pipeline_streams_gaps_total"], 0.0);
     let agent_log = tokio::task::spawn_blocking(move || agent.stop())
         .await
         .unwrap();

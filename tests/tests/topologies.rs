@@ -282,11 +282,11 @@ fn a_relay_on_the_clients_host_is_not_taken_for_a_client() {
         &expectations(&produced, topic, producer, consumer),
     );
     assert!(
-        counters["mqtrace_pipeline_correlation_serving_process_requests"] >= MESSAGES as f64,
+        counters["mqtrace_pipeline_correlation_serving_process_requests_total"] >= MESSAGES as f64,
         "the relay's forwarded requests are counted: {counters:?}"
     );
     assert_eq!(
-        counters["mqtrace_pipeline_correlation_sends"],
+        counters["mqtrace_pipeline_correlation_sends_total"],
         MESSAGES as f64
     );
 }
@@ -336,7 +336,8 @@ fn a_relay_on_its_own_host_with_its_own_agent_adds_no_span() {
         relay_spans.len()
     );
     assert!(
-        relay_counters["mqtrace_pipeline_correlation_serving_process_requests"] >= MESSAGES as f64,
+        relay_counters["mqtrace_pipeline_correlation_serving_process_requests_total"]
+            >= MESSAGES as f64,
         "the relay host's agent saw the relay forward: {relay_counters:?}"
     );
     let all = [clients_spans, relay_spans].concat();
@@ -525,7 +526,7 @@ fn a_request_the_agent_stopped_watching_is_not_an_error() {
     let started = Instant::now();
     let counters = loop {
         let counters = agent.scrape();
-        if counters["mqtrace_pipeline_correlation_unseen_responses_deselected"] >= 1.0
+        if counters["mqtrace_pipeline_correlation_unseen_responses_deselected_total"] >= 1.0
             || started.elapsed() > Duration::from_secs(10)
         {
             break counters;
@@ -547,6 +548,6 @@ fn a_request_the_agent_stopped_watching_is_not_an_error() {
         .expect("the send span, ended when the agent stopped watching");
     assert_eq!(send["status"], "UNSET");
     assert_eq!(attribute(send, "mqtrace.response.unseen"), "deselected");
-    assert!(counters["mqtrace_pipeline_correlation_unseen_responses_deselected"] >= 1.0);
-    assert_eq!(counters["mqtrace_pipeline_correlation_timeouts"], 0.0);
+    assert!(counters["mqtrace_pipeline_correlation_unseen_responses_deselected_total"] >= 1.0);
+    assert_eq!(counters["mqtrace_pipeline_correlation_timeouts_total"], 0.0);
 }

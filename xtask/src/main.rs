@@ -80,6 +80,7 @@ fn main() -> anyhow::Result<()> {
 
 fn test() -> anyhow::Result<()> {
     setup::run()?;
+    setup::test_tools()?;
     step("checking formatting");
     cargo(&["fmt", "--all", "--check"])?;
     step("linting");

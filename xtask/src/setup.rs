@@ -81,6 +81,30 @@ fn bpf_linker_ok() -> bool {
         .is_ok_and(|out| out.status.success())
 }
 
+/// What the tests use besides the toolchain: promtool and Prometheus (Debian's `prometheus`
+/// package) check the agent's metrics and alert rules. Debian starts the package's service
+/// at install; the tests run their own, so it is stopped again.
+pub fn test_tools() -> anyhow::Result<()> {
+    let present = |tool: &str| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    if present("promtool") && present("prometheus") {
+        return Ok(());
+    }
+    step("the tests check metrics and alert rules with Prometheus: installing Debian's prometheus");
+    // Without its recommends: no node exporter service beside it.
+    apt_install(&["--no-install-recommends", "prometheus"])?;
+    if Path::new("/run/systemd/system").exists() {
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "prometheus.service"])
+            .status();
+    }
+    Ok(())
+}
+
 pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     let run = |args: &[&str]| -> anyhow::Result<()> {
         let status = Command::new("apt-get")

@@ -113,10 +113,10 @@ fn main() -> anyhow::Result<()> {
                 agent_cpu += agent.cpu_seconds() - cpu_before;
                 traced_seconds += started.elapsed().as_secs_f64();
                 // Each message traced here was both sent and consumed under the agent.
-                agent_messages += metrics["mqtrace_pipeline_correlation_sends"];
+                agent_messages += metrics["mqtrace_pipeline_correlation_sends_total"];
                 peak_rss = peak_rss.max(agent.peak_rss_mib());
                 anyhow::ensure!(
-                    metrics["mqtrace_kernel_records_lost_ring_full"] == 0.0,
+                    metrics["mqtrace_kernel_records_lost_ring_full_total"] == 0.0,
                     "records lost while tracing"
                 );
             }

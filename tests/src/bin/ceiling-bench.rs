@@ -64,9 +64,9 @@ fn measure(
     load.wait_success()?;
     let messages = report["messages"].as_u64().unwrap_or(0) as f64;
     let counter = if mode == "send" {
-        "mqtrace_pipeline_correlation_sends"
+        "mqtrace_pipeline_correlation_sends_total"
     } else {
-        "mqtrace_pipeline_correlation_receives"
+        "mqtrace_pipeline_correlation_receives_total"
     };
     // The agent catches up (or not) within a few seconds after the load ends.
     let started = Instant::now();
@@ -87,8 +87,8 @@ fn measure(
     let _ = std::fs::remove_file(&output);
     let get = |name: &str| metrics.get(name).copied().unwrap_or(-1.0);
     let events = get(counter);
-    let lost = get("mqtrace_kernel_records_lost_ring_full");
-    let gaps = get("mqtrace_pipeline_streams_gaps");
+    let lost = get("mqtrace_kernel_records_lost_ring_full_total");
+    let gaps = get("mqtrace_pipeline_streams_gaps_total");
     let clean = events == messages && lost == 0.0 && gaps == 0.0 && spans as f64 >= messages;
     let seconds_run = report["seconds"].as_f64().unwrap_or(f64::NAN);
     Ok((

@@ -67,11 +67,11 @@ async fn main() -> anyhow::Result<()> {
         "rss_mib_first": samples.first(),
         "rss_mib_last": samples.last(),
         "rss_mib_max": samples.iter().cloned().fold(0.0, f64::max),
-        "sends_during_outage": metric(&during, "mqtrace_pipeline_correlation_sends"),
-        "dropped_queue_full": metric(&during, "mqtrace_export_otlp_dropped_queue_full"),
-        "dropped_export_failed": metric(&during, "mqtrace_export_otlp_dropped_export_failed"),
-        "exported_before_recovery": metric(&during, "mqtrace_export_otlp_exported"),
-        "exported_after_recovery": metric(&after, "mqtrace_export_otlp_exported"),
+        "sends_during_outage": metric(&during, "mqtrace_pipeline_correlation_sends_total"),
+        "dropped_queue_full": metric(&during, "mqtrace_export_otlp_dropped_queue_full_total"),
+        "dropped_export_failed": metric(&during, "mqtrace_export_otlp_dropped_export_failed_total"),
+        "exported_before_recovery": metric(&during, "mqtrace_export_otlp_exported_total"),
+        "exported_after_recovery": metric(&after, "mqtrace_export_otlp_exported_total"),
         "spans_received_after_recovery": received,
     });
     println!("{report}");
