@@ -9,6 +9,7 @@
 //! output = "/var/log/mqtrace/spans.jsonl"
 //! otlp_endpoint = "http://otel-collector:4317"
 //! otlp_protocol = "grpc"           # or "http/protobuf"
+//! otlp_certificate = "/etc/mqtrace/collector-ca.pem"   # CA of an https:// collector
 //! request_timeout = 30
 //! flush_timeout = 5
 //! stats_interval = 10
@@ -42,6 +43,7 @@ pub struct FileConfig {
     pub output: Option<PathBuf>,
     pub otlp_endpoint: Option<String>,
     pub otlp_protocol: Option<String>,
+    pub otlp_certificate: Option<PathBuf>,
     pub request_timeout: Option<u64>,
     pub flush_timeout: Option<u64>,
     pub stats_interval: Option<u64>,

@@ -1,5 +1,6 @@
-//! A real OTLP/gRPC trace receiver for the tests, built on the official OTLP protobuf
-//! definitions (opentelemetry-proto's generated TraceService). It keeps every span it receives.
+//! Real OTLP trace receivers for the tests, over gRPC (opentelemetry-proto's generated
+//! TraceService on tonic) and HTTP/protobuf, in the clear or over TLS with a CA made for the
+//! test run. They keep every span and every request's path and headers.
 
 use std::{
     collections::BTreeMap,
@@ -50,9 +51,17 @@ fn map(kvs: &[KeyValue]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// One export request as it arrived: its path (HTTP) and headers (gRPC metadata).
+#[derive(Clone, Debug)]
+pub struct ReceivedRequest {
+    pub path: String,
+    pub headers: BTreeMap<String, String>,
+}
+
 #[derive(Clone, Default)]
 struct Collector {
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    requests: Arc<Mutex<Vec<ReceivedRequest>>>,
 }
 
 impl Collector {
@@ -87,6 +96,22 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let headers = request
+            .metadata()
+            .clone()
+            .into_headers()
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.to_string(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        self.requests.lock().unwrap().push(ReceivedRequest {
+            path: "/opentelemetry.proto.collector.trace.v1.TraceService/Export".into(),
+            headers,
+        });
         self.keep(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
@@ -98,10 +123,61 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A CA and a server certificate for 127.0.0.1 and localhost, made for one test run.
+pub struct TestPki {
+    /// The CA certificate (PEM): what the agent is told to trust.
+    pub ca_pem: String,
+    server_pem: String,
+    server_key_pem: String,
+}
+
+impl TestPki {
+    pub fn new() -> anyhow::Result<Self> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "mqtrace test CA");
+        let ca = ca_params.self_signed(&ca_key)?;
+        let server_key = KeyPair::generate()?;
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "mqtrace test collector");
+        let server = params.signed_by(&server_key, &ca, &ca_key)?;
+        Ok(Self {
+            ca_pem: ca.pem(),
+            server_pem: server.pem(),
+            server_key_pem: server_key.serialize_pem(),
+        })
+    }
+
+    fn rustls_config(&self) -> anyhow::Result<Arc<tokio_rustls::rustls::ServerConfig>> {
+        use tokio_rustls::rustls::{
+            self,
+            pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+        };
+        let certs = CertificateDer::pem_slice_iter(self.server_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes())?;
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+        Ok(Arc::new(config))
+    }
+}
+
 /// The receiver, serving until dropped.
 pub struct Receiver {
     pub addr: SocketAddr,
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    requests: Arc<Mutex<Vec<ReceivedRequest>>>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -113,14 +189,30 @@ impl Receiver {
 
     /// Listens on `addr` (a collector coming back where it was).
     pub async fn start_on(addr: SocketAddr) -> anyhow::Result<Self> {
+        Self::start_grpc(addr, None).await
+    }
+
+    /// OTLP/gRPC over TLS with `pki`'s server certificate.
+    pub async fn start_tls(pki: &TestPki) -> anyhow::Result<Self> {
+        Self::start_grpc("127.0.0.1:0".parse()?, Some(pki)).await
+    }
+
+    async fn start_grpc(addr: SocketAddr, tls: Option<&TestPki>) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let collector = Collector::default();
-        let spans = collector.spans.clone();
+        let (spans, requests) = (collector.spans.clone(), collector.requests.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let incoming = tokio_stream_from(listener);
+        let mut server = tonic::transport::Server::builder();
+        if let Some(pki) = tls {
+            let identity =
+                tonic::transport::Identity::from_pem(&pki.server_pem, &pki.server_key_pem);
+            server =
+                server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+        }
         tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
+            let _ = server
                 .add_service(TraceServiceServer::new(collector))
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
@@ -130,26 +222,49 @@ impl Receiver {
         Ok(Self {
             addr,
             spans,
+            requests,
             _stop: stop,
         })
     }
 
-    /// An OTLP/HTTP receiver: `POST /v1/traces` with a protobuf `ExportTraceServiceRequest`
-    /// body (HTTP/1.1, Content-Length framed, as exporters send it).
+    /// An OTLP/HTTP receiver: `POST /v1/traces` (or `path`) with a protobuf
+    /// `ExportTraceServiceRequest` body (HTTP/1.1, Content-Length framed, as exporters send it).
     pub async fn start_http() -> anyhow::Result<Self> {
+        Self::start_http_with(None, "/v1/traces").await
+    }
+
+    /// OTLP/HTTP over TLS with `pki`'s server certificate, taking spans at `path`.
+    pub async fn start_https(pki: &TestPki, path: &str) -> anyhow::Result<Self> {
+        Self::start_http_with(Some(pki), path).await
+    }
+
+    async fn start_http_with(tls: Option<&TestPki>, path: &str) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let collector = Collector::default();
-        let spans = collector.spans.clone();
+        let (spans, requests) = (collector.spans.clone(), collector.requests.clone());
         let (stop, mut stopped) = oneshot::channel::<()>();
+        let acceptor = tls
+            .map(|pki| pki.rustls_config().map(tokio_rustls::TlsAcceptor::from))
+            .transpose()?;
+        let path = path.to_string();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = &mut stopped => break,
                     accepted = listener.accept() => {
                         let Ok((stream, _)) = accepted else { continue };
-                        let collector = collector.clone();
-                        tokio::spawn(async move { let _ = serve_http(stream, collector).await; });
+                        let (collector, acceptor, path) =
+                            (collector.clone(), acceptor.clone(), path.clone());
+                        tokio::spawn(async move {
+                            let _ = match acceptor {
+                                Some(acceptor) => match acceptor.accept(stream).await {
+                                    Ok(tls) => serve_http(tls, collector, &path).await,
+                                    Err(e) => Err(e.into()),
+                                },
+                                None => serve_http(stream, collector, &path).await,
+                            };
+                        });
                     }
                 }
             }
@@ -157,6 +272,7 @@ impl Receiver {
         Ok(Self {
             addr,
             spans,
+            requests,
             _stop: stop,
         })
     }
@@ -164,10 +280,18 @@ impl Receiver {
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.spans.lock().unwrap().clone()
     }
+
+    pub fn requests(&self) -> Vec<ReceivedRequest> {
+        self.requests.lock().unwrap().clone()
+    }
 }
 
-/// Serves OTLP/HTTP requests on one connection until it closes.
-async fn serve_http(stream: tokio::net::TcpStream, collector: Collector) -> anyhow::Result<()> {
+/// Serves OTLP/HTTP requests on one connection until it closes; spans are taken at `path`.
+async fn serve_http(
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    collector: Collector,
+    path: &str,
+) -> anyhow::Result<()> {
     use prost::Message as _;
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     let mut stream = BufReader::new(stream);
@@ -177,6 +301,7 @@ async fn serve_http(stream: tokio::net::TcpStream, collector: Collector) -> anyh
             return Ok(());
         }
         let mut length = 0usize;
+        let mut headers = BTreeMap::new();
         loop {
             let mut header = String::new();
             stream.read_line(&mut header).await?;
@@ -184,15 +309,22 @@ async fn serve_http(stream: tokio::net::TcpStream, collector: Collector) -> anyh
             if header.is_empty() {
                 break;
             }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse()?;
+            if let Some((name, value)) = header.split_once(':') {
+                let (name, value) = (name.trim().to_ascii_lowercase(), value.trim().to_string());
+                if name == "content-length" {
+                    length = value.parse()?;
+                }
+                headers.insert(name, value);
             }
         }
+        let requested = request_line.split(' ').nth(1).unwrap_or("").to_string();
+        collector.requests.lock().unwrap().push(ReceivedRequest {
+            path: requested.clone(),
+            headers,
+        });
         let mut body = vec![0; length];
         stream.read_exact(&mut body).await?;
-        let (status, reply) = if request_line.starts_with("POST /v1/traces ") {
+        let (status, reply) = if request_line.starts_with("POST ") && requested == path {
             match ExportTraceServiceRequest::decode(body.as_slice()) {
                 Ok(request) => {
                     collector.keep(request);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use mqtrace::{
     decoder::DecoderConfig,
-    exporters::otlp::{OtlpConfig, OtlpExporter, Protocol},
+    exporters::otlp::{Endpoint, OtlpConfig, OtlpExporter, Protocol},
     pipeline::{Output, replay_capture},
     spans::Span,
 };
@@ -30,10 +30,8 @@ fn spans() -> Vec<Span> {
 
 fn config(protocol: Protocol, endpoint: String) -> OtlpConfig {
     OtlpConfig {
-        protocol,
-        endpoint: Some(endpoint),
         batch_interval: Duration::from_millis(100),
-        ..OtlpConfig::default()
+        ..OtlpConfig::new(protocol, Endpoint::base(endpoint))
     }
 }
 
@@ -108,4 +106,50 @@ async fn a_dead_collector_costs_counted_drops_not_memory() {
         "every span is exported or counted as dropped: {after:?}"
     );
     assert!(after.export_errors > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_transports_deliver_over_tls_to_a_collector_with_its_own_ca() {
+    let spans = spans();
+    let pki = mqtrace_tests::otlp::TestPki::new().unwrap();
+    let ca_file = mqtrace_tests::process::ScratchFile::new("mqtrace-otlp-ca.pem");
+    std::fs::write(&ca_file.0, &pki.ca_pem).unwrap();
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        let receiver = match protocol {
+            Protocol::Grpc => Receiver::start_tls(&pki).await,
+            Protocol::HttpProtobuf => Receiver::start_https(&pki, "/v1/traces").await,
+        }
+        .unwrap();
+        let endpoint = format!("https://127.0.0.1:{}", receiver.addr.port());
+        // Without the CA the collector is not trusted: nothing goes, everything is counted.
+        let untrusted = OtlpExporter::start(OtlpConfig {
+            attempts: 1,
+            ..config(protocol, endpoint.clone())
+        })
+        .unwrap();
+        untrusted.send(spans[0].clone());
+        let counters = untrusted.shutdown(Duration::from_secs(10)).await;
+        assert_eq!(
+            (counters.exported, counters.dropped_export_failed),
+            (0, 1),
+            "{protocol:?}"
+        );
+        assert!(receiver.spans().is_empty(), "{protocol:?}");
+        // With it, every span arrives.
+        let exporter = OtlpExporter::start(OtlpConfig {
+            certificate: Some(ca_file.0.clone()),
+            ..config(protocol, endpoint)
+        })
+        .unwrap();
+        for span in &spans {
+            exporter.send(span.clone());
+        }
+        let counters = exporter.shutdown(Duration::from_secs(10)).await;
+        assert_eq!(
+            counters.exported,
+            spans.len() as u64,
+            "{protocol:?}: {counters:?}"
+        );
+        assert_eq!(receiver.spans().len(), spans.len(), "{protocol:?}");
+    }
 }

@@ -3,14 +3,14 @@
 use crate::memory::{DEFAULT_BUDGET_MIB, Shares};
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use mqtrace_common::{DEFAULT_MAX_BYTES_PER_SYSCALL, MAX_BYTES_PER_SYSCALL_LIMIT};
 
 use crate::{
     config::FileConfig,
     control::{DEFAULT_SOCKET, Target},
     daemon::{self, DaemonOptions},
-    exporters::otlp::{OtlpConfig, Protocol, endpoint_from_env},
+    exporters::otlp::{self, OtlpConfig, OtlpLayer, Protocol},
     journeys::DEFAULT_MAX_MESSAGES,
 };
 
@@ -21,8 +21,9 @@ of them, or with --only-selected, only the selected ones. Either way `mqtrace en
 `mqtrace disable` change the selection while the daemon runs.
 
 Every option can also be set in the --config file (TOML, the same names with `_` for `-`, e.g.
-`ring_buffer_bytes = 33554432`, `pids = [1234]`, `comms = [\"java\"]`); flags and their
-environment variables win over the file.
+`ring_buffer_bytes = 33554432`, `pids = [1234]`, `comms = [\"java\"]`). One rule for every
+setting: a flag wins over its environment variable (MQTRACE_* or OTEL_EXPORTER_OTLP_*), which
+wins over the file, which wins over the default.
 
 Examples:
   mqtrace run                                  trace every RocketMQ client on this host
@@ -30,7 +31,7 @@ Examples:
   mqtrace run --only-selected --output /var/log/mqtrace/spans.jsonl
 ")]
 pub struct RunArgs {
-    /// A TOML file with any of the options below (same names, `_` for `-`); flags and their
+    /// A TOML file with any of the options below (same names, `_` for `-`); flags and
     /// environment variables win over it.
     #[arg(long, value_name = "FILE", env = "MQTRACE_CONFIG")]
     config: Option<PathBuf>,
@@ -65,15 +66,23 @@ pub struct RunArgs {
     /// Write spans to FILE as JSON lines (one object per span).
     #[arg(long, value_name = "FILE", env = "MQTRACE_OUTPUT")]
     output: Option<PathBuf>,
-    /// Export spans over OTLP to this endpoint (e.g. http://127.0.0.1:4317 for gRPC).
-    /// Default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT. Without any
-    /// endpoint and without --output, spans are printed, one line each.
+    /// Export spans over OTLP to this collector (e.g. http://127.0.0.1:4317 for gRPC,
+    /// http://127.0.0.1:4318 for HTTP, which gets /v1/traces appended; https:// for TLS).
+    /// Else OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (used as given), OTEL_EXPORTER_OTLP_ENDPOINT or
+    /// the file's otlp_endpoint. Without any endpoint and without --output, spans are printed,
+    /// one line each. Request headers (tenant, API key): OTEL_EXPORTER_OTLP_(TRACES_)HEADERS,
+    /// `key1=value1,key2=value2`.
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
-    /// OTLP transport: grpc or http/protobuf. Default: OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL,
-    /// else grpc.
+    /// OTLP transport: grpc or http/protobuf. Else OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL, the
+    /// file's otlp_protocol, or grpc.
     #[arg(long, value_name = "PROTOCOL")]
     otlp_protocol: Option<Protocol>,
+    /// A PEM file of CA certificates to trust for an https:// collector besides the system's
+    /// (a self-signed one). Else OTEL_EXPORTER_OTLP_(TRACES_)CERTIFICATE or the file's
+    /// otlp_certificate.
+    #[arg(long, value_name = "FILE")]
+    otlp_certificate: Option<PathBuf>,
     /// A request without a response after this long ends as an error span ("timeout"); long
     /// polls get their own suspend time on top [default: 30].
     #[arg(long, value_name = "SECONDS")]
@@ -117,17 +126,19 @@ fn resolve(args: RunArgs) -> anyhow::Result<DaemonOptions> {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
-    let otlp_protocol = match (args.otlp_protocol, &file.otlp_protocol) {
-        (Some(p), _) => p,
-        (None, Some(name)) => Protocol::from_str(name, false).map_err(|_| {
-            anyhow::anyhow!("otlp_protocol = {name:?}: expected \"grpc\" or \"http/protobuf\"")
-        })?,
-        (None, None) => Protocol::from_env(),
-    };
-    let endpoint = args
-        .otlp_endpoint
-        .or_else(endpoint_from_env)
-        .or(file.otlp_endpoint);
+    let otlp = otlp::resolve(
+        &OtlpLayer {
+            endpoint: args.otlp_endpoint.clone(),
+            protocol: args.otlp_protocol.map(|p| p.name().to_string()),
+            certificate: args.otlp_certificate.clone(),
+        },
+        |name| std::env::var(name).ok(),
+        &OtlpLayer {
+            endpoint: file.otlp_endpoint.clone(),
+            protocol: file.otlp_protocol.clone(),
+            certificate: file.otlp_certificate.clone(),
+        },
+    )?;
     let flag_targets = !(args.pids.is_empty() && args.comms.is_empty() && args.cgroups.is_empty());
     let (pids, comms, cgroups) = if flag_targets || args.all {
         (args.pids, args.comms, args.cgroups)
@@ -178,11 +189,10 @@ fn resolve(args: RunArgs) -> anyhow::Result<DaemonOptions> {
             args.stats_interval.or(file.stats_interval).unwrap_or(10),
         ),
         output: args.output.or(file.output),
-        otlp: endpoint.map(|endpoint| OtlpConfig {
-            protocol: otlp_protocol,
-            endpoint: Some(endpoint),
+        otlp: otlp.endpoint.map(|endpoint| OtlpConfig {
+            certificate: otlp.certificate,
             queue_bytes: memory.export,
-            ..OtlpConfig::default()
+            ..OtlpConfig::new(otlp.protocol, endpoint)
         }),
         request_timeout: Duration::from_secs(
             args.request_timeout.or(file.request_timeout).unwrap_or(30),

@@ -41,30 +41,115 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    /// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` or `OTEL_EXPORTER_OTLP_PROTOCOL`, else gRPC.
-    pub fn from_env() -> Self {
-        let value = std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-            .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL"));
-        match value.as_deref() {
-            Ok("http/protobuf") => Protocol::HttpProtobuf,
-            _ => Protocol::Grpc,
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::HttpProtobuf => "http/protobuf",
+        }
+    }
+
+    fn parse(name: &str, source: &str) -> anyhow::Result<Self> {
+        match name {
+            "grpc" => Ok(Self::Grpc),
+            "http/protobuf" => Ok(Self::HttpProtobuf),
+            other => anyhow::bail!("{source} = {other:?}: expected \"grpc\" or \"http/protobuf\""),
         }
     }
 }
 
-/// Whether the environment names an OTLP endpoint for traces.
-pub fn endpoint_from_env() -> Option<String> {
-    std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT"))
-        .ok()
-        .filter(|e| !e.is_empty())
+/// Where spans go. A traces URL (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is used as given; a
+/// base URL (`OTEL_EXPORTER_OTLP_ENDPOINT`, `--otlp-endpoint`, `otlp_endpoint`) gets
+/// `/v1/traces` appended over HTTP, as the OTLP specification says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub url: String,
+    pub traces_url: bool,
+}
+
+impl Endpoint {
+    pub fn base(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            traces_url: false,
+        }
+    }
+
+    /// The URL to send to with `protocol`.
+    pub fn url_for(&self, protocol: Protocol) -> String {
+        match protocol {
+            Protocol::HttpProtobuf if !self.traces_url => {
+                format!("{}/v1/traces", self.url.trim_end_matches('/'))
+            }
+            _ => self.url.clone(),
+        }
+    }
+}
+
+/// One layer of OTLP settings: the flags, or the config file.
+#[derive(Clone, Debug, Default)]
+pub struct OtlpLayer {
+    pub endpoint: Option<String>,
+    pub protocol: Option<String>,
+    pub certificate: Option<std::path::PathBuf>,
+}
+
+/// The OTLP settings in force.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OtlpSettings {
+    pub endpoint: Option<Endpoint>,
+    pub protocol: Protocol,
+    pub certificate: Option<std::path::PathBuf>,
+}
+
+/// Resolves every OTLP setting by one rule: flags, then the environment (`OTEL_EXPORTER_OTLP_
+/// TRACES_*` before `OTEL_EXPORTER_OTLP_*`), then the config file, then the default. `env`
+/// reads a variable (the process environment, or a test's).
+pub fn resolve(
+    flags: &OtlpLayer,
+    env: impl Fn(&str) -> Option<String>,
+    file: &OtlpLayer,
+) -> anyhow::Result<OtlpSettings> {
+    let env = |name: &str| env(name).filter(|v| !v.is_empty());
+    let from_env = |key: &str| {
+        let traces = format!("OTEL_EXPORTER_OTLP_TRACES_{key}");
+        let general = format!("OTEL_EXPORTER_OTLP_{key}");
+        env(&traces)
+            .map(|v| (v, traces))
+            .or_else(|| env(&general).map(|v| (v, general)))
+    };
+    let endpoint = match (&flags.endpoint, from_env("ENDPOINT"), &file.endpoint) {
+        (Some(url), _, _) => Some(Endpoint::base(url.clone())),
+        (None, Some((url, name)), _) => Some(Endpoint {
+            url,
+            traces_url: name.contains("_TRACES_"),
+        }),
+        (None, None, Some(url)) => Some(Endpoint::base(url.clone())),
+        (None, None, None) => None,
+    };
+    let protocol = match (&flags.protocol, from_env("PROTOCOL"), &file.protocol) {
+        (Some(name), _, _) => Protocol::parse(name, "--otlp-protocol")?,
+        (None, Some((name, var)), _) => Protocol::parse(&name, &var)?,
+        (None, None, Some(name)) => Protocol::parse(name, "otlp_protocol")?,
+        (None, None, None) => Protocol::Grpc,
+    };
+    let certificate = flags
+        .certificate
+        .clone()
+        .or_else(|| from_env("CERTIFICATE").map(|(path, _)| path.into()))
+        .or_else(|| file.certificate.clone());
+    Ok(OtlpSettings {
+        endpoint,
+        protocol,
+        certificate,
+    })
 }
 
 #[derive(Clone, Debug)]
 pub struct OtlpConfig {
     pub protocol: Protocol,
-    /// None: the builder reads `OTEL_EXPORTER_OTLP_*`.
-    pub endpoint: Option<String>,
+    pub endpoint: Endpoint,
+    /// A PEM file of CA certificates to trust besides the system's (a self-signed collector).
+    pub certificate: Option<std::path::PathBuf>,
     /// Spans waiting for export at most.
     pub queue_size: usize,
     /// Bytes the queued spans may hold at most (their share of the memory budget).
@@ -76,11 +161,13 @@ pub struct OtlpConfig {
     pub timeout: Duration,
 }
 
-impl Default for OtlpConfig {
-    fn default() -> Self {
+impl OtlpConfig {
+    /// The defaults, sending to `endpoint` with `protocol`.
+    pub fn new(protocol: Protocol, endpoint: Endpoint) -> Self {
         Self {
-            protocol: Protocol::from_env(),
-            endpoint: None,
+            protocol,
+            endpoint,
+            certificate: None,
             queue_size: 8192,
             queue_bytes: crate::memory::Shares::default().export,
             batch_size: 512,
@@ -136,13 +223,21 @@ pub struct OtlpExporter {
 impl OtlpExporter {
     /// Starts the export task; must run inside a tokio runtime.
     pub fn start(config: OtlpConfig) -> anyhow::Result<Self> {
+        // rustls with ring, for every TLS connection of the process (already set: fine).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = match &config.certificate {
+            Some(path) => Some(Arc::<[u8]>::from(std::fs::read(path).with_context(
+                || format!("reading the OTLP CA certificate {}", path.display()),
+            )?)),
+            None => None,
+        };
         // Build one exporter now, so that a bad endpoint is an error at start, not a silence.
-        build(&config, &Resource::builder_empty().build())
+        build(&config, ca.as_deref(), &Resource::builder_empty().build())
             .context("configuring the OTLP exporter")?;
         let (tx, rx) = mpsc::channel(config.queue_size);
         let counters = Arc::new(Counters::default());
         let queue_bytes = config.queue_bytes as u64;
-        let task = tokio::spawn(run(config, rx, counters.clone()));
+        let task = tokio::spawn(run(config, ca, rx, counters.clone()));
         Ok(Self {
             tx,
             queue_bytes,
@@ -200,30 +295,48 @@ impl OtlpExporter {
     }
 }
 
+/// Builds an exporter for one resource. `ca`: PEM certificates to trust besides the
+/// system's roots. Headers come from `OTEL_EXPORTER_OTLP_(TRACES_)HEADERS`, which the
+/// builder reads.
 fn build(
     config: &OtlpConfig,
+    ca: Option<&[u8]>,
     resource: &Resource,
 ) -> anyhow::Result<opentelemetry_otlp::SpanExporter> {
+    use opentelemetry_otlp::{WithHttpConfig, WithTonicConfig};
+    let url = config.endpoint.url_for(config.protocol);
     let mut exporter = match config.protocol {
         Protocol::Grpc => {
             let mut builder = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
-                .with_timeout(config.timeout);
-            if let Some(endpoint) = &config.endpoint {
-                builder = builder.with_endpoint(endpoint.clone());
+                .with_timeout(config.timeout)
+                .with_endpoint(url.clone());
+            if url.starts_with("https:") {
+                use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
+                let mut tls = ClientTlsConfig::new().with_native_roots();
+                if let Some(pem) = ca {
+                    tls = tls.ca_certificate(Certificate::from_pem(pem));
+                }
+                builder = builder.with_tls_config(tls);
             }
             builder.build()?
         }
         Protocol::HttpProtobuf => {
-            let mut builder = opentelemetry_otlp::SpanExporter::builder()
+            let mut client = reqwest::Client::builder().timeout(config.timeout);
+            if let Some(pem) = ca {
+                for certificate in reqwest::Certificate::from_pem_bundle(pem)
+                    .context("reading the OTLP CA certificate (PEM)")?
+                {
+                    client = client.add_root_certificate(certificate);
+                }
+            }
+            opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_timeout(config.timeout);
-            if let Some(endpoint) = &config.endpoint {
-                builder =
-                    builder.with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')));
-            }
-            builder.build()?
+                .with_timeout(config.timeout)
+                .with_endpoint(url)
+                .with_http_client(client.build().context("building the OTLP HTTP client")?)
+                .build()?
         }
     };
     exporter.set_resource(resource);
@@ -233,7 +346,12 @@ fn build(
 /// Exporters kept at most, one per distinct resource.
 const MAX_EXPORTERS: usize = 64;
 
-async fn run(config: OtlpConfig, mut rx: mpsc::Receiver<(Span, u64)>, counters: Arc<Counters>) {
+async fn run(
+    config: OtlpConfig,
+    ca: Option<Arc<[u8]>>,
+    mut rx: mpsc::Receiver<(Span, u64)>,
+    counters: Arc<Counters>,
+) {
     let mut exporters: HashMap<String, opentelemetry_otlp::SpanExporter> = HashMap::new();
     let mut batch = Vec::with_capacity(config.batch_size);
     loop {
@@ -265,7 +383,7 @@ async fn run(config: OtlpConfig, mut rx: mpsc::Receiver<(Span, u64)>, counters: 
                 if exporters.len() >= MAX_EXPORTERS {
                     exporters.clear();
                 }
-                match build(&config, &to_resource(&resource)) {
+                match build(&config, ca.as_deref(), &to_resource(&resource)) {
                     Ok(exporter) => {
                         exporters.insert(key.clone(), exporter);
                     }
@@ -396,5 +514,116 @@ fn span_data(span: &Span) -> SpanData {
         instrumentation_scope: InstrumentationScope::builder("mqtrace")
             .with_version(env!("CARGO_PKG_VERSION"))
             .build(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(endpoint: &str, protocol: &str, certificate: &str) -> OtlpLayer {
+        let some = |v: &str| (!v.is_empty()).then(|| v.to_string());
+        OtlpLayer {
+            endpoint: some(endpoint),
+            protocol: some(protocol),
+            certificate: some(certificate).map(Into::into),
+        }
+    }
+
+    fn settings(flags: OtlpLayer, env: &[(&str, &str)], file: OtlpLayer) -> OtlpSettings {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        resolve(&flags, |name| env.get(name).cloned(), &file).unwrap()
+    }
+
+    #[test]
+    fn every_setting_goes_flags_then_environment_then_file_then_default() {
+        let env_all = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/env/ca.pem"),
+        ];
+        let flags = layer("http://flag:4317", "grpc", "/flag/ca.pem");
+        let file = layer("http://file:4317", "http/protobuf", "/file/ca.pem");
+        // Flags over all.
+        let s = settings(flags, &env_all, file.clone());
+        assert_eq!(s.endpoint, Some(Endpoint::base("http://flag:4317")));
+        assert_eq!(s.protocol, Protocol::Grpc);
+        assert_eq!(s.certificate, Some("/flag/ca.pem".into()));
+        // The environment over the file.
+        let s = settings(OtlpLayer::default(), &env_all, file.clone());
+        assert_eq!(s.endpoint, Some(Endpoint::base("http://env:4317")));
+        assert_eq!(s.protocol, Protocol::HttpProtobuf);
+        assert_eq!(s.certificate, Some("/env/ca.pem".into()));
+        let env_grpc = [("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")];
+        assert_eq!(
+            settings(OtlpLayer::default(), &env_grpc, file.clone()).protocol,
+            Protocol::Grpc,
+            "the environment's protocol beats the file's"
+        );
+        // The file over the default.
+        let s = settings(OtlpLayer::default(), &[], file);
+        assert_eq!(s.endpoint, Some(Endpoint::base("http://file:4317")));
+        assert_eq!(s.protocol, Protocol::HttpProtobuf);
+        assert_eq!(s.certificate, Some("/file/ca.pem".into()));
+        // The default.
+        let s = settings(OtlpLayer::default(), &[], OtlpLayer::default());
+        assert_eq!(
+            (s.endpoint, s.protocol, s.certificate),
+            (None, Protocol::Grpc, None)
+        );
+        // Empty variables are unset ones.
+        let s = settings(
+            OtlpLayer::default(),
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "")],
+            OtlpLayer::default(),
+        );
+        assert_eq!(s.endpoint, None);
+    }
+
+    #[test]
+    fn the_traces_variables_win_and_their_endpoint_is_used_as_given() {
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://general:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://traces:4318/custom/path",
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/general.pem"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "/traces.pem"),
+        ];
+        let s = settings(OtlpLayer::default(), &env, OtlpLayer::default());
+        let endpoint = s.endpoint.unwrap();
+        assert_eq!(s.protocol, Protocol::HttpProtobuf);
+        assert_eq!(s.certificate, Some("/traces.pem".into()));
+        assert_eq!(
+            endpoint.url_for(Protocol::HttpProtobuf),
+            "http://traces:4318/custom/path"
+        );
+        // A base endpoint gets the traces path over HTTP only.
+        let base = Endpoint::base("http://general:4318/");
+        assert_eq!(
+            base.url_for(Protocol::HttpProtobuf),
+            "http://general:4318/v1/traces"
+        );
+        assert_eq!(base.url_for(Protocol::Grpc), "http://general:4318/");
+    }
+
+    #[test]
+    fn a_bad_protocol_names_where_it_came_from() {
+        let error = resolve(
+            &OtlpLayer::default(),
+            |name| (name == "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").then(|| "http/json".into()),
+            &OtlpLayer::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL = \"http/json\": expected \"grpc\" or \"http/protobuf\""
+        );
     }
 }
