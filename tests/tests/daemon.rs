@@ -804,6 +804,7 @@ print("replaced", flush=True); sys.stdin.readline()
 /// of its own. Removed when dropped (its processes must have ended).
 struct PodLike {
     uid: String,
+    container: String,
     cgroup: PathBuf,
     root: PathBuf,
 }
@@ -820,11 +821,16 @@ impl PodLike {
             .join(Self::TOP)
             .join("besteffort")
             .join(format!("pod{uid}"))
-            .join(container);
+            .join(&container);
         std::fs::create_dir_all(&cgroup).expect("create the pod's cgroup");
         let root = std::env::temp_dir().join(format!("mqtrace-pod-{}-{index}", std::process::id()));
         std::fs::create_dir_all(root.join("var/run/secrets/kubernetes.io/serviceaccount")).unwrap();
-        Self { uid, cgroup, root }
+        Self {
+            uid,
+            container,
+            cgroup,
+            root,
+        }
     }
 
     /// The path a pod's namespace is read from, inside its root.
@@ -883,11 +889,48 @@ impl Drop for PodLike {
     }
 }
 
+/// The kubelet's link to a container's log, `/var/log/containers/<pod>_<namespace>_<container>-
+/// <id>.log`, made for a test and removed after (with the folder, when the test made it).
+struct ContainerLogLink {
+    file: PathBuf,
+    made_folder: bool,
+}
+
+impl ContainerLogLink {
+    const FOLDER: &'static str = "/var/log/containers";
+
+    fn create(pod: &str, namespace: &str, container: &str, id: &str) -> Self {
+        let made_folder = !Path::new(Self::FOLDER).exists();
+        std::fs::create_dir_all(Self::FOLDER).unwrap();
+        let file = Path::new(Self::FOLDER).join(format!("{pod}_{namespace}_{container}-{id}.log"));
+        std::os::unix::fs::symlink("/dev/null", &file).unwrap();
+        Self { file, made_folder }
+    }
+}
+
+impl Drop for ContainerLogLink {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.file);
+        if self.made_folder {
+            let _ = std::fs::remove_dir(Self::FOLDER);
+        }
+    }
+}
+
 /// `GET /healthz`: its status, or None when it did not answer within a second.
 fn healthz(agent: &Agent) -> Option<u16> {
     mqtrace_tests::http::get(agent.metrics, "/healthz", Duration::from_secs(1))
         .ok()
         .map(|(status, _)| status)
+}
+
+/// The HOSTNAME of the pod-like process `i`: a Deployment's pod name (the fourth pod's is
+/// not its pod name, which the node's log link gives).
+fn hostname(i: usize) -> String {
+    match i {
+        3 => "not-the-pod-name".to_string(),
+        _ => format!("payments-5c6d7f8b9-q2w4{}", ["b", "c", "d"][i]),
+    }
 }
 
 #[test]
@@ -911,7 +954,10 @@ fn pods_with_a_fifo_or_a_symlink_at_the_namespace_path_neither_stall_nor_leak_ho
         .to_string();
     std::fs::write(&host_file.0, &secret).unwrap();
 
-    let pods: Vec<PodLike> = (0..3).map(PodLike::create).collect();
+    let pods: Vec<PodLike> = (0..4).map(PodLike::create).collect();
+    // The fourth pod's container is known to the node by name: a Deployment's pod.
+    let _log_link =
+        ContainerLogLink::create("orders-7d9f8b6c5d-x2k4q", "shop", "app", &pods[3].container);
     // A FIFO nobody writes: an agent that opens it blocking hangs for good.
     let fifo = std::ffi::CString::new(pods[0].namespace_file().to_str().unwrap()).unwrap();
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
@@ -937,7 +983,7 @@ fn pods_with_a_fifo_or_a_symlink_at_the_namespace_path_neither_stall_nor_leak_ho
     let producers: Vec<_> = pods
         .iter()
         .enumerate()
-        .map(|(i, pod)| Owned(pod.producer(&format!("pod-{i}"), topic, per_pod)))
+        .map(|(i, pod)| Owned(pod.producer(&hostname(i), topic, per_pod)))
         .collect();
     // /healthz answers within a second, and healthy, all the while.
     let started = Instant::now();
@@ -981,13 +1027,140 @@ fn pods_with_a_fifo_or_a_symlink_at_the_namespace_path_neither_stall_nor_leak_ho
         assert_eq!(sends.len(), per_pod, "pod {i}");
         for send in sends {
             let resource = &send["resource"];
-            assert_eq!(resource["k8s.pod.name"], format!("pod-{i}"), "{resource}");
-            // Not from the FIFO or the node's file: from the downward API's variable.
-            assert_eq!(
-                resource["k8s.namespace.name"], "from-downward-api",
-                "{resource}"
-            );
+            if i == 3 {
+                // From the kubelet's log link, which names the container too.
+                assert_eq!(
+                    resource["k8s.pod.name"], "orders-7d9f8b6c5d-x2k4q",
+                    "{resource}"
+                );
+                assert_eq!(resource["k8s.namespace.name"], "shop", "{resource}");
+                assert_eq!(resource["k8s.container.name"], "app", "{resource}");
+                assert_eq!(resource["k8s.deployment.name"], "orders", "{resource}");
+            } else {
+                assert_eq!(resource["k8s.pod.name"], hostname(i), "{resource}");
+                // Not from the FIFO or the node's file: from the downward API's variable.
+                assert_eq!(
+                    resource["k8s.namespace.name"], "from-downward-api",
+                    "{resource}"
+                );
+                assert_eq!(resource["k8s.deployment.name"], "payments", "{resource}");
+                assert_eq!(resource["k8s.container.name"], serde_json::Value::Null);
+            }
         }
     }
     eprintln!("{probes} /healthz probes, each answered 200 within a second");
+}
+
+/// Compiles tests/java (javac and jar of the JDK on the machine) into `dir`: classes in
+/// `dir/classes`, and `dir/order-service.jar`.
+fn build_java_producer(dir: &Path) {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("java/shop/OrderService.java");
+    let classes = dir.join("classes");
+    let javac = Command::new("javac")
+        .arg("-d")
+        .arg(&classes)
+        .arg(&source)
+        .output()
+        .expect("javac (the machine's JDK)");
+    assert!(
+        javac.status.success(),
+        "{}",
+        String::from_utf8_lossy(&javac.stderr)
+    );
+    let jar = Command::new("jar")
+        .args(["--create", "--file"])
+        .arg(dir.join("order-service.jar"))
+        .args(["--main-class", "shop.OrderService", "-C"])
+        .arg(&classes)
+        .arg(".")
+        .output()
+        .expect("jar (the machine's JDK)");
+    assert!(
+        jar.status.success(),
+        "{}",
+        String::from_utf8_lossy(&jar.stderr)
+    );
+}
+
+#[test]
+fn a_jvm_is_named_by_its_main_class_or_jar_without_otel_service_name() {
+    let _turn = turn();
+    let dir = std::env::temp_dir().join(format!("mqtrace-jvm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    struct RemoveDir<'a>(&'a Path);
+    impl Drop for RemoveDir<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0);
+        }
+    }
+    let _cleanup = RemoveDir(&dir);
+    build_java_producer(&dir);
+    let broker = Broker::start("127.0.0.1").unwrap();
+    let topic = "JvmTopic";
+    let made = client()
+        .args(["produce", &broker.namesrv(), topic, "1"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "the topic is made");
+    let output_file = ScratchFile::new("mqtrace-jvm.jsonl");
+    let output = &output_file.0;
+    // Selected as users select JVMs: by command name.
+    let agent = Agent::start(
+        "daemon-jvm",
+        &["--comm", "java", "--output", output.to_str().unwrap()],
+    );
+    let per_run = 3;
+    let runs: [&[&str]; 2] = [
+        &["-cp", "classes", "shop.OrderService"],
+        &["-jar", "order-service.jar"],
+    ];
+    for args in runs {
+        let out = Command::new("java")
+            .args(args)
+            .args(["127.0.0.1:10911", topic, &per_run.to_string()])
+            .current_dir(&dir)
+            .env_remove("OTEL_SERVICE_NAME")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).lines().count(),
+            per_run
+        );
+    }
+    let started = Instant::now();
+    while sent_ids_in(output).len() < 2 * per_run {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{} sends traced\n{}",
+            sent_ids_in(output).len(),
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    agent.stop();
+    drop(broker);
+    let spans = read_span_file(output);
+    let names: Vec<&str> = spans
+        .iter()
+        .filter(|s| s["kind"] == "PRODUCER")
+        .map(|s| s["resource"]["service.name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["shop.OrderService"; 3]
+            .into_iter()
+            .chain(["order-service"; 3])
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        spans
+            .iter()
+            .all(|s| s["resource"]["process.executable.name"] == "java")
+    );
 }

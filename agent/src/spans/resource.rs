@@ -107,24 +107,133 @@ fn process_resource(pid: u32, host_name: &str) -> Attributes {
     if !executable.is_empty() {
         r.insert("process.executable.name".into(), executable.clone().into());
     }
-    let service = service_name(pid).unwrap_or(executable);
+    let service = service_name(pid)
+        .or_else(|| {
+            executable
+                .starts_with("java")
+                .then(|| jvm_application(&proc_file(pid, "cmdline")))
+                .flatten()
+        })
+        .unwrap_or(executable);
     r.insert("service.name".into(), bounded(service).into());
     let cgroup = String::from_utf8_lossy(&proc_file(pid, "cgroup")).into_owned();
     if let Some(id) = container_id(&cgroup) {
         r.insert("container.id".into(), id.into());
     }
     if let Some(uid) = pod_uid(&cgroup) {
-        kubernetes(pid, uid, &mut r);
+        kubernetes(pid, uid, container_id(&cgroup), &mut r);
     }
     r
 }
 
+/// Where the kubelet links each container's log, named `<pod>_<namespace>_<container>-<id>.log`:
+/// the node's own record of which container (by name) a container id is.
+const CONTAINER_LOGS: &str = "/var/log/containers";
+
+/// (pod, namespace, container) of the container with this id, from CONTAINER_LOGS' names.
+fn container_names(dir: &std::path::Path, id: &str) -> Option<(String, String, String)> {
+    let suffix = format!("-{id}.log");
+    std::fs::read_dir(dir).ok()?.find_map(|entry| {
+        let name = entry.ok()?.file_name().into_string().ok()?;
+        let stem = name.strip_suffix(&suffix)?;
+        let mut parts = stem.splitn(3, '_');
+        let (pod, namespace, container) = (parts.next()?, parts.next()?, parts.next()?);
+        Some((pod.into(), namespace.into(), container.into()))
+    })
+}
+
+/// The characters Kubernetes draws generated name suffixes and pod-template hashes from.
+fn generated(part: &str, lengths: std::ops::RangeInclusive<usize>) -> bool {
+    lengths.contains(&part.len())
+        && part
+            .bytes()
+            .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
+}
+
+/// The workload that owns a pod, as its controller names its pods: a Deployment's are
+/// `<deployment>-<pod-template-hash>-<suffix>` (its ReplicaSet is `<deployment>-<hash>`), a
+/// StatefulSet's `<statefulset>-<ordinal>`. Others (DaemonSets, Jobs, bare pods) cannot be
+/// told apart by name and get nothing.
+fn pod_owner(pod: &str) -> Vec<(&'static str, String)> {
+    let parts: Vec<&str> = pod.rsplitn(3, '-').collect();
+    match parts.as_slice() {
+        [suffix, hash, deployment]
+            if generated(suffix, 5..=5) && generated(hash, 6..=10) && !deployment.is_empty() =>
+        {
+            vec![
+                ("k8s.deployment.name", deployment.to_string()),
+                ("k8s.replicaset.name", format!("{deployment}-{hash}")),
+            ]
+        }
+        [ordinal, ..] if !ordinal.is_empty() && ordinal.bytes().all(|b| b.is_ascii_digit()) => {
+            let name = &pod[..pod.len() - ordinal.len() - 1];
+            if name.is_empty() {
+                Vec::new()
+            } else {
+                vec![("k8s.statefulset.name", name.to_string())]
+            }
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The application a JVM runs, as the OpenTelemetry Java agent names it: the jar of `-jar`
+/// (without `.jar`), else the main class (or `module/class` of `-m`), else the source file
+/// of the source launcher.
+fn jvm_application(cmdline: &[u8]) -> Option<String> {
+    /// Options whose value is the next argument.
+    const WITH_VALUE: &[&str] = &[
+        "-cp",
+        "-classpath",
+        "--class-path",
+        "-p",
+        "--module-path",
+        "--upgrade-module-path",
+        "--add-modules",
+        "--limit-modules",
+        "--add-reads",
+        "--add-exports",
+        "--add-opens",
+        "--patch-module",
+        "--source",
+    ];
+    let args: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .skip(1)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-jar" => {
+                let jar = args.next()?;
+                let file = jar.rsplit('/').next()?;
+                return Some(file.strip_suffix(".jar").unwrap_or(file).to_string());
+            }
+            "-m" | "--module" => {
+                let module = args.next()?;
+                return Some(module.rsplit('/').next()?.to_string());
+            }
+            option if WITH_VALUE.contains(&option) => {
+                args.next();
+            }
+            option if option.starts_with('-') => {}
+            main => {
+                let main = main.rsplit('/').next()?;
+                return Some(main.strip_suffix(".java").unwrap_or(main).to_string());
+            }
+        }
+    }
+    None
+}
+
 /// Kubernetes metadata of a process in a pod, as far as the node itself tells: the pod's uid
-/// (from the cgroup path), its name (the pod's HOSTNAME, which is the pod name unless the
-/// spec sets another), its namespace (the pod's service-account mount, read through
-/// /proc/PID/root, or POD_NAMESPACE from the downward API), and the node (this agent's
-/// NODE_NAME, from the downward API). Whatever is missing is left out.
-fn kubernetes(pid: u32, uid: String, r: &mut Attributes) {
+/// (from the cgroup path); its name, namespace and container's name from the kubelet's log
+/// links (CONTAINER_LOGS, by container id), else the name from the pod's HOSTNAME (the pod
+/// name unless the spec sets another) and the namespace from its service-account mount (read
+/// through /proc/PID/root) or POD_NAMESPACE; the owning workload from the pod name; the node
+/// from this agent's NODE_NAME (the downward API). Whatever is missing is left out.
+fn kubernetes(pid: u32, uid: String, container: Option<String>, r: &mut Attributes) {
     r.insert("k8s.pod.uid".into(), uid.into());
     let environ = proc_file(pid, "environ");
     let env = |name: &str| {
@@ -135,20 +244,36 @@ fn kubernetes(pid: u32, uid: String, r: &mut Attributes) {
             .map(|v| bounded(String::from_utf8_lossy(v).into_owned()))
             .filter(|v| !v.is_empty())
     };
-    if let Some(name) = env("HOSTNAME") {
+    let logged = container
+        .and_then(|id| container_names(std::path::Path::new(CONTAINER_LOGS), &id))
+        .map(|(pod, namespace, container)| (bounded(pod), bounded(namespace), bounded(container)));
+    let pod_name = match &logged {
+        Some((pod, _, _)) => Some(pod.clone()),
+        None => env("HOSTNAME"),
+    };
+    if let Some(name) = pod_name {
+        for (key, value) in pod_owner(&name) {
+            r.insert(key.into(), value.into());
+        }
         r.insert("k8s.pod.name".into(), name.into());
     }
     // Inside the pod's own root: never blocking on a FIFO, never a device, never a symlink
     // out to the node's files.
-    let namespace = read_in_root(
-        std::path::Path::new(&format!("/proc/{pid}/root")),
-        std::path::Path::new("/var/run/secrets/kubernetes.io/serviceaccount/namespace"),
-        MAX_NAMESPACE,
-    )
-    .ok()
-    .map(|n| String::from_utf8_lossy(&n).trim().to_string())
-    .filter(|n| !n.is_empty())
-    .or_else(|| env("POD_NAMESPACE"));
+    let namespace = match logged {
+        Some((_, namespace, container)) => {
+            r.insert("k8s.container.name".into(), container.into());
+            Some(namespace)
+        }
+        None => read_in_root(
+            std::path::Path::new(&format!("/proc/{pid}/root")),
+            std::path::Path::new("/var/run/secrets/kubernetes.io/serviceaccount/namespace"),
+            MAX_NAMESPACE,
+        )
+        .ok()
+        .map(|n| String::from_utf8_lossy(&n).trim().to_string())
+        .filter(|n| !n.is_empty())
+        .or_else(|| env("POD_NAMESPACE")),
+    };
     if let Some(namespace) = namespace {
         r.insert("k8s.namespace.name".into(), namespace.into());
     }
@@ -240,6 +365,103 @@ mod tests {
         let cut = bounded(long);
         assert!(cut.len() <= MAX_VALUE && cut.len() >= MAX_VALUE - 1);
         assert!(cut.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn jvms_are_named_by_their_jar_or_main_class() {
+        let cmdline = |args: &[&str]| args.join("\0").into_bytes();
+        // RocketMQ's own start script.
+        assert_eq!(
+            jvm_application(&cmdline(&[
+                "/usr/lib/jvm/java-17/bin/java",
+                "-server",
+                "-Xms8g",
+                "-XX:+UseG1GC",
+                "-Djava.ext.dirs=/opt/rocketmq/lib",
+                "-cp",
+                ".:/opt/rocketmq/conf:/opt/rocketmq/lib/*",
+                "org.apache.rocketmq.broker.BrokerStartup",
+                "-c",
+                "conf/broker.conf",
+            ]))
+            .as_deref(),
+            Some("org.apache.rocketmq.broker.BrokerStartup")
+        );
+        // A Spring Boot fat jar.
+        assert_eq!(
+            jvm_application(&cmdline(&[
+                "java",
+                "-javaagent:/otel/agent.jar",
+                "--add-opens",
+                "java.base/java.lang=ALL-UNNAMED",
+                "-jar",
+                "/app/order-service-1.4.2.jar",
+                "--spring.profiles.active=prod",
+            ]))
+            .as_deref(),
+            Some("order-service-1.4.2")
+        );
+        assert_eq!(
+            jvm_application(&cmdline(&[
+                "java",
+                "-p",
+                "mods",
+                "-m",
+                "orders/com.shop.Orders"
+            ]))
+            .as_deref(),
+            Some("com.shop.Orders")
+        );
+        assert_eq!(
+            jvm_application(&cmdline(&["java", "Producer.java", "a"])).as_deref(),
+            Some("Producer")
+        );
+        assert_eq!(jvm_application(&cmdline(&["java", "-version"])), None);
+    }
+
+    #[test]
+    fn the_owner_is_read_from_the_pod_name() {
+        assert_eq!(
+            pod_owner("order-service-7d9f8b6c5d-x2k4q"),
+            vec![
+                ("k8s.deployment.name", "order-service".to_string()),
+                (
+                    "k8s.replicaset.name",
+                    "order-service-7d9f8b6c5d".to_string()
+                ),
+            ]
+        );
+        assert_eq!(
+            pod_owner("rocketmq-broker-2"),
+            vec![("k8s.statefulset.name", "rocketmq-broker".to_string())]
+        );
+        // A DaemonSet's or a Job's pod, a bare pod: not told apart, nothing said.
+        assert!(pod_owner("mqtrace-x2k4q").is_empty());
+        assert!(pod_owner("debug").is_empty());
+        // Not the generated alphabet (vowels): not a pod-template hash.
+        assert!(pod_owner("my-app-release-abcde").is_empty());
+    }
+
+    #[test]
+    fn container_names_come_from_the_kubelets_log_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        std::fs::write(
+            dir.path()
+                .join(format!("orders-7d9f8b6c5d-x2k4q_shop_app-{id}.log")),
+            "",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("other_ns_sidecar-ffff.log"), "").unwrap();
+        assert_eq!(
+            container_names(dir.path(), id),
+            Some((
+                "orders-7d9f8b6c5d-x2k4q".into(),
+                "shop".into(),
+                "app".into()
+            ))
+        );
+        assert_eq!(container_names(dir.path(), "ffffffff"), None);
     }
 
     #[test]
