@@ -14,7 +14,7 @@ use crate::{
     journeys::{DEFAULT_MAX_MESSAGES, Journal, JournalCounters},
     memory::Shares,
     sources::{Connection, SourceEvent, pcap},
-    spans::{Span, Value, resource::Resources, span},
+    spans::{Span, resource::Resources, span},
     streams::{StreamCounters, StreamEvent, Streams},
 };
 
@@ -164,14 +164,9 @@ impl Pipeline {
         for event in self.events.drain(..) {
             let pid = event.endpoint().pid;
             self.spans += 1;
-            let resource = self.resources.of(pid);
-            let text = |key: &str| match resource.get(key) {
-                Some(Value::String(value)) => value.as_str(),
-                _ => "",
-            };
-            self.journal
-                .record(&event, text("service.name"), text("host.name"));
-            out.push(Output::Span(Box::new(span(&event, resource))));
+            let span = span(&event, self.resources.of(pid));
+            self.journal.record(&event, &span);
+            out.push(Output::Span(Box::new(span)));
         }
     }
 

@@ -257,7 +257,7 @@ fn replay_answers_where_is_my_message_from_a_real_capture() {
         assert_eq!(actions[0], "send", "{id}: {actions:?}");
         assert!(actions.contains(&"receive"), "{id}: {actions:?}");
         assert!(
-            actions.contains(&"settle offset_committed"),
+            actions.contains(&"settle commit_offset"),
             "{id}: {actions:?}"
         );
         let send = &journey.steps[0];
@@ -303,7 +303,7 @@ fn replay_answers_where_is_my_message_from_a_real_capture() {
         )),
         "{text}"
     );
-    assert!(text.contains("settle offset_committed"), "{text}");
+    assert!(text.contains("settle commit_offset"), "{text}");
     let out = Command::new(env!("CARGO_BIN_EXE_mqtrace"))
         .args(["replay", "--key", "no-such-key"])
         .arg(&capture)

@@ -62,14 +62,17 @@ pub struct ShowArgs {
 }
 
 /// Which messages to show; every given filter must match, and none means all.
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct MessageFilter {
-    /// The message ID: UNIQ_KEY (what producers are told) or offsetMsgId (the broker's).
+    /// The message ID: UNIQ_KEY (what producers are told) or offsetMsgId (the broker's, also
+    /// that of a copy redelivered through the retry topic), in upper or lower case.
     #[arg(long, value_name = "ID")]
     pub msg_id: Option<String>,
     /// One of the message's keys.
     #[arg(long, value_name = "KEY")]
     pub key: Option<String>,
+    /// The message's topic, or a retry or dead-letter topic it went through
+    /// (%RETRY%group, %DLQ%group).
     #[arg(long, value_name = "TOPIC")]
     pub topic: Option<String>,
 }

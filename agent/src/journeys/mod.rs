@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     correlation::{Endpoint, MessageEvent, Outcome},
     memory::HeapSize,
-    spans::printable,
+    spans::{Span, Status, Value, printable},
 };
 
 /// Messages kept by default; the oldest go first beyond it.
@@ -22,6 +22,12 @@ const MAX_STEPS: usize = 64;
 pub struct Journey {
     /// The ID the trace is derived from: UNIQ_KEY, else offsetMsgId.
     pub message_id: String,
+    /// The trace its spans carry (32 hex digits), to look the message up in Tempo, Jaeger,
+    /// ...: derived from the message ID, or the producer's W3C `traceparent`.
+    #[serde(default)]
+    pub trace_id: String,
+    /// The broker's ID of the message as its producer sent it (a copy stored again, for a
+    /// redelivery through the retry topic, has one of its own: see its steps).
     pub offset_msg_id: Option<String>,
     pub topic: Option<String>,
     pub tags: Option<String>,
@@ -45,7 +51,9 @@ impl HeapSize for Step {
             + self.peer.heap_bytes()
             + self.topic.heap_bytes()
             + self.group.heap_bytes()
-            + self.result.heap_bytes()
+            + self.offset_msg_id.heap_bytes()
+            + self.detail.heap_bytes()
+            + self.trace_id.heap_bytes()
     }
 }
 
@@ -53,6 +61,7 @@ impl HeapSize for Journey {
     fn heap_bytes(&self) -> usize {
         // Its ID once more as the map's key and in the eviction order.
         3 * self.message_id.heap_bytes()
+            + self.trace_id.heap_bytes()
             + self.offset_msg_id.heap_bytes()
             + self.topic.heap_bytes()
             + self.tags.heap_bytes()
@@ -64,8 +73,14 @@ impl HeapSize for Journey {
 /// One thing a process did with the message.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Step {
-    /// "send", "receive", or "settle" with its kind: "settle offset_committed", ...
+    /// "send", "receive", or "settle" with the operation its span is named after: "settle
+    /// commit_offset", "settle send_back", "settle ack", ...
     pub action: String,
+    /// When the step happened, which orders the steps: a send when the producer sent it (the
+    /// message exists no earlier), a receive when the message was delivered (the response: a
+    /// long poll may have waited long before), a settlement when the consumer made it.
+    #[serde(default)]
+    pub at_unix_ns: u64,
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
     /// The traced process: its service name, pid and host.
@@ -84,17 +99,31 @@ pub struct Step {
     /// Receives: milliseconds from the message's birth (producer clock) to its arrival here.
     pub delay_since_born_ms: Option<i64>,
     pub reconsume_times: Option<i32>,
-    /// "ok", or the error (response code name or "timeout") and its remark.
-    pub result: String,
+    /// The broker's ID of the stored copy the step saw: a send's result, a received message.
+    #[serde(default)]
+    pub offset_msg_id: Option<String>,
+    /// The step's span's status, as OpenTelemetry names it: UNSET (nothing wrong seen), OK or
+    /// ERROR.
+    pub status: Status,
+    /// Why: the error (response code name, "timeout" or "connection_closed") and its remark,
+    /// or why no response was seen.
+    #[serde(default)]
+    pub detail: Option<String>,
+    /// The step's span's trace, only when it is not the message's (`Journey::trace_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// What to look for; every given field must match.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Query {
-    /// A UNIQ_KEY or an offsetMsgId.
+    /// A UNIQ_KEY or an offsetMsgId (the message's, or a redelivered copy's), in either case:
+    /// IDs are hexadecimal.
     pub msg_id: Option<String>,
     /// One of the message's keys.
     pub key: Option<String>,
+    /// The message's topic, or a retry or dead-letter topic (`%RETRY%group`, `%DLQ%group`) it
+    /// went through.
     pub topic: Option<String>,
     /// Only messages with a step at or after this Unix time.
     pub since_unix_ns: Option<u64>,
@@ -142,10 +171,10 @@ impl Journal {
         }
     }
 
-    /// Adds the event's step to its message; `process` names the traced process, `host` its
-    /// host (empty for capture files).
-    pub fn record(&mut self, event: &MessageEvent, process: &str, host: &str) {
-        let (key, step) = step_of(event, process, host);
+    /// Adds the event's step to its message; `span` is the event's span (its trace, status
+    /// and resource: `service.name` names the traced process, `host.name` its host).
+    pub fn record(&mut self, event: &MessageEvent, span: &Span) {
+        let (key, mut step) = step_of(event, span);
         if !self.by_id.contains_key(key) {
             if self.by_id.len() >= self.max_messages {
                 self.evict_oldest();
@@ -157,6 +186,7 @@ impl Journal {
             .entry(key.to_string())
             .or_insert_with(|| Journey {
                 message_id: key.to_string(),
+                trace_id: step.trace_id.clone().unwrap_or_default(),
                 offset_msg_id: None,
                 topic: None,
                 tags: None,
@@ -167,14 +197,17 @@ impl Journal {
                 held_bytes: 0,
             });
         learn(journey, event);
+        if step.trace_id.as_deref() == Some(journey.trace_id.as_str()) {
+            step.trace_id = None;
+        }
         if journey.steps.len() >= MAX_STEPS {
             journey.steps_dropped += 1;
             self.steps_dropped += 1;
         } else {
-            // Steps arrive roughly in order; keep them sorted by start for the timeline.
-            let at = journey
-                .steps
-                .partition_point(|s| s.start_unix_ns <= step.start_unix_ns);
+            // Steps arrive roughly in order; keep them sorted by when they happened (then by
+            // their end, then as they came) for the timeline.
+            let order = |s: &Step| (s.at_unix_ns, s.end_unix_ns);
+            let at = journey.steps.partition_point(|s| order(s) <= order(&step));
             journey.steps.insert(at, step);
         }
         let held = journey.heap_bytes();
@@ -195,30 +228,29 @@ impl Journal {
         }
     }
 
-    /// The matching messages, most recent first, at most `query.limit` (0: no limit).
+    /// The matching messages, most recent first (last seen, then first seen, then by message
+    /// ID: the same order every time), at most `query.limit` (0: no limit).
     pub fn query(&self, query: &Query) -> Vec<Journey> {
-        let mut found: Vec<&Journey> = match &query.msg_id {
+        let mut found: Vec<&Journey> = match query.msg_id.as_deref().map(str::trim) {
             Some(id) => match self.by_id.get(id) {
                 Some(journey) => vec![journey],
-                None => self
-                    .by_id
-                    .values()
-                    .filter(|j| j.offset_msg_id.as_deref() == Some(id.as_str()))
-                    .collect(),
+                None => self.by_id.values().filter(|j| j.has_id(id)).collect(),
             },
             None => self.by_id.values().collect(),
         };
         found.retain(|j| {
             query.key.as_ref().is_none_or(|k| j.keys.contains(k))
-                && query
-                    .topic
-                    .as_ref()
-                    .is_none_or(|t| j.topic.as_deref() == Some(t.as_str()))
+                && query.topic.as_ref().is_none_or(|t| j.went_through(t))
                 && query
                     .since_unix_ns
                     .is_none_or(|since| last_seen(j) >= since)
         });
-        found.sort_by_key(|j| std::cmp::Reverse(last_seen(j)));
+        found.sort_by(|a, b| {
+            last_seen(b)
+                .cmp(&last_seen(a))
+                .then_with(|| first_seen(b).cmp(&first_seen(a)))
+                .then_with(|| a.message_id.cmp(&b.message_id))
+        });
         if query.limit > 0 {
             found.truncate(query.limit);
         }
@@ -232,6 +264,22 @@ impl Journal {
             messages_evicted: self.evicted,
             steps_dropped: self.steps_dropped,
         }
+    }
+}
+
+impl Journey {
+    /// Whether `id` is its UNIQ_KEY or an offsetMsgId of it or of a copy, in either case.
+    fn has_id(&self, id: &str) -> bool {
+        let same = |other: Option<&str>| other.is_some_and(|o| o.eq_ignore_ascii_case(id));
+        same(Some(&self.message_id))
+            || same(self.offset_msg_id.as_deref())
+            || self.steps.iter().any(|s| same(s.offset_msg_id.as_deref()))
+    }
+
+    /// Whether the message is in `topic`, or went through it (a retry or dead-letter topic).
+    fn went_through(&self, topic: &str) -> bool {
+        self.topic.as_deref() == Some(topic)
+            || self.steps.iter().any(|s| s.topic.as_deref() == Some(topic))
     }
 }
 
@@ -251,12 +299,13 @@ pub fn timeline(journey: &Journey) -> String {
         "born",
         journey.born_unix_ms.map(|ms| utc(ms as u64 * 1_000_000)),
     );
+    field("trace", Some(journey.trace_id.clone()));
     // Wire strings may hold terminal control sequences: shown escaped, never obeyed.
     let mut out = format!("{}\n", printable(&out));
     for step in &journey.steps {
         let mut line = format!(
             "  {}  {:<24} {}[{}]",
-            utc(step.start_unix_ns),
+            utc(step.at_unix_ns),
             step.action,
             step.process,
             step.pid
@@ -289,12 +338,25 @@ pub fn timeline(journey: &Journey) -> String {
         if let Some(delay) = step.delay_since_born_ms {
             line.push_str(&format!("  {delay} ms after birth"));
         }
+        if let Some(id) = step
+            .offset_msg_id
+            .as_ref()
+            .filter(|id| journey.offset_msg_id.as_ref() != Some(*id))
+        {
+            line.push_str(&format!("  offsetMsgId {id}"));
+        }
+        if let Some(trace) = &step.trace_id {
+            line.push_str(&format!("  trace {trace}"));
+        }
         let took = step.end_unix_ns.saturating_sub(step.start_unix_ns);
         line.push_str(&format!(
             "  took {:.1} ms  {}",
             took as f64 / 1e6,
-            step.result
+            step.status
         ));
+        if let Some(detail) = &step.detail {
+            line.push_str(&format!(" ({detail})"));
+        }
         out.push_str(&printable(&line));
         out.push('\n');
     }
@@ -313,6 +375,10 @@ fn utc(unix_ns: u64) -> String {
         std::time::UNIX_EPOCH + std::time::Duration::from_nanos(unix_ns),
     )
     .to_string()
+}
+
+fn first_seen(journey: &Journey) -> u64 {
+    journey.steps.first().map_or(0, |s| s.at_unix_ns)
 }
 
 fn last_seen(journey: &Journey) -> u64 {
@@ -343,11 +409,12 @@ fn learn(journey: &mut Journey, event: &MessageEvent) {
             (None, None)
         }
     };
-    if journey.offset_msg_id.is_none() {
-        journey.offset_msg_id = offset_msg_id.map(String::from);
-    }
     let Some(meta) = meta else { return };
     let is_retry_topic = meta.topic.as_deref().is_some_and(|t| t.starts_with('%'));
+    // A copy in a retry topic is stored anew, under an offsetMsgId of its own.
+    if journey.offset_msg_id.is_none() && !is_retry_topic {
+        journey.offset_msg_id = offset_msg_id.map(String::from);
+    }
     if journey.topic.is_none() && !is_retry_topic {
         journey.topic.clone_from(&meta.topic);
     }
@@ -362,55 +429,67 @@ fn learn(journey: &mut Journey, event: &MessageEvent) {
     }
 }
 
-fn step_of<'a>(event: &'a MessageEvent, process: &str, host: &str) -> (&'a str, Step) {
-    let base =
-        |action: String, endpoint: &Endpoint, start: u64, end: u64, outcome: &Outcome| Step {
-            action,
-            start_unix_ns: start,
-            end_unix_ns: end,
-            process: process.to_string(),
-            pid: endpoint.pid,
-            host: host.to_string(),
-            local: endpoint.local.map(|a| a.to_string()),
-            peer: endpoint.peer.map(|a| a.to_string()),
-            topic: None,
-            queue_id: None,
-            queue_offset: None,
-            group: None,
-            delay_since_born_ms: None,
-            reconsume_times: None,
-            result: match outcome {
-                Outcome::Ok => "ok".to_string(),
-                Outcome::Error {
-                    error_type,
-                    message: Some(message),
-                } => format!("{error_type}: {message}"),
-                Outcome::Error { error_type, .. } => error_type.clone(),
-                Outcome::Unseen(reason) => format!("no response seen ({})", reason.name()),
-            },
-        };
+fn step_of<'a>(event: &'a MessageEvent, span: &Span) -> (&'a str, Step) {
+    let resource = |key: &str| match span.resource.get(key) {
+        Some(Value::String(value)) => value.clone(),
+        _ => String::new(),
+    };
+    let (process, host) = (resource("service.name"), resource("host.name"));
+    let base = |action: String, endpoint: &Endpoint, at: u64, start: u64, end: u64| Step {
+        action,
+        at_unix_ns: at,
+        start_unix_ns: start,
+        end_unix_ns: end,
+        process: process.clone(),
+        pid: endpoint.pid,
+        host: host.clone(),
+        local: endpoint.local.map(|a| a.to_string()),
+        peer: endpoint.peer.map(|a| a.to_string()),
+        topic: None,
+        queue_id: None,
+        queue_offset: None,
+        group: None,
+        delay_since_born_ms: None,
+        reconsume_times: None,
+        offset_msg_id: None,
+        // The span's own words, so that terminal, JSON and timeline say the same.
+        status: span.status,
+        detail: None,
+        trace_id: Some(span.trace_id.hex()),
+    };
+    let detail = |outcome: &Outcome| match outcome {
+        Outcome::Ok => None,
+        Outcome::Error {
+            error_type,
+            message: Some(message),
+        } => Some(format!("{error_type}: {message}")),
+        Outcome::Error { error_type, .. } => Some(error_type.clone()),
+        Outcome::Unseen(reason) => Some(format!("no response seen: {}", reason.name())),
+    };
     match event {
         MessageEvent::Send(e) => {
             let mut step = base(
                 "send".into(),
                 &e.endpoint,
                 e.start_unix_ns,
+                e.start_unix_ns,
                 e.end_unix_ns,
-                &e.outcome,
             );
             step.topic.clone_from(&e.message.topic);
             step.queue_id = e.message.queue_id;
             step.queue_offset = e.queue_offset;
             step.group.clone_from(&e.producer_group);
+            step.offset_msg_id.clone_from(&e.offset_msg_id);
+            step.detail = detail(&e.outcome);
             (&e.key, step)
         }
         MessageEvent::Receive(e) => {
             let mut step = base(
                 "receive".into(),
                 &e.endpoint,
+                e.end_unix_ns,
                 e.start_unix_ns,
                 e.end_unix_ns,
-                &Outcome::Ok,
             );
             step.topic.clone_from(&e.message.topic);
             step.queue_id = e.message.queue_id;
@@ -421,23 +500,21 @@ fn step_of<'a>(event: &'a MessageEvent, process: &str, host: &str) -> (&'a str, 
                 .born_timestamp_ms
                 .map(|born| ((e.end_unix_ns / 1_000_000) as i64).saturating_sub(born));
             step.reconsume_times = e.message.reconsume_times;
+            step.offset_msg_id.clone_from(&e.message.offset_msg_id);
             (&e.key, step)
         }
         MessageEvent::Settle(e) => {
-            let settlement = serde_json::to_value(e.settlement)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default();
             let mut step = base(
-                format!("settle {settlement}"),
+                format!("settle {}", e.settlement.operation()),
                 &e.endpoint,
                 e.start_unix_ns,
+                e.start_unix_ns,
                 e.end_unix_ns,
-                &e.outcome,
             );
             step.topic.clone_from(&e.topic);
             step.group.clone_from(&e.consumer_group);
             step.reconsume_times = e.reconsume_times;
+            step.detail = detail(&e.outcome);
             (&e.key, step)
         }
     }

@@ -7,7 +7,7 @@ pub mod resource;
 
 use std::collections::BTreeMap;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::correlation::{MessageEvent, Outcome, ReceiveEvent, SendEvent, SettleEvent};
 use identity::{SpanId, TraceId, message_trace};
@@ -22,12 +22,30 @@ pub enum SpanKind {
     Internal,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// A span's status, named as OpenTelemetry names it (UNSET, OK, ERROR) wherever it is shown:
+/// span lines, JSON, timelines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Status {
     Ok,
     Error,
     Unset,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Ok => "OK",
+            Status::Error => "ERROR",
+            Status::Unset => "UNSET",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// An attribute value, as OTLP knows them.
@@ -418,7 +436,7 @@ pub fn span_line(span: &Span) -> String {
         _ => "?",
     };
     let line = format!(
-        "{:<8} {:<24} msg {} trace {} {:?}{} [{}] {:.1} ms",
+        "{:<8} {:<24} msg {} trace {} {}{} [{}] {:.1} ms",
         format!("{:?}", span.kind).to_uppercase(),
         span.name,
         id("messaging.message.id"),
