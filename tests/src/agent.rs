@@ -51,13 +51,22 @@ impl Agent {
     /// Starts `mqtrace run ARGS` and waits until its probes are attached; `name` keeps the
     /// files of agents running side by side apart.
     pub fn start(name: &str, args: &[&str]) -> Self {
+        Self::start_with_env(name, args, &[])
+    }
+
+    /// As `start`, with these environment variables (OTEL_EXPORTER_OTLP_*, ...).
+    pub fn start_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let bin = mqtrace_bin();
-        Self::start_wrapped(name, &[bin.to_str().unwrap()], args)
+        Self::launch(name, &[bin.to_str().unwrap()], args, env)
     }
 
     /// As `start`, through a wrapper that execs the binary (`command` ends with its path), e.g.
     /// `setpriv ... -- /path/to/mqtrace`.
     pub fn start_wrapped(name: &str, command: &[&str], args: &[&str]) -> Self {
+        Self::launch(name, command, args, &[])
+    }
+
+    fn launch(name: &str, command: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
         let metrics = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -74,6 +83,7 @@ impl Agent {
             .args(["--metrics-address", &metrics.to_string()])
             .arg("--control-socket")
             .arg(&socket)
+            .envs(env.iter().copied())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .stdin(Stdio::null())

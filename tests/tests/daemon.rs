@@ -697,7 +697,11 @@ fn thirty_kilobyte_keys_stay_within_the_memory_budget() {
         .args(["produce", &broker.namesrv(), topic, "1"])
         .output()
         .unwrap();
-    assert!(made.status.success(), "the topic is made");
+    assert!(
+        made.status.success(),
+        "the topic is made: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_raw-producer"))
         .args(["127.0.0.1:10911", topic, &messages.to_string(), "30000"])
         .output()
@@ -942,7 +946,11 @@ fn pods_with_a_fifo_or_a_symlink_at_the_namespace_path_neither_stall_nor_leak_ho
         .args(["produce", &broker.namesrv(), topic, "1"])
         .output()
         .unwrap();
-    assert!(made.status.success(), "the topic is made");
+    assert!(
+        made.status.success(),
+        "the topic is made: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     // A node file a pod must never get the agent to export.
     let host_file = ScratchFile::new("mqtrace-host-secret");
     let secret = host_file
@@ -1102,7 +1110,11 @@ fn a_jvm_is_named_by_its_main_class_or_jar_without_otel_service_name() {
         .args(["produce", &broker.namesrv(), topic, "1"])
         .output()
         .unwrap();
-    assert!(made.status.success(), "the topic is made");
+    assert!(
+        made.status.success(),
+        "the topic is made: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let output_file = ScratchFile::new("mqtrace-jvm.jsonl");
     let output = &output_file.0;
     // Selected as users select JVMs: by command name.

@@ -480,3 +480,83 @@ async fn two_hosts_two_agents_the_traces_still_join() {
         );
     }
 }
+
+/// The collector set the way OpenTelemetry users set it: only `OTEL_EXPORTER_OTLP_*`
+/// variables, a TLS collector with its own CA, a tenant header; over both transports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standard_otlp_variables_reach_a_tls_collector_with_their_headers() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let pki = mqtrace_tests::otlp::TestPki::new().unwrap();
+    let ca_file = mqtrace_tests::process::ScratchFile::new("mqtrace-e2e-ca.pem");
+    std::fs::write(&ca_file.0, &pki.ca_pem).unwrap();
+    let broker = Broker::start("127.0.0.1").unwrap();
+    let topic = "OtlpEnvTopic";
+    let made = client()
+        .args(["produce", &broker.namesrv(), topic, "1"])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "the topic is made: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    // The traces endpoint of the HTTP collector has a path of its own: it is used as given.
+    let http = Receiver::start_https(&pki, "/ingest/otlp/traces")
+        .await
+        .unwrap();
+    let grpc = Receiver::start_tls(&pki).await.unwrap();
+    let http_endpoint = format!("https://127.0.0.1:{}/ingest/otlp/traces", http.addr.port());
+    let grpc_endpoint = format!("https://127.0.0.1:{}", grpc.addr.port());
+    let cases = [
+        (
+            &http,
+            vec![
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", http_endpoint.as_str()),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ],
+        ),
+        (
+            &grpc,
+            vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", grpc_endpoint.as_str()),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ],
+        ),
+    ];
+    for (receiver, mut env) in cases {
+        env.push((
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            ca_file.0.to_str().unwrap(),
+        ));
+        env.push((
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "x-scope-orgid=tenant-7,authorization=Bearer%20s3cret",
+        ));
+        let agent = Agent::start_with_env("e2e-otlp-env", &["--comm", "raw-producer"], &env);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_raw-producer"))
+            .args(["127.0.0.1:10911", topic, "3"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", tail(&out.stderr));
+        let log = agent.stop(); // flushes the export
+        let spans = receiver.spans();
+        assert_eq!(
+            spans.iter().filter(|s| s.kind == PRODUCER).count(),
+            3,
+            "{env:?}\n{log}"
+        );
+        let requests = receiver.requests();
+        assert!(!requests.is_empty());
+        for request in &requests {
+            assert_eq!(request.headers["x-scope-orgid"], "tenant-7", "{request:?}");
+            assert_eq!(
+                request.headers["authorization"], "Bearer s3cret",
+                "{request:?}"
+            );
+            if std::ptr::eq(receiver, &http) {
+                assert_eq!(request.path, "/ingest/otlp/traces");
+            }
+        }
+    }
+    drop(broker);
+}

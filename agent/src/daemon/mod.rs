@@ -185,7 +185,12 @@ pub async fn serve(
         }
         health.beat();
     }
-    // Requests still waiting will not be answered now: end them, then flush.
+    // What the kernel captured before the stop is still traced; requests still waiting then
+    // will not be answered now: end them, then flush.
+    daemon.capture.drain_now(&mut events);
+    for event in events.drain(..) {
+        daemon.pipeline.push(event, &mut outputs);
+    }
     daemon.pipeline.capture_lost(daemon.capture.records_lost()?);
     daemon.pipeline.finish(Unseen::AgentStopped, &mut outputs);
     export(&mut outputs, &mut daemon.spans)?;

@@ -19,6 +19,10 @@ pub trait Capture {
         out: &'a mut Vec<SourceEvent>,
     ) -> impl Future<Output = anyhow::Result<()>> + 'a;
 
+    /// Appends the events captured so far, without waiting (at shutdown: what is in the ring
+    /// is still traced).
+    fn drain_now(&mut self, out: &mut Vec<SourceEvent>);
+
     /// Traces `pid` from now on for the reason given, or stops (`Excluded`).
     fn set_selection(&mut self, pid: u32, selection: Selection) -> anyhow::Result<()>;
 
@@ -176,6 +180,13 @@ pub mod fake {
             }
             out.push(event);
             Ok(())
+        }
+
+        fn drain_now(&mut self, out: &mut Vec<SourceEvent>) {
+            out.append(&mut self.state().pending);
+            while let Ok(event) = self.events.try_recv() {
+                out.push(event);
+            }
         }
 
         fn set_selection(&mut self, pid: u32, selection: Selection) -> anyhow::Result<()> {

@@ -327,21 +327,6 @@ impl KernelCapture {
         Ok(())
     }
 
-    /// Appends whatever records are available now, without waiting.
-    pub fn drain_now(&mut self, out: &mut Vec<SourceEvent>) {
-        out.append(&mut self.pending);
-        let start = out.len();
-        let cap = self.options.max_bytes_per_syscall as u64;
-        while drain_ring(
-            self.records.get_mut(),
-            cap,
-            out,
-            &mut self.malformed_records,
-        ) == MAX_RECORDS_PER_POLL
-        {}
-        self.after_records(out, start);
-    }
-
     /// What the records just read ask of the tables: an exiting process closes its fds without
     /// close(2), so its kernel state goes here; a connected socket that is not TCP leaves the
     /// socket table at once, unseen by the pipeline.
@@ -386,6 +371,20 @@ impl KernelCapture {
 impl Capture for KernelCapture {
     fn trace_all(&self) -> bool {
         self.options.trace_all
+    }
+
+    fn drain_now(&mut self, out: &mut Vec<SourceEvent>) {
+        out.append(&mut self.pending);
+        let start = out.len();
+        let cap = self.options.max_bytes_per_syscall as u64;
+        while drain_ring(
+            self.records.get_mut(),
+            cap,
+            out,
+            &mut self.malformed_records,
+        ) == MAX_RECORDS_PER_POLL
+        {}
+        self.after_records(out, start);
     }
 
     fn non_tcp_sockets(&self) -> u64 {
