@@ -341,3 +341,30 @@ fn rust_client_pull_finds_every_message_with_its_ids() {
     assert_eq!(retry.properties.retry_topic(), Some("GoldenPull"));
     assert!(retry.properties.origin_message_id().is_some());
 }
+
+#[test]
+fn counters_count_the_messages_of_sends_and_do_not_take_a_stopping_consumer_for_errors() {
+    let java = repo().join("tests/captures/java");
+    let rust = repo().join("tests/captures/rust-client");
+    // Messages decoded: one per single send (Java SEND_MESSAGE_V2, the Rust client's
+    // SEND_MESSAGE in JSON and binary headers), each of a batch, each pulled.
+    for (path, expected) in [
+        (java.join("rocketmq-send-message-v2.pcap"), 2),
+        (java.join("rocketmq-producer-skywalking.pcap"), 3),
+        (java.join("rocketmq-pull-message.pcap"), 2),
+        (rust.join("send-single.pcap"), 20),
+        (rust.join("send-binary.pcap"), 10),
+        (rust.join("send-batch.pcap"), 30),
+    ] {
+        let counters = decode_capture(&path, DecoderConfig::default(), |_| {}).unwrap();
+        assert_eq!(counters.decoder.messages, expected, "{}", path.display());
+        assert_eq!(messages(&decode(&path)).len() as u64, expected);
+    }
+    // The consumer stopped with five long polls waiting: no timeouts, no unanswered requests.
+    for name in ["pull-32.pcap", "roundtrip.pcap"] {
+        let counters = decode_capture(&rust.join(name), DecoderConfig::default(), |_| {}).unwrap();
+        let c = &counters.correlation;
+        assert_eq!(c.long_polls_closed, 5, "{name}: {c:?}");
+        assert_eq!((c.closed_unanswered, c.timeouts), (0, 0), "{name}: {c:?}");
+    }
+}

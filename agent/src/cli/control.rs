@@ -222,10 +222,9 @@ const STATUS_LINES: &[(&str, &[&str])] = &[
     ("receives", &["/pipeline/correlation/receives"]),
     ("settlements", &["/pipeline/correlation/settles"]),
     ("spans emitted", &["/pipeline/spans"]),
-    (
-        "spans exported",
-        &["/export/otlp/exported", "/export/spans_written"],
-    ),
+    // Each destination on its own: a span sent to both is not two spans.
+    ("spans sent to OTLP", &["/export/otlp/exported"]),
+    ("spans written to file", &["/export/spans_written"]),
     (
         "spans dropped",
         &[
@@ -303,7 +302,7 @@ mod tests {
             mode: "all".into(),
             counters: serde_json::json!({
                 "pipeline": {"decoder": {"frames_lost": 2, "malformed_messages": 3}, "spans": 40},
-                "export": {"spans_written": 0, "otlp": {"exported": 40, "dropped_queue_full": 0}},
+                "export": {"spans_written": 7, "otlp": {"exported": 40, "dropped_queue_full": 0}},
             }),
         };
         let text = render_status(&status);
@@ -314,7 +313,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("  decode errors          5\n"), "{text}");
-        assert!(text.contains("  spans exported         40\n"), "{text}");
+        assert!(text.contains("  spans sent to OTLP     40\n"), "{text}");
+        assert!(text.contains("  spans written to file  7\n"), "{text}");
+        assert!(
+            !text.contains(" 47\n"),
+            "destinations not added together: {text}"
+        );
         assert!(text.contains("  records lost           0\n"), "{text}");
     }
 }

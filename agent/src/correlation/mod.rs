@@ -253,6 +253,9 @@ pub struct CorrelationCounters {
     pub timeouts: u64,
     /// Requests whose connection closed before an answer, with the agent seeing everything.
     pub closed_unanswered: u64,
+    /// Pulls and pops (long polls: the broker holds them until messages come) still waiting
+    /// when their consumer closed the connection: how a consumer stops, not errors.
+    pub long_polls_closed: u64,
     /// Requests whose response the agent may have missed, by reason: not errors.
     pub unseen_responses: UnseenCounters,
     /// Requests the traced process received (it is the broker of that connection).
@@ -400,11 +403,11 @@ impl Correlator {
             }
             self.counters.pending_evicted += 1;
         }
-        // A long poll may rightly wait its suspend time before answering.
-        let suspend_ms: u64 = command
-            .command
-            .header
+        // A long poll may rightly wait its suspend (pull) or poll (pop) time before answering.
+        let header = &command.command.header;
+        let suspend_ms: u64 = header
             .ext("suspendTimeoutMillis")
+            .or_else(|| header.ext("pollTime"))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         let deadline_ns = command
@@ -474,7 +477,16 @@ impl Correlator {
             let end = match pending.missed.or(Unseen::of(cause)) {
                 Some(reason) => Unanswered::Unseen(reason),
                 None => {
-                    self.counters.closed_unanswered += 1;
+                    let long_poll = pending
+                        .request
+                        .command
+                        .request()
+                        .is_some_and(RequestCode::returns_messages);
+                    if long_poll {
+                        self.counters.long_polls_closed += 1;
+                    } else {
+                        self.counters.closed_unanswered += 1;
+                    }
                     Unanswered::Closed
                 }
             };

@@ -846,3 +846,47 @@ fn requests_waiting_keep_within_their_bytes_forgetting_the_oldest() {
     // The journal's share holds too: at most 100 messages, within its bytes.
     assert!(counters.journal.bytes <= shares.journal as u64);
 }
+
+#[test]
+fn a_long_poll_is_neither_timed_out_within_its_poll_time_nor_an_error_when_its_consumer_stops() {
+    // A pop may rightly wait its poll time (40 s here) before the broker answers.
+    let mut harness = Harness::new(DecoderConfig::default());
+    let id = harness.open(1, 0, Origin::Connect);
+    let pop = [
+        ("consumerGroup", "g"),
+        ("topic", "T"),
+        ("pollTime", "40000"),
+    ];
+    harness.frame(id, UP, &json_frame(200050, 0, 1, &pop, b""));
+    let sent_at = harness.clock_ns;
+    harness
+        .pipeline
+        .expire(sent_at + 35_000_000_000, &mut harness.out);
+    assert_eq!(harness.pipeline.counters().requests_waiting, 1);
+    harness.time_passes();
+    assert_eq!(harness.pipeline.counters().correlation.timeouts, 1);
+
+    // A pull still waiting when its consumer closes the connection: how a consumer stops.
+    let mut harness = Harness::new(DecoderConfig::default());
+    let id = harness.open(1, 0, Origin::Connect);
+    let pull = [
+        ("consumerGroup", "g"),
+        ("topic", "T"),
+        ("queueId", "0"),
+        ("queueOffset", "3"),
+        ("suspendTimeoutMillis", "15000"),
+    ];
+    harness.frame(id, UP, &json_frame(11, 0, 1, &pull, b""));
+    harness.event(SourceEvent::Closed {
+        connection: id,
+        final_positions: None,
+        timestamp_ns: 9_000_000,
+        cause: EndCause::Closed,
+    });
+    let (spans, pipeline) = harness.finish();
+    assert!(spans.is_empty(), "{spans:?}");
+    let counters = pipeline.counters().correlation;
+    assert_eq!(counters.long_polls_closed, 1);
+    assert_eq!(counters.closed_unanswered, 0);
+    assert_eq!(counters.timeouts, 0);
+}

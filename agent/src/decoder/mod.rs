@@ -110,6 +110,8 @@ impl Command {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DecoderCounters {
     pub frames: u64,
+    /// Messages found in frames: one per single send, the inner messages of a batch, those
+    /// of pull and pop responses.
     pub messages: u64,
     /// Frames whose header was lost or malformed: skipped by their length.
     pub frames_lost: u64,
@@ -216,7 +218,9 @@ impl ConnectionDecoder {
     fn settle(&mut self, start: usize, out: &mut [Command]) {
         for command in &mut out[start..] {
             self.counters.frames += 1;
-            self.counters.messages += command.messages.len() as u64;
+            // A single send's message is its body, not walked: one message all the same.
+            let single_send = command.request().is_some_and(RequestCode::is_single_send);
+            self.counters.messages += command.messages.len() as u64 + u64::from(single_send);
             let opaque = command.header.opaque;
             if command.is_response() {
                 let request_direction = opposite(command.direction);
