@@ -252,7 +252,7 @@ fn a_relay_on_the_clients_host_is_not_taken_for_a_client() {
     let counters = agent.scrape();
     // A business key finds the message's whole story, the consumer's steps too.
     let timeline = agent.control_ok(&["trace", "--key", "key-7"]);
-    for step in ["send", "receive", "settle offset_committed"] {
+    for step in ["send", "receive", "settle commit_offset"] {
         assert!(
             timeline.contains(&format!("  {step} ")),
             "{step} in: {timeline}"
