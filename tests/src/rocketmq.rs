@@ -138,6 +138,20 @@ impl Broker {
         Ok(broker)
     }
 
+    /// Makes `topic` exist, as the first send to it does (one message through the real
+    /// client); fails the test if it cannot.
+    pub fn make_topic(&self, topic: &str) {
+        let made = client()
+            .args(["produce", &self.namesrv(), topic, "1"])
+            .output()
+            .expect("start mq-client");
+        assert!(
+            made.status.success(),
+            "topic {topic} not made: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    }
+
     pub fn namesrv(&self) -> String {
         format!("{}:9876", self.ip)
     }

@@ -693,15 +693,7 @@ fn thirty_kilobyte_keys_stay_within_the_memory_budget() {
         &["--all", "--memory-budget-mib", &budget_mib.to_string()],
     );
     let topic = "MemoryKeys";
-    let made = client()
-        .args(["produce", &broker.namesrv(), topic, "1"])
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "the topic is made: {}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    broker.make_topic(topic);
     let out = Command::new(env!("CARGO_BIN_EXE_raw-producer"))
         .args(["127.0.0.1:10911", topic, &messages.to_string(), "30000"])
         .output()
@@ -942,15 +934,7 @@ fn pods_with_a_fifo_or_a_symlink_at_the_namespace_path_neither_stall_nor_leak_ho
     let _turn = turn();
     let broker = Broker::start("127.0.0.1").unwrap();
     let topic = "PodTopic";
-    let made = client()
-        .args(["produce", &broker.namesrv(), topic, "1"])
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "the topic is made: {}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    broker.make_topic(topic);
     // A node file a pod must never get the agent to export.
     let host_file = ScratchFile::new("mqtrace-host-secret");
     let secret = host_file
@@ -1106,15 +1090,7 @@ fn a_jvm_is_named_by_its_main_class_or_jar_without_otel_service_name() {
     build_java_producer(&dir);
     let broker = Broker::start("127.0.0.1").unwrap();
     let topic = "JvmTopic";
-    let made = client()
-        .args(["produce", &broker.namesrv(), topic, "1"])
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "the topic is made: {}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    broker.make_topic(topic);
     let output_file = ScratchFile::new("mqtrace-jvm.jsonl");
     let output = &output_file.0;
     // Selected as users select JVMs: by command name.

@@ -491,15 +491,7 @@ async fn the_standard_otlp_variables_reach_a_tls_collector_with_their_headers() 
     std::fs::write(&ca_file.0, &pki.ca_pem).unwrap();
     let broker = Broker::start("127.0.0.1").unwrap();
     let topic = "OtlpEnvTopic";
-    let made = client()
-        .args(["produce", &broker.namesrv(), topic, "1"])
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "the topic is made: {}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    broker.make_topic(topic);
     // The traces endpoint of the HTTP collector has a path of its own: it is used as given.
     let http = Receiver::start_https(&pki, "/ingest/otlp/traces")
         .await

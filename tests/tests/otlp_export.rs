@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use mqtrace::{
     decoder::DecoderConfig,
-    exporters::otlp::{Endpoint, OtlpConfig, OtlpExporter, Protocol},
+    exporters::otlp::{Endpoint, OtlpConfig, OtlpCounters, OtlpExporter, Protocol},
     pipeline::{Output, replay_capture},
     spans::Span,
 };
@@ -35,6 +35,20 @@ fn config(protocol: Protocol, endpoint: String) -> OtlpConfig {
     }
 }
 
+/// Sends every span, shuts the exporter down, and checks that it exported them all.
+async fn export_all(exporter: OtlpExporter, spans: &[Span], protocol: Protocol) -> OtlpCounters {
+    for span in spans {
+        exporter.send(span.clone());
+    }
+    let counters = exporter.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(
+        counters.exported,
+        spans.len() as u64,
+        "{protocol:?}: {counters:?}"
+    );
+    counters
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_transports_deliver_every_span_with_its_ids() {
     let spans = spans();
@@ -46,15 +60,7 @@ async fn both_transports_deliver_every_span_with_its_ids() {
         .unwrap();
         let exporter =
             OtlpExporter::start(config(protocol, format!("http://{}", receiver.addr))).unwrap();
-        for span in &spans {
-            exporter.send(span.clone());
-        }
-        let counters = exporter.shutdown(Duration::from_secs(10)).await;
-        assert_eq!(
-            counters.exported,
-            spans.len() as u64,
-            "{protocol:?}: {counters:?}"
-        );
+        let counters = export_all(exporter, &spans, protocol).await;
         assert_eq!(
             counters.dropped_queue_full + counters.dropped_export_failed,
             0,
@@ -141,15 +147,7 @@ async fn both_transports_deliver_over_tls_to_a_collector_with_its_own_ca() {
             ..config(protocol, endpoint)
         })
         .unwrap();
-        for span in &spans {
-            exporter.send(span.clone());
-        }
-        let counters = exporter.shutdown(Duration::from_secs(10)).await;
-        assert_eq!(
-            counters.exported,
-            spans.len() as u64,
-            "{protocol:?}: {counters:?}"
-        );
+        export_all(exporter, &spans, protocol).await;
         assert_eq!(receiver.spans().len(), spans.len(), "{protocol:?}");
     }
 }

@@ -85,6 +85,16 @@ impl Harness {
         self.pipeline.push(event, &mut self.out);
     }
 
+    /// The connection ends, for `cause`.
+    fn end(&mut self, id: ConnectionId, cause: EndCause) {
+        self.event(SourceEvent::Closed {
+            connection: id,
+            final_positions: None,
+            timestamp_ns: 9_000_000,
+            cause,
+        });
+    }
+
     /// Lets every request's timeout pass.
     fn time_passes(&mut self) {
         self.pipeline.expire(u64::MAX, &mut self.out);
@@ -571,12 +581,7 @@ fn a_response_the_agent_may_have_missed_is_not_an_error() {
         let id = harness.open(1, 0, Origin::Connect);
         harness.frame(id, UP, &single_send(1, "D1"));
         if let Some(cause) = cause {
-            harness.event(SourceEvent::Closed {
-                connection: id,
-                final_positions: None,
-                timestamp_ns: 9_000_000,
-                cause,
-            });
+            harness.end(id, cause);
         }
         let (spans, pipeline) = harness.finish();
         assert_unseen(&spans, &pipeline, reason);
@@ -588,12 +593,7 @@ fn a_connection_closed_before_the_answer_with_nothing_missed_is_an_error() {
     let mut harness = Harness::new(DecoderConfig::default());
     let id = harness.open(1, 0, Origin::Connect);
     harness.frame(id, UP, &single_send(1, "C1"));
-    harness.event(SourceEvent::Closed {
-        connection: id,
-        final_positions: None,
-        timestamp_ns: 9_000_000,
-        cause: EndCause::Closed,
-    });
+    harness.end(id, EndCause::Closed);
     let (spans, pipeline) = harness.finish();
     assert_eq!(spans[0].status, Status::Error);
     assert_eq!(
@@ -877,12 +877,7 @@ fn a_long_poll_is_neither_timed_out_within_its_poll_time_nor_an_error_when_its_c
         ("suspendTimeoutMillis", "15000"),
     ];
     harness.frame(id, UP, &json_frame(11, 0, 1, &pull, b""));
-    harness.event(SourceEvent::Closed {
-        connection: id,
-        final_positions: None,
-        timestamp_ns: 9_000_000,
-        cause: EndCause::Closed,
-    });
+    harness.end(id, EndCause::Closed);
     let (spans, pipeline) = harness.finish();
     assert!(spans.is_empty(), "{spans:?}");
     let counters = pipeline.counters().correlation;
