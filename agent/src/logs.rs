@@ -54,6 +54,11 @@ const PROBLEMS: &[(&str, &str)] = &[
         "kernel records that could not be decoded (agent and probes disagree)",
     ),
     (
+        "/pipeline/connections_tls",
+        "connections began TLS: encrypted traffic is not traced; if they are RocketMQ clients, \
+         turn TLS off between them and their brokers (see the README, Not traced yet)",
+    ),
+    (
         "/pipeline/streams/gaps",
         "stream gaps: bytes of traced connections were not seen",
     ),
@@ -82,6 +87,10 @@ const PROBLEMS: &[(&str, &str)] = &[
         "spans dropped: the collector did not take them",
     ),
 ];
+
+/// Counters said once, at their first growth: not a loss to act on each time, a fact about the
+/// host to know.
+const SAID_ONCE: &[&str] = &["/pipeline/connections_tls"];
 
 /// One line to log: a problem counter grew.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,7 +126,11 @@ impl ProblemLog {
                 .and_then(|v| v.as_u64())
                 .unwrap_or(0);
             let (at, value) = self.reported.entry(pointer).or_insert((None, 0));
-            let due = at.is_none_or(|at| now.duration_since(at) >= self.interval);
+            let due = match at {
+                None => true,
+                Some(_) if SAID_ONCE.contains(&pointer) => false,
+                Some(at) => now.duration_since(*at) >= self.interval,
+            };
             if total > *value && due {
                 lines.push(ProblemLine {
                     counter: pointer,
@@ -173,5 +186,12 @@ mod tests {
         assert_eq!((lines[0].new, lines[0].total), (15, 20));
         // No growth, no line.
         assert!(log.check(&lost(20, 1), at(200)).is_empty());
+        // Encrypted connections are said once, however many come later.
+        let tls = |n: u64| serde_json::json!({"pipeline": {"connections_tls": n}});
+        assert_eq!(
+            log.check(&tls(3), at(300))[0].counter,
+            "/pipeline/connections_tls"
+        );
+        assert!(log.check(&tls(50), at(1000)).is_empty());
     }
 }

@@ -43,6 +43,9 @@ pub struct PipelineCounters {
     /// Requests sent and not answered yet (a gauge).
     pub requests_waiting: u64,
     pub connections_not_rocketmq: u64,
+    /// Of those, connections that began with a TLS ClientHello: encrypted, not traced (RocketMQ
+    /// clients with TLS on among them).
+    pub connections_tls: u64,
     /// Connections on which the traced process is the broker (or a proxy or relay): no longer
     /// decoded or copied.
     pub connections_server_side: u64,
@@ -186,6 +189,7 @@ impl Pipeline {
             },
             requests_waiting: self.correlator.waiting() as u64,
             connections_not_rocketmq: self.decoders.connections_rejected,
+            connections_tls: self.decoders.connections_tls,
             connections_server_side: self.decoders.connections_server_side,
             serving_processes: self.decoders.serving_processes() as u64,
             spans: self.spans,

@@ -1152,3 +1152,87 @@ fn a_jvm_is_named_by_its_main_class_or_jar_without_otel_service_name() {
             .all(|s| s["resource"]["process.executable.name"] == "java")
     );
 }
+
+#[test]
+fn a_tls_connection_is_reported_as_encrypted_once_and_not_traced() {
+    let dir = std::env::temp_dir().join(format!("mqtrace-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    struct RemoveDir(PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = RemoveDir(dir.clone());
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-keyout", "key.pem", "-out", "cert.pem"])
+        .current_dir(&dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let agent = Agent::start("daemon-tls", &["--comm", "openssl"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new("openssl");
+    server
+        .args(["s_server", "-quiet", "-cert", "cert.pem", "-key", "key.pem"])
+        .args(["-accept", &format!("127.0.0.1:{port}")])
+        .current_dir(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _server = Owned(server.spawn().expect("openssl s_server"));
+    // Two clients, each a full handshake, then end of input.
+    for _ in 0..2 {
+        let started = Instant::now();
+        loop {
+            let client = Command::new("openssl")
+                .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            if client.status.success() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "s_server never answered"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let started = Instant::now();
+    while agent.scrape()["mqtrace_pipeline_connections_tls_total"] < 2.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = agent.control_ok(&["status"]);
+    assert!(status.contains("  TLS, not traced        2\n"), "{status}");
+    let log = agent.stop();
+    assert_eq!(
+        log.matches("connections began TLS").count(),
+        1,
+        "said once: {log}"
+    );
+    assert!(!log.contains("\"sends\":1"), "nothing traced: {log}");
+}

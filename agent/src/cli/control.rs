@@ -203,6 +203,7 @@ const STATUS_LINES: &[(&str, &[&str])] = &[
     ("processes selected", &["/agent/processes_selected"]),
     ("processes excluded", &["/agent/processes_excluded"]),
     ("connections tracked", &["/agent/connections_tracked"]),
+    ("TLS, not traced", &["/pipeline/connections_tls"]),
     ("records captured", &["/kernel/records_emitted"]),
     ("bytes captured", &["/kernel/bytes_copied"]),
     ("records lost", &["/kernel/records_lost_ring_full"]),

@@ -58,6 +58,8 @@ struct Tracked {
     undecoded_bytes: u64,
     /// Bytes its decoder held when last asked.
     held: usize,
+    /// It began with a TLS ClientHello.
+    encrypted: bool,
 }
 
 impl Tracked {
@@ -79,7 +81,7 @@ impl Tracked {
             // A plausible head whose header is longer than the bytes kept.
             Recognition::NeedMore if self.first_bytes.len() >= RECOGNITION_BYTES => Some(true),
             Recognition::NeedMore => None,
-            Recognition::Other | Recognition::Http2 => Some(false),
+            Recognition::Other | Recognition::Http2 | Recognition::Tls => Some(false),
         }
     }
 
@@ -104,6 +106,10 @@ impl Tracked {
                 Recognition::NeedMore if self.first_bytes.len() < RECOGNITION_BYTES => {}
                 // A head whose header is longer than the bytes kept: the decoder will tell.
                 Recognition::NeedMore => {}
+                Recognition::Tls => {
+                    self.encrypted = true;
+                    return false;
+                }
                 Recognition::Other | Recognition::Http2 => return false,
             }
         }
@@ -121,6 +127,8 @@ pub struct Decoders {
     /// Processes seen accepting RocketMQ connections: brokers, name servers, proxies, relays.
     servers: HashSet<u32>,
     pub connections_rejected: u64,
+    /// Of those, the connections whose client began TLS: encrypted, not traced.
+    pub connections_tls: u64,
     pub connections_server_side: u64,
     /// Counters of connections that have closed, summed.
     closed: DecoderCounters,
@@ -200,6 +208,7 @@ impl Decoders {
                     first_direction: None,
                     undecoded_bytes: 0,
                     held: 0,
+                    encrypted: false,
                 };
                 self.connections.insert(connection.id, tracked);
                 return;
@@ -242,6 +251,7 @@ impl Decoders {
                     let t = self.remove(connection).expect("present");
                     add(&mut self.closed, &t.decoder.counters);
                     self.connections_rejected += 1;
+                    self.connections_tls += u64::from(t.encrypted);
                     self.rejected.push(t.connection);
                     return;
                 }

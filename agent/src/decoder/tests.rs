@@ -422,6 +422,17 @@ fn recognition_by_first_bytes() {
         Recognition::Other
     );
     assert_eq!(recognize(b"\x00\x00"), Recognition::NeedMore);
+    // A TLS 1.2/1.3 ClientHello record (as `openssl s_client` and the Java clients send it).
+    assert_eq!(
+        recognize(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
+        Recognition::Tls
+    );
+    assert_eq!(recognize(b"\x16\x03\x01"), Recognition::NeedMore);
+    // A handshake record that is not a ClientHello, an alert: not taken for TLS to trace.
+    assert_eq!(
+        recognize(b"\x16\x03\x03\x00\x40\x02\x00\x00\x3c\x03\x03\x00"),
+        Recognition::Other
+    );
 }
 
 proptest! {
@@ -658,4 +669,43 @@ fn requests_awaiting_responses_beyond_the_bound_go_oldest_first() {
     let answers = &commands[commands.len() - 2..];
     assert_eq!(answers[0].request_code, None);
     assert_eq!(answers[1].request_code, Some(RequestCode::from_code(34)));
+}
+
+#[test]
+fn a_connection_that_begins_tls_is_let_go_and_counted_as_encrypted() {
+    use crate::{
+        sources::{Connection, ConnectionId, Origin},
+        streams::StreamEvent,
+    };
+    let mut decoders = Decoders::new(DecoderConfig::default());
+    let mut out = Vec::new();
+    for (id, first) in [
+        (1, &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..]),
+        (2, &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..]),
+    ] {
+        let connection = Connection {
+            id: ConnectionId(id),
+            pid: 7,
+            fd: id as i32,
+            origin: Origin::Connect,
+            local: None,
+            peer: None,
+            timestamp_ns: 0,
+        };
+        decoders.push(&StreamEvent::Opened(connection), &mut out);
+        decoders.push(
+            &StreamEvent::Data {
+                connection: ConnectionId(id),
+                direction: UP,
+                position: 0,
+                bytes: bytes::Bytes::copy_from_slice(first),
+                timestamp_ns: 1,
+            },
+            &mut out,
+        );
+    }
+    let rejected: Vec<u64> = decoders.take_rejected().iter().map(|c| c.id.0).collect();
+    assert_eq!(rejected, [1, 2]);
+    assert_eq!(decoders.connections_rejected, 2);
+    assert_eq!(decoders.connections_tls, 1);
 }
