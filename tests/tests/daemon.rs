@@ -837,7 +837,9 @@ impl PodLike {
 
     /// `raw-producer` started inside the pod: in its cgroup before it execs (so that a
     /// cgroup rule selects it), chrooted into the pod's root, with the downward API's
-    /// variables.
+    /// variables; it runs on until its stdin closes, as a pod's service does (a process that
+    /// exits within milliseconds of its sends may be gone, its environment with it, before
+    /// the agent reads it).
     fn producer(&self, name: &str, topic: &str, count: usize) -> std::process::Child {
         use std::os::{fd::AsRawFd, unix::process::CommandExt};
         let procs = std::fs::OpenOptions::new()
@@ -849,9 +851,11 @@ impl PodLike {
         command
             .arg("--root")
             .arg(&self.root)
+            .arg("--hold")
             .args(["127.0.0.1:10911", topic, &count.to_string()])
             .env("HOSTNAME", name)
             .env("POD_NAMESPACE", "from-downward-api")
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         // SAFETY: one write(2) of a static buffer to an fd opened before the fork:
@@ -994,6 +998,7 @@ fn pods_with_a_fifo_or_a_symlink_at_the_namespace_path_neither_stall_nor_leak_ho
         std::thread::sleep(Duration::from_millis(100));
     }
     for mut producer in producers {
+        drop(producer.0.stdin.take());
         let status = producer.0.wait().unwrap();
         let mut printed = String::new();
         std::io::Read::read_to_string(producer.0.stdout.as_mut().unwrap(), &mut printed).unwrap();
@@ -1103,33 +1108,37 @@ fn a_jvm_is_named_by_its_main_class_or_jar_without_otel_service_name() {
         &["-cp", "classes", "shop.OrderService"],
         &["-jar", "order-service.jar"],
     ];
-    for args in runs {
-        let out = Command::new("java")
-            .args(args)
-            .args(["127.0.0.1:10911", topic, &per_run.to_string()])
-            .current_dir(&dir)
-            .env_remove("OTEL_SERVICE_NAME")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+    // Each runs on until the agent has seen its sends, as services do (a JVM gone within
+    // milliseconds of its sends may be gone before the agent reads its command line).
+    for (run, args) in runs.into_iter().enumerate() {
+        let mut java = Owned(
+            Command::new("java")
+                .args(args)
+                .args(["127.0.0.1:10911", topic, &per_run.to_string(), "--hold"])
+                .current_dir(&dir)
+                .env_remove("OTEL_SERVICE_NAME")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
         );
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).lines().count(),
-            per_run
-        );
-    }
-    let started = Instant::now();
-    while sent_ids_in(output).len() < 2 * per_run {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{} sends traced\n{}",
-            sent_ids_in(output).len(),
-            agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
+        let started = Instant::now();
+        while sent_ids_in(output).len() < (run + 1) * per_run {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{} sends traced\n{}",
+                sent_ids_in(output).len(),
+                agent.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        drop(java.0.stdin.take());
+        let status = java.0.wait().unwrap();
+        let mut printed = String::new();
+        std::io::Read::read_to_string(java.0.stdout.as_mut().unwrap(), &mut printed).unwrap();
+        assert!(status.success(), "java {args:?} failed");
+        assert_eq!(printed.lines().count(), per_run);
     }
     agent.stop();
     drop(broker);

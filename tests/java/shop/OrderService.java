@@ -12,7 +12,9 @@ import java.nio.charset.StandardCharsets;
  * SEND_MESSAGE (10) frames with a JSON header, as the wire reference lays them out, straight to
  * the broker, one at a time, and prints each answer's header.
  *
- * <p>usage: java shop.OrderService BROKER_HOST:PORT TOPIC COUNT
+ * <p>usage: java shop.OrderService BROKER_HOST:PORT TOPIC COUNT [--hold]
+ *
+ * <p>--hold: after the last message, run on until stdin closes, as a service does.
  */
 public class OrderService {
     private static final String KEY_VALUE = String.valueOf((char) 1);
@@ -56,6 +58,10 @@ public class OrderService {
                     throw new IllegalStateException("message " + i + ": " + answer);
                 }
                 System.out.println(answer);
+            }
+            System.out.flush();
+            if (args.length > 3 && args[3].equals("--hold")) {
+                System.in.transferTo(java.io.OutputStream.nullOutputStream());
             }
         }
     }

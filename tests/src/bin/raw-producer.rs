@@ -2,9 +2,10 @@
 //! do. It writes SEND_MESSAGE (10) frames encoded from the wire reference straight to a broker
 //! and reads the answers, one request at a time.
 //!
-//! usage: raw-producer [--root DIR] BROKER TOPIC COUNT [KEY_BYTES]
+//! usage: raw-producer [--root DIR] [--hold] BROKER TOPIC COUNT [KEY_BYTES]
 //!   --root DIR: chroot into DIR first, as a container's process lives in its own root
 //!   (BROKER is then an IP address: nothing is resolved inside).
+//!   --hold: after the last message, run on until stdin closes, as a long-lived service does.
 //!   sends COUNT messages (keys "raw-<i>", padded to KEY_BYTES with "k", tag "TagRaw", queue 0)
 //!   and prints one
 //!   JSON line per message: {"key","offset_msg_id","transaction_id","queue_id","queue_offset"}
@@ -42,10 +43,14 @@ fn main() -> anyhow::Result<()> {
         std::os::unix::fs::chroot(&root).with_context(|| format!("chroot {root}"))?;
         std::env::set_current_dir("/")?;
     }
+    let hold = args.get(1).map(String::as_str) == Some("--hold");
+    if hold {
+        args.remove(1);
+    }
     let (broker, topic, count, key_bytes) = match args.as_slice() {
         [_, broker, topic, count] => (broker, topic, count, 0),
         [_, broker, topic, count, key_bytes] => (broker, topic, count, key_bytes.parse()?),
-        _ => bail!("usage: raw-producer [--root DIR] BROKER TOPIC COUNT [KEY_BYTES]"),
+        _ => bail!("usage: raw-producer [--root DIR] [--hold] BROKER TOPIC COUNT [KEY_BYTES]"),
     };
     let count: usize = count.parse()?;
     let mut stream = TcpStream::connect(broker).with_context(|| format!("connecting {broker}"))?;
@@ -98,6 +103,9 @@ fn main() -> anyhow::Result<()> {
                 "queue_offset": ext["queueOffset"],
             })
         );
+    }
+    if hold {
+        std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;
     }
     Ok(())
 }
