@@ -31,6 +31,19 @@ fn decode(stream: &[(Direction, &[u8])]) -> (Vec<Command>, DecoderCounters) {
 const UP: Direction = Direction::Egress;
 const DOWN: Direction = Direction::Ingress;
 
+/// The stream event of connection `id` of process 7 opening, from `origin`.
+fn opened(id: u64, origin: crate::sources::Origin) -> crate::streams::StreamEvent {
+    crate::streams::StreamEvent::Opened(crate::sources::Connection {
+        id: crate::sources::ConnectionId(id),
+        pid: 7,
+        fd: id as i32,
+        origin,
+        local: None,
+        peer: None,
+        timestamp_ns: 0,
+    })
+}
+
 fn pull_pair(messages: &[Vec<u8>]) -> (Vec<u8>, Vec<u8>) {
     let request = json_frame(
         11,
@@ -480,7 +493,7 @@ proptest! {
 #[test]
 fn the_brokers_side_is_let_go_and_the_clients_side_is_kept() {
     use crate::{
-        sources::{Connection, ConnectionId, Origin},
+        sources::{ConnectionId, Origin},
         streams::StreamEvent,
     };
     let config = DecoderConfig {
@@ -490,17 +503,8 @@ fn the_brokers_side_is_let_go_and_the_clients_side_is_kept() {
     // What happens to a connection of each origin on which this request arrives.
     let verdict = |origin: Origin, code: i32| -> (bool, u64) {
         let mut decoders = Decoders::new(config);
-        let connection = Connection {
-            id: ConnectionId(1),
-            pid: 7,
-            fd: 3,
-            origin,
-            local: None,
-            peer: None,
-            timestamp_ns: 0,
-        };
         let mut out = Vec::new();
-        decoders.push(&StreamEvent::Opened(connection), &mut out);
+        decoders.push(&opened(1, origin), &mut out);
         let request = json_frame(code, 0, 1, &[], b"");
         decoders.push(
             &StreamEvent::Data {
@@ -584,7 +588,7 @@ fn crafted_heads_cost_bounded_work_and_real_frames_are_found_after_them() {
 #[test]
 fn connection_buffers_stay_within_their_share_and_decoding_goes_on_after() {
     use crate::{
-        sources::{Connection, ConnectionId, Origin},
+        sources::{ConnectionId, Origin},
         streams::StreamEvent,
     };
     const SHARE: usize = 4 << 20;
@@ -614,16 +618,7 @@ fn connection_buffers_stay_within_their_share_and_decoding_goes_on_after() {
     head.extend_from_slice(&((4 + HEADER) as u32).to_be_bytes());
     head.extend_from_slice(&(HEADER as u32).to_be_bytes());
     for id in 0..20 {
-        let connection = Connection {
-            id: ConnectionId(id as u64),
-            pid: 7,
-            fd: id as i32,
-            origin: Origin::Connect,
-            local: None,
-            peer: None,
-            timestamp_ns: 0,
-        };
-        decoders.push(&StreamEvent::Opened(connection), &mut out);
+        decoders.push(&opened(id as u64, Origin::Connect), &mut out);
         data(&mut decoders, id, json_frame(34, 0, 1, &[], b""), &mut out);
         data(&mut decoders, id, head.clone(), &mut out);
         for _ in 0..SENT / (60 << 10) {
@@ -674,7 +669,7 @@ fn requests_awaiting_responses_beyond_the_bound_go_oldest_first() {
 #[test]
 fn a_connection_that_begins_tls_is_let_go_and_counted_as_encrypted() {
     use crate::{
-        sources::{Connection, ConnectionId, Origin},
+        sources::{ConnectionId, Origin},
         streams::StreamEvent,
     };
     let mut decoders = Decoders::new(DecoderConfig::default());
@@ -683,16 +678,7 @@ fn a_connection_that_begins_tls_is_let_go_and_counted_as_encrypted() {
         (1, &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..]),
         (2, &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..]),
     ] {
-        let connection = Connection {
-            id: ConnectionId(id),
-            pid: 7,
-            fd: id as i32,
-            origin: Origin::Connect,
-            local: None,
-            peer: None,
-            timestamp_ns: 0,
-        };
-        decoders.push(&StreamEvent::Opened(connection), &mut out);
+        decoders.push(&opened(id, Origin::Connect), &mut out);
         decoders.push(
             &StreamEvent::Data {
                 connection: ConnectionId(id),
