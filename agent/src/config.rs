@@ -20,6 +20,7 @@
 //! state_file = "/run/mqtrace/mqtrace.rules.json"   # rules kept across restarts
 //! memory_budget_mib = 256          # what the agent keeps between events, oldest forgotten first
 //! health_stall_seconds = 30        # /healthz fails once the pipeline is stuck this long
+//! no_broker_spans = false          # true: a broker's side of its connections is not decoded
 //! ```
 
 use std::{
@@ -54,6 +55,7 @@ pub struct FileConfig {
     pub state_file: Option<PathBuf>,
     pub memory_budget_mib: Option<usize>,
     pub health_stall_seconds: Option<u64>,
+    pub no_broker_spans: Option<bool>,
 }
 
 impl FileConfig {

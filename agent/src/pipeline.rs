@@ -46,8 +46,8 @@ pub struct PipelineCounters {
     /// Of those, connections that began with a TLS ClientHello: encrypted, not traced (RocketMQ
     /// clients with TLS on among them).
     pub connections_tls: u64,
-    /// Connections on which the traced process is the broker (or a proxy or relay): no longer
-    /// decoded or copied.
+    /// Connections on which the traced process is the broker (or a proxy or relay): decoded
+    /// for the broker's spans, or (with --no-broker-spans) no longer decoded nor copied.
     pub connections_server_side: u64,
     /// Traced processes seen accepting RocketMQ connections (brokers, proxies, relays).
     pub serving_processes: u64,
@@ -102,6 +102,7 @@ impl Pipeline {
             SourceEvent::ProcessExited { pid } => {
                 self.resources.forget(*pid);
                 self.decoders.forget_process(*pid);
+                self.correlator.forget_process(*pid);
             }
             // Read the process's resource while it surely runs: a short-lived client may be
             // gone (its environment with it) by the time its first span is made.

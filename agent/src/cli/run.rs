@@ -118,6 +118,11 @@ pub struct RunArgs {
     /// [default: 30].
     #[arg(long, value_name = "SECONDS")]
     health_stall_seconds: Option<u64>,
+    /// Make no spans from the broker's side of its connections (a traced process that
+    /// receives clients' requests: store, deliver and the clients' reports), and stop copying
+    /// those connections: for hosts where only the clients matter and a busy broker runs too.
+    #[arg(long)]
+    no_broker_spans: bool,
 }
 
 /// Resolves the options in force: flag (or environment) over file over default.
@@ -169,6 +174,7 @@ fn resolve(args: RunArgs) -> anyhow::Result<DaemonOptions> {
     );
     Ok(DaemonOptions {
         memory,
+        broker_spans: !(args.no_broker_spans || file.no_broker_spans.unwrap_or(false)),
         health_stall: Duration::from_secs(
             args.health_stall_seconds
                 .or(file.health_stall_seconds)

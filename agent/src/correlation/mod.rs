@@ -1,12 +1,13 @@
 //! Correlation: decoded commands into message events keyed by message ID.
 //!
-//! Requests are paired with their responses on (connection, opaque). Only the client side of
-//! a connection makes events (the process that sent the request: producer or consumer); what a
-//! broker's own connections show is the same traffic seen from the other end, and what a
-//! process that accepts RocketMQ connections sends on its own (a relay, sidecar or proxy
-//! forwarding its clients' requests) is theirs, not its own. Settlements that carry no message
-//! ID (acks, offset commits, send-backs) are resolved through a bounded index of the messages
-//! this host received.
+//! Requests are paired with their responses on (connection, opaque). Each side of a
+//! connection makes events of its own: the client's (the process that sent the request:
+//! producer or consumer) and the broker's (the process that received it: the message stored,
+//! delivered, reported back). What a process that accepts RocketMQ connections sends on its own
+//! (a relay, sidecar or proxy forwarding its clients' requests) is theirs, not its own; and
+//! once such a process is seen forwarding, what it accepts is relayed, not served: it makes no
+//! broker events either. Settlements that carry no message ID (acks, offset commits,
+//! send-backs) are resolved through bounded indexes of the messages each side saw.
 //!
 //! A request whose response never shows is an error only when the agent saw everything that
 //! could have carried it; when it knows it missed something (a gap, lost records, the
@@ -17,6 +18,8 @@ mod index;
 use std::{collections::BTreeMap, net::SocketAddr};
 
 use serde::Serialize;
+
+use std::collections::{HashMap, HashSet};
 
 use crate::{
     decoder::{
@@ -43,6 +46,27 @@ pub struct Endpoint {
     pub pid: u32,
     pub local: Option<SocketAddr>,
     pub peer: Option<SocketAddr>,
+    /// Set when the traced process is the broker of the connection (it received the
+    /// request): the client it served, whose address is `peer`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<ServedClient>,
+}
+
+impl Endpoint {
+    /// The event is the broker's view of a client's request.
+    pub fn is_broker(&self) -> bool {
+        self.client.is_some()
+    }
+}
+
+/// What the broker's side of a connection tells about the client on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServedClient {
+    /// The id its heartbeats give (`ip@instance`), once one was seen on the connection.
+    pub client_id: Option<String>,
+    /// Its language and RocketMQ version code, from the request's header.
+    pub language: String,
+    pub version: i32,
 }
 
 /// Why the agent cannot tell how a request ended: it knows it may have missed the response.
@@ -260,6 +284,13 @@ pub struct CorrelationCounters {
     pub unseen_responses: UnseenCounters,
     /// Requests the traced process received (it is the broker of that connection).
     pub server_side_requests: u64,
+    /// The broker's view: messages it stored (send requests answered), delivered (in pull and
+    /// pop responses) and clients' reports on them (acks, send-backs, offset commits, ...).
+    pub broker_stored: u64,
+    pub broker_delivered: u64,
+    pub broker_reports: u64,
+    /// Requests a process accepted and forwarded (a relay, sidecar or proxy): no broker events.
+    pub relayed_requests: u64,
     /// Requests made by processes that accept RocketMQ connections (brokers, proxies,
     /// sidecars, relays): forwarded or internal traffic, never taken for a client's.
     pub serving_process_requests: u64,
@@ -298,6 +329,31 @@ struct Pending {
 
 type PendingKey = (ConnectionId, i32);
 
+/// What one side remembers of the messages it saw, so that a client's and a broker's views
+/// of one message never settle or retry each other's.
+struct Seen {
+    received: ReceivedIndex,
+    sent: SentIndex,
+}
+
+impl Seen {
+    /// Half of each share: the two sides share the budget.
+    fn new(shares: &Shares) -> Self {
+        Self {
+            received: ReceivedIndex::new(shares.received / 2),
+            sent: SentIndex::new(shares.sent / 2),
+        }
+    }
+}
+
+/// Which counter an event adds to.
+#[derive(Clone, Copy)]
+enum Counted {
+    Send,
+    Receive,
+    Settle,
+}
+
 pub struct Correlator {
     /// Added to command timestamps to make them Unix time (0 for captures, which are).
     clock_offset_ns: i64,
@@ -312,8 +368,12 @@ pub struct Correlator {
     /// Bytes held by the requests waiting, and the most they may hold.
     pending_bytes: usize,
     pending_limit: usize,
-    received: ReceivedIndex,
-    sent: SentIndex,
+    clients: Seen,
+    broker: Seen,
+    /// Client ids the heartbeats on connections the traced process accepted gave.
+    client_ids: HashMap<ConnectionId, String>,
+    /// Processes seen forwarding what clients sent them (relays, sidecars, proxies).
+    forwarders: HashSet<u32>,
     counters: CorrelationCounters,
 }
 
@@ -328,8 +388,10 @@ impl Correlator {
             capture_lost: 0,
             pending_bytes: 0,
             pending_limit: Shares::default().pending,
-            received: ReceivedIndex::new(Shares::default().received),
-            sent: SentIndex::new(Shares::default().sent),
+            clients: Seen::new(&Shares::default()),
+            broker: Seen::new(&Shares::default()),
+            client_ids: HashMap::new(),
+            forwarders: HashSet::new(),
             counters: CorrelationCounters::default(),
         }
     }
@@ -337,24 +399,26 @@ impl Correlator {
     /// Keeps within these shares of the memory budget.
     pub fn set_memory(&mut self, shares: &Shares) {
         self.pending_limit = shares.pending;
-        self.received = ReceivedIndex::new(shares.received);
-        self.sent = SentIndex::new(shares.sent);
+        self.clients = Seen::new(shares);
+        self.broker = Seen::new(shares);
     }
 
     /// Bytes held now.
     pub fn memory(&self) -> CorrelationMemory {
         CorrelationMemory {
             pending_bytes: self.pending_bytes as u64,
-            received_bytes: self.received.held.bytes as u64,
-            sent_bytes: self.sent.held.bytes as u64,
+            received_bytes: (self.clients.received.held.bytes + self.broker.received.held.bytes)
+                as u64,
+            sent_bytes: (self.clients.sent.held.bytes + self.broker.sent.held.bytes) as u64,
         }
     }
 
     /// Counters, with what the indexes forgot.
     pub fn counters(&self) -> CorrelationCounters {
         CorrelationCounters {
-            received_evicted: self.received.held.evicted,
-            sent_evicted: self.sent.held.evicted,
+            received_evicted: self.clients.received.held.evicted
+                + self.broker.received.held.evicted,
+            sent_evicted: self.clients.sent.held.evicted + self.broker.sent.held.evicted,
             ..self.counters.clone()
         }
     }
@@ -375,12 +439,24 @@ impl Correlator {
         } else {
             command.command.direction
         };
-        // Ingress requests: this process is the broker of the connection.
-        if request_direction == Direction::Ingress {
-            if !command.command.is_response() {
+        if !command.command.is_response() {
+            if request_direction == Direction::Ingress {
+                // This process is the broker of the connection.
                 self.counters.server_side_requests += 1;
+                if let Operation::Heartbeat(heartbeat) = &command.operation
+                    && let Some(id) = &heartbeat.client_id
+                {
+                    self.client_ids.insert(command.connection, id.clone());
+                }
+            } else if command.serving_process
+                && matches!(
+                    command.operation,
+                    Operation::Send(_) | Operation::Pull(_) | Operation::Pop(_)
+                )
+            {
+                // Before the answer it forwards reaches its own client.
+                self.forwarders.insert(command.pid);
             }
-            return;
         }
         let key = (command.connection, command.command.header.opaque);
         if command.command.is_response() {
@@ -452,16 +528,20 @@ impl Correlator {
     }
 
     /// Bytes of `connection` read in `direction` were not captured: the responses of requests
-    /// waiting on it may have been among them.
+    /// waiting on it in that direction may have been among them.
     pub fn gap(&mut self, connection: ConnectionId, direction: Direction) {
-        if direction != Direction::Ingress {
-            return; // responses come in; a gap in what went out hides none
-        }
         for key in self.keys_of(connection) {
-            if let Some(p) = self.pending.get_mut(&key) {
+            if let Some(p) = self.pending.get_mut(&key)
+                && crate::decoder::opposite(p.request.command.direction) == direction
+            {
                 p.missed.get_or_insert(Unseen::CaptureGap);
             }
         }
+    }
+
+    /// The process exited: its pid may come back as another program.
+    pub fn forget_process(&mut self, pid: u32) {
+        self.forwarders.remove(&pid);
     }
 
     /// The agent no longer follows `connection`: requests still waiting on it end, as
@@ -472,6 +552,7 @@ impl Correlator {
         cause: EndCause,
         out: &mut Vec<MessageEvent>,
     ) {
+        self.client_ids.remove(&connection);
         for key in self.keys_of(connection) {
             let pending = self.take(&key).expect("listed");
             let end = match pending.missed.or(Unseen::of(cause)) {
@@ -527,12 +608,40 @@ impl Correlator {
         }
     }
 
-    fn endpoint(c: &DecodedCommand) -> Endpoint {
+    /// Where `request` was seen; from a broker's side, with the client it came from.
+    fn endpoint(&self, request: &DecodedCommand) -> Endpoint {
+        let client = (request.command.direction == Direction::Ingress).then(|| ServedClient {
+            client_id: self.client_ids.get(&request.connection).cloned(),
+            language: request.command.header.language.clone(),
+            version: request.command.header.version,
+        });
         Endpoint {
-            pid: c.pid,
-            local: c.local,
-            peer: c.peer,
+            pid: request.pid,
+            local: request.local,
+            peer: request.peer,
+            client,
         }
+    }
+
+    /// The indexes of the side `step` was seen on.
+    fn seen(&mut self, step: &Step) -> &mut Seen {
+        if step.endpoint.is_broker() {
+            &mut self.broker
+        } else {
+            &mut self.clients
+        }
+    }
+
+    fn count(&mut self, step: &Step, counted: Counted) {
+        let c = &mut self.counters;
+        *match (step.endpoint.is_broker(), counted) {
+            (false, Counted::Send) => &mut c.sends,
+            (false, Counted::Receive) => &mut c.receives,
+            (false, Counted::Settle) => &mut c.settles,
+            (true, Counted::Send) => &mut c.broker_stored,
+            (true, Counted::Receive) => &mut c.broker_delivered,
+            (true, Counted::Settle) => &mut c.broker_reports,
+        } += 1;
     }
 
     /// Events for a request and its response (None: oneway, or no response came, and
@@ -544,7 +653,12 @@ impl Correlator {
         unanswered: Unanswered,
         out: &mut Vec<MessageEvent>,
     ) {
-        if request.serving_process || response.is_some_and(|r| r.serving_process) {
+        if request.command.direction == Direction::Ingress {
+            if self.forwarders.contains(&request.pid) {
+                self.counters.relayed_requests += 1;
+                return;
+            }
+        } else if request.serving_process || response.is_some_and(|r| r.serving_process) {
             self.counters.serving_process_requests += 1;
             return;
         }
@@ -568,7 +682,7 @@ impl Correlator {
             start: self.unix(request.command.start_ns),
             end: self.unix(response.map_or(request.command.end_ns, |r| r.command.end_ns)),
             outcome,
-            endpoint: Self::endpoint(&request),
+            endpoint: self.endpoint(&request),
         };
         let pulled = match response.map(|r| &r.operation) {
             Some(Operation::Pulled(pulled)) => Some(pulled),
@@ -636,7 +750,7 @@ impl Correlator {
                 };
                 let found = match (&ack.topic, ack.queue_id, ack.offset) {
                     (Some(topic), Some(queue), Some(offset)) => {
-                        self.received.by_position(topic, queue, offset)
+                        self.seen(&step).received.by_position(topic, queue, offset)
                     }
                     _ => None,
                 };
@@ -650,10 +764,11 @@ impl Correlator {
                 );
             }
             Operation::SendBack(back) => {
+                let received = &self.seen(&step).received;
                 let found = back
                     .origin_msg_id
                     .as_deref()
-                    .and_then(|id| self.received.by_any_id(id));
+                    .and_then(|id| received.by_any_id(id));
                 // The broker's rule (`consumerSendMsgBack`): past the group's reconsume times,
                 // or asked for with a negative delay level, the message goes to the DLQ.
                 let max = back
@@ -697,8 +812,8 @@ impl Correlator {
                     self.counters.settles_unresolved += 1;
                     return;
                 };
-                let labels = self.sent.labels(&key).unwrap_or_default();
-                self.counters.settles += 1;
+                let labels = self.seen(&step).sent.labels(&key).unwrap_or_default();
+                self.count(&step, Counted::Settle);
                 out.push(MessageEvent::Settle(SettleEvent {
                     key,
                     settlement,
@@ -740,11 +855,11 @@ impl Correlator {
         } else {
             MessageLabels::default()
         };
-        let attempt = self.sent.record(&key, labels);
-        if attempt > 1 {
+        let attempt = self.seen(step).sent.record(&key, labels);
+        if attempt > 1 && !step.endpoint.is_broker() {
             self.counters.send_retries += 1;
         }
-        self.counters.sends += 1;
+        self.count(step, Counted::Send);
         out.push(MessageEvent::Send(SendEvent {
             key,
             message: message.clone(),
@@ -780,7 +895,7 @@ impl Correlator {
             .as_deref()
             .and_then(|t| t.split_once('%').map(|(_, rest)| rest))
             .and_then(|rest| rest.split_once('%').map(|(_, group)| group.to_string()));
-        self.counters.settles += 1;
+        self.count(step, Counted::Settle);
         out.push(MessageEvent::Settle(SettleEvent {
             key,
             settlement,
@@ -808,8 +923,8 @@ impl Correlator {
                 self.counters.messages_without_id += 1;
                 continue;
             };
-            self.received.insert(&key, message, group);
-            self.counters.receives += 1;
+            self.seen(step).received.insert(&key, message, group);
+            self.count(step, Counted::Receive);
             out.push(MessageEvent::Receive(ReceiveEvent {
                 key,
                 message: message.clone(),
@@ -832,7 +947,11 @@ impl Correlator {
         step: &Step,
         out: &mut Vec<MessageEvent>,
     ) {
-        for received in self.received.committed(group, topic, queue, commit) {
+        let passed = self
+            .seen(step)
+            .received
+            .committed(group, topic, queue, commit);
+        for received in passed {
             let step = Step {
                 outcome: Outcome::Ok,
                 ..step.clone()
@@ -861,7 +980,7 @@ impl Correlator {
             self.counters.settles_unresolved += 1;
             return;
         };
-        self.counters.settles += 1;
+        self.count(&step, Counted::Settle);
         out.push(MessageEvent::Settle(SettleEvent {
             key: received.key.clone(),
             settlement,

@@ -20,6 +20,7 @@ use crate::{
 };
 
 const BROKER: &str = "127.0.0.1:10911";
+const CLIENT: &str = "127.0.0.1:40000";
 
 /// A pipeline fed by hand: connections opened, frames at advancing stream positions and
 /// times, other source events as given.
@@ -40,15 +41,20 @@ impl Harness {
         }
     }
 
+    /// A connection of `pid`: to the broker, or from a client when it accepted it.
     fn open(&mut self, id: u64, pid: u32, origin: Origin) -> ConnectionId {
         let id = ConnectionId(id);
+        let mut ends = [Some(CLIENT.parse().unwrap()), Some(BROKER.parse().unwrap())];
+        if origin == Origin::Accept {
+            ends.reverse();
+        }
         self.event(SourceEvent::Opened(Connection {
             id,
             pid,
             fd: id.0 as i32,
             origin,
-            local: Some("127.0.0.1:40000".parse().unwrap()),
-            peer: Some(BROKER.parse().unwrap()),
+            local: ends[0],
+            peer: ends[1],
             timestamp_ns: 0,
         }));
         id
@@ -884,4 +890,252 @@ fn a_long_poll_is_neither_timed_out_within_its_poll_time_nor_an_error_when_its_c
     assert_eq!(counters.long_polls_closed, 1);
     assert_eq!(counters.closed_unanswered, 0);
     assert_eq!(counters.timeouts, 0);
+}
+
+/// Sends every frame a client (`pid` 7) and its broker (`pid` 3) exchange on one connection,
+/// as a host whose agent traces both sees it: each frame on the client's socket and on the
+/// broker's accepted one, the other way round.
+fn both_ends(harness: &mut Harness, id: u64, frames: &[(Direction, Vec<u8>)]) {
+    let client = harness.open(id, 7, Origin::Connect);
+    let broker = harness.open(id + 100, 3, Origin::Accept);
+    for (direction, bytes) in frames {
+        harness.frame(client, *direction, bytes);
+        harness.frame(broker, crate::decoder::opposite(*direction), bytes);
+    }
+}
+
+fn text_attr(span: &Span, key: &str) -> String {
+    match attr(span, key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Int(i)) => i.to_string(),
+        _ => String::new(),
+    }
+}
+
+#[test]
+fn the_broker_sees_each_message_stored_delivered_and_reported_naming_its_client() {
+    let store: SocketAddr = BROKER.parse().unwrap();
+    let props = properties(&[("UNIQ_KEY", "B1"), ("KEYS", "order-9")]);
+    let heartbeat = |client: &str, set: &str, group: &str| {
+        json_frame(
+            34,
+            0,
+            90,
+            &[],
+            serde_json::json!({ "clientID": client, set: [{ "groupName": group }] })
+                .to_string()
+                .as_bytes(),
+        )
+    };
+    let mut harness = Harness::new(DecoderConfig::default());
+    both_ends(
+        &mut harness,
+        1,
+        &[
+            (UP, heartbeat("10.0.0.5@producer", "producerDataSet", "pg")),
+            (DOWN, ok_response(90, &[])),
+            (
+                UP,
+                json_frame(
+                    10,
+                    0,
+                    1,
+                    &[
+                        ("producerGroup", "pg"),
+                        ("topic", "T"),
+                        ("queueId", "3"),
+                        ("properties", &props),
+                    ],
+                    b"body",
+                ),
+            ),
+            (
+                DOWN,
+                ok_response(
+                    1,
+                    &[("msgId", "OFF1"), ("queueId", "3"), ("queueOffset", "0")],
+                ),
+            ),
+        ],
+    );
+    both_ends(
+        &mut harness,
+        2,
+        &[
+            (UP, heartbeat("10.0.0.6@consumer", "consumerDataSet", "g")),
+            (DOWN, ok_response(90, &[])),
+            (UP, pull(1, "T", "3", "-1")),
+            (
+                DOWN,
+                json_frame(
+                    0,
+                    1,
+                    1,
+                    &[],
+                    &stored_message(false, store, 0, 64, "T", &props, b"body"),
+                ),
+            ),
+            (
+                UP,
+                json_frame(
+                    15,
+                    0,
+                    2,
+                    &[
+                        ("consumerGroup", "g"),
+                        ("topic", "T"),
+                        ("queueId", "3"),
+                        ("commitOffset", "1"),
+                    ],
+                    b"",
+                ),
+            ),
+            (DOWN, ok_response(2, &[])),
+        ],
+    );
+    let (spans, pipeline) = harness.finish();
+    let of = |pid: i64| -> Vec<(SpanKind, String)> {
+        spans
+            .iter()
+            .filter(|s| s.resource.get("process.pid") == Some(&Value::Int(pid)))
+            .map(|s| (s.kind, s.name.clone()))
+            .collect()
+    };
+    assert_eq!(
+        of(3),
+        [
+            (SpanKind::Server, "store T".to_string()),
+            (SpanKind::Server, "deliver T".into()),
+            (SpanKind::Server, "commit_offset T".into()),
+        ],
+        "the broker's view"
+    );
+    assert_eq!(
+        of(7),
+        [
+            (SpanKind::Producer, "send T".to_string()),
+            (SpanKind::Client, "receive T".into()),
+            (SpanKind::Client, "commit_offset T".into()),
+        ],
+        "the clients' view, as without the broker's"
+    );
+    // One trace, every span a child of the send, no id twice.
+    let send = SpanId::for_send("B1");
+    let ids: std::collections::HashSet<SpanId> = spans.iter().map(|s| s.span_id).collect();
+    assert_eq!(ids.len(), spans.len());
+    for span in &spans {
+        assert_eq!(span.trace_id, TraceId::for_message("B1"));
+        assert!(span.span_id == send || span.parent_span_id == Some(send));
+        assert_eq!(
+            attr(span, "messaging.rocketmq.message.keys"),
+            Some(&Value::Strings(vec!["order-9".into()])),
+            "{}",
+            span.name
+        );
+    }
+    // Each broker span names the client it served.
+    let broker: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Server)
+        .collect();
+    let named = |s: &Span| {
+        [
+            "messaging.client.id",
+            "mqtrace.client.language",
+            "mqtrace.client.version",
+            "client.port",
+            "mqtrace.observer",
+        ]
+        .map(|k| text_attr(s, k))
+    };
+    assert_eq!(
+        named(broker[0]),
+        ["10.0.0.5@producer", "JAVA", "453", "40000", "broker"]
+    );
+    assert_eq!(
+        text_attr(broker[0], "messaging.rocketmq.client_group"),
+        "pg"
+    );
+    assert_eq!(text_attr(broker[0], "mqtrace.offset_msg_id"), "OFF1");
+    assert_eq!(
+        text_attr(broker[0], "messaging.destination.partition.id"),
+        "3"
+    );
+    assert_eq!(named(broker[1])[0], "10.0.0.6@consumer");
+    assert_eq!(text_attr(broker[1], "messaging.consumer.group.name"), "g");
+    assert!(attr(broker[1], "mqtrace.queue_time_ms").is_some());
+    assert_eq!(text_attr(broker[2], "messaging.consumer.group.name"), "g");
+    assert_eq!(attr(broker[0], "server.address"), None);
+    let c = pipeline.counters().correlation;
+    assert_eq!(
+        (c.sends, c.receives, c.settles),
+        (1, 1, 1),
+        "clients' counters count the clients' view only"
+    );
+    assert_eq!(
+        (c.broker_stored, c.broker_delivered, c.broker_reports),
+        (1, 1, 1)
+    );
+    // The journal tells both views apart.
+    let journey = &pipeline.journal.query(&crate::journeys::Query {
+        msg_id: Some("B1".into()),
+        limit: 1,
+        ..Default::default()
+    })[0];
+    let actions: Vec<&str> = journey.steps.iter().map(|s| s.action.as_str()).collect();
+    assert!(actions.contains(&"broker store"), "{actions:?}");
+    assert!(actions.contains(&"broker commit_offset"), "{actions:?}");
+    let timeline = crate::journeys::timeline(journey);
+    assert!(
+        timeline.contains("<- 127.0.0.1:40000 (10.0.0.5@producer, JAVA v453)"),
+        "{timeline}"
+    );
+}
+
+#[test]
+fn a_relay_makes_no_broker_spans_for_what_it_forwards() {
+    let mut harness = Harness::new(DecoderConfig::default());
+    // A client (pid 7) sends through a relay (pid 9) to the broker (pid 3), all traced.
+    let client = harness.open(1, 7, Origin::Connect);
+    let accepted = harness.open(2, 9, Origin::Accept);
+    let upstream = harness.open(3, 9, Origin::Connect);
+    let at_broker = harness.open(4, 3, Origin::Accept);
+    let request = single_send(1, "R1");
+    let response = ok_response(1, &[("msgId", "OFF"), ("queueOffset", "3")]);
+    harness.frame(client, UP, &request);
+    harness.frame(accepted, DOWN, &request);
+    harness.frame(upstream, UP, &request);
+    harness.frame(at_broker, DOWN, &request);
+    harness.frame(at_broker, UP, &response);
+    harness.frame(upstream, DOWN, &response);
+    harness.frame(accepted, UP, &response);
+    harness.frame(client, DOWN, &response);
+    assert!(harness.pipeline.take_rejected().is_empty(), "all decoded");
+    let (spans, pipeline) = harness.finish();
+    let made: Vec<(String, Value)> = spans
+        .iter()
+        .map(|s| (s.name.clone(), s.resource["process.pid"].clone()))
+        .collect();
+    assert_eq!(
+        made,
+        [
+            ("store T".to_string(), Value::Int(3)),
+            ("send T".into(), Value::Int(7))
+        ]
+    );
+    let c = pipeline.counters().correlation;
+    assert_eq!((c.relayed_requests, c.serving_process_requests), (1, 1));
+    assert_eq!(pipeline.counters().serving_processes, 2);
+}
+
+#[test]
+fn a_gap_in_what_the_broker_wrote_leaves_its_answer_unseen() {
+    let mut harness = Harness::new(DecoderConfig::default());
+    let at_broker = harness.open(1, 3, Origin::Accept);
+    harness.frame(at_broker, DOWN, &single_send(1, "G1"));
+    harness.gap(at_broker, UP, 100);
+    harness.time_passes();
+    let (spans, pipeline) = harness.finish();
+    assert_unseen(&spans, &pipeline, "capture_gap");
+    assert_eq!(spans[0].kind, SpanKind::Server);
 }

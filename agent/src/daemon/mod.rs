@@ -60,6 +60,8 @@ pub struct DaemonOptions {
     pub memory: Shares,
     /// `/healthz` fails once the pipeline has not advanced for this long.
     pub health_stall: Duration,
+    /// Spans from the broker's side of its connections (else not decoded nor copied).
+    pub broker_spans: bool,
 }
 
 struct Daemon<C> {
@@ -122,7 +124,7 @@ pub async fn serve(
     let _metrics_server = metrics::serve(options.metrics_address, metrics.clone(), health.clone())?;
     let mut pipeline = Pipeline::with_request_timeout(
         DecoderConfig {
-            skip_server_side: true,
+            skip_server_side: !options.broker_spans,
             ..DecoderConfig::default()
         },
         unix_minus_monotonic_ns(),

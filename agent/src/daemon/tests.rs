@@ -40,6 +40,7 @@ fn options(dir: &Path) -> DaemonOptions {
         state_file: dir.join("rules.json"),
         memory: Shares::of(64 << 20),
         health_stall: Duration::from_secs(30),
+        broker_spans: true,
     }
 }
 

@@ -60,6 +60,8 @@ struct Tracked {
     held: usize,
     /// It began with a TLS ClientHello.
     encrypted: bool,
+    /// The process was seen receiving clients' requests on it: it is the broker there.
+    served: bool,
 }
 
 impl Tracked {
@@ -209,6 +211,7 @@ impl Decoders {
                     undecoded_bytes: 0,
                     held: 0,
                     encrypted: false,
+                    served: false,
                 };
                 self.connections.insert(connection.id, tracked);
                 return;
@@ -278,21 +281,27 @@ impl Decoders {
                 return;
             }
         };
-        let Some(t) = self.connections.get(&id) else {
+        let Some(t) = self.connections.get_mut(&id) else {
             return;
         };
-        // A connection open before tracing began: the process is its broker if it receives
-        // requests that clients send (brokers send a few requests to clients too).
-        let server_side = self.config.skip_server_side
-            && t.connection.origin == Origin::Existing
+        // The process is the broker (or a relay) of a connection it did not open on which it
+        // receives requests that clients send (brokers send a few requests to clients too).
+        let serves = t.connection.origin != Origin::Connect
             && self.scratch.iter().any(|c| {
                 c.direction == Direction::Ingress
                     && !c.is_response()
                     && !RequestCode::from_code(c.header.code).is_sent_to_clients()
             });
-        if server_side {
+        if serves {
             self.servers.insert(t.connection.pid);
+            if !t.served {
+                t.served = true;
+                self.connections_server_side += 1;
+            }
         }
+        // With `skip_server_side`, what is left of it after its first bytes: a connection open
+        // before tracing began.
+        let server_side = self.config.skip_server_side && serves;
         let serving_process = self.servers.contains(&t.connection.pid);
         for command in self.scratch.drain(..) {
             out.push(DecodedCommand {
@@ -308,7 +317,6 @@ impl Decoders {
         if server_side {
             let t = self.remove(&id).expect("present");
             add(&mut self.closed, &t.decoder.counters);
-            self.connections_server_side += 1;
             self.rejected.push(t.connection);
         }
     }

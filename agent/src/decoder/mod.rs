@@ -55,8 +55,8 @@ pub enum DecodeError {
 pub struct DecoderConfig {
     pub max_frame: u32,
     /// Stop decoding a connection once the traced process is seen receiving requests on it
-    /// (it is the broker there): that side makes no events, and the live capture can stop
-    /// copying it. Off for capture files, whose direction may be the other way round.
+    /// (it is the broker there): that side then makes no events, and the live capture can
+    /// stop copying it (`mqtrace run --no-broker-spans`).
     pub skip_server_side: bool,
 }
 

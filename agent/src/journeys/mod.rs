@@ -74,7 +74,8 @@ impl HeapSize for Journey {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Step {
     /// "send", "receive", or "settle" with the operation its span is named after: "settle
-    /// commit_offset", "settle send_back", "settle ack", ...
+    /// commit_offset", "settle send_back", "settle ack", ...; the broker's view of them:
+    /// "broker store", "broker deliver", "broker ack", "broker commit_offset", ...
     pub action: String,
     /// When the step happened, which orders the steps: a send when the producer sent it (the
     /// message exists no earlier), a receive when the message was delivered (the response: a
@@ -89,8 +90,11 @@ pub struct Step {
     #[serde(default)]
     pub host: String,
     pub local: Option<String>,
-    /// The broker it talked to.
+    /// The broker it talked to; for the broker's steps, the client it served.
     pub peer: Option<String>,
+    /// For the broker's steps: the client's id (from its heartbeats), language and version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
     pub topic: Option<String>,
     pub queue_id: Option<i32>,
     pub queue_offset: Option<i64>,
@@ -313,8 +317,10 @@ pub fn timeline(journey: &Journey) -> String {
         if !step.host.is_empty() {
             line.push_str(&format!("@{}", step.host));
         }
-        if let Some(peer) = &step.peer {
-            line.push_str(&format!(" -> {peer}"));
+        match (&step.peer, &step.client) {
+            (Some(peer), Some(client)) => line.push_str(&format!(" <- {peer} {client}")),
+            (Some(peer), None) => line.push_str(&format!(" -> {peer}")),
+            _ => {}
         }
         if let Some(topic) = step
             .topic
@@ -436,7 +442,18 @@ fn step_of<'a>(event: &'a MessageEvent, span: &Span) -> (&'a str, Step) {
     };
     let (process, host) = (resource("service.name"), resource("host.name"));
     let base = |action: String, endpoint: &Endpoint, at: u64, start: u64, end: u64| Step {
-        action,
+        action: match &endpoint.client {
+            Some(_) => match action.as_str() {
+                "send" => "broker store".into(),
+                "receive" => "broker deliver".into(),
+                settle => format!("broker {}", settle.trim_start_matches("settle ")),
+            },
+            None => action,
+        },
+        client: endpoint.client.as_ref().map(|c| {
+            let id = c.client_id.as_deref().unwrap_or("client");
+            format!("({id}, {} v{})", c.language, c.version)
+        }),
         at_unix_ns: at,
         start_unix_ns: start,
         end_unix_ns: end,

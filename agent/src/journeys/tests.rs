@@ -20,6 +20,7 @@ fn endpoint(pid: u32) -> Endpoint {
         pid,
         local: Some("127.0.0.1:40000".parse().unwrap()),
         peer: Some("127.0.0.1:10911".parse().unwrap()),
+        client: None,
     }
 }
 

@@ -160,10 +160,44 @@ fn common(operation: &str, operation_type: &str, topic: Option<&str>) -> Attribu
     a
 }
 
+/// The other end: the broker a client talked to, or the client a broker served (with what the
+/// broker knows of it).
 fn peer(attributes: &mut Attributes, endpoint: &crate::correlation::Endpoint) {
+    let role = if endpoint.is_broker() {
+        "client"
+    } else {
+        "server"
+    };
     if let Some(peer) = endpoint.peer {
-        attributes.insert("server.address".into(), peer.ip().to_string().into());
-        attributes.insert("server.port".into(), i64::from(peer.port()).into());
+        attributes.insert(format!("{role}.address"), peer.ip().to_string().into());
+        attributes.insert(format!("{role}.port"), i64::from(peer.port()).into());
+    }
+    if let Some(client) = &endpoint.client {
+        attributes.insert("mqtrace.observer".into(), "broker".into());
+        put(attributes, "messaging.client.id", client.client_id.clone());
+        attributes.insert(
+            "mqtrace.client.language".into(),
+            client.language.as_str().into(),
+        );
+        attributes.insert(
+            "mqtrace.client.version".into(),
+            i64::from(client.version).into(),
+        );
+    }
+}
+
+/// A step's span kind and its name's operation: the client's (`client_kind`, `operation`), or
+/// the broker's serving it (SERVER, `broker_operation`).
+fn role(
+    endpoint: &crate::correlation::Endpoint,
+    client_kind: SpanKind,
+    operation: &'static str,
+    broker_operation: &'static str,
+) -> (SpanKind, &'static str) {
+    if endpoint.is_broker() {
+        (SpanKind::Server, broker_operation)
+    } else {
+        (client_kind, operation)
     }
 }
 
@@ -220,7 +254,8 @@ fn name(operation: &str, topic: Option<&str>) -> String {
 pub fn send_span(event: &SendEvent, resource: &Attributes) -> Span {
     let m = &event.message;
     let (trace_id, parent) = message_trace(&event.key, m.properties.traceparent());
-    let mut a = common("send", "send", m.topic.as_deref());
+    let (kind, operation) = role(&event.endpoint, SpanKind::Producer, "send", "store");
+    let mut a = common(operation, "send", m.topic.as_deref());
     a.insert("messaging.message.id".into(), event.key.as_str().into());
     labels(&mut a, m.tags(), m.keys());
     a.insert(
@@ -259,8 +294,15 @@ pub fn send_span(event: &SendEvent, resource: &Attributes) -> Span {
     peer(&mut a, &event.endpoint);
     let (status, status_message) = status(&event.outcome, &mut a);
     // The first send of the message owns the send span id its consumers point to; a retry of
-    // it is a child of that one, with an id of its own.
-    let (span_id, parent) = if event.attempt > 1 {
+    // it is a child of that one, with an id of its own. The broker's store is a child of the
+    // send, one per copy it stored.
+    let (span_id, parent) = if event.endpoint.is_broker() {
+        let attempt = event.attempt.to_string();
+        (
+            SpanId::for_step(operation, &event.key, &[&attempt]),
+            Some(SpanId::for_send(&event.key)),
+        )
+    } else if event.attempt > 1 {
         a.insert(
             "mqtrace.send.attempt".into(),
             i64::from(event.attempt).into(),
@@ -277,8 +319,8 @@ pub fn send_span(event: &SendEvent, resource: &Attributes) -> Span {
         trace_id,
         span_id,
         parent_span_id: parent,
-        name: name("send", m.topic.as_deref()),
-        kind: SpanKind::Producer,
+        name: name(operation, m.topic.as_deref()),
+        kind,
         start_unix_nano: event.start_unix_ns,
         end_unix_nano: event.end_unix_ns,
         status,
@@ -293,7 +335,8 @@ pub fn receive_span(event: &ReceiveEvent, resource: &Attributes) -> Span {
     let m = &event.message;
     let (trace_id, _) = message_trace(&event.key, m.properties.traceparent());
     let send = SpanId::for_send(&event.key);
-    let mut a = common("receive", "receive", m.topic.as_deref());
+    let (kind, operation) = role(&event.endpoint, SpanKind::Client, "receive", "deliver");
+    let mut a = common(operation, "receive", m.topic.as_deref());
     a.insert("messaging.message.id".into(), event.key.as_str().into());
     put(
         &mut a,
@@ -324,11 +367,19 @@ pub fn receive_span(event: &ReceiveEvent, resource: &Attributes) -> Span {
         "mqtrace.origin_message_id",
         m.properties.origin_message_id().map(String::from),
     );
+    let received_ms = (event.end_unix_ns / 1_000_000) as i64;
     if let Some(born) = m.born_timestamp_ms {
-        let received_ms = (event.end_unix_ns / 1_000_000) as i64;
         a.insert(
             "mqtrace.born_to_receive_ms".into(),
             received_ms.saturating_sub(born).into(),
+        );
+    }
+    // Time in the queue: from stored to handed over (the broker's clock at both ends when the
+    // broker reports it).
+    if let Some(stored) = m.store_timestamp_ms {
+        a.insert(
+            "mqtrace.queue_time_ms".into(),
+            received_ms.saturating_sub(stored).into(),
         );
     }
     sizes(&mut a, m.body_len, event.batch_size);
@@ -338,10 +389,10 @@ pub fn receive_span(event: &ReceiveEvent, resource: &Attributes) -> Span {
     let start = event.start_unix_ns.to_string();
     Span {
         trace_id,
-        span_id: SpanId::for_step("receive", &event.key, &[group, &reconsume, &start]),
+        span_id: SpanId::for_step(operation, &event.key, &[group, &reconsume, &start]),
         parent_span_id: Some(send),
-        name: name("receive", m.topic.as_deref()),
-        kind: SpanKind::Client,
+        name: name(operation, m.topic.as_deref()),
+        kind,
         start_unix_nano: event.start_unix_ns,
         end_unix_nano: event.end_unix_ns,
         status: Status::Unset,
@@ -357,6 +408,7 @@ pub fn receive_span(event: &ReceiveEvent, resource: &Attributes) -> Span {
 
 pub fn settle_span(event: &SettleEvent, resource: &Attributes) -> Span {
     let operation = event.settlement.operation();
+    let (kind, _) = role(&event.endpoint, SpanKind::Client, operation, operation);
     let (trace_id, _) = message_trace(&event.key, event.labels.traceparent.as_deref());
     let mut a = common(operation, "settle", event.topic.as_deref());
     a.insert("messaging.message.id".into(), event.key.as_str().into());
@@ -378,16 +430,16 @@ pub fn settle_span(event: &SettleEvent, resource: &Attributes) -> Span {
     peer(&mut a, &event.endpoint);
     let (status, status_message) = status(&event.outcome, &mut a);
     let start = event.start_unix_ns.to_string();
+    let mut unique = vec![event.consumer_group.as_deref().unwrap_or(""), &start];
+    if event.endpoint.is_broker() {
+        unique.push("broker"); // never the id of the client's span of the same report
+    }
     Span {
         trace_id,
-        span_id: SpanId::for_step(
-            operation,
-            &event.key,
-            &[event.consumer_group.as_deref().unwrap_or(""), &start],
-        ),
+        span_id: SpanId::for_step(operation, &event.key, &unique),
         parent_span_id: Some(SpanId::for_send(&event.key)),
         name: name(operation, event.topic.as_deref()),
-        kind: SpanKind::Client,
+        kind,
         start_unix_nano: event.start_unix_ns,
         end_unix_nano: event.end_unix_ns,
         status,
