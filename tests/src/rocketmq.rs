@@ -152,6 +152,11 @@ impl Broker {
         );
     }
 
+    /// The broker process's pid.
+    pub fn pid(&self) -> u32 {
+        self.broker.0.id()
+    }
+
     pub fn namesrv(&self) -> String {
         format!("{}:9876", self.ip)
     }

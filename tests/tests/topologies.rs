@@ -104,13 +104,16 @@ struct Expected<'a> {
     business_key: &'a str,
     producer: u32,
     consumer: u32,
+    /// The broker: traced too, its spans (SERVER) may be in the trace, none other of it.
+    broker: u32,
     /// Whether the consumer's offset commit must be in the trace too.
     committed: bool,
 }
 
 /// Why the trace of a message is not complete and correct, if it is not: exactly one send
 /// span (the producer's, with the send span id), receive spans (and, where asked, the offset
-/// commit) from the consumer, each a child of the send span and carrying the message's keys.
+/// commit) from the consumer, each a child of the send span and carrying the message's keys;
+/// besides them only the broker's own spans (SERVER).
 fn trace_problem(traces: &BTreeMap<String, Vec<&Value>>, e: &Expected) -> Option<String> {
     let Some(trace) = traces.get(&TraceId::for_message(e.key).hex()) else {
         return Some("no trace".into());
@@ -134,7 +137,9 @@ fn trace_problem(traces: &BTreeMap<String, Vec<&Value>>, e: &Expected) -> Option
         .collect();
     let commits: Vec<&&Value> = trace
         .iter()
-        .filter(|s| text(s, "name") == format!("commit_offset {}", e.topic))
+        .filter(|s| {
+            s["kind"] == "CLIENT" && text(s, "name") == format!("commit_offset {}", e.topic)
+        })
         .collect();
     if receives.is_empty() || (e.committed && commits.is_empty()) {
         return Some(format!(
@@ -144,8 +149,11 @@ fn trace_problem(traces: &BTreeMap<String, Vec<&Value>>, e: &Expected) -> Option
         ));
     }
     for span in trace {
-        if pid_of(span) != u64::from(e.producer) && pid_of(span) != u64::from(e.consumer) {
-            return Some(format!("{} from pid {}", span["name"], pid_of(span)));
+        let pid = pid_of(span);
+        let clients = pid == u64::from(e.producer) || pid == u64::from(e.consumer);
+        let brokers = pid == u64::from(e.broker) && span["kind"] == "SERVER";
+        if clients == brokers {
+            return Some(format!("{} {} from pid {pid}", span["kind"], span["name"]));
         }
         if text(span, "span_id") != send_id && text(span, "parent_span_id") != send_id {
             return Some(format!("{} is not a child of the send", span["name"]));
@@ -218,6 +226,7 @@ fn expectations<'a>(
     topic: &'a str,
     producer: u32,
     consumer: u32,
+    broker: u32,
 ) -> Vec<Expected<'a>> {
     produced
         .iter()
@@ -227,6 +236,7 @@ fn expectations<'a>(
             business_key: p["key"].as_str().unwrap(),
             producer,
             consumer,
+            broker,
             committed: true,
         })
         .collect()
@@ -261,6 +271,7 @@ fn a_relay_on_the_clients_host_is_not_taken_for_a_client() {
     agent.stop();
     let relay_pid = u64::from(relay.pid());
     drop(relay);
+    let broker_pid = broker.pid();
     drop(broker);
 
     let spans = file.spans();
@@ -279,7 +290,7 @@ fn a_relay_on_the_clients_host_is_not_taken_for_a_client() {
     assert_traces(
         "relay on the clients' host",
         &spans,
-        &expectations(&produced, topic, producer, consumer),
+        &expectations(&produced, topic, producer, consumer, broker_pid),
     );
     assert!(
         counters["mqtrace_pipeline_correlation_serving_process_requests_total"] >= MESSAGES as f64,
@@ -327,6 +338,7 @@ fn a_relay_on_its_own_host_with_its_own_agent_adds_no_span() {
     relay_agent.stop();
     clients_agent.stop();
     drop(relay);
+    let broker_pid = broker.pid();
     drop(broker);
 
     let (clients_spans, relay_spans) = (clients_file.spans(), relay_file.spans());
@@ -345,7 +357,7 @@ fn a_relay_on_its_own_host_with_its_own_agent_adds_no_span() {
     assert_traces(
         "relay on its own host",
         &all,
-        &expectations(&produced, topic, producer, consumer),
+        &expectations(&produced, topic, producer, consumer, broker_pid),
     );
 }
 
@@ -366,6 +378,7 @@ fn a_producer_without_uniq_key_joins_its_consumer() {
     assert_eq!(sent.len(), raw);
     let (consumer, consumed) = consume(&namesrv, topic, "topo_raw_group", raw + 1, &[]);
     agent.stop();
+    let broker_pid = broker.pid();
     drop(broker);
 
     // The broker assigned each one a UNIQ_KEY and said which; the consumer sees the same.
@@ -386,6 +399,7 @@ fn a_producer_without_uniq_key_joins_its_consumer() {
                 business_key: s["key"].as_str().unwrap(),
                 producer,
                 consumer,
+                broker: broker_pid,
                 // What (c) asks: each receive under its send. The consumer's last offset
                 // commit may come after it leaves.
                 committed: false,
@@ -418,6 +432,7 @@ fn a_message_failed_until_the_dead_letter_queue_keeps_one_trace() {
         &["--fail-all", "--max-reconsume", "1"],
     );
     agent.stop();
+    let broker_pid = broker.pid();
     drop(broker);
 
     let spans = file.spans();
@@ -443,6 +458,7 @@ fn a_message_failed_until_the_dead_letter_queue_keeps_one_trace() {
         steps.sort_by_key(|s| s["end_unix_nano"].as_u64());
         let story: Vec<(String, u64, i64)> = steps
             .iter()
+            .filter(|s| s["kind"] != "SERVER")
             .map(|s| {
                 (
                     text(s, "name").to_string(),
@@ -467,14 +483,33 @@ fn a_message_failed_until_the_dead_letter_queue_keeps_one_trace() {
             .into_iter()
             .filter(|(name, _, _)| !name.starts_with("commit_offset "))
             .collect();
-        let children_of_send = steps[1..]
+        // The broker's view of the same story, from its side of the connections.
+        let broker_story: Vec<(String, i64)> = steps
             .iter()
-            .all(|s| text(s, "parent_span_id") == SpanId::for_send(id).hex());
+            .filter(|s| s["kind"] == "SERVER" && pid_of(s) == u64::from(broker_pid))
+            .map(|s| {
+                let times = attribute(s, "mqtrace.reconsume_times").as_i64();
+                (text(s, "name").to_string(), times.unwrap_or(0))
+            })
+            .filter(|(name, _)| !name.starts_with("commit_offset "))
+            .collect();
+        let broker_want = [
+            (format!("store {topic}"), 0),
+            (format!("deliver {topic}"), 0),
+            (format!("send_back {topic}"), 0),
+            (format!("deliver %RETRY%{group}"), 1),
+            (format!("dead_letter %DLQ%{group}"), 1),
+        ];
+        let send_id = SpanId::for_send(id).hex();
+        let children_of_send = steps
+            .iter()
+            .filter(|s| text(s, "span_id") != send_id)
+            .all(|s| text(s, "parent_span_id") == send_id);
         let ok_status = steps.iter().all(|s| s["status"] != "ERROR");
-        if story == want && children_of_send && ok_status {
+        if story == want && broker_story == broker_want && children_of_send && ok_status {
             complete += 1;
         } else {
-            problems.push(format!("{id}: {story:?}"));
+            problems.push(format!("{id}: {story:?} broker: {broker_story:?}"));
         }
     }
     eprintln!(
@@ -550,4 +585,166 @@ fn a_request_the_agent_stopped_watching_is_not_an_error() {
     assert_eq!(attribute(send, "mqtrace.response.unseen"), "deselected");
     assert!(counters["mqtrace_pipeline_correlation_unseen_responses_deselected_total"] >= 1.0);
     assert_eq!(counters["mqtrace_pipeline_correlation_timeouts_total"], 0.0);
+}
+
+/// The spans of `spans` named `name` (one per message expected), by message ID.
+fn named<'a>(spans: &'a [Value], name: &str) -> BTreeMap<&'a str, Vec<&'a Value>> {
+    let mut by_id: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
+    for span in spans.iter().filter(|s| text(s, "name") == name) {
+        by_id
+            .entry(
+                attribute(span, "messaging.message.id")
+                    .as_str()
+                    .unwrap_or(""),
+            )
+            .or_default()
+            .push(span);
+    }
+    by_id
+}
+
+#[test]
+fn an_agent_tracing_only_the_broker_sees_every_message_and_joins_the_clients_agent() {
+    let _turn = turn();
+    let topic = "TopoBrokerView";
+    let group = "topo_broker_view_group";
+    let broker = Broker::start("127.0.0.1").unwrap();
+    let broker_pid = broker.pid();
+    // Two agents that know nothing of each other: one on the broker "host" tracing only the
+    // broker process, one tracing only the clients.
+    let (broker_file, clients_file) = (SpanFile::new("broker-view"), SpanFile::new("its-clients"));
+    let broker_agent = Agent::start(
+        "topo-broker-host",
+        &[
+            "--pid",
+            &broker_pid.to_string(),
+            "--output",
+            broker_file.arg(),
+        ],
+    );
+    let clients_agent = Agent::start(
+        "topo-broker-clients",
+        &["--comm", "mq-client", "--output", clients_file.arg()],
+    );
+    let namesrv = broker.namesrv();
+    let (producer, produced) = produce(&namesrv, topic, MESSAGES);
+    let (consumer, consumed) = consume(&namesrv, topic, group, MESSAGES, &[]);
+    assert!(consumed.len() >= MESSAGES);
+    let timeline = broker_agent.control_ok(&["trace", "--key", "key-7"]);
+    let counters = broker_agent.scrape();
+    broker_agent.stop();
+    clients_agent.stop();
+    drop(broker);
+
+    let (at_broker, at_clients) = (broker_file.spans(), clients_file.spans());
+    assert!(
+        at_broker
+            .iter()
+            .all(|s| pid_of(s) == u64::from(broker_pid) && s["kind"] == "SERVER"),
+        "the broker host's agent makes the broker's spans only"
+    );
+    // Per message, from the broker alone: stored (by the producer), delivered (to the
+    // consumer's group, from the queue the producer was told), reported (the offset commit).
+    let (stored, delivered, reported) = (
+        named(&at_broker, &format!("store {topic}")),
+        named(&at_broker, &format!("deliver {topic}")),
+        named(&at_broker, &format!("commit_offset {topic}")),
+    );
+    let client_id = |s: &Value| {
+        attribute(s, "messaging.client.id")
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut problems = Vec::new();
+    let mut clients_seen = std::collections::BTreeSet::new();
+    for p in &produced {
+        let id = p["msg_id"].as_str().unwrap();
+        let (Some(store), Some(deliver), Some(report)) =
+            (stored.get(id), delivered.get(id), reported.get(id))
+        else {
+            problems.push(format!(
+                "{id}: {} stored, {} delivered, {} reported",
+                stored.get(id).map_or(0, Vec::len),
+                delivered.get(id).map_or(0, Vec::len),
+                reported.get(id).map_or(0, Vec::len)
+            ));
+            continue;
+        };
+        let (store, deliver, report) = (store[0], deliver[0], report[0]);
+        let queue = p["queue_id"].as_i64().unwrap().to_string();
+        let wanted = [
+            (
+                store,
+                "messaging.rocketmq.client_group",
+                "mqtrace_test_producer",
+            ),
+            (deliver, "messaging.consumer.group.name", group),
+            (report, "messaging.consumer.group.name", group),
+            (store, "messaging.destination.partition.id", queue.as_str()),
+            (
+                deliver,
+                "messaging.destination.partition.id",
+                queue.as_str(),
+            ),
+            (store, "mqtrace.client.language", "RUST"),
+            (deliver, "mqtrace.client.language", "RUST"),
+            (store, "client.address", "127.0.0.1"),
+            (store, "messaging.message.id", id),
+        ];
+        for (span, key, value) in wanted {
+            if attribute(span, key) != value {
+                problems.push(format!(
+                    "{id}: {} {key} {}",
+                    span["name"],
+                    attribute(span, key)
+                ));
+            }
+        }
+        if attribute(store, "mqtrace.queue_offset") != &p["queue_offset"] {
+            problems.push(format!(
+                "{id}: stored at {}",
+                attribute(store, "mqtrace.queue_offset")
+            ));
+        }
+        if !attribute(deliver, "mqtrace.queue_time_ms").is_i64() {
+            problems.push(format!("{id}: no queue time"));
+        }
+        if attribute(store, "messaging.rocketmq.message.keys") != &serde_json::json!([p["key"]]) {
+            problems.push(format!("{id}: store lacks the keys"));
+        }
+        clients_seen.insert((client_id(store), client_id(deliver), client_id(report)));
+    }
+    eprintln!(
+        "broker view: {} of {MESSAGES} messages stored, delivered and reported, naming their client",
+        MESSAGES - problems.len().min(MESSAGES)
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // One producer and one consumer: the heartbeats named each, and not the same.
+    assert_eq!(clients_seen.len(), 1, "{clients_seen:?}");
+    let (of_producer, of_consumer, of_report) = clients_seen.into_iter().next().unwrap();
+    assert!(
+        !of_producer.is_empty() && of_producer != of_consumer,
+        "{of_producer} {of_consumer}"
+    );
+    assert_eq!(of_consumer, of_report);
+    for step in ["broker store", "broker deliver", "broker commit_offset"] {
+        assert!(
+            timeline.contains(&format!("  {step} ")),
+            "{step} in: {timeline}"
+        );
+    }
+    assert_eq!(
+        counters["mqtrace_pipeline_correlation_broker_stored_total"],
+        MESSAGES as f64
+    );
+    // With the clients' agent's spans: one trace per message holding both sides, the
+    // clients' as without the broker's, no span id twice, every parent there.
+    let all = [at_clients, at_broker].concat();
+    assert_complete_traces(&all);
+    assert_traces(
+        "broker and clients agents",
+        &all,
+        &expectations(&produced, topic, producer, consumer, broker_pid),
+    );
 }

@@ -222,6 +222,16 @@ const STATUS_LINES: &[(&str, &[&str])] = &[
     ("sends", &["/pipeline/correlation/sends"]),
     ("receives", &["/pipeline/correlation/receives"]),
     ("settlements", &["/pipeline/correlation/settles"]),
+    ("broker: stored", &["/pipeline/correlation/broker_stored"]),
+    (
+        "broker: delivered",
+        &["/pipeline/correlation/broker_delivered"],
+    ),
+    ("broker: reports", &["/pipeline/correlation/broker_reports"]),
+    (
+        "relayed requests",
+        &["/pipeline/correlation/relayed_requests"],
+    ),
     ("spans emitted", &["/pipeline/spans"]),
     // Each destination on its own: a span sent to both is not two spans.
     ("spans sent to OTLP", &["/export/otlp/exported"]),

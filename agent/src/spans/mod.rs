@@ -430,7 +430,13 @@ pub fn settle_span(event: &SettleEvent, resource: &Attributes) -> Span {
     peer(&mut a, &event.endpoint);
     let (status, status_message) = status(&event.outcome, &mut a);
     let start = event.start_unix_ns.to_string();
-    let mut unique = vec![event.consumer_group.as_deref().unwrap_or(""), &start];
+    // The topic too: one request (or frames read at once) may commit offsets of a message's
+    // delivery from its topic and of its redelivery from the retry topic.
+    let mut unique = vec![
+        event.consumer_group.as_deref().unwrap_or(""),
+        &start,
+        event.topic.as_deref().unwrap_or(""),
+    ];
     if event.endpoint.is_broker() {
         unique.push("broker"); // never the id of the client's span of the same report
     }
