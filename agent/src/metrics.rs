@@ -4,6 +4,7 @@
 //! its own, so that a busy or stuck pipeline is reported, not hidden by a probe that hangs.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -157,6 +158,7 @@ fn render(prefix: &str, value: &serde_json::Value, out: &mut String) {
                 render(&format!("{prefix}_{name}"), value, out);
             }
         }
+        serde_json::Value::Array(series) => render_series(prefix, series, out),
         serde_json::Value::Number(n) => {
             let gauge = GAUGES.iter().any(|g| prefix.ends_with(g));
             let help = HELP
@@ -174,6 +176,45 @@ fn render(prefix: &str, value: &serde_json::Value, out: &mut String) {
         }
         _ => {}
     }
+}
+
+/// A list of objects: gauges named by the prefix and each numeric field, labelled by the
+/// string fields (`mqtrace_pipeline_consumer_lag_messages{group="g",topic="T",queue="1"}`).
+fn render_series(prefix: &str, series: &[serde_json::Value], out: &mut String) {
+    let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for item in series {
+        let Some(fields) = item.as_object() else {
+            continue;
+        };
+        let labels: Vec<String> = fields
+            .iter()
+            .filter_map(|(k, v)| Some(format!("{k}=\"{}\"", label_value(v.as_str()?))))
+            .collect();
+        for (field, value) in fields {
+            if let Some(n) = value.as_number() {
+                by_name
+                    .entry(format!("{prefix}_{field}"))
+                    .or_default()
+                    .push(format!("{{{}}} {n}", labels.join(",")));
+            }
+        }
+    }
+    for (name, lines) in by_name {
+        out.push_str(&format!(
+            "# HELP {name} {}\n# TYPE {name} gauge\n",
+            described(&name)
+        ));
+        for line in lines {
+            out.push_str(&format!("{name}{line}\n"));
+        }
+    }
+}
+
+/// A label value as the exposition format escapes it.
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// `mqtrace_pipeline_correlation_sends` → `pipeline correlation: sends (mqtrace status).`
@@ -311,5 +352,23 @@ mod tests {
         assert!(text.contains("# HELP mqtrace_pipeline_correlation_sends_total pipeline: correlation sends (the pipeline counters of `mqtrace status`).\n# TYPE mqtrace_pipeline_correlation_sends_total counter\nmqtrace_pipeline_correlation_sends_total 7\n"), "{text}");
         assert!(text.contains("# TYPE mqtrace_pipeline_requests_waiting gauge\nmqtrace_pipeline_requests_waiting 2\n"), "{text}");
         assert!(!text.contains("otlp"), "{text}");
+    }
+
+    #[test]
+    fn lists_become_labelled_gauges_with_escaped_values() {
+        let snapshot = Snapshot::default();
+        snapshot.update(&serde_json::json!({"pipeline": {"consumer_lag": [
+            {"group": "g", "topic": "T", "queue": "1", "messages": 6},
+            {"group": "a\"b\\c\nd", "topic": "T", "queue": "0", "messages": 0},
+        ]}}));
+        let text = snapshot.text();
+        assert!(
+            text.contains(concat!(
+                "# TYPE mqtrace_pipeline_consumer_lag_messages gauge\n",
+                "mqtrace_pipeline_consumer_lag_messages{group=\"g\",queue=\"1\",topic=\"T\"} 6\n",
+                "mqtrace_pipeline_consumer_lag_messages{group=\"a\\\"b\\\\c\\nd\",queue=\"0\",topic=\"T\"} 0\n"
+            )),
+            "{text}"
+        );
     }
 }

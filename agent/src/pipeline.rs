@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::{
     correlation::{
         CorrelationCounters, CorrelationMemory, Correlator, DEFAULT_TIMEOUT_NS, MessageEvent,
-        Unseen,
+        Unseen, lag::QueueLag,
     },
     decoder::{DecodedCommand, DecoderConfig, DecoderCounters, Decoders},
     journeys::{DEFAULT_MAX_MESSAGES, Journal, JournalCounters},
@@ -53,6 +53,8 @@ pub struct PipelineCounters {
     pub serving_processes: u64,
     pub spans: u64,
     pub journal: JournalCounters,
+    /// Per consumer group and queue: messages stored, not yet committed (gauges, labelled).
+    pub consumer_lag: Vec<QueueLag>,
 }
 
 pub struct Pipeline {
@@ -195,6 +197,7 @@ impl Pipeline {
             serving_processes: self.decoders.serving_processes() as u64,
             spans: self.spans,
             journal: self.journal.counters(),
+            consumer_lag: self.correlator.lags(),
         }
     }
 }

@@ -1226,8 +1226,10 @@ fn a_tls_connection_is_reported_as_encrypted_once_and_not_traced() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    // Each handshake from both of its ends: s_client's socket and the one s_server accepted
+    // (both `openssl`, both traced).
     let started = Instant::now();
-    while agent.scrape()["mqtrace_pipeline_connections_tls_total"] < 2.0 {
+    while agent.scrape()["mqtrace_pipeline_connections_tls_total"] < 4.0 {
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "{}",
@@ -1236,7 +1238,7 @@ fn a_tls_connection_is_reported_as_encrypted_once_and_not_traced() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let status = agent.control_ok(&["status"]);
-    assert!(status.contains("  TLS, not traced        2\n"), "{status}");
+    assert!(status.contains("  TLS, not traced        4\n"), "{status}");
     let log = agent.stop();
     assert_eq!(
         log.matches("connections began TLS").count(),

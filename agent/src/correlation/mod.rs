@@ -14,6 +14,7 @@
 //! connection no longer followed, the agent stopping) the outcome says so instead.
 
 mod index;
+pub mod lag;
 
 use std::{collections::BTreeMap, net::SocketAddr};
 
@@ -291,6 +292,8 @@ pub struct CorrelationCounters {
     pub broker_reports: u64,
     /// Requests a process accepted and forwarded (a relay, sidecar or proxy): no broker events.
     pub relayed_requests: u64,
+    /// Queues whose consumer lag is not followed: too many were.
+    pub lag_queues_dropped: u64,
     /// Requests made by processes that accept RocketMQ connections (brokers, proxies,
     /// sidecars, relays): forwarded or internal traffic, never taken for a client's.
     pub serving_process_requests: u64,
@@ -374,6 +377,7 @@ pub struct Correlator {
     client_ids: HashMap<ConnectionId, String>,
     /// Processes seen forwarding what clients sent them (relays, sidecars, proxies).
     forwarders: HashSet<u32>,
+    lags: lag::Lags,
     counters: CorrelationCounters,
 }
 
@@ -392,6 +396,7 @@ impl Correlator {
             broker: Seen::new(&Shares::default()),
             client_ids: HashMap::new(),
             forwarders: HashSet::new(),
+            lags: lag::Lags::default(),
             counters: CorrelationCounters::default(),
         }
     }
@@ -419,6 +424,7 @@ impl Correlator {
             received_evicted: self.clients.received.held.evicted
                 + self.broker.received.held.evicted,
             sent_evicted: self.clients.sent.held.evicted + self.broker.sent.held.evicted,
+            lag_queues_dropped: self.lags.dropped,
             ..self.counters.clone()
         }
     }
@@ -539,6 +545,11 @@ impl Correlator {
         }
     }
 
+    /// Consumer lag per group and queue, where known.
+    pub fn lags(&self) -> Vec<lag::QueueLag> {
+        self.lags.lags()
+    }
+
     /// The process exited: its pid may come back as another program.
     pub fn forget_process(&mut self, pid: u32) {
         self.forwarders.remove(&pid);
@@ -578,6 +589,7 @@ impl Correlator {
     /// Ends requests whose response did not come by `now_ns` (the sources' clock): as errors
     /// when the agent saw everything, else as unseen.
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<MessageEvent>) {
+        self.lags.expire(now_ns);
         let expired: Vec<PendingKey> = self
             .pending
             .iter()
@@ -678,9 +690,11 @@ impl Correlator {
                 message: Some("the connection closed before a response".into()),
             },
         };
+        let end_ns = response.map_or(request.command.end_ns, |r| r.command.end_ns);
         let step = Step {
             start: self.unix(request.command.start_ns),
-            end: self.unix(response.map_or(request.command.end_ns, |r| r.command.end_ns)),
+            end: self.unix(end_ns),
+            end_ns,
             outcome,
             endpoint: self.endpoint(&request),
         };
@@ -720,6 +734,12 @@ impl Correlator {
                         &step,
                         out,
                     );
+                }
+                if let (Some(pulled), Some(group), Some(topic), Some(queue)) =
+                    (pulled, &pull.consumer_group, &pull.topic, pull.queue_id)
+                    && let Some(max) = pulled.max_offset
+                {
+                    self.lags.pulled(group, topic, queue, max, end_ns);
                 }
                 // A pull also commits the group's offset on that queue.
                 if let (Some(group), Some(topic), Some(queue), Some(commit)) = (
@@ -947,6 +967,8 @@ impl Correlator {
         step: &Step,
         out: &mut Vec<MessageEvent>,
     ) {
+        self.lags
+            .committed(group, topic, queue, commit, step.end_ns);
         let passed = self
             .seen(step)
             .received
@@ -1023,6 +1045,8 @@ fn settlement_of_resend(topic: &str) -> Option<Settlement> {
 struct Step {
     start: u64,
     end: u64,
+    /// `end` by the sources' clock.
+    end_ns: u64,
     outcome: Outcome,
     endpoint: Endpoint,
 }

@@ -971,7 +971,7 @@ fn the_broker_sees_each_message_stored_delivered_and_reported_naming_its_client(
                     0,
                     1,
                     1,
-                    &[],
+                    &[("maxOffset", "5")],
                     &stored_message(false, store, 0, 64, "T", &props, b"body"),
                 ),
             ),
@@ -1075,6 +1075,19 @@ fn the_broker_sees_each_message_stored_delivered_and_reported_naming_its_client(
     assert_eq!(
         (c.broker_stored, c.broker_delivered, c.broker_reports),
         (1, 1, 1)
+    );
+    // The queue holds offsets up to 5, the group committed 1: 4 messages behind.
+    let lag = &pipeline.counters().consumer_lag;
+    assert_eq!(
+        lag.iter()
+            .map(|l| (
+                l.group.as_str(),
+                l.topic.as_str(),
+                l.queue.as_str(),
+                l.messages
+            ))
+            .collect::<Vec<_>>(),
+        [("g", "T", "3", 4)]
     );
     // The journal tells both views apart.
     let journey = &pipeline.journal.query(&crate::journeys::Query {
