@@ -190,17 +190,29 @@ pub fn run() -> anyhow::Result<()> {
                     .unwrap_or_default();
                 row("  agent memory at the end".into(), &last, "MiB", &none);
             }
-            Some("ceiling") => row(
-                format!(
-                    "{} at {}/s: {}",
-                    text("mode"),
-                    v["target_per_s"],
-                    verdict(&v)
-                ),
-                &v["achieved_per_s"],
-                "msgs/s",
-                &none,
-            ),
+            Some("ceiling") => {
+                row(
+                    format!(
+                        "{} {} at {}/s: {}",
+                        text("side"),
+                        text("mode"),
+                        v["target_per_s"],
+                        verdict(&v)
+                    ),
+                    &v["achieved_per_s"],
+                    "msgs/s",
+                    &none,
+                );
+                row(
+                    "  agent CPU / bytes copied per message".into(),
+                    &serde_json::json!(format!(
+                        "{} / {}",
+                        v["agent_cpu_us_per_message"], v["bytes_copied_per_message"]
+                    )),
+                    "us / B",
+                    &none,
+                );
+            }
             _ => {}
         }
     }

@@ -1,7 +1,8 @@
 //! The ceiling: the highest message rate at which the real agent (`mqtrace run`, release build)
 //! loses no record and makes every span, found with `frame-load` at rising rates, for single
-//! sends (1 message per request, 64-byte bodies) and for pulls of 32 messages of 1 KiB. Each
-//! rate gets a fresh agent tracing only the generator. Needs root.
+//! sends (1 message per request, 64-byte bodies) and for pulls of 32 messages of 1 KiB, from
+//! the client's side (the agent traces the generator's client) and from the broker's (it
+//! traces the generator's server process). Each rate gets a fresh agent. Needs root.
 //!
 //! usage: ceiling-bench [SECONDS]   prints one JSON line per mode and rate.
 
@@ -19,26 +20,40 @@ const RATES: &[f64] = &[5_000.0, 10_000.0, 20_000.0, 40_000.0, 80_000.0, 160_000
 const SUSTAINED_RATE: f64 = 20_000.0;
 const SUSTAINED_SECONDS: f64 = 30.0;
 
-fn generator(mode: &str, rate: f64, seconds: f64) -> anyhow::Result<Driven> {
+/// The generator, ready to go, and its server process's pid.
+fn generator(mode: &str, rate: f64, seconds: f64) -> anyhow::Result<(Driven, u32)> {
     let me = std::env::current_exe()?;
     let mut command = Command::new(me.with_file_name("frame-load"));
     command.args([mode, &rate.to_string(), &seconds.to_string()]);
     let mut child = Driven::spawn(command)?;
+    let server = child.read_value("server-pid ")?.trim().parse()?;
     child.expect_line("ready")?;
-    Ok(child)
+    Ok((child, server))
+}
+
+/// Which end of the generator's connection the agent traces.
+#[derive(Clone, Copy)]
+enum Side {
+    Client,
+    Broker,
 }
 
 /// One rate: (the report line, whether nothing was lost). With `sample_memory`, the line also
 /// has the agent's resident memory, read every second while the load runs.
 fn measure(
     mode: &str,
+    side: Side,
     rate: f64,
     seconds: f64,
     sample_memory: bool,
 ) -> anyhow::Result<(serde_json::Value, bool)> {
-    let mut load = generator(mode, rate, seconds)?;
+    let (mut load, server) = generator(mode, rate, seconds)?;
     let output = std::env::temp_dir().join(format!("mqtrace-ceiling-{}.jsonl", std::process::id()));
-    let pid = load.pid().to_string();
+    let pid = match side {
+        Side::Client => load.pid(),
+        Side::Broker => server,
+    }
+    .to_string();
     let agent = Agent::start(
         "ceiling",
         &["--pid", &pid, "--output", output.to_str().unwrap()],
@@ -63,10 +78,11 @@ fn measure(
     })?;
     load.wait_success()?;
     let messages = report["messages"].as_u64().unwrap_or(0) as f64;
-    let counter = if mode == "send" {
-        "mqtrace_pipeline_correlation_sends_total"
-    } else {
-        "mqtrace_pipeline_correlation_receives_total"
+    let counter = match (side, mode) {
+        (Side::Client, "send") => "mqtrace_pipeline_correlation_sends_total",
+        (Side::Client, _) => "mqtrace_pipeline_correlation_receives_total",
+        (Side::Broker, "send") => "mqtrace_pipeline_correlation_broker_stored_total",
+        (Side::Broker, _) => "mqtrace_pipeline_correlation_broker_delivered_total",
     };
     // The agent catches up (or not) within a few seconds after the load ends.
     let started = Instant::now();
@@ -91,10 +107,17 @@ fn measure(
     let gaps = get("mqtrace_pipeline_streams_gaps_total");
     let clean = events == messages && lost == 0.0 && gaps == 0.0 && spans as f64 >= messages;
     let seconds_run = report["seconds"].as_f64().unwrap_or(f64::NAN);
+    let per_message = |total: f64| (total / messages.max(1.0) * 10.0).round() / 10.0;
     Ok((
         serde_json::json!({
             "bench": "ceiling",
             "mode": mode,
+            "side": match side {
+                Side::Client => "client",
+                Side::Broker => "broker",
+            },
+            "agent_cpu_us_per_message": per_message(cpu * 1e6),
+            "bytes_copied_per_message": per_message(get("mqtrace_kernel_bytes_copied_total")),
             "target_per_s": rate,
             "achieved_per_s": report["achieved_per_s"],
             "messages": messages,
@@ -113,17 +136,25 @@ fn measure(
 
 fn main() -> anyhow::Result<()> {
     let seconds: f64 = std::env::args().nth(1).map_or(Ok(3.0), |a| a.parse())?;
-    for mode in ["send", "pull"] {
-        for &rate in RATES {
-            let (line, clean) = measure(mode, rate, seconds, false)?;
-            println!("{line}");
-            if !clean {
-                break; // the first rate that loses anything is the ceiling's upper bound
+    for side in [Side::Client, Side::Broker] {
+        for mode in ["send", "pull"] {
+            for &rate in RATES {
+                let (line, clean) = measure(mode, side, rate, seconds, false)?;
+                println!("{line}");
+                if !clean {
+                    break; // the first rate that loses anything is the ceiling's upper bound
+                }
             }
         }
     }
     // Sustained: the target rate for longer, the agent's memory read every second.
-    let (mut line, _) = measure("send", SUSTAINED_RATE, SUSTAINED_SECONDS, true)?;
+    let (mut line, _) = measure(
+        "send",
+        Side::Client,
+        SUSTAINED_RATE,
+        SUSTAINED_SECONDS,
+        true,
+    )?;
     line["bench"] = "sustained".into();
     println!("{line}");
     Ok(())

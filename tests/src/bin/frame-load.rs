@@ -6,7 +6,8 @@
 //! than the real broker here can go.
 //!
 //! usage: frame-load send|pull RATE SECONDS
-//!   prints "ready", waits for a line on stdin, connects and runs; then prints one JSON line
+//!   prints "server-pid PID" (the server process, for an agent tracing the broker's side) and
+//!   "ready", waits for a line on stdin, connects and runs; then prints one JSON line
 //!   {"mode","target_per_s","messages","seconds","achieved_per_s"}. RATE counts messages: in
 //!   pull mode each response carries 32 of them.
 //! (frame-load serve send|pull RUN: the server side, started by the client.)
@@ -108,6 +109,7 @@ fn main() -> anyhow::Result<()> {
         .trim()
         .parse()
         .with_context(|| format!("the server said {address:?}"))?;
+    println!("server-pid {}", server.id());
     println!("ready");
     std::io::stdin().lock().read_line(&mut String::new())?;
 
