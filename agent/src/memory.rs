@@ -91,6 +91,15 @@ impl HeapSize for String {
     }
 }
 
+impl HeapSize for std::borrow::Cow<'static, str> {
+    fn heap_bytes(&self) -> usize {
+        match self {
+            std::borrow::Cow::Borrowed(_) => 0,
+            std::borrow::Cow::Owned(s) => s.heap_bytes(),
+        }
+    }
+}
+
 impl<T: HeapSize> HeapSize for Option<T> {
     fn heap_bytes(&self) -> usize {
         self.as_ref().map_or(0, HeapSize::heap_bytes)

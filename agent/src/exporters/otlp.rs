@@ -31,7 +31,7 @@ use opentelemetry_sdk::{
 use tokio::sync::mpsc;
 
 use crate::memory::HeapSize;
-use crate::spans::{Attributes, Span, SpanKind, Status, Value};
+use crate::spans::{Attributes, Resource as SpanResource, Span, SpanKind, Status, Value};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 pub enum Protocol {
@@ -370,13 +370,24 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let mut groups: HashMap<String, (Attributes, Vec<SpanData>)> = HashMap::new();
+        // By the process's shared resource first (a pointer compare), then by its content:
+        // the exporters are kept by content, which a process that came back shares.
+        let mut by_process: HashMap<usize, (SpanResource, Vec<SpanData>)> = HashMap::new();
         for span in batch.drain(..) {
-            let key = serde_json::to_string(&span.resource).unwrap_or_default();
-            let group = groups
+            by_process
+                .entry(SpanResource::as_ptr(&span.resource).addr())
+                .or_insert_with(|| (SpanResource::clone(&span.resource), Vec::new()))
+                .1
+                .push(span_data(&span));
+        }
+        let mut groups: HashMap<String, (SpanResource, Vec<SpanData>)> = HashMap::new();
+        for (resource, spans) in by_process.into_values() {
+            let key = serde_json::to_string(&*resource).unwrap_or_default();
+            groups
                 .entry(key)
-                .or_insert_with(|| (span.resource.clone(), Vec::new()));
-            group.1.push(span_data(&span));
+                .or_insert_with(|| (resource, Vec::new()))
+                .1
+                .extend(spans);
         }
         for (key, (resource, spans)) in groups {
             if !exporters.contains_key(&key) {

@@ -12,7 +12,7 @@ fn record(journal: &mut Journal, event: &MessageEvent, process: &str, host: &str
     if !host.is_empty() {
         resource.insert("host.name".into(), host.into());
     }
-    journal.record(event, &span(event, &resource));
+    journal.record(event, &span(event, &resource.into()));
 }
 
 fn endpoint(pid: u32) -> Endpoint {

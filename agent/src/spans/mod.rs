@@ -74,7 +74,10 @@ impl From<i64> for Value {
     }
 }
 
-pub type Attributes = BTreeMap<String, Value>;
+/// Attribute names are mostly fixed: borrowed, not allocated per span.
+pub type Attributes = BTreeMap<std::borrow::Cow<'static, str>, Value>;
+/// A process's resource attributes, shared by all of its spans.
+pub type Resource = std::sync::Arc<Attributes>;
 
 fn hex_trace<S: Serializer>(id: &TraceId, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&id.hex())
@@ -113,13 +116,13 @@ pub struct Span {
     pub status: Status,
     pub status_message: Option<String>,
     pub attributes: Attributes,
-    pub resource: Attributes,
+    pub resource: Resource,
     pub links: Vec<Link>,
 }
 
-fn put(attributes: &mut Attributes, key: &str, value: Option<impl Into<Value>>) {
+fn put(attributes: &mut Attributes, key: &'static str, value: Option<impl Into<Value>>) {
     if let Some(value) = value {
-        attributes.insert(key.to_string(), value.into());
+        attributes.insert(key.into(), value.into());
     }
 }
 
@@ -163,14 +166,14 @@ fn common(operation: &str, operation_type: &str, topic: Option<&str>) -> Attribu
 /// The other end: the broker a client talked to, or the client a broker served (with what the
 /// broker knows of it).
 fn peer(attributes: &mut Attributes, endpoint: &crate::correlation::Endpoint) {
-    let role = if endpoint.is_broker() {
-        "client"
+    let (address, port) = if endpoint.is_broker() {
+        ("client.address", "client.port")
     } else {
-        "server"
+        ("server.address", "server.port")
     };
     if let Some(peer) = endpoint.peer {
-        attributes.insert(format!("{role}.address"), peer.ip().to_string().into());
-        attributes.insert(format!("{role}.port"), i64::from(peer.port()).into());
+        attributes.insert(address.into(), peer.ip().to_string().into());
+        attributes.insert(port.into(), i64::from(peer.port()).into());
     }
     if let Some(client) = &endpoint.client {
         attributes.insert("mqtrace.observer".into(), "broker".into());
@@ -251,7 +254,7 @@ fn name(operation: &str, topic: Option<&str>) -> String {
     }
 }
 
-pub fn send_span(event: &SendEvent, resource: &Attributes) -> Span {
+pub fn send_span(event: &SendEvent, resource: &Resource) -> Span {
     let m = &event.message;
     let (trace_id, parent) = message_trace(&event.key, m.properties.traceparent());
     let (kind, operation) = role(&event.endpoint, SpanKind::Producer, "send", "store");
@@ -326,12 +329,12 @@ pub fn send_span(event: &SendEvent, resource: &Attributes) -> Span {
         status,
         status_message,
         attributes: a,
-        resource: resource.clone(),
+        resource: Resource::clone(resource),
         links: Vec::new(),
     }
 }
 
-pub fn receive_span(event: &ReceiveEvent, resource: &Attributes) -> Span {
+pub fn receive_span(event: &ReceiveEvent, resource: &Resource) -> Span {
     let m = &event.message;
     let (trace_id, _) = message_trace(&event.key, m.properties.traceparent());
     let send = SpanId::for_send(&event.key);
@@ -398,7 +401,7 @@ pub fn receive_span(event: &ReceiveEvent, resource: &Attributes) -> Span {
         status: Status::Unset,
         status_message: None,
         attributes: a,
-        resource: resource.clone(),
+        resource: Resource::clone(resource),
         links: vec![Link {
             trace_id,
             span_id: send,
@@ -406,7 +409,7 @@ pub fn receive_span(event: &ReceiveEvent, resource: &Attributes) -> Span {
     }
 }
 
-pub fn settle_span(event: &SettleEvent, resource: &Attributes) -> Span {
+pub fn settle_span(event: &SettleEvent, resource: &Resource) -> Span {
     let operation = event.settlement.operation();
     let (kind, _) = role(&event.endpoint, SpanKind::Client, operation, operation);
     let (trace_id, _) = message_trace(&event.key, event.labels.traceparent.as_deref());
@@ -451,12 +454,12 @@ pub fn settle_span(event: &SettleEvent, resource: &Attributes) -> Span {
         status,
         status_message,
         attributes: a,
-        resource: resource.clone(),
+        resource: Resource::clone(resource),
         links: Vec::new(),
     }
 }
 
-pub fn span(event: &MessageEvent, resource: &Attributes) -> Span {
+pub fn span(event: &MessageEvent, resource: &Resource) -> Span {
     match event {
         MessageEvent::Send(e) => send_span(e, resource),
         MessageEvent::Receive(e) => receive_span(e, resource),

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::{Attributes, Value};
+use super::{Attributes, Resource, Value};
 use crate::sources::kernel::safe_read::{read_capped, read_in_root};
 
 /// The most read of a process's environment or command line.
@@ -42,9 +42,9 @@ const MAX_CACHED: usize = 16_384;
 #[derive(Default)]
 pub struct Resources {
     host_name: String,
-    cache: HashMap<u32, Attributes>,
+    cache: HashMap<u32, Resource>,
     /// The resource of events with no process (capture files).
-    pub capture: Attributes,
+    pub capture: Resource,
 }
 
 impl Resources {
@@ -67,22 +67,24 @@ impl Resources {
             file.display().to_string().into(),
         );
         Self {
-            capture,
+            capture: Resource::new(capture),
             ..Self::default()
         }
     }
 
-    pub fn of(&mut self, pid: u32) -> &Attributes {
+    pub fn of(&mut self, pid: u32) -> &Resource {
         if pid == 0 {
             return &self.capture;
         }
         if self.cache.len() >= MAX_CACHED && !self.cache.contains_key(&pid) {
             self.cache.clear();
         }
-        let host_name = self.host_name.clone();
-        self.cache
+        let Self {
+            cache, host_name, ..
+        } = self;
+        cache
             .entry(pid)
-            .or_insert_with(|| process_resource(pid, &host_name))
+            .or_insert_with(|| Resource::new(process_resource(pid, host_name)))
     }
 
     /// Forgets a process that exited.
