@@ -1,6 +1,7 @@
 //! Overhead on a real application: the real Rust producer and consumer against the real broker
-//! on loopback, run back to back with the agent detached, attached but not selecting them, and
-//! attached and tracing them (release build, spans to a file). Rounds are interleaved, each
+//! on loopback, run back to back with the agent detached, attached but not selecting them,
+//! attached and tracing them, and attached and tracing only the broker (the broker's view;
+//! release build, spans to a file). Rounds are interleaved, each
 //! starting with another setup, so that drift in the machine and the broker affects all three
 //! alike; medians are reported. Also the agent's CPU
 //! time and peak memory per 10,000 messages traced. Needs root and the peers (MQTRACE_PEERS).
@@ -19,9 +20,15 @@ enum Setup {
     Detached,
     AttachedUnselected,
     Traced,
+    BrokerTraced,
 }
 
-const SETUPS: [Setup; 3] = [Setup::Detached, Setup::AttachedUnselected, Setup::Traced];
+const SETUPS: [Setup; 4] = [
+    Setup::Detached,
+    Setup::AttachedUnselected,
+    Setup::Traced,
+    Setup::BrokerTraced,
+];
 /// The fixed rate, well under what the broker takes here (~600 messages/s for one producer).
 const FIXED_RATE: u32 = 300;
 
@@ -58,6 +65,7 @@ fn main() -> anyhow::Result<()> {
     let rounds: usize = args.get(1).map_or(Ok(5), |a| a.parse())?;
     let messages: usize = args.get(2).map_or(Ok(2000), |a| a.parse())?;
     let broker = Broker::start("127.0.0.1")?;
+    let broker_pid = broker.pid().to_string();
     let namesrv = broker.namesrv();
     let count = messages.to_string();
     let fixed_count = (FIXED_RATE as usize * 3).to_string();
@@ -79,6 +87,10 @@ fn main() -> anyhow::Result<()> {
                 Setup::Traced => Some(Agent::start(
                     "bench",
                     &["--comm", "mq-client", "--output", &output_arg],
+                )),
+                Setup::BrokerTraced => Some(Agent::start(
+                    "bench",
+                    &["--pid", &broker_pid, "--output", &output_arg],
                 )),
             };
             let cpu_before = agent.as_ref().map_or(0.0, Agent::cpu_seconds);
@@ -118,6 +130,15 @@ fn main() -> anyhow::Result<()> {
                 anyhow::ensure!(
                     metrics["mqtrace_kernel_records_lost_ring_full_total"] == 0.0,
                     "records lost while tracing"
+                );
+            }
+            if let (Setup::BrokerTraced, Some(agent)) = (setup, agent.as_ref()) {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                let metrics = agent.scrape();
+                anyhow::ensure!(
+                    metrics["mqtrace_pipeline_correlation_broker_stored_total"] > 0.0
+                        && metrics["mqtrace_kernel_records_lost_ring_full_total"] == 0.0,
+                    "the broker's view traced nothing, or lost records: {metrics:?}"
                 );
             }
             if let Some(agent) = agent {
