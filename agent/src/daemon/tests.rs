@@ -233,14 +233,24 @@ struct Stream {
 }
 
 impl Stream {
+    /// A connection `pid` made to a broker.
     fn open(daemon: &Running, id: u64, pid: u32) -> Self {
+        Self::with_origin(daemon, id, pid, Origin::Connect)
+    }
+
+    /// A connection `pid` made (to a broker) or accepted (from a client: it is the broker).
+    fn with_origin(daemon: &Running, id: u64, pid: u32, origin: Origin) -> Self {
+        let mut ends = ["127.0.0.1:40000", "127.0.0.1:10911"].map(|a| Some(a.parse().unwrap()));
+        if origin == Origin::Accept {
+            ends.reverse();
+        }
         daemon.push(SourceEvent::Opened(Connection {
             id: ConnectionId(id),
             pid,
             fd: id as i32,
-            origin: Origin::Connect,
-            local: Some("127.0.0.1:40000".parse().unwrap()),
-            peer: Some("127.0.0.1:10911".parse().unwrap()),
+            origin,
+            local: ends[0],
+            peer: ends[1],
             timestamp_ns: monotonic_ns(),
         }));
         Self {
@@ -262,15 +272,8 @@ impl Stream {
     }
 }
 
-#[test]
-fn rocketmq_traffic_becomes_spans_and_other_traffic_is_let_go() {
-    let dir = tempfile::tempdir().unwrap();
-    let options = options(dir.path());
-    let output = options.output.clone().unwrap();
-    let daemon = Running::start(options);
-    let pid = std::process::id();
-
-    let mut rocketmq = Stream::open(&daemon, 1, pid);
+/// A send of one message to topic "orders" with key "order-1", and its answer.
+fn send_and_answer() -> (Vec<u8>, Vec<u8>) {
     let props = properties(&[("UNIQ_KEY", "7F0000010001"), ("KEYS", "order-1")]);
     let send = json_frame(
         10,
@@ -295,6 +298,19 @@ fn rocketmq_traffic_becomes_spans_and_other_traffic_is_let_go() {
         ],
         b"",
     );
+    (send, answer)
+}
+
+#[test]
+fn rocketmq_traffic_becomes_spans_and_other_traffic_is_let_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = options(dir.path());
+    let output = options.output.clone().unwrap();
+    let daemon = Running::start(options);
+    let pid = std::process::id();
+
+    let mut rocketmq = Stream::open(&daemon, 1, pid);
+    let (send, answer) = send_and_answer();
     rocketmq.bytes(&daemon, Direction::Egress, &send);
     rocketmq.bytes(&daemon, Direction::Ingress, &answer);
 
@@ -328,6 +344,47 @@ fn rocketmq_traffic_becomes_spans_and_other_traffic_is_let_go() {
         status.counters
     );
     daemon.stop().unwrap();
+}
+
+#[test]
+fn the_brokers_side_makes_spans_unless_turned_off() {
+    for broker_spans in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = options(dir.path());
+        options.broker_spans = broker_spans;
+        let output = options.output.clone().unwrap();
+        let daemon = Running::start(options);
+        // The traced process accepted a client's connection: it is the broker there.
+        let mut served = Stream::with_origin(&daemon, 1, std::process::id(), Origin::Accept);
+        let (send, answer) = send_and_answer();
+        served.bytes(&daemon, Direction::Ingress, &send);
+        served.bytes(&daemon, Direction::Egress, &answer);
+        if broker_spans {
+            daemon.wait_for("the store span in the output file", || {
+                std::fs::read_to_string(&output).is_ok_and(|text| text.contains("store orders"))
+            });
+        } else {
+            daemon.wait_for("the broker's side to be let go", || {
+                daemon.capture.state.lock().unwrap().stopped == [ConnectionId(1)]
+            });
+        }
+        let Response::Status(status) = daemon.ask(Request::Status).unwrap() else {
+            panic!("a status")
+        };
+        let correlation = &status.counters["pipeline"]["correlation"];
+        assert_eq!(
+            (&correlation["broker_stored"], &correlation["sends"]),
+            (
+                &serde_json::json!(u64::from(broker_spans)),
+                &serde_json::json!(0)
+            ),
+            "{:#}",
+            status.counters
+        );
+        daemon.stop().unwrap();
+        let spans = std::fs::read_to_string(&output).unwrap_or_default();
+        assert_eq!(spans.lines().count(), usize::from(broker_spans), "{spans}");
+    }
 }
 
 #[test]
