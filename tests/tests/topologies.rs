@@ -352,6 +352,15 @@ fn a_relay_on_its_own_host_with_its_own_agent_adds_no_span() {
             >= MESSAGES as f64,
         "the relay host's agent saw the relay forward: {relay_counters:?}"
     );
+    // What it accepted it forwarded: a relay, no broker, so no broker spans either.
+    assert!(
+        relay_counters["mqtrace_pipeline_correlation_relayed_requests_total"] >= MESSAGES as f64,
+        "{relay_counters:?}"
+    );
+    assert_eq!(
+        relay_counters["mqtrace_pipeline_correlation_broker_stored_total"],
+        0.0
+    );
     let all = [clients_spans, relay_spans].concat();
     assert_complete_traces(&all);
     assert_traces(

@@ -609,26 +609,37 @@ fn a_connection_closed_before_the_answer_with_nothing_missed_is_an_error() {
     assert_eq!(pipeline.counters().correlation.closed_unanswered, 1);
 }
 
+/// A client (pid 7) sends "R1" through a relay (pid 9: it accepts the client's connection and
+/// forwards the same frames on its own connection to the broker), all traced; the broker too
+/// (pid 3) when `broker_traced`.
+fn send_through_a_relay(config: DecoderConfig, broker_traced: bool) -> Harness {
+    let mut harness = Harness::new(config);
+    let client = harness.open(1, 7, Origin::Connect);
+    let accepted = harness.open(2, 9, Origin::Accept);
+    let upstream = harness.open(3, 9, Origin::Connect);
+    let at_broker = broker_traced.then(|| harness.open(4, 3, Origin::Accept));
+    let request = single_send(1, "R1");
+    let response = ok_response(1, &[("msgId", "OFF"), ("queueOffset", "3")]);
+    harness.frame(client, UP, &request);
+    harness.frame(accepted, DOWN, &request);
+    harness.frame(upstream, UP, &request);
+    if let Some(at_broker) = at_broker {
+        harness.frame(at_broker, DOWN, &request);
+        harness.frame(at_broker, UP, &response);
+    }
+    harness.frame(upstream, DOWN, &response);
+    harness.frame(accepted, UP, &response);
+    harness.frame(client, DOWN, &response);
+    harness
+}
+
 #[test]
 fn a_process_that_accepts_rocketmq_connections_is_a_relay_not_a_client() {
     let live = DecoderConfig {
         skip_server_side: true,
         ..DecoderConfig::default()
     };
-    let mut harness = Harness::new(live);
-    // A client (pid 7) sends through a relay (pid 9): the relay accepts the client's
-    // connection and forwards the same frames on its own connection to the broker.
-    let client = harness.open(1, 7, Origin::Connect);
-    let accepted = harness.open(2, 9, Origin::Accept);
-    let upstream = harness.open(3, 9, Origin::Connect);
-    let request = single_send(1, "R1");
-    let response = ok_response(1, &[("msgId", "OFF"), ("queueOffset", "3")]);
-    harness.frame(client, UP, &request);
-    harness.frame(accepted, DOWN, &request);
-    harness.frame(upstream, UP, &request);
-    harness.frame(upstream, DOWN, &response);
-    harness.frame(accepted, UP, &response);
-    harness.frame(client, DOWN, &response);
+    let mut harness = send_through_a_relay(live, false);
     let rejected = harness.pipeline.take_rejected();
     assert_eq!(rejected.len(), 1, "the accepted side is no longer copied");
     let (spans, pipeline) = harness.finish();
@@ -1107,22 +1118,7 @@ fn the_broker_sees_each_message_stored_delivered_and_reported_naming_its_client(
 
 #[test]
 fn a_relay_makes_no_broker_spans_for_what_it_forwards() {
-    let mut harness = Harness::new(DecoderConfig::default());
-    // A client (pid 7) sends through a relay (pid 9) to the broker (pid 3), all traced.
-    let client = harness.open(1, 7, Origin::Connect);
-    let accepted = harness.open(2, 9, Origin::Accept);
-    let upstream = harness.open(3, 9, Origin::Connect);
-    let at_broker = harness.open(4, 3, Origin::Accept);
-    let request = single_send(1, "R1");
-    let response = ok_response(1, &[("msgId", "OFF"), ("queueOffset", "3")]);
-    harness.frame(client, UP, &request);
-    harness.frame(accepted, DOWN, &request);
-    harness.frame(upstream, UP, &request);
-    harness.frame(at_broker, DOWN, &request);
-    harness.frame(at_broker, UP, &response);
-    harness.frame(upstream, DOWN, &response);
-    harness.frame(accepted, UP, &response);
-    harness.frame(client, DOWN, &response);
+    let mut harness = send_through_a_relay(DecoderConfig::default(), true);
     assert!(harness.pipeline.take_rejected().is_empty(), "all decoded");
     let (spans, pipeline) = harness.finish();
     let made: Vec<(String, Value)> = spans
