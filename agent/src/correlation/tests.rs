@@ -132,6 +132,16 @@ fn spans(frames: &[(Direction, Vec<u8>)]) -> Vec<Span> {
     harness.finish().0
 }
 
+/// The same frames seen by the broker on the connection it accepted (Egress = to the client).
+fn broker_spans(frames: &[(Direction, Vec<u8>)]) -> Vec<Span> {
+    let mut harness = Harness::new(DecoderConfig::default());
+    let id = harness.open(1, 3, Origin::Accept);
+    for (direction, bytes) in frames {
+        harness.frame(id, crate::decoder::opposite(*direction), bytes);
+    }
+    harness.finish().0
+}
+
 fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
     span.attributes.get(key)
 }
@@ -418,7 +428,7 @@ fn pop_then_ack_and_nack_settle_in_the_message_trace() {
             b"",
         )
     };
-    let out = spans(&[
+    let frames = [
         (
             UP,
             json_frame(
@@ -439,9 +449,26 @@ fn pop_then_ack_and_nack_settle_in_the_message_trace() {
         (DOWN, json_frame(0, 1, 2, &[], b"")),
         (UP, ack(3, 200053, "5")),
         (DOWN, json_frame(0, 1, 3, &[], b"")),
-    ]);
+    ];
+    let out = spans(&frames);
     let names: Vec<&str> = out.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["receive T", "receive T", "ack T", "nack T"]);
+    // The broker's view of the same: what it delivered, what the consumer reported.
+    let served = broker_spans(&frames);
+    let seen: Vec<(SpanKind, &str, TraceId)> = served
+        .iter()
+        .map(|s| (s.kind, s.name.as_str(), s.trace_id))
+        .collect();
+    let (p1, p2) = (TraceId::for_message("P1"), TraceId::for_message("P2"));
+    assert_eq!(
+        seen,
+        [
+            (SpanKind::Server, "deliver T", p1),
+            (SpanKind::Server, "deliver T", p2),
+            (SpanKind::Server, "ack T", p1),
+            (SpanKind::Server, "nack T", p2)
+        ]
+    );
     assert_eq!(out[2].trace_id, TraceId::for_message("P1"));
     assert_eq!(out[3].trace_id, TraceId::for_message("P2"));
     assert_eq!(
