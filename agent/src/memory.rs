@@ -135,7 +135,10 @@ impl HeapSize for MessageMeta {
 
 impl HeapSize for Header {
     fn heap_bytes(&self) -> usize {
-        self.language.heap_bytes() + self.remark.heap_bytes() + self.ext_fields.heap_bytes()
+        self.language.heap_bytes()
+            + self.remark.heap_bytes()
+            + self.ext_fields.capacity_bytes()
+            + 2 * PER_ALLOCATION
     }
 }
 

@@ -269,6 +269,28 @@ fn binary_header_and_null_tolerant_json() {
     assert_eq!(commands[0].header.ext("queueId"), Some("3"));
     assert_eq!(commands[0].header.ext("topic"), None);
     assert!(commands[0].is_response());
+    // Other scalars and nested values as their text, escapes resolved, a key given twice
+    // has its last value; serialized as one object.
+    let header = br#"{"code":10,"extFields":{"a":true,"b":1.5,"c":[1,{"d":null}],"e":"x\"\u00e9","a":"again","n":null,"z":-7}}"#;
+    let (commands, _) = decode(&[(UP, &frame_json(header))]);
+    let h = &commands[0].header;
+    let found = ["a", "b", "c", "e", "n", "z"].map(|k| h.ext(k));
+    assert_eq!(
+        found,
+        [
+            Some("again"),
+            Some("1.5"),
+            Some(r#"[1,{"d":null}]"#),
+            Some("x\"é"),
+            None,
+            Some("-7")
+        ]
+    );
+    assert_eq!(h.ext_fields.len(), 6, "nulls are absent");
+    assert_eq!(
+        serde_json::to_value(&h.ext_fields).unwrap(),
+        serde_json::json!({"a": "again", "b": "1.5", "c": r#"[1,{"d":null}]"#, "e": "x\"é", "z": "-7"})
+    );
 }
 
 fn frame_json(header: &[u8]) -> Vec<u8> {
