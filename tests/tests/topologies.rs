@@ -747,6 +747,21 @@ fn an_agent_tracing_only_the_broker_sees_every_message_and_joins_the_clients_age
         counters["mqtrace_pipeline_correlation_broker_stored_total"],
         MESSAGES as f64
     );
+    // The group's lag on each queue of the topic, from what the broker answered and was told.
+    let lags: Vec<(&String, &f64)> = counters
+        .iter()
+        .filter(|(name, _)| {
+            name.starts_with("mqtrace_pipeline_consumer_lag_messages{")
+                && name.contains(&format!("group=\"{group}\""))
+                && name.contains(&format!("topic=\"{topic}\""))
+        })
+        .collect();
+    assert!(!lags.is_empty(), "no lag series: {counters:?}");
+    assert!(
+        lags.iter()
+            .all(|(_, lag)| (0.0..=MESSAGES as f64).contains(*lag)),
+        "{lags:?}"
+    );
     // With the clients' agent's spans: one trace per message holding both sides, the
     // clients' as without the broker's, no span id twice, every parent there.
     let all = [at_clients, at_broker].concat();
