@@ -150,6 +150,9 @@ pub async fn serve(
         let targets: Vec<String> = options.startup.iter().map(Target::to_string).collect();
         targets.join(", ")
     };
+    // Every counter is on /metrics from the moment the agent says it traces, not from the
+    // loop's first tick on.
+    metrics.update(&daemon.counters()?);
     eprintln!(
         "mqtrace: tracing {what}; control socket {}; Ctrl-C to stop",
         options.control_socket.display()
