@@ -38,9 +38,13 @@
 //! send span becomes a child of the application's span; the send span id stays derived from
 //! the key, so consumers still find their parent.
 //!
-//! Only processes that send or consume make spans: a process that accepts RocketMQ
-//! connections (a broker, a RocketMQ proxy, a sidecar, a relay) forwards its clients'
-//! messages on its own connections, and those make none, however many agents see it.
+//! The broker's spans (store, deliver, the clients' reports, seen from its side of the
+//! connections it accepted) are children of the send span too, with ids of their own kinds
+//! (`store`, `deliver`, a report's name with "broker"), so that client and broker agents never
+//! make one id twice. What a process that accepts RocketMQ connections sends on its own
+//! connections (a broker, a RocketMQ proxy, a sidecar, a relay forwarding its clients'
+//! messages) makes no spans, however many agents see it; a relay's accepted side makes no
+//! broker spans either.
 
 use sha2::{Digest, Sha256};
 
