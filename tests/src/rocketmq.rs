@@ -133,7 +133,9 @@ impl Broker {
             ip: ip.to_string(),
         };
         for port in [9876, 10911] {
-            wait_for_port(&format!("{ip}:{port}").parse()?, Duration::from_secs(20))?;
+            // The broker's last words say why (it refuses to start on a disk over 75 % full).
+            wait_for_port(&format!("{ip}:{port}").parse()?, Duration::from_secs(20))
+                .with_context(|| format!("broker log ends: {}", tail(broker.log().as_bytes())))?;
         }
         Ok(broker)
     }
