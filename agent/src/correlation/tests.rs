@@ -162,6 +162,22 @@ fn pull(opaque: i32, topic: &str, queue: &str, commit: &str) -> Vec<u8> {
     )
 }
 
+/// UPDATE_CONSUMER_OFFSET: group "g" committed `commit` on topic "T", queue 3.
+fn offset_commit(opaque: i32, commit: &str) -> Vec<u8> {
+    json_frame(
+        15,
+        0,
+        opaque,
+        &[
+            ("consumerGroup", "g"),
+            ("topic", "T"),
+            ("queueId", "3"),
+            ("commitOffset", commit),
+        ],
+        b"",
+    )
+}
+
 const UP: Direction = Direction::Egress;
 const DOWN: Direction = Direction::Ingress;
 
@@ -526,21 +542,7 @@ fn send_back_and_offset_commit_settle_pulled_messages() {
         ),
         (DOWN, json_frame(0, 1, 2, &[], b"")),
         // ... and commits offset 2, which passes both.
-        (
-            UP,
-            json_frame(
-                15,
-                0,
-                3,
-                &[
-                    ("consumerGroup", "g"),
-                    ("topic", "T"),
-                    ("queueId", "3"),
-                    ("commitOffset", "2"),
-                ],
-                b"",
-            ),
-        ),
+        (UP, offset_commit(3, "2")),
         (DOWN, json_frame(0, 1, 3, &[], b"")),
     ]);
     let settled: Vec<(String, String)> = out[2..]
@@ -1013,21 +1015,7 @@ fn the_broker_sees_each_message_stored_delivered_and_reported_naming_its_client(
                     &stored_message(false, store, 0, 64, "T", &props, b"body"),
                 ),
             ),
-            (
-                UP,
-                json_frame(
-                    15,
-                    0,
-                    2,
-                    &[
-                        ("consumerGroup", "g"),
-                        ("topic", "T"),
-                        ("queueId", "3"),
-                        ("commitOffset", "1"),
-                    ],
-                    b"",
-                ),
-            ),
+            (UP, offset_commit(2, "1")),
             (DOWN, ok_response(2, &[])),
         ],
     );
