@@ -9,7 +9,7 @@ use std::{
 
 use mqtrace::{
     decoder::{
-        DecodedCommand, DecoderConfig, MessageMeta, SerializeType,
+        DecodedCommand, DecoderConfig, MessageMeta, SerializeType, Wire,
         operation::{Operation, SendResult},
     },
     pipeline::decode_capture,
@@ -286,13 +286,14 @@ fn rust_client_binary_header_sends() {
     assert!(
         sends
             .iter()
-            .all(|c| c.command.serialize_type == SerializeType::Rocketmq),
+            .all(|c| c.command.wire == Wire::Remoting(SerializeType::Rocketmq)),
         "requests in ROCKETMQ binary"
     );
     assert!(
         commands
             .iter()
-            .any(|c| c.command.is_response() && c.command.serialize_type == SerializeType::Json),
+            .any(|c| c.command.is_response()
+                && c.command.wire == Wire::Remoting(SerializeType::Json)),
         "answers in JSON"
     );
 }

@@ -24,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::{
     decoder::{
-        DecodedCommand, MessageMeta, RequestCode, ResponseCode,
+        DecodedCommand, MessageMeta, RequestCode, ResponseCode, Wire,
         operation::{Operation, SendResult},
     },
     memory::{HeapSize, Shares},
@@ -65,9 +65,10 @@ impl Endpoint {
 pub struct ServedClient {
     /// The id its heartbeats give (`ip@instance`), once one was seen on the connection.
     pub client_id: Option<String>,
-    /// Its language and RocketMQ version code, from the request's header.
+    /// Its language and version: remoting's version code from the request's header, or a
+    /// gRPC client's own version (`x-mq-client-version`, such as 5.0.0).
     pub language: String,
-    pub version: i32,
+    pub version: String,
 }
 
 /// Why the agent cannot tell how a request ended: it knows it may have missed the response.
@@ -622,10 +623,19 @@ impl Correlator {
 
     /// Where `request` was seen; from a broker's side, with the client it came from.
     fn endpoint(&self, request: &DecodedCommand) -> Endpoint {
+        let header = &request.command.header;
         let client = (request.command.direction == Direction::Ingress).then(|| ServedClient {
-            client_id: self.client_ids.get(&request.connection).cloned(),
-            language: request.command.header.language.clone(),
-            version: request.command.header.version,
+            // gRPC calls name their client in every request's headers.
+            client_id: self
+                .client_ids
+                .get(&request.connection)
+                .cloned()
+                .or_else(|| header.ext("clientId").map(String::from)),
+            language: header.language.clone(),
+            version: match request.command.wire {
+                Wire::Grpc => header.ext("clientVersion").unwrap_or_default().to_string(),
+                Wire::Remoting(_) => header.version.to_string(),
+            },
         });
         Endpoint {
             pid: request.pid,
@@ -768,6 +778,21 @@ impl Correlator {
                 } else {
                     Settlement::ChangeInvisibleTime
                 };
+                // gRPC names the messages; remoting, where they sit.
+                for id in &ack.message_ids {
+                    let found = self.seen(&step).received.by_any_id(id);
+                    self.settle(
+                        found.as_deref(),
+                        settlement,
+                        ack.consumer_group.clone(),
+                        ack.topic.clone(),
+                        step.clone(),
+                        out,
+                    );
+                }
+                if !ack.message_ids.is_empty() {
+                    return;
+                }
                 let found = match (&ack.topic, ack.queue_id, ack.offset) {
                     (Some(topic), Some(queue), Some(offset)) => {
                         self.seen(&step).received.by_position(topic, queue, offset)
@@ -1052,6 +1077,9 @@ struct Step {
 }
 
 fn outcome_of(response: &DecodedCommand) -> Outcome {
+    if response.command.wire == Wire::Grpc {
+        return grpc_outcome(response);
+    }
     let code = ResponseCode::from_code(response.command.header.code);
     let is_send = response
         .command
@@ -1090,6 +1118,28 @@ fn outcome_of(response: &DecodedCommand) -> Outcome {
             error_type,
             message: response.command.header.remark.clone(),
         }
+    }
+}
+
+/// A gRPC call's outcome: RocketMQ's `Status.code` (or, below 100, gRPC's own status).
+fn grpc_outcome(response: &DecodedCommand) -> Outcome {
+    use crate::decoder::grpc::{grpc_status_name, proto::Code};
+    let code = response.command.header.code;
+    // A receive that found nothing new has not failed.
+    let nothing_new = response.command.request_code == Some(RequestCode::PopMessage)
+        && code == Code::MessageNotFound as i32;
+    if code == Code::Ok as i32 || nothing_new {
+        return Outcome::Ok;
+    }
+    let error_type = match u32::try_from(code) {
+        Ok(status) if status < 100 => format!("GRPC_{}", grpc_status_name(status)),
+        _ => Code::try_from(code)
+            .map(|c| c.as_str_name().to_string())
+            .unwrap_or_else(|_| format!("CODE_{code}")),
+    };
+    Outcome::Error {
+        error_type,
+        message: response.command.header.remark.clone(),
     }
 }
 

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::{
     Command, ConnectionDecoder, DecoderConfig, DecoderCounters, Recognition, RequestCode,
+    grpc::GrpcDecoder,
     operation::{Operation, interpret},
     recognize,
 };
@@ -51,6 +52,8 @@ struct Tracked {
     /// learn whether the process serves RocketMQ.
     accepted: bool,
     decoder: ConnectionDecoder,
+    /// Set once the connection turned out to speak HTTP/2: RocketMQ 5 gRPC, it is hoped.
+    grpc: Option<GrpcDecoder>,
     verdict: Verdict,
     /// The first bytes of the stream that spoke first, while undecided.
     first_bytes: Vec<u8>,
@@ -88,11 +91,13 @@ impl Tracked {
     }
 
     /// Updates the verdict with new bytes; false when the connection is not RocketMQ.
+    /// Recognised as HTTP/2, the connection's gRPC decoder starts: `replay` then gives it the
+    /// bytes so far.
     fn judge(&mut self, direction: Direction, position: u64, bytes: &[u8], decoded: bool) -> bool {
         if self.verdict == Verdict::RocketMq {
             return true;
         }
-        if decoded {
+        if decoded || self.grpc.as_ref().is_some_and(GrpcDecoder::is_rocketmq) {
             self.verdict = Verdict::RocketMq;
             return true;
         }
@@ -112,7 +117,11 @@ impl Tracked {
                     self.encrypted = true;
                     return false;
                 }
-                Recognition::Other | Recognition::Http2 => return false,
+                Recognition::Http2 if self.grpc.is_none() => {
+                    self.grpc = Some(GrpcDecoder::new(Some(direction)));
+                }
+                Recognition::Http2 => {}
+                Recognition::Other => return false,
             }
         }
         self.verdict == Verdict::RocketMq || self.undecoded_bytes < UNDECODED_LIMIT
@@ -135,6 +144,7 @@ pub struct Decoders {
     /// Counters of connections that have closed, summed.
     closed: DecoderCounters,
     scratch: Vec<Command>,
+    grpc_scratch: Vec<(Command, Operation)>,
     /// Bytes the connections' decoders hold, and their share of the memory budget.
     held: usize,
     held_limit: usize,
@@ -171,7 +181,7 @@ impl Decoders {
         let Some(t) = self.connections.get_mut(&id) else {
             return;
         };
-        let now = t.decoder.held_bytes();
+        let now = t.decoder.held_bytes() + t.grpc.as_ref().map_or(0, GrpcDecoder::held_bytes);
         self.held = self.held - t.held + now;
         t.held = now;
         if self.held <= self.held_limit {
@@ -183,7 +193,12 @@ impl Decoders {
             let Some(largest) = self.connections.values_mut().max_by_key(|t| t.held) else {
                 break;
             };
-            let freed = largest.decoder.shed();
+            let mut freed = largest.decoder.shed();
+            if let Some(grpc) = &mut largest.grpc {
+                let shed = grpc.shed(&mut largest.decoder.counters);
+                largest.decoder.counters.bytes_shed += shed as u64;
+                freed += shed;
+            }
             largest.held -= freed.min(largest.held);
             self.held -= freed.min(self.held);
             if freed == 0 {
@@ -205,6 +220,7 @@ impl Decoders {
                     connection: connection.clone(),
                     accepted,
                     decoder,
+                    grpc: (connection.origin == Origin::Existing).then(|| GrpcDecoder::new(None)),
                     verdict: Verdict::Unknown,
                     first_bytes: Vec::new(),
                     first_direction: None,
@@ -243,14 +259,80 @@ impl Decoders {
                     }
                     return;
                 }
-                t.decoder.data(
-                    *direction,
-                    *position,
-                    bytes,
-                    *timestamp_ns,
-                    &mut self.scratch,
-                );
-                if !t.judge(*direction, *position, bytes, !self.scratch.is_empty()) {
+                // A connection joined mid-stream is tried as remoting and as gRPC until one
+                // of them decodes.
+                let trial = t.grpc.is_some()
+                    && t.verdict == Verdict::Unknown
+                    && t.connection.origin == Origin::Existing;
+                let mut grpc_ok = true;
+                if let Some(grpc) = &mut t.grpc {
+                    grpc_ok = grpc
+                        .data(
+                            *direction,
+                            *position,
+                            bytes,
+                            *timestamp_ns,
+                            &mut t.decoder.counters,
+                            &mut self.grpc_scratch,
+                        )
+                        .is_ok();
+                }
+                if t.grpc.is_none() || trial {
+                    t.decoder.data(
+                        *direction,
+                        *position,
+                        bytes,
+                        *timestamp_ns,
+                        &mut self.scratch,
+                    );
+                }
+                if trial {
+                    let grpc_decoded = !self.grpc_scratch.is_empty()
+                        || t.grpc.as_ref().is_some_and(GrpcDecoder::is_rocketmq);
+                    if !grpc_ok || (!grpc_decoded && !self.scratch.is_empty()) {
+                        t.grpc = None;
+                        self.grpc_scratch.clear();
+                        grpc_ok = true;
+                    } else if grpc_decoded {
+                        self.scratch.clear();
+                    }
+                }
+                let was_grpc = t.grpc.is_some();
+                let decoded = !self.scratch.is_empty() || !self.grpc_scratch.is_empty();
+                let mut keep = grpc_ok && t.judge(*direction, *position, bytes, decoded);
+                if keep
+                    && !was_grpc
+                    && let Some(grpc) = &mut t.grpc
+                {
+                    // Just recognised as HTTP/2 by its preface: the gRPC decoder reads it from
+                    // the start (the first bytes so far, then these).
+                    self.scratch.clear();
+                    t.decoder = ConnectionDecoder::new(self.config, false);
+                    let earlier =
+                        t.first_bytes[..(*position as usize).min(t.first_bytes.len())].to_vec();
+                    let counters = &mut t.decoder.counters;
+                    keep = grpc
+                        .data(
+                            *direction,
+                            0,
+                            &earlier,
+                            *timestamp_ns,
+                            counters,
+                            &mut self.grpc_scratch,
+                        )
+                        .and_then(|()| {
+                            grpc.data(
+                                *direction,
+                                *position,
+                                bytes,
+                                *timestamp_ns,
+                                counters,
+                                &mut self.grpc_scratch,
+                            )
+                        })
+                        .is_ok();
+                }
+                if !keep {
                     let t = self.remove(connection).expect("present");
                     add(&mut self.closed, &t.decoder.counters);
                     self.connections_rejected += 1;
@@ -268,8 +350,20 @@ impl Decoders {
                 length,
             } => {
                 if let Some(t) = self.connections.get_mut(connection) {
-                    t.decoder
-                        .gap(*direction, *position, *length, &mut self.scratch);
+                    if let Some(grpc) = &mut t.grpc {
+                        let counters = &mut t.decoder.counters;
+                        grpc.gap(
+                            *direction,
+                            *position,
+                            *length,
+                            counters,
+                            &mut self.grpc_scratch,
+                        );
+                    }
+                    if t.grpc.is_none() || t.verdict == Verdict::Unknown {
+                        t.decoder
+                            .gap(*direction, *position, *length, &mut self.scratch);
+                    }
                 }
                 self.account(*connection);
                 *connection
@@ -287,11 +381,15 @@ impl Decoders {
         // The process is the broker (or a relay) of a connection it did not open on which it
         // receives requests that clients send (brokers send a few requests to clients too).
         let serves = t.connection.origin != Origin::Connect
-            && self.scratch.iter().any(|c| {
-                c.direction == Direction::Ingress
-                    && !c.is_response()
-                    && !RequestCode::from_code(c.header.code).is_sent_to_clients()
-            });
+            && self
+                .scratch
+                .iter()
+                .chain(self.grpc_scratch.iter().map(|(c, _)| c))
+                .any(|c| {
+                    c.direction == Direction::Ingress
+                        && !c.is_response()
+                        && !RequestCode::from_code(c.header.code).is_sent_to_clients()
+                });
         if serves {
             self.servers.insert(t.connection.pid);
             if !t.served {
@@ -303,14 +401,18 @@ impl Decoders {
         // before tracing began.
         let server_side = self.config.skip_server_side && serves;
         let serving_process = self.servers.contains(&t.connection.pid);
-        for command in self.scratch.drain(..) {
+        let remoting = self.scratch.drain(..).map(|c| {
+            let operation = interpret(&c);
+            (c, operation)
+        });
+        for (command, operation) in remoting.chain(self.grpc_scratch.drain(..)) {
             out.push(DecodedCommand {
                 connection: id,
                 pid: t.connection.pid,
                 local: t.connection.local,
                 peer: t.connection.peer,
                 serving_process,
-                operation: interpret(&command),
+                operation,
                 command,
             });
         }
@@ -359,4 +461,11 @@ fn add(total: &mut DecoderCounters, c: &DecoderCounters) {
     total.messages_dropped += c.messages_dropped;
     total.pending_evicted += c.pending_evicted;
     total.bytes_shed += c.bytes_shed;
+    total.grpc_calls += c.grpc_calls;
+    total.grpc_methods_inferred += c.grpc_methods_inferred;
+    total.grpc_calls_unknown += c.grpc_calls_unknown;
+    total.grpc_header_tables_lost += c.grpc_header_tables_lost;
+    total.grpc_header_blocks_undecoded += c.grpc_header_blocks_undecoded;
+    total.grpc_messages_compressed += c.grpc_messages_compressed;
+    total.grpc_messages_too_large += c.grpc_messages_too_large;
 }

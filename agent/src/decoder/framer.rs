@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use bytes::{Buf, BytesMut};
 
 use super::{
-    Command, DecoderConfig, DecoderCounters, MAX_JSON_BODY, RequestCode, ResponseCode,
+    Command, DecoderConfig, DecoderCounters, MAX_JSON_BODY, RequestCode, ResponseCode, Wire,
     header::{FrameHead, HEAD_LEN, Header, SerializeType},
     message::{Layout, MessageWalker},
     opposite,
@@ -440,7 +440,7 @@ impl Framer {
         };
         out.push(Command {
             direction,
-            serialize_type: head.serialize_type,
+            wire: Wire::Remoting(head.serialize_type),
             request_code: None,
             header,
             body_len: head.body_len(),

@@ -130,7 +130,7 @@ impl serde::Serialize for ExtFields {
     }
 }
 
-const FLAG_RESPONSE: i32 = 1;
+pub const FLAG_RESPONSE: i32 = 1;
 const FLAG_ONEWAY: i32 = 2;
 
 impl Header {

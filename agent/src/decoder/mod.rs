@@ -9,6 +9,7 @@ pub mod codes;
 mod connections;
 pub mod encode;
 mod framer;
+pub mod grpc;
 pub mod header;
 pub mod message;
 pub mod operation;
@@ -69,12 +70,24 @@ impl Default for DecoderConfig {
     }
 }
 
-/// One decoded remoting command.
+/// How a command travelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Wire {
+    /// A remoting frame, its header serialized so.
+    Remoting(SerializeType),
+    /// A RocketMQ 5 gRPC call (HTTP/2 and protobuf), told in remoting's terms: the opaque is
+    /// the HTTP/2 stream, the code the remoting request that does the same (a response's:
+    /// RocketMQ's `Status.code`, or gRPC's own status below 100).
+    Grpc,
+}
+
+/// One decoded command: a remoting frame, or one side of a gRPC call.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Command {
     /// Which stream it was read from, seen from the traced process.
     pub direction: Direction,
-    pub serialize_type: SerializeType,
+    pub wire: Wire,
     /// For a response: the code of the request it answers, when that request was seen.
     pub request_code: Option<RequestCode>,
     pub header: Header,
@@ -131,6 +144,20 @@ pub struct DecoderCounters {
     /// Bytes let go of because the connections' buffers reached their share of the memory
     /// budget (headers given up and their frames skipped, bodies' fields dropped).
     pub bytes_shed: u64,
+    /// RocketMQ 5 gRPC calls followed (sends, receives, acks, ...; HTTP/2 frames and gRPC
+    /// messages count in `frames` and `messages`).
+    pub grpc_calls: u64,
+    /// Calls whose method was told by the shape of their request, their path unreadable.
+    pub grpc_methods_inferred: u64,
+    /// Calls whose method could not be told at all: not followed.
+    pub grpc_calls_unknown: u64,
+    /// Times a direction's HPACK table stopped being known (a header block lost or not
+    /// decodable; joined mid-stream, it never was), and header blocks not decoded since.
+    pub grpc_header_tables_lost: u64,
+    pub grpc_header_blocks_undecoded: u64,
+    /// gRPC messages compressed by the call (grpc-encoding) or larger than 8 MiB: not read.
+    pub grpc_messages_compressed: u64,
+    pub grpc_messages_too_large: u64,
 }
 
 /// The decoder of one connection: two framers and the pairing of requests with responses.

@@ -89,9 +89,12 @@ pub struct PopRequest {
     pub attempt_id: Option<String>,
 }
 
-/// ACK_MESSAGE and CHANGE_MESSAGE_INVISIBLETIME: no message ID, only where it sits.
+/// ACK_MESSAGE and CHANGE_MESSAGE_INVISIBLETIME: no message ID, only where it sits; gRPC's
+/// AckMessage and ChangeInvisibleDuration name the messages instead.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct AckRequest {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub message_ids: Vec<String>,
     pub consumer_group: Option<String>,
     pub topic: Option<String>,
     pub queue_id: Option<i32>,
@@ -211,6 +214,7 @@ fn send_request(command: &Command, code: RequestCode) -> SendRequest {
 
 fn ack(h: &Header) -> AckRequest {
     AckRequest {
+        message_ids: Vec::new(),
         consumer_group: text(h, &["consumerGroup"]),
         topic: text(h, &["topic"]),
         queue_id: number(h, &["queueId"]),

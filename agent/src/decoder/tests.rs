@@ -253,7 +253,7 @@ fn frames_split_anywhere_and_packed_together_decode_the_same() {
 fn binary_header_and_null_tolerant_json() {
     let frame = binary_frame(34, 0, 77, &[("k", "v")], b"");
     let (commands, _) = decode(&[(UP, &frame)]);
-    assert_eq!(commands[0].serialize_type, SerializeType::Rocketmq);
+    assert_eq!(commands[0].wire, Wire::Remoting(SerializeType::Rocketmq));
     assert_eq!(
         (
             commands[0].header.code,

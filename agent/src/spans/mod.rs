@@ -184,7 +184,7 @@ fn peer(attributes: &mut Attributes, endpoint: &crate::correlation::Endpoint) {
         );
         attributes.insert(
             "mqtrace.client.version".into(),
-            i64::from(client.version).into(),
+            client.version.clone().into(),
         );
     }
 }
