@@ -51,6 +51,9 @@ pub struct Endpoint {
     /// request): the client it served, whose address is `peer`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client: Option<ServedClient>,
+    /// Set when the event was seen as a RocketMQ 5 gRPC call: its method.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_method: Option<&'static str>,
 }
 
 impl Endpoint {
@@ -642,6 +645,9 @@ impl Correlator {
             local: request.local,
             peer: request.peer,
             client,
+            grpc_method: (request.command.wire == Wire::Grpc).then(|| {
+                crate::decoder::grpc::method_name(header.ext("method").unwrap_or_default())
+            }),
         }
     }
 

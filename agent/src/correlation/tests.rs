@@ -1163,3 +1163,112 @@ fn a_gap_in_what_the_broker_wrote_leaves_its_answer_unseen() {
     assert_unseen(&spans, &pipeline, "capture_gap");
     assert_eq!(spans[0].kind, SpanKind::Server);
 }
+
+/// A RocketMQ 5 client sends through a proxy (gRPC in, remoting out) and acks over gRPC; a
+/// remoting consumer pulls the same message: one trace, the proxy in it nowhere.
+#[test]
+fn a_grpc_send_through_a_proxy_joins_remoting_and_grpc_consumers() {
+    use crate::decoder::grpc::encode::{self as grpc, Conversation};
+    let mut harness = Harness::new(DecoderConfig::default());
+    let client = harness.open(1, 7, Origin::Connect);
+    let accepted = harness.open(2, 9, Origin::Accept);
+    let upstream = harness.open(3, 9, Origin::Connect);
+    let mut producer = Conversation::new();
+    producer.request(1, "SendMessage", &grpc::send_request(&["G1"]));
+    producer.response(1, &[grpc::send_response(5)], "0");
+    harness.frame(client, UP, &producer.client);
+    harness.frame(accepted, DOWN, &producer.client);
+    harness.frame(upstream, UP, &single_send(1, "G1"));
+    harness.frame(upstream, DOWN, &ok_response(1, &[("msgId", "OFF")]));
+    harness.frame(accepted, UP, &producer.server);
+    harness.frame(client, DOWN, &producer.server);
+
+    // A remoting consumer pulls it from the broker.
+    let store: SocketAddr = BROKER.parse().unwrap();
+    let props = properties(&[("UNIQ_KEY", "G1"), ("KEYS", "key-G1")]);
+    let puller = harness.open(4, 11, Origin::Connect);
+    harness.frame(puller, UP, &pull(2, "orders", "0", "-1"));
+    let stored = stored_message(false, store, 5, 64, "orders", &props, b"hello");
+    harness.frame(puller, DOWN, &json_frame(0, 1, 2, &[], &stored));
+
+    // A gRPC consumer receives and acks it through the proxy.
+    let mut consumer = Conversation::new();
+    consumer.request(1, "ReceiveMessage", &grpc::receive_request());
+    consumer.response(
+        1,
+        &[
+            grpc::received("G1", 1),
+            grpc::receive_status(crate::decoder::grpc::proto::Code::Ok),
+        ],
+        "0",
+    );
+    let ack = crate::decoder::grpc::proto::AckMessageRequest {
+        group: grpc::resource("workers"),
+        topic: grpc::resource("orders"),
+        entries: vec![crate::decoder::grpc::proto::AckMessageEntry {
+            message_id: "G1".into(),
+            receipt_handle: "rh".into(),
+        }],
+    };
+    consumer.request(3, "AckMessage", &ack);
+    consumer.response(
+        3,
+        &[grpc::grpc(&crate::decoder::grpc::proto::StatusResponse {
+            status: grpc::ok(),
+        })],
+        "0",
+    );
+    let receiver = harness.open(5, 13, Origin::Connect);
+    harness.frame(receiver, UP, &consumer.client);
+    harness.frame(receiver, DOWN, &consumer.server);
+
+    let (spans, pipeline) = harness.finish();
+    let pid = |s: &Span| match s.resource.get("process.pid") {
+        Some(Value::Int(pid)) => *pid as u32,
+        _ => 0,
+    };
+    let named: Vec<(u32, &str, SpanKind)> = spans
+        .iter()
+        .map(|s| (pid(s), s.name.as_str(), s.kind))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            (7, "send orders", SpanKind::Producer),
+            (11, "receive orders", SpanKind::Client),
+            (13, "receive orders", SpanKind::Client),
+            (13, "ack orders", SpanKind::Client),
+        ],
+        "the proxy (9) makes none: {spans:#?}"
+    );
+    for span in &spans {
+        assert_eq!(span.trace_id, TraceId::for_message("G1"), "{}", span.name);
+        if span.kind != SpanKind::Producer {
+            assert_eq!(
+                span.parent_span_id,
+                Some(SpanId::for_send("G1")),
+                "{}",
+                span.name
+            );
+        }
+        assert_eq!(
+            attr(span, "messaging.rocketmq.message.keys"),
+            Some(&Value::Strings(vec!["key-G1".into()])),
+            "{}",
+            span.name
+        );
+    }
+    let grpc_spans: Vec<&str> = spans
+        .iter()
+        .filter(|s| attr(s, "rpc.system") == Some(&Value::String("grpc".into())))
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(grpc_spans, ["send orders", "receive orders", "ack orders"]);
+    let counters = pipeline.counters();
+    assert_eq!(
+        counters.decoder.grpc_calls, 4,
+        "the send seen by client and proxy, the receive, the ack"
+    );
+    assert_eq!(counters.correlation.relayed_requests, 1);
+    assert_eq!(counters.correlation.serving_process_requests, 1);
+}

@@ -175,6 +175,14 @@ fn peer(attributes: &mut Attributes, endpoint: &crate::correlation::Endpoint) {
         attributes.insert(address.into(), peer.ip().to_string().into());
         attributes.insert(port.into(), i64::from(peer.port()).into());
     }
+    if let Some(method) = endpoint.grpc_method {
+        attributes.insert("rpc.system".into(), "grpc".into());
+        attributes.insert(
+            "rpc.service".into(),
+            crate::decoder::grpc::SERVICE_NAME.into(),
+        );
+        attributes.insert("rpc.method".into(), method.into());
+    }
     if let Some(client) = &endpoint.client {
         attributes.insert("mqtrace.observer".into(), "broker".into());
         put(attributes, "messaging.client.id", client.client_id.clone());

@@ -12,8 +12,17 @@
 //! is then inferred from the shape of its request message.
 
 mod calls;
+pub mod encode;
 pub use calls::grpc_status_name;
-mod http2;
+
+/// The service's name, as `rpc.service` gives it.
+pub const SERVICE_NAME: &str = "apache.rocketmq.v2.MessagingService";
+
+/// A followed method's name, static (`Other` for any other).
+pub fn method_name(name: &str) -> &'static str {
+    Method::of(name).name()
+}
+pub mod http2;
 pub mod proto;
 
 use std::{
