@@ -1,14 +1,20 @@
 //! Decoder throughput in MB/s of stream, on the two shapes that dominate RocketMQ traffic:
-//! pull responses of 32 × 1 KiB messages, and small send requests. Run by `cargo xtask bench`
-//! (or `cargo bench -p mqtrace --bench decode`); prints one JSON line per case.
+//! pull responses of 32 × 1 KiB messages, and small send requests; the same two over RocketMQ
+//! 5 gRPC (a ReceiveMessage stream of 32 × 1 KiB, small SendMessage calls). Run by `cargo
+//! xtask bench` (or `cargo bench -p mqtrace --bench decode`); prints one JSON line per case.
 
 use std::{hint::black_box, time::Instant};
 
 use mqtrace::{
     decoder::{
-        ConnectionDecoder, DecoderConfig,
+        ConnectionDecoder, DecoderConfig, DecoderCounters,
         encode::{json_frame, properties, stored_message},
-        operation::interpret,
+        grpc::{
+            GrpcDecoder,
+            encode::{self as grpc, Conversation},
+            proto::Code,
+        },
+        operation::{Operation, interpret},
     },
     sources::Direction,
 };
@@ -20,6 +26,7 @@ const PASSES: usize = 5;
 /// Requests (egress) and responses (ingress) as two streams, and how many messages they hold.
 struct Workload {
     name: &'static str,
+    grpc: bool,
     egress: Vec<u8>,
     ingress: Vec<u8>,
     messages: usize,
@@ -64,6 +71,7 @@ fn pull_responses() -> Workload {
     }
     Workload {
         name: "pull_32x1KiB",
+        grpc: false,
         egress,
         ingress,
         messages,
@@ -105,6 +113,7 @@ fn small_sends() -> Workload {
     }
     Workload {
         name: "send_small",
+        grpc: false,
         egress,
         ingress,
         messages,
@@ -133,14 +142,83 @@ fn crafted_resync() -> Workload {
     }
     Workload {
         name: "resync_crafted",
+        grpc: false,
         egress,
         ingress: Vec::new(),
         messages: 1,
     }
 }
 
+/// ReceiveMessage calls, each streaming 32 messages of 1 KiB and a status.
+fn grpc_receives() -> Workload {
+    let mut c = Conversation::new();
+    let (mut stream, mut messages) = (1, 0);
+    while c.server.len() < STREAM_BYTES {
+        c.request(stream, "ReceiveMessage", &grpc::receive_request());
+        let mut responses: Vec<Vec<u8>> = (0..32)
+            .map(|i| {
+                let id = format!("0100000000000000{stream:08X}{i:06X}");
+                let mut message = grpc::message(&id, "order-1", Some(1));
+                message.body = vec![7; 1024].into();
+                grpc::grpc(&mqtrace::decoder::grpc::proto::ReceiveMessageResponse {
+                    content: Some(
+                        mqtrace::decoder::grpc::proto::receive_message_response::Content::Message(
+                            message,
+                        ),
+                    ),
+                })
+            })
+            .collect();
+        responses.push(grpc::receive_status(Code::Ok));
+        c.response(stream, &responses, "0");
+        stream += 2;
+        messages += 32;
+    }
+    Workload {
+        name: "grpc_receive_32x1KiB",
+        grpc: true,
+        egress: c.client,
+        ingress: c.server,
+        messages,
+    }
+}
+
+/// SendMessage calls of one message with a 64-byte body.
+fn grpc_sends() -> Workload {
+    let mut c = Conversation::new();
+    let (mut stream, mut messages) = (1, 0);
+    while c.client.len() < STREAM_BYTES {
+        let id = format!("0100000000000000{stream:014X}");
+        let mut request = grpc::send_request(&[&id]);
+        request.messages[0].body = vec![7; 64].into();
+        c.request(stream, "SendMessage", &request);
+        c.response(stream, &[grpc::send_response(9)], "0");
+        stream += 2;
+        messages += 1;
+    }
+    Workload {
+        name: "grpc_send_small",
+        grpc: true,
+        egress: c.client,
+        ingress: c.server,
+        messages,
+    }
+}
+
+/// The messages an operation carries, as the decoder counts them.
+fn messages_in(operation: &Operation) -> usize {
+    match operation {
+        Operation::Send(send) => send.messages.len(),
+        Operation::Pulled(pulled) => pulled.messages.len(),
+        _ => 0,
+    }
+}
+
 /// Decodes both streams in 64 KiB pieces, alternating, as a live connection would arrive.
 fn decode(w: &Workload) -> usize {
+    if w.grpc {
+        return decode_grpc(w);
+    }
     let mut decoder = ConnectionDecoder::new(DecoderConfig::default(), false);
     let mut out = Vec::new();
     let mut found = 0;
@@ -164,6 +242,41 @@ fn decode(w: &Workload) -> usize {
     found
 }
 
+fn decode_grpc(w: &Workload) -> usize {
+    let mut decoder = GrpcDecoder::new(Some(Direction::Egress));
+    let mut counters = DecoderCounters::default();
+    let mut out = Vec::new();
+    let mut found = 0;
+    // Both streams advance by the same share of their length, as calls and their answers do,
+    // the requests a round ahead (an answer never comes before its request).
+    let rounds = (w.egress.len().max(w.ingress.len()) / (64 << 10)).max(1);
+    let (mut e, mut i) = (0, 0);
+    for round in 1..=rounds + 1 {
+        for (direction, stream, at, share) in [
+            (Direction::Egress, &w.egress, &mut e, round.min(rounds)),
+            (Direction::Ingress, &w.ingress, &mut i, round - 1),
+        ] {
+            let end = stream.len() * share / rounds;
+            decoder
+                .data(
+                    direction,
+                    *at as u64,
+                    &stream[*at..end],
+                    0,
+                    &mut counters,
+                    &mut out,
+                )
+                .expect("RocketMQ gRPC");
+            *at = end;
+        }
+        for (_, operation) in out.drain(..) {
+            found += messages_in(&operation);
+            black_box(operation);
+        }
+    }
+    found
+}
+
 /// Seconds per byte of the workload, best of the passes.
 fn seconds_per_byte(workload: &Workload) -> f64 {
     let bytes = workload.egress.len() + workload.ingress.len();
@@ -179,7 +292,13 @@ fn seconds_per_byte(workload: &Workload) -> f64 {
 
 fn main() {
     let mut per_byte = std::collections::BTreeMap::new();
-    for workload in [pull_responses(), small_sends(), crafted_resync()] {
+    for workload in [
+        pull_responses(),
+        small_sends(),
+        crafted_resync(),
+        grpc_receives(),
+        grpc_sends(),
+    ] {
         let bytes = workload.egress.len() + workload.ingress.len();
         let seconds = seconds_per_byte(&workload) * bytes as f64;
         per_byte.insert(workload.name, seconds / bytes as f64);
