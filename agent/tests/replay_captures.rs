@@ -369,3 +369,96 @@ fn counters_count_the_messages_of_sends_and_do_not_take_a_stopping_consumer_for_
         assert_eq!((c.closed_unanswered, c.timeouts), (0, 0), "{name}: {c:?}");
     }
 }
+
+fn grpc_golden(name: &str) -> Vec<DecodedCommand> {
+    decode(&repo().join("tests/captures/rust5-client").join(name))
+}
+
+/// Apache's Rust 5.x client's sends through the proxy: every message the client was told about,
+/// with its keys and tag, each answered OK.
+#[test]
+fn rust_5x_client_grpc_sends() {
+    let commands = grpc_golden("send-10.pcap");
+    assert!(commands.iter().all(|c| c.command.wire == Wire::Grpc));
+    let path = repo().join("tests/captures/rust5-client/send-10.jsonl");
+    let told: Vec<Value> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(told.len(), 10);
+    let sent: HashMap<String, MessageMeta> = messages(&commands)
+        .into_iter()
+        .map(|m| (m.msg_id.clone().unwrap(), m))
+        .collect();
+    for line in &told {
+        let id = line["message_id"].as_str().unwrap();
+        let message = sent.get(id).unwrap_or_else(|| panic!("{id} not decoded"));
+        assert_eq!(message.keys(), [line["key"].as_str().unwrap()]);
+        assert_eq!(message.tags(), Some("TagG"));
+        assert_eq!(message.topic.as_deref(), Some("GoldenGrpc"));
+        assert_eq!(message.properties.uniq_key(), Some(id));
+        assert!(message.born_timestamp_ms.is_some());
+    }
+    let answered: Vec<&DecodedCommand> = commands
+        .iter()
+        .filter(|c| matches!(c.operation, Operation::SendResult(_)))
+        .collect();
+    assert_eq!(answered.len(), 10);
+    for answer in answered {
+        assert_eq!(answer.command.header.code, 20000, "OK");
+        assert_eq!(answer.command.header.language, "RUST");
+    }
+    // The request names its client as the 5.x clients do, in every call's headers.
+    let send = commands
+        .iter()
+        .find(|c| matches!(c.operation, Operation::Send(_)))
+        .unwrap();
+    assert_eq!(send.command.header.ext("clientVersion"), Some("5.0.0"));
+    assert!(
+        send.command
+            .header
+            .ext("clientId")
+            .is_some_and(|id| id.contains('@'))
+    );
+}
+
+/// The simple consumer's receives and acks: every message received is acked by its id.
+#[test]
+fn rust_5x_client_grpc_receives_and_acks() {
+    let commands = grpc_golden("receive-ack.pcap");
+    let received: BTreeSet<String> = commands
+        .iter()
+        .filter_map(|c| match &c.operation {
+            Operation::Pulled(pulled) => Some(pulled.messages.iter()),
+            _ => None,
+        })
+        .flatten()
+        .map(|m| {
+            assert!(m.keys().iter().all(|k| k.starts_with("key-")), "{m:?}");
+            assert_eq!(m.reconsume_times, Some(0));
+            assert!(m.queue_offset.is_some() && m.store_timestamp_ms.is_some());
+            m.msg_id.clone().unwrap()
+        })
+        .collect();
+    let acked: BTreeSet<String> = commands
+        .iter()
+        .filter_map(|c| match &c.operation {
+            Operation::Ack(ack) => Some(ack.message_ids.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(received.len(), 21);
+    assert_eq!(acked, received);
+    // The receives that found an empty queue failed in the proxy: errors, not messages.
+    let failed = commands
+        .iter()
+        .filter(|c| {
+            c.command.is_response()
+                && c.command.request_code == Some(mqtrace::decoder::RequestCode::PopMessage)
+                && c.command.header.code != 20000
+        })
+        .count();
+    assert!(failed > 0);
+}

@@ -55,9 +55,11 @@ struct Tracked {
     /// Set once the connection turned out to speak HTTP/2: RocketMQ 5 gRPC, it is hoped.
     grpc: Option<GrpcDecoder>,
     verdict: Verdict,
-    /// The first bytes of the stream that spoke first, while undecided.
-    first_bytes: Vec<u8>,
-    first_direction: Option<Direction>,
+    /// The first bytes of each direction, while undecided: the client's are recognised
+    /// (remoting, HTTP/2, TLS), both are handed to the gRPC decoder once it starts.
+    first_bytes: [Vec<u8>; 2],
+    /// Bytes seen of each direction, while undecided.
+    seen: [u64; 2],
     undecoded_bytes: u64,
     /// Bytes its decoder held when last asked.
     held: usize,
@@ -76,15 +78,16 @@ impl Tracked {
         position: u64,
         bytes: &[u8],
     ) -> Option<bool> {
-        if direction == Direction::Egress || position != self.first_bytes.len() as u64 {
+        let first = &mut self.first_bytes[Direction::Ingress as usize];
+        if direction == Direction::Egress || position != first.len() as u64 {
             return Some(false);
         }
-        let take = (RECOGNITION_BYTES - self.first_bytes.len()).min(bytes.len());
-        self.first_bytes.extend_from_slice(&bytes[..take]);
-        match recognize(&self.first_bytes) {
+        let take = (RECOGNITION_BYTES - first.len()).min(bytes.len());
+        first.extend_from_slice(&bytes[..take]);
+        match recognize(first) {
             Recognition::Remoting => Some(true),
             // A plausible head whose header is longer than the bytes kept.
-            Recognition::NeedMore if self.first_bytes.len() >= RECOGNITION_BYTES => Some(true),
+            Recognition::NeedMore if first.len() >= RECOGNITION_BYTES => Some(true),
             Recognition::NeedMore => None,
             Recognition::Other | Recognition::Http2 | Recognition::Tls => Some(false),
         }
@@ -102,15 +105,24 @@ impl Tracked {
             return true;
         }
         self.undecoded_bytes += bytes.len() as u64;
-        if self.connection.origin != Origin::Existing
-            && *self.first_direction.get_or_insert(direction) == direction
-            && position == self.first_bytes.len() as u64
-        {
-            let take = (RECOGNITION_BYTES - self.first_bytes.len()).min(bytes.len());
-            self.first_bytes.extend_from_slice(&bytes[..take]);
-            match recognize(&self.first_bytes) {
+        let first = &mut self.first_bytes[direction as usize];
+        if position == first.len() as u64 {
+            let take = (RECOGNITION_BYTES - first.len()).min(bytes.len());
+            first.extend_from_slice(&bytes[..take]);
+        }
+        self.seen[direction as usize] = position + bytes.len() as u64;
+        // The client speaks first in both protocols: its direction is known but for
+        // connections open before tracing began (an HTTP/2 server may send its settings
+        // before the client's preface comes).
+        let client = match self.connection.origin {
+            Origin::Connect => Direction::Egress,
+            Origin::Accept => Direction::Ingress,
+            Origin::Existing => return self.undecoded_bytes < UNDECODED_LIMIT,
+        };
+        let first = &self.first_bytes[client as usize];
+        if direction == client && position < first.len() as u64 {
+            match recognize(first) {
                 Recognition::Remoting => self.verdict = Verdict::RocketMq,
-                Recognition::NeedMore if self.first_bytes.len() < RECOGNITION_BYTES => {}
                 // A head whose header is longer than the bytes kept: the decoder will tell.
                 Recognition::NeedMore => {}
                 Recognition::Tls => {
@@ -118,7 +130,7 @@ impl Tracked {
                     return false;
                 }
                 Recognition::Http2 if self.grpc.is_none() => {
-                    self.grpc = Some(GrpcDecoder::new(Some(direction)));
+                    self.grpc = Some(GrpcDecoder::new(Some(client)));
                 }
                 Recognition::Http2 => {}
                 Recognition::Other => return false,
@@ -222,8 +234,8 @@ impl Decoders {
                     decoder,
                     grpc: (connection.origin == Origin::Existing).then(|| GrpcDecoder::new(None)),
                     verdict: Verdict::Unknown,
-                    first_bytes: Vec::new(),
-                    first_direction: None,
+                    first_bytes: [Vec::new(), Vec::new()],
+                    seen: [0, 0],
                     undecoded_bytes: 0,
                     held: 0,
                     encrypted: false,
@@ -304,31 +316,31 @@ impl Decoders {
                     && !was_grpc
                     && let Some(grpc) = &mut t.grpc
                 {
-                    // Just recognised as HTTP/2 by its preface: the gRPC decoder reads it from
-                    // the start (the first bytes so far, then these).
+                    // Just recognised as HTTP/2 by its preface: the gRPC decoder reads both
+                    // directions from their start (what was kept of them, then these bytes).
                     self.scratch.clear();
                     t.decoder = ConnectionDecoder::new(self.config, false);
-                    let earlier =
-                        t.first_bytes[..(*position as usize).min(t.first_bytes.len())].to_vec();
                     let counters = &mut t.decoder.counters;
-                    keep = grpc
-                        .data(
-                            *direction,
-                            0,
-                            &earlier,
-                            *timestamp_ns,
-                            counters,
-                            &mut self.grpc_scratch,
-                        )
+                    let out = &mut self.grpc_scratch;
+                    keep = [Direction::Egress, Direction::Ingress]
+                        .into_iter()
+                        .try_for_each(|d| {
+                            let before = if d == *direction {
+                                *position
+                            } else {
+                                t.seen[d as usize]
+                            };
+                            let kept = &t.first_bytes[d as usize];
+                            match usize::try_from(before) {
+                                Ok(n) if n <= kept.len() => {
+                                    grpc.data(d, 0, &kept[..n], *timestamp_ns, counters, out)
+                                }
+                                // More than was kept: that direction resynchronises.
+                                _ => Ok(()),
+                            }
+                        })
                         .and_then(|()| {
-                            grpc.data(
-                                *direction,
-                                *position,
-                                bytes,
-                                *timestamp_ns,
-                                counters,
-                                &mut self.grpc_scratch,
-                            )
+                            grpc.data(*direction, *position, bytes, *timestamp_ns, counters, out)
                         })
                         .is_ok();
                 }
@@ -464,6 +476,7 @@ fn add(total: &mut DecoderCounters, c: &DecoderCounters) {
     total.grpc_calls += c.grpc_calls;
     total.grpc_methods_inferred += c.grpc_methods_inferred;
     total.grpc_calls_unknown += c.grpc_calls_unknown;
+    total.grpc_calls_partly_seen += c.grpc_calls_partly_seen;
     total.grpc_header_tables_lost += c.grpc_header_tables_lost;
     total.grpc_header_blocks_undecoded += c.grpc_header_blocks_undecoded;
     total.grpc_messages_compressed += c.grpc_messages_compressed;

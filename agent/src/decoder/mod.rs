@@ -151,6 +151,8 @@ pub struct DecoderCounters {
     pub grpc_methods_inferred: u64,
     /// Calls whose method could not be told at all: not followed.
     pub grpc_calls_unknown: u64,
+    /// Calls that ended without their start seen (the agent joined mid-call, or lost it).
+    pub grpc_calls_partly_seen: u64,
     /// Times a direction's HPACK table stopped being known (a header block lost or not
     /// decodable; joined mid-stream, it never was), and header blocks not decoded since.
     pub grpc_header_tables_lost: u64,

@@ -416,8 +416,9 @@ impl Streams {
             self.lose_headers(direction, counters);
             fields = HeaderFields::default();
         }
-        // Requests carry `:path`; joined mid-stream, the first new stream's first block is.
-        if self.client.is_none() && (fields.path.is_some() || !self.calls.contains_key(&stream)) {
+        // Requests carry `:path` (joined mid-stream, with the header table unknown, the first
+        // request message whose shape is a call's tells instead: see `data`).
+        if self.client.is_none() && fields.path.is_some() {
             self.client = Some(direction);
         }
         if Some(direction) == self.client {
@@ -449,6 +450,9 @@ impl Streams {
             if end_stream {
                 self.finish(stream, end_ns, out);
             }
+        } else if end_stream && self.client.is_some() {
+            // The end of a call whose start was not seen (joined mid-call, or lost).
+            counters.grpc_calls_partly_seen += 1;
         }
     }
 
@@ -477,6 +481,11 @@ impl Streams {
         counters: &mut DecoderCounters,
         out: &mut Vec<(Command, Operation)>,
     ) {
+        if self.client.is_none() && starts_request(frame.payload) {
+            // Joined mid-stream: the side that sends calls' requests is the client.
+            self.client = Some(direction);
+            self.open(frame.stream, frame.start_ns, counters);
+        }
         let is_request = Some(direction) == self.client;
         let Some(messages) = self.messages_of(direction, frame.stream) else {
             return;
@@ -702,6 +711,14 @@ impl Messages {
             }
         }
     }
+}
+
+/// Whether a DATA payload starts with a whole uncompressed gRPC message shaped as a followed
+/// call's request.
+fn starts_request(payload: &[u8]) -> bool {
+    prefix_len(payload).is_some_and(|length| {
+        payload[0] == 0 && payload.get(5..5 + length).and_then(calls::infer).is_some()
+    })
 }
 
 /// The length a gRPC message prefix at the start of `bytes` gives.

@@ -309,10 +309,12 @@ fn joined_mid_stream_a_calls_method_is_told_by_its_shape() {
     let (out, counters, rocketmq) = decode_from(
         &mut decoder,
         (client_cut as u64 - 3, &c.client[client_cut - 3..]),
-        (server_cut as u64 - 3, &c.server[server_cut - 3..]),
+        // The server's side from within the first call's answer: its end is seen.
+        (server_cut as u64 - 40, &c.server[server_cut - 40..]),
         usize::MAX,
     );
     assert!(rocketmq);
+    assert_eq!(counters.grpc_calls_partly_seen, 1, "{counters:?}");
     let ids: Vec<_> = out
         .iter()
         .filter_map(|(_, o)| match o {
@@ -324,7 +326,10 @@ fn joined_mid_stream_a_calls_method_is_told_by_its_shape() {
     assert_eq!(out.len(), 2, "the send and its result: {out:?}");
     assert_eq!(counters.grpc_methods_inferred, 1);
     assert!(counters.grpc_header_blocks_undecoded >= 1);
-    assert!(counters.resyncs == 0 && counters.resync_bytes >= 3);
+    assert!(
+        counters.resyncs == 0 && counters.resync_bytes >= 3,
+        "{counters:?}"
+    );
 }
 
 #[test]
@@ -415,4 +420,51 @@ proptest! {
         let second = out.iter().any(|(_, o)| matches!(o, Operation::Send(s) if s.messages[0].msg_id.as_deref() == Some("SECOND")));
         prop_assert!(second, "{:?}", out);
     }
+}
+
+#[test]
+fn joined_mid_stream_an_earlier_calls_answer_does_not_pass_for_the_client() {
+    let (c, client_cut, server_cut) = two_sends();
+    let mut decoder = GrpcDecoder::new(None);
+    let mut out = Vec::new();
+    let mut counters = DecoderCounters::default();
+    // The server's answer to the first call is the first thing seen, then the second call.
+    decoder
+        .data(
+            SERVER,
+            0,
+            &c.server[..server_cut],
+            1,
+            &mut counters,
+            &mut out,
+        )
+        .unwrap();
+    decoder
+        .data(
+            CLIENT,
+            client_cut as u64,
+            &c.client[client_cut..],
+            2,
+            &mut counters,
+            &mut out,
+        )
+        .unwrap();
+    decoder
+        .data(
+            SERVER,
+            server_cut as u64,
+            &c.server[server_cut..],
+            3,
+            &mut counters,
+            &mut out,
+        )
+        .unwrap();
+    let seen: Vec<(Direction, bool)> = out
+        .iter()
+        .map(|(c, _)| (c.direction, c.is_response()))
+        .collect();
+    assert_eq!(seen, [(CLIENT, false), (SERVER, true)], "{out:?}");
+    assert!(
+        matches!(&out[0].1, Operation::Send(s) if s.messages[0].msg_id.as_deref() == Some("SECOND"))
+    );
 }
