@@ -1,5 +1,6 @@
-//! The real RocketMQ peers (rocketmq-rust name server and broker, our mq-client over
-//! rocketmq-client-rust), started for a test and stopped by pid when it ends, pass or fail.
+//! The real RocketMQ peers (rocketmq-rust name server, broker and gRPC proxy, our mq-client over
+//! rocketmq-client-rust and mq5-client over Apache's Rust 5.x gRPC client), started for a test
+//! and stopped by pid when it ends, pass or fail.
 //! `cargo xtask test` builds them and says where in `MQTRACE_PEERS`.
 
 use std::{
@@ -37,6 +38,22 @@ pub fn client_path() -> PathBuf {
 /// A command running `mq-client`.
 pub fn client() -> Command {
     Command::new(client_path())
+}
+
+/// The `mq5-client` binary (see tests/peers/rust5-client): produces and consumes over gRPC
+/// through a [`Proxy`].
+pub fn client5_path() -> PathBuf {
+    bin("mq5-client")
+}
+
+/// A command running `mq5-client`.
+pub fn client5() -> Command {
+    Command::new(client5_path())
+}
+
+/// The `rocketmq-proxy-rust` binary (rocketmq-proxy 1.0.0, cluster mode only).
+pub fn proxy_path() -> PathBuf {
+    bin("rocketmq-proxy-rust")
 }
 
 /// The JSON lines a client printed (mq-client, raw-producer).
@@ -189,6 +206,81 @@ impl Drop for Broker {
         }
         let _ = self.broker.0.wait();
         let _ = self.namesrv.0.wait();
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+/// A RocketMQ 5 proxy (rocketmq-proxy-rust, cluster mode) in front of a [`Broker`]: it speaks
+/// gRPC (plain HTTP/2) to clients on the broker's address, port 8081, and remoting to the name
+/// server and broker behind it.
+pub struct Proxy {
+    proxy: Owned,
+    home: PathBuf,
+    addr: SocketAddr,
+}
+
+impl Proxy {
+    pub const GRPC_PORT: u16 = 8081;
+
+    /// Starts the proxy for `broker` (which must be running) and waits until its gRPC port
+    /// accepts connections.
+    pub fn start(broker: &Broker) -> anyhow::Result<Self> {
+        let addr: SocketAddr = format!("{}:{}", broker.ip, Self::GRPC_PORT).parse()?;
+        // Something else answering there would pass for the proxy: a proxy left over, say.
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            bail!("{addr} is taken already: is a proxy of an earlier run still alive?");
+        }
+        let home = std::env::temp_dir().join(format!(
+            "mqtrace-proxy-{}-{}",
+            std::process::id(),
+            broker.ip
+        ));
+        std::fs::create_dir_all(&home)?;
+        let log = std::fs::File::create(home.join("proxy.log"))?;
+        let program = proxy_path();
+        let proxy = Command::new(&program)
+            .args(["--mode", "cluster", "--namesrvAddr", &broker.namesrv()])
+            .arg("--grpcListenAddr")
+            .arg(addr.to_string())
+            .current_dir(&home)
+            .env("ROCKETMQ_HOME", &home)
+            .env("ROCKETMQ_SECURITY_PROFILE", "development-insecure-loopback")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        let proxy = Self {
+            proxy: Owned(proxy),
+            home,
+            addr,
+        };
+        wait_for_port(&addr, Duration::from_secs(20))
+            .with_context(|| format!("proxy log ends: {}", tail(proxy.log().as_bytes())))?;
+        Ok(proxy)
+    }
+
+    /// The proxy process's pid.
+    pub fn pid(&self) -> u32 {
+        self.proxy.0.id()
+    }
+
+    /// Where clients reach it: `ip:port`, as mq5-client's `--endpoint` wants it.
+    pub fn grpc_endpoint(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The proxy's log, for a failing test to show.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.home.join("proxy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child; Owned's drop reaps it.
+        unsafe { libc::kill(self.proxy.0.id() as i32, libc::SIGKILL) };
+        let _ = self.proxy.0.wait();
         let _ = std::fs::remove_dir_all(&self.home);
     }
 }

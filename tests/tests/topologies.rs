@@ -1,7 +1,8 @@
 //! One correct trace per message in the topologies real clusters have, with the agent tracing
 //! every process: a relay between clients and broker (on the clients' host, or on its own host
 //! with its own agent), a producer that sets no UNIQ_KEY, a consumer that fails a message until
-//! it goes to the dead-letter queue, and a request the agent stops watching. Real name server,
+//! it goes to the dead-letter queue, a request the agent stops watching, and a RocketMQ 5
+//! client sending over gRPC through a proxy (the agent started before it, or while it sends). Real name server,
 //! broker and clients; the real `mqtrace` binary. Needs root and the peers (`cargo xtask test`).
 
 use std::{
@@ -17,7 +18,7 @@ use mqtrace_tests::{
     netns::NetNs,
     process::Driven,
     relay::Relay,
-    rocketmq::{Broker, client, json_lines, tail},
+    rocketmq::{Broker, Proxy, client, client5, json_lines, tail},
     spancheck::{assert_complete_traces, read_span_file},
 };
 use serde_json::Value;
@@ -770,5 +771,194 @@ fn an_agent_tracing_only_the_broker_sees_every_message_and_joins_the_clients_age
         "broker and clients agents",
         &all,
         &expectations(&produced, topic, producer, consumer, broker_pid),
+    );
+}
+
+/// mq5-client producing `count` messages through `proxy` (keys key-0, key-1, ...).
+fn produce5(proxy: &Proxy, topic: &str, count: usize, interval_ms: u64) -> Command {
+    let mut command = client5();
+    command.args([
+        "produce",
+        "--endpoint",
+        &proxy.grpc_endpoint(),
+        "--topic",
+        topic,
+        "--count",
+        &count.to_string(),
+        "--interval-ms",
+        &interval_ms.to_string(),
+    ]);
+    command
+}
+
+/// What a 5.x producer's messages must show: its gRPC send span, the remoting consumer's
+/// receive and commit, the broker's spans; the proxy (a relay: it accepts gRPC and forwards
+/// over remoting) none.
+fn expectations5<'a>(
+    produced: &'a [Value],
+    topic: &'a str,
+    producer: u32,
+    consumer: u32,
+    broker: u32,
+) -> Vec<Expected<'a>> {
+    produced
+        .iter()
+        .map(|p| Expected {
+            key: p["message_id"].as_str().unwrap(),
+            topic,
+            business_key: p["key"].as_str().unwrap(),
+            producer,
+            consumer,
+            broker,
+            committed: true,
+        })
+        .collect()
+}
+
+/// Fails naming the spans of `pid` (a relay's: it must make none).
+fn assert_spanless(what: &str, spans: &[Value], pid: u32) {
+    let of: Vec<String> = spans
+        .iter()
+        .filter(|s| pid_of(s) == u64::from(pid))
+        .map(|s| format!("{} {}", s["name"], s["attributes"]["messaging.message.id"]))
+        .collect();
+    assert!(
+        of.is_empty(),
+        "{what} made {} spans: {:?}",
+        of.len(),
+        &of[..of.len().min(10)]
+    );
+}
+
+#[test]
+fn a_5x_client_sending_over_grpc_through_the_proxy_joins_its_remoting_consumer() {
+    let _turn = turn();
+    let topic = "TopoGrpc";
+    let broker = Broker::start("127.0.0.1").unwrap();
+    // The proxy does not create topics; this sends one message before the agent starts.
+    broker.make_topic(topic);
+    let proxy = Proxy::start(&broker).unwrap();
+    let file = SpanFile::new("grpc");
+    let agent = Agent::start("topo-grpc", &["--all", "--output", file.arg()]);
+    let (producer, produced) = run("5.x producer", produce5(&proxy, topic, MESSAGES, 0));
+    assert_eq!(produced.len(), MESSAGES);
+    let (consumer, consumed) = consume(&broker.namesrv(), topic, "topo_grpc_group", MESSAGES, &[]);
+    assert!(consumed.len() >= MESSAGES);
+    // The proxy hands the 5.x client's message id to the broker as its UNIQ_KEY.
+    let uniq_keys: std::collections::BTreeSet<&str> = consumed
+        .iter()
+        .filter_map(|c| c["uniq_key"].as_str())
+        .collect();
+    for p in &produced {
+        assert!(uniq_keys.contains(p["message_id"].as_str().unwrap()), "{p}");
+    }
+    let counters = agent.scrape();
+    let timeline = agent.control_ok(&["trace", "--key", "key-7"]);
+    assert!(
+        timeline.contains("  send ") && timeline.contains("  receive "),
+        "{timeline}"
+    );
+    agent.stop();
+    let proxy_pid = proxy.pid();
+    drop(proxy);
+    let broker_pid = broker.pid();
+    drop(broker);
+
+    let spans = file.spans();
+    eprintln!("{counters:?}");
+    assert_spanless("the proxy", &spans, proxy_pid);
+    assert_traces(
+        "5.x client through the gRPC proxy",
+        &spans,
+        &expectations5(&produced, topic, producer, consumer, broker_pid),
+    );
+    let sends: Vec<&Value> = spans.iter().filter(|s| s["kind"] == "PRODUCER").collect();
+    assert_eq!(sends.len(), MESSAGES);
+    for send in sends {
+        assert_eq!(attribute(send, "rpc.system"), "grpc", "{send}");
+        assert_eq!(attribute(send, "rpc.method"), "SendMessage", "{send}");
+    }
+    // The client's side and the proxy's side of each send.
+    assert!(
+        counters["mqtrace_pipeline_decoder_grpc_calls_total"] >= (2 * MESSAGES) as f64,
+        "{counters:?}"
+    );
+    assert!(
+        counters["mqtrace_pipeline_correlation_relayed_requests_total"] >= MESSAGES as f64,
+        "the proxy's accepted calls are relayed: {counters:?}"
+    );
+    assert!(
+        counters["mqtrace_pipeline_correlation_serving_process_requests_total"] >= MESSAGES as f64,
+        "the proxy's remoting sends are its clients': {counters:?}"
+    );
+}
+
+#[test]
+fn an_agent_started_while_a_5x_client_sends_traces_what_follows_and_counts_what_it_missed() {
+    let _turn = turn();
+    let topic = "TopoGrpcLate";
+    let broker = Broker::start("127.0.0.1").unwrap();
+    broker.make_topic(topic);
+    let proxy = Proxy::start(&broker).unwrap();
+    // 200 sends over 8 s on one connection; the agent starts about 2 s in.
+    let mut producer = produce5(&proxy, topic, MESSAGES, 40);
+    let child = producer
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start mq5-client");
+    let producer_pid = child.id();
+    let mut producer = mqtrace_tests::rocketmq::Owned(child);
+    std::thread::sleep(Duration::from_secs(2));
+    let file = SpanFile::new("grpc-late");
+    let agent = Agent::start("topo-grpc-late", &["--all", "--output", file.arg()]);
+    let tracing_since = Instant::now();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut producer.0.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert!(
+        producer.0.wait().unwrap().success(),
+        "the 5.x producer failed"
+    );
+    let produced = json_lines(stdout.as_bytes());
+    assert_eq!(produced.len(), MESSAGES);
+    let sending_for = tracing_since.elapsed();
+    let counters = agent.scrape();
+    agent.stop();
+    drop(proxy);
+    drop(broker);
+
+    let spans = file.spans();
+    let traced: std::collections::BTreeSet<&str> = spans
+        .iter()
+        .filter(|s| s["kind"] == "PRODUCER" && pid_of(s) == u64::from(producer_pid))
+        .map(|s| text(&s["attributes"], "messaging.message.id"))
+        .collect();
+    // The last messages went out well after the agent traced: every one of them is there.
+    let after = ((sending_for.as_millis() as usize / 40) / 2).min(MESSAGES / 4);
+    let missing: Vec<&str> = produced[MESSAGES - after..]
+        .iter()
+        .map(|p| p["message_id"].as_str().unwrap())
+        .filter(|id| !traced.contains(id))
+        .collect();
+    eprintln!(
+        "joined mid-stream: {} of {MESSAGES} sends traced, the last {after} all required; {:?}",
+        traced.len(),
+        counters
+            .iter()
+            .filter(|(k, _)| k.contains("grpc"))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        missing.is_empty(),
+        "untraced after the agent started: {missing:?}"
+    );
+    // Joined mid-stream, the header tables are unknown: counted, the methods inferred.
+    assert!(
+        counters["mqtrace_pipeline_decoder_grpc_header_blocks_undecoded_total"] >= 1.0,
+        "{counters:?}"
+    );
+    assert!(
+        counters["mqtrace_pipeline_decoder_grpc_methods_inferred_total"] >= after as f64,
+        "{counters:?}"
     );
 }

@@ -1,6 +1,8 @@
-//! The real RocketMQ peers the end-to-end tests run against: the rocketmq-rust name server and
-//! broker, and our mq-client over rocketmq-client-rust. Built once per machine into a cache
-//! outside the checkout (about 20 minutes on 2 cores), reused afterwards.
+//! The real RocketMQ peers the end-to-end tests run against: the rocketmq-rust name server,
+//! broker and gRPC proxy, our mq-client over rocketmq-client-rust (remoting) and our mq5-client
+//! over Apache's Rust 5.x client (gRPC, through the proxy). Built once per machine into a cache
+//! outside the checkout (about 20 minutes on 2 cores, and as much again for the proxy), reused
+//! afterwards.
 
 use std::{
     path::{Path, PathBuf},
@@ -28,8 +30,15 @@ pub fn dir() -> PathBuf {
         .join(format!("peers-{ROCKETMQ_VERSION}"))
 }
 
-pub fn binaries(dir: &Path) -> [PathBuf; 3] {
-    ["rocketmq-namesrv-rust", "rocketmq-broker-rust", "mq-client"].map(|b| dir.join("bin").join(b))
+pub fn binaries(dir: &Path) -> [PathBuf; 5] {
+    [
+        "rocketmq-namesrv-rust",
+        "rocketmq-broker-rust",
+        "rocketmq-proxy-rust",
+        "mq-client",
+        "mq5-client",
+    ]
+    .map(|b| dir.join("bin").join(b))
 }
 
 /// Builds whatever of the peers is missing, and says where they are.
@@ -55,7 +64,7 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
         }
         Ok(())
     };
-    let [namesrv, broker, client] = binaries(&dir);
+    let [namesrv, broker, proxy, client, client5] = binaries(&dir);
     if !namesrv.exists() {
         install(
             &[
@@ -73,24 +82,60 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
             "broker (once per machine)",
         )?;
     }
-    // The client is ours: rebuilt when its source changes (cargo install compares versions only).
-    let client_src = workspace_root().join("tests/peers/rust-client");
-    let stale = || -> Option<bool> {
-        let built = client.metadata().ok()?.modified().ok()?;
-        let source = client_src
-            .join("src/main.rs")
-            .metadata()
-            .ok()?
-            .modified()
-            .ok()?;
-        Some(source > built)
-    };
-    if !client.exists() || stale().unwrap_or(true) {
-        let path = client_src.to_string_lossy().into_owned();
+    if !proxy.exists() {
+        // Its gRPC stubs are generated at build time by protoc.
+        if !on_path("protoc") {
+            step("the proxy's build needs protoc: installing protobuf-compiler");
+            crate::setup::apt_install(&["protobuf-compiler"])?;
+        }
+        // Cluster mode only (in front of the name server and broker): local mode would build a
+        // broker into it too.
         install(
-            &["--locked", "--force", "--path", &path],
-            "client mq-client (its source is newer than its build)",
+            &[
+                "--locked",
+                "rocketmq-proxy",
+                "--version",
+                ROCKETMQ_VERSION,
+                "--no-default-features",
+                "--features",
+                "cluster-mode",
+            ],
+            "gRPC proxy (once per machine)",
         )?;
     }
+    // The clients are ours: rebuilt when their source changes (cargo install compares versions
+    // only).
+    for (binary, source, label) in [
+        (
+            &client,
+            "tests/peers/rust-client",
+            "client mq-client (its source is newer than its build)",
+        ),
+        (
+            &client5,
+            "tests/peers/rust5-client",
+            "client mq5-client (its source is newer than its build)",
+        ),
+    ] {
+        let source = workspace_root().join(source);
+        if !binary.exists() || newer(&source, binary).unwrap_or(true) {
+            let path = source.to_string_lossy().into_owned();
+            install(&["--locked", "--force", "--path", &path], label)?;
+        }
+    }
     Ok(dir)
+}
+
+/// Whether the package at `source` (its main.rs or its manifest) changed after `built` was.
+fn newer(source: &Path, built: &Path) -> Option<bool> {
+    let modified = |path: &Path| path.metadata().ok()?.modified().ok();
+    let built = modified(built)?;
+    let mut latest = modified(&source.join("src/main.rs"))?;
+    latest = latest.max(modified(&source.join("Cargo.toml"))?);
+    Some(latest > built)
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
