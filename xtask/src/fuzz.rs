@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 
 use crate::{step, workspace_root};
 
-pub const TARGETS: [&str; 2] = ["decoder", "pipeline"];
+pub const TARGETS: [&str; 3] = ["decoder", "grpc", "pipeline"];
 /// The cargo-fuzz release this project pins.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
