@@ -212,6 +212,11 @@ const STATUS_LINES: &[(&str, &[&str])] = &[
     ("resyncs", &["/pipeline/decoder/resyncs"]),
     ("frames decoded", &["/pipeline/decoder/frames"]),
     ("messages decoded", &["/pipeline/decoder/messages"]),
+    ("gRPC calls (RocketMQ 5)", &["/pipeline/decoder/grpc_calls"]),
+    (
+        "gRPC headers not decoded",
+        &["/pipeline/decoder/grpc_header_blocks_undecoded"],
+    ),
     (
         "decode errors",
         &[
