@@ -197,19 +197,23 @@ fn peer(attributes: &mut Attributes, endpoint: &crate::correlation::Endpoint) {
     }
 }
 
-/// A step's span kind and its name's operation: the client's (`client_kind`, `operation`), or
-/// the broker's serving it (SERVER, `broker_operation`).
-fn role(
-    endpoint: &crate::correlation::Endpoint,
-    client_kind: SpanKind,
-    operation: &'static str,
-    broker_operation: &'static str,
-) -> (SpanKind, &'static str) {
+/// A step's span kind: the client's own (`client_kind`), or SERVER where the traced process is
+/// the broker serving it.
+fn kind_of(endpoint: &crate::correlation::Endpoint, client_kind: SpanKind) -> SpanKind {
     if endpoint.is_broker() {
-        (SpanKind::Server, broker_operation)
+        SpanKind::Server
     } else {
-        (client_kind, operation)
+        client_kind
     }
+}
+
+/// The operation in a span's name: the client's, or the broker's where it served the step.
+fn operation_of(
+    endpoint: &crate::correlation::Endpoint,
+    client: &'static str,
+    broker: &'static str,
+) -> &'static str {
+    if endpoint.is_broker() { broker } else { client }
 }
 
 /// Body size, and the batch size when the message travelled with others.
@@ -265,7 +269,8 @@ fn name(operation: &str, topic: Option<&str>) -> String {
 pub fn send_span(event: &SendEvent, resource: &Resource) -> Span {
     let m = &event.message;
     let (trace_id, parent) = message_trace(&event.key, m.properties.traceparent());
-    let (kind, operation) = role(&event.endpoint, SpanKind::Producer, "send", "store");
+    let kind = kind_of(&event.endpoint, SpanKind::Producer);
+    let operation = operation_of(&event.endpoint, "send", "store");
     let mut a = common(operation, "send", m.topic.as_deref());
     a.insert("messaging.message.id".into(), event.key.as_str().into());
     labels(&mut a, m.tags(), m.keys());
@@ -346,7 +351,8 @@ pub fn receive_span(event: &ReceiveEvent, resource: &Resource) -> Span {
     let m = &event.message;
     let (trace_id, _) = message_trace(&event.key, m.properties.traceparent());
     let send = SpanId::for_send(&event.key);
-    let (kind, operation) = role(&event.endpoint, SpanKind::Client, "receive", "deliver");
+    let kind = kind_of(&event.endpoint, SpanKind::Client);
+    let operation = operation_of(&event.endpoint, "receive", "deliver");
     let mut a = common(operation, "receive", m.topic.as_deref());
     a.insert("messaging.message.id".into(), event.key.as_str().into());
     put(
@@ -419,7 +425,7 @@ pub fn receive_span(event: &ReceiveEvent, resource: &Resource) -> Span {
 
 pub fn settle_span(event: &SettleEvent, resource: &Resource) -> Span {
     let operation = event.settlement.operation();
-    let (kind, _) = role(&event.endpoint, SpanKind::Client, operation, operation);
+    let kind = kind_of(&event.endpoint, SpanKind::Client);
     let (trace_id, _) = message_trace(&event.key, event.labels.traceparent.as_deref());
     let mut a = common(operation, "settle", event.topic.as_deref());
     a.insert("messaging.message.id".into(), event.key.as_str().into());
