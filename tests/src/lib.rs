@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod capture;
 pub mod frames;
+pub mod grpc_broker;
 pub mod http;
 pub mod netns;
 pub mod otlp;
