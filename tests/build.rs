@@ -1,11 +1,12 @@
 //! Generates the gRPC server of RocketMQ 5's `apache.rocketmq.v2.MessagingService` for the
-//! grpc-broker test peer from proto/messaging_service.proto, with protox (pure Rust): no protoc
-//! is needed to build.
+//! grpc-broker test peer from the agent's definitions (agent/proto/rocketmq_v2.proto: one
+//! place for the API's field numbers), with protox (pure Rust): no protoc is needed to build.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto = "proto/messaging_service.proto";
+    let dir = "../agent/proto";
+    let proto = "../agent/proto/rocketmq_v2.proto";
     println!("cargo:rerun-if-changed={proto}");
-    let fds = protox::compile([proto], ["proto"])?;
+    let fds = protox::compile([proto], [dir])?;
     tonic_prost_build::configure()
         .build_client(false)
         .build_server(true)

@@ -143,7 +143,7 @@ pub fn message(id: &str, key: &str, attempt: Option<i32>) -> v2::Message {
             tag: Some("TagA".into()),
             keys: vec![key.into()],
             message_id: id.into(),
-            born_timestamp: Some(v2::Timestamp {
+            born_timestamp: Some(prost_types::Timestamp {
                 seconds: 1_700_000_000,
                 nanos: 5_000_000,
             }),
@@ -183,17 +183,18 @@ pub fn receive_request() -> v2::ReceiveMessageRequest {
         message_queue: Some(v2::MessageQueue {
             topic: resource("orders"),
             id: 2,
+            ..Default::default()
         }),
         batch_size: 32,
-        invisible_duration: Some(v2::Duration {
+        invisible_duration: Some(prost_types::Duration {
             seconds: 15,
             nanos: 0,
         }),
-        long_polling_timeout: Some(v2::Duration {
+        long_polling_timeout: Some(prost_types::Duration {
             seconds: 20,
             nanos: 0,
         }),
-        attempt_id: None,
+        ..Default::default()
     }
 }
 

@@ -166,7 +166,7 @@ fn acks_and_the_other_settlements_name_their_messages() {
         group: resource("workers"),
         topic: resource("orders"),
         receipt_handle: "rh-c".into(),
-        invisible_duration: Some(v2::Duration {
+        invisible_duration: Some(prost_types::Duration {
             seconds: 5,
             nanos: 0,
         }),
@@ -263,6 +263,7 @@ fn telemetry_routes_and_heartbeats_make_no_commands() {
         "Heartbeat",
         &v2::HeartbeatRequest {
             group: resource("g"),
+            ..Default::default()
         },
     );
     c.response(3, &[grpc(&v2::StatusResponse { status: ok() })], "0");
