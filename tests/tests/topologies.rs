@@ -233,10 +233,22 @@ fn expectations<'a>(
     consumer: u32,
     broker: u32,
 ) -> Vec<Expected<'a>> {
+    expectations_by(produced, "msg_id", topic, producer, consumer, broker)
+}
+
+/// The same, the message id in the producer's `id_field` (mq5-client: `message_id`).
+fn expectations_by<'a>(
+    produced: &'a [Value],
+    id_field: &str,
+    topic: &'a str,
+    producer: u32,
+    consumer: u32,
+    broker: u32,
+) -> Vec<Expected<'a>> {
     produced
         .iter()
         .map(|p| Expected {
-            key: p["msg_id"].as_str().unwrap(),
+            key: p[id_field].as_str().unwrap(),
             topic,
             business_key: p["key"].as_str().unwrap(),
             producer,
@@ -799,30 +811,6 @@ fn produce5_to(endpoint: &str, topic: &str, count: usize, interval_ms: u64) -> C
     command
 }
 
-/// What a 5.x producer's messages must show: its gRPC send span, the remoting consumer's
-/// receive and commit, the broker's spans; the proxy (a relay: it accepts gRPC and forwards
-/// over remoting) none.
-fn expectations5<'a>(
-    produced: &'a [Value],
-    topic: &'a str,
-    producer: u32,
-    consumer: u32,
-    broker: u32,
-) -> Vec<Expected<'a>> {
-    produced
-        .iter()
-        .map(|p| Expected {
-            key: p["message_id"].as_str().unwrap(),
-            topic,
-            business_key: p["key"].as_str().unwrap(),
-            producer,
-            consumer,
-            broker,
-            settled: Some("commit_offset"),
-        })
-        .collect()
-}
-
 /// Fails naming the spans of `pid` (a relay's: it must make none).
 fn assert_spanless(what: &str, spans: &[Value], pid: u32) {
     let of: Vec<String> = spans
@@ -878,7 +866,14 @@ fn a_5x_client_sending_over_grpc_through_the_proxy_joins_its_remoting_consumer()
     assert_traces(
         "5.x client through the gRPC proxy",
         &spans,
-        &expectations5(&produced, topic, producer, consumer, broker_pid),
+        &expectations_by(
+            &produced,
+            "message_id",
+            topic,
+            producer,
+            consumer,
+            broker_pid,
+        ),
     );
     let sends: Vec<&Value> = spans.iter().filter(|s| s["kind"] == "PRODUCER").collect();
     assert_eq!(sends.len(), MESSAGES);
@@ -1019,19 +1014,22 @@ fn a_5x_consumers_receive_and_ack_join_the_5x_send_over_grpc() {
 
     let spans = file.spans();
     mqtrace_tests::spancheck::assert_parents_present(&spans);
-    let expected: Vec<Expected> = produced
-        .iter()
-        .map(|p| Expected {
-            key: p["message_id"].as_str().unwrap(),
-            topic,
-            business_key: p["key"].as_str().unwrap(),
-            producer,
-            consumer,
-            // The server's side of each call: the broker's view (store, deliver, ack).
-            broker: server_pid,
-            settled: Some("ack"),
-        })
-        .collect();
+    // The server's side of each call is the broker's view (store, deliver, ack); the
+    // consumer settles by acking.
+    let expected: Vec<Expected> = expectations_by(
+        &produced,
+        "message_id",
+        topic,
+        producer,
+        consumer,
+        server_pid,
+    )
+    .into_iter()
+    .map(|e| Expected {
+        settled: Some("ack"),
+        ..e
+    })
+    .collect();
     assert_traces("5.x producer and consumer over gRPC", &spans, &expected);
     for span in spans.iter().filter(|s| pid_of(s) != u64::from(server_pid)) {
         assert_eq!(attribute(span, "rpc.system"), "grpc", "{span}");
