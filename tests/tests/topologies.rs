@@ -1051,3 +1051,53 @@ fn a_5x_consumers_receive_and_ack_join_the_5x_send_over_grpc() {
         );
     }
 }
+
+/// The 5.x Java, Go, C++ and C# clients start TLS by default. Apache's Rust 5.x client with TLS
+/// on, against a server that speaks none: both ends of the connection are reported encrypted,
+/// nothing is taken from them, and the agent goes on tracing the plain client after it.
+#[test]
+fn a_5x_client_with_tls_on_is_reported_as_encrypted_and_the_agent_goes_on() {
+    let _turn = turn();
+    let topic = "TopoGrpcTls";
+    let server = GrpcBroker::start().unwrap();
+    let file = SpanFile::new("grpc-tls");
+    let agent = Agent::start("topo-grpc-tls", &["--all", "--output", file.arg()]);
+    let mut encrypted = produce5_to(&server.endpoint(), topic, 1, 0);
+    encrypted
+        .args(["--tls", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut client = mqtrace_tests::rocketmq::Owned(encrypted.spawn().expect("start mq5-client"));
+    let started = Instant::now();
+    while client.0.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(client);
+    // The client's connection and the one the server accepted: both began with a ClientHello.
+    let started = Instant::now();
+    while agent.scrape()["mqtrace_pipeline_connections_tls_total"] < 2.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            agent.scrape()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = agent.control_ok(&["status"]);
+    assert!(status.contains("  TLS, not traced"), "{status}");
+    let (producer, produced) = run("5.x producer", produce5_to(&server.endpoint(), topic, 5, 0));
+    let counters = agent.scrape();
+    agent.stop();
+    drop(server);
+    let spans = file.spans();
+    let sends: Vec<&str> = spans
+        .iter()
+        .filter(|s| s["kind"] == "PRODUCER" && pid_of(s) == u64::from(producer))
+        .map(|s| text(&s["attributes"], "messaging.message.id"))
+        .collect();
+    let ids: Vec<&str> = produced
+        .iter()
+        .map(|p| p["message_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(sends, ids, "{counters:?}");
+}

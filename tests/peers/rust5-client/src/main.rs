@@ -3,7 +3,7 @@
 //! stderr.
 //!
 //!   mq5-client produce --endpoint 127.0.0.1:8081 --topic T --count N [--key-prefix key-]
-//!                      [--tag TagA] [--interval-ms 0]
+//!                      [--tag TagA] [--interval-ms 0] [--tls false]
 //!   mq5-client consume --endpoint 127.0.0.1:8081 --topic T --group G --count N [--timeout-s 60]
 //!                      [--tag '*'] [--batch 1]
 
@@ -24,7 +24,7 @@ use rocketmq::{
 use serde_json::json;
 
 const USAGE: &str = "usage:
-  mq5-client produce --endpoint HOST:PORT --topic T --count N [--key-prefix key-] [--tag TagA] [--interval-ms 0]
+  mq5-client produce --endpoint HOST:PORT --topic T --count N [--key-prefix key-] [--tag TagA] [--interval-ms 0] [--tls false]
   mq5-client consume --endpoint HOST:PORT --topic T --group G --count N [--timeout-s 60] [--tag '*'] [--batch 1]";
 
 /// `--name value` pairs, every name given at most once.
@@ -77,10 +77,10 @@ impl Args {
     }
 }
 
-fn client_option(endpoint: &str) -> ClientOption {
+fn client_option(endpoint: &str, tls: bool) -> ClientOption {
     let mut option = ClientOption::default();
     option.set_access_url(endpoint);
-    option.set_enable_tls(false);
+    option.set_enable_tls(tls);
     option.set_timeout(Duration::from_secs(10));
     option
 }
@@ -92,11 +92,12 @@ async fn produce(mut args: Args) -> Result<(), String> {
     let prefix = args.take_or("key-prefix", "key-");
     let tag = args.take_or("tag", "TagA");
     let interval = Duration::from_millis(args.number("interval-ms", Some("0"))?);
+    let tls: bool = args.number("tls", Some("false"))?;
     args.done()?;
 
     let mut option = ProducerOption::default();
     option.set_topics(vec![topic.clone()]);
-    let mut producer = Producer::new(option, client_option(&endpoint))
+    let mut producer = Producer::new(option, client_option(&endpoint, tls))
         .map_err(|e| format!("creating the producer: {e:?}"))?;
     producer
         .start()
@@ -148,7 +149,7 @@ async fn consume(mut args: Args) -> Result<(), String> {
     let mut option = SimpleConsumerOption::default();
     option.set_topics(vec![topic.clone()]);
     option.set_consumer_group(group);
-    let mut client = client_option(&endpoint);
+    let mut client = client_option(&endpoint, false);
     // Each receive long-polls the proxy this long when nothing is there.
     client.set_long_polling_timeout(Duration::from_secs(5));
     let mut consumer =
