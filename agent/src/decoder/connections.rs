@@ -94,8 +94,8 @@ impl Tracked {
     }
 
     /// Updates the verdict with new bytes; false when the connection is not RocketMQ.
-    /// Recognised as HTTP/2, the connection's gRPC decoder starts: `replay` then gives it the
-    /// bytes so far.
+    /// Recognised as HTTP/2, the connection's gRPC decoder is made: the caller then gives it
+    /// the bytes so far.
     fn judge(&mut self, direction: Direction, position: u64, bytes: &[u8], decoded: bool) -> bool {
         if self.verdict == Verdict::RocketMq {
             return true;
