@@ -7,7 +7,7 @@ mod image;
 mod peers;
 mod setup;
 
-use std::process::Command;
+use std::process::{Command, ExitCode};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -52,8 +52,21 @@ enum Task {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().task {
+/// A failed task ends in one line naming what failed, so that it is the last thing a CI log
+/// shows (an `anyhow` error returned from `main` would print a backtrace after it whenever
+/// RUST_BACKTRACE is set, burying the test failures above).
+fn main() -> ExitCode {
+    match run_task(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_task(task: Task) -> anyhow::Result<()> {
+    match task {
         Task::Setup => setup::run(),
         Task::Build => {
             setup::run()?;
