@@ -4,6 +4,7 @@
 //! `cargo xtask test` builds them and says where in `MQTRACE_PEERS`.
 
 use std::{
+    io::{Read, Write},
     net::{SocketAddr, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -11,6 +12,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use mqtrace::decoder::encode;
 
 /// Where the peers are installed (`bin/` inside); tests fail loudly without them.
 pub fn peers_dir() -> PathBuf {
@@ -154,6 +156,10 @@ impl Broker {
             wait_for_port(&format!("{ip}:{port}").parse()?, Duration::from_secs(20))
                 .with_context(|| format!("broker log ends: {}", tail(broker.log().as_bytes())))?;
         }
+        // The broker listens before it has registered with the name server: a client asking
+        // for a route in between finds none (the first send to a new topic fails). The route
+        // of the topic new topics are made from says the registration is done.
+        broker.await_route("TBW102")?;
         Ok(broker)
     }
 
@@ -169,6 +175,25 @@ impl Broker {
             "topic {topic} not made: {}",
             String::from_utf8_lossy(&made.stderr)
         );
+        // The broker registers the new topic with the name server after it answers the send;
+        // a client asking in between (the proxy, at once) is told the topic does not exist.
+        self.await_route(topic)
+            .unwrap_or_else(|e| panic!("topic {topic} not made: {e:#}"));
+    }
+
+    /// Waits until the name server has a route for `topic`.
+    fn await_route(&self, topic: &str) -> anyhow::Result<()> {
+        let started = Instant::now();
+        while !route_known(&self.namesrv(), topic)? {
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!(
+                    "no route for {topic} after 20 s; the broker's log ends: {}",
+                    tail(self.log().as_bytes())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
     }
 
     /// The broker process's pid.
@@ -283,6 +308,27 @@ impl Drop for Proxy {
         let _ = self.proxy.0.wait();
         let _ = std::fs::remove_dir_all(&self.home);
     }
+}
+
+/// Whether the name server at `namesrv` has a route for `topic` (GET_ROUTEINFO_BY_TOPIC
+/// answered with SUCCESS rather than TOPIC_NOT_EXIST).
+fn route_known(namesrv: &str, topic: &str) -> anyhow::Result<bool> {
+    const GET_ROUTEINFO_BY_TOPIC: i32 = 105;
+    let mut stream =
+        TcpStream::connect(namesrv).with_context(|| format!("connecting to {namesrv}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let request = encode::json_frame(GET_ROUTEINFO_BY_TOPIC, 0, 1, &[("topic", topic)], &[]);
+    stream.write_all(&request)?;
+    let mut head = [0u8; 8];
+    stream
+        .read_exact(&mut head)
+        .with_context(|| format!("{namesrv} did not answer a route request"))?;
+    let header_len = u32::from_be_bytes([0, head[5], head[6], head[7]]) as usize;
+    let mut header = vec![0u8; header_len];
+    stream.read_exact(&mut header)?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).context("the name server's answer is not JSON")?;
+    Ok(header["code"] == 0)
 }
 
 fn wait_for_port(addr: &SocketAddr, timeout: Duration) -> anyhow::Result<()> {
