@@ -14,7 +14,7 @@ use crate::{
     journeys::{DEFAULT_MAX_MESSAGES, Journal, JournalCounters},
     memory::Shares,
     sources::{Connection, SourceEvent, pcap},
-    spans::{Span, resource::Resources, span},
+    spans::{Resource, Span, resource::Resources, span},
     streams::{StreamCounters, StreamEvent, Streams},
 };
 
@@ -23,6 +23,36 @@ use crate::{
 pub enum Output {
     Command(Box<DecodedCommand>),
     Span(Box<Span>),
+    /// A message event with its process's resource, for a span stage running apart (see
+    /// `Pipeline::detach_spans`).
+    Event(Box<MessageEvent>, Resource),
+}
+
+/// The last stage: message events become spans, and each is kept in the journal ("where is
+/// my message?"). Inline by default; the daemon runs it on a thread of its own.
+pub struct SpanStage {
+    /// The recent messages and their steps.
+    pub journal: Journal,
+    spans: u64,
+}
+
+impl SpanStage {
+    pub fn new(journal: Journal) -> Self {
+        Self { journal, spans: 0 }
+    }
+
+    /// The event's span, recorded in the journal.
+    pub fn make(&mut self, event: &MessageEvent, resource: &Resource) -> Span {
+        self.spans += 1;
+        let span = span(event, resource);
+        self.journal.record(event, &span);
+        span
+    }
+
+    /// Spans made so far.
+    pub fn spans(&self) -> u64 {
+        self.spans
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -64,9 +94,8 @@ pub struct Pipeline {
     resources: Resources,
     /// Whether to output decoded commands too (they cost a clone each).
     pub emit_commands: bool,
-    /// The recent messages and their steps, for "where is my message?".
-    pub journal: Journal,
-    spans: u64,
+    /// Spans made here; None once detached (message events are then output instead).
+    stage: Option<SpanStage>,
     stream_events: Vec<StreamEvent>,
     commands: Vec<DecodedCommand>,
     events: Vec<MessageEvent>,
@@ -91,8 +120,7 @@ impl Pipeline {
             correlator: Correlator::new(clock_offset_ns, request_timeout_ns),
             resources,
             emit_commands: false,
-            journal: Journal::new(DEFAULT_MAX_MESSAGES),
-            spans: 0,
+            stage: Some(SpanStage::new(Journal::new(DEFAULT_MAX_MESSAGES))),
             stream_events: Vec::new(),
             commands: Vec::new(),
             events: Vec::new(),
@@ -144,7 +172,20 @@ impl Pipeline {
     pub fn set_memory(&mut self, shares: &Shares, journal_messages: usize) {
         self.decoders.set_memory(shares.streams);
         self.correlator.set_memory(shares);
-        self.journal = Journal::with_budget(journal_messages, shares.journal);
+        if let Some(stage) = &mut self.stage {
+            stage.journal = Journal::with_budget(journal_messages, shares.journal);
+        }
+    }
+
+    /// Takes the span stage out, to run elsewhere: `push` and the rest then output
+    /// `Output::Event`s, and the counters' spans and journal are the stage's to tell.
+    pub fn detach_spans(&mut self) -> Option<SpanStage> {
+        self.stage.take()
+    }
+
+    /// The journal of the span stage run here (empty once detached).
+    pub fn journal(&self) -> Option<&Journal> {
+        self.stage.as_ref().map(|stage| &stage.journal)
     }
 
     /// The capture has lost `total` records so far (ring buffer full): requests waiting now
@@ -168,11 +209,11 @@ impl Pipeline {
 
     fn flush_events(&mut self, out: &mut Vec<Output>) {
         for event in self.events.drain(..) {
-            let pid = event.endpoint().pid;
-            self.spans += 1;
-            let span = span(&event, self.resources.of(pid));
-            self.journal.record(&event, &span);
-            out.push(Output::Span(Box::new(span)));
+            let resource = self.resources.of(event.endpoint().pid);
+            out.push(match &mut self.stage {
+                Some(stage) => Output::Span(Box::new(stage.make(&event, resource))),
+                None => Output::Event(Box::new(event), resource.clone()),
+            });
         }
     }
 
@@ -195,8 +236,12 @@ impl Pipeline {
             connections_tls: self.decoders.connections_tls,
             connections_server_side: self.decoders.connections_server_side,
             serving_processes: self.decoders.serving_processes() as u64,
-            spans: self.spans,
-            journal: self.journal.counters(),
+            spans: self.stage.as_ref().map_or(0, SpanStage::spans),
+            journal: self
+                .stage
+                .as_ref()
+                .map(|stage| stage.journal.counters())
+                .unwrap_or_default(),
             consumer_lag: self.correlator.lags(),
         }
     }

@@ -56,11 +56,11 @@ fn replay(path: &Path) -> (Vec<Span>, Pipeline) {
 }
 
 fn all(pipeline: &Pipeline) -> Vec<Journey> {
-    pipeline.journal.query(&Query::default())
+    pipeline.journal().unwrap().query(&Query::default())
 }
 
 fn by_id(pipeline: &Pipeline, id: &str) -> Vec<Journey> {
-    pipeline.journal.query(&Query {
+    pipeline.journal().unwrap().query(&Query {
         msg_id: Some(id.into()),
         ..Query::default()
     })
@@ -106,7 +106,7 @@ fn a_listing_is_in_one_order_every_time_ties_broken_by_first_sight_then_id() {
         topic: Some("GoldenTrip".into()),
         ..Query::default()
     };
-    let listing = || -> Vec<Journey> { replay(&capture).1.journal.query(&topic) };
+    let listing = || -> Vec<Journey> { replay(&capture).1.journal().unwrap().query(&topic) };
     let journeys = listing();
     assert_eq!(journeys.len(), 10);
     // The offset commits settle several messages at one time: ties in the last sighting.
@@ -279,7 +279,7 @@ fn a_message_is_found_by_a_lower_case_id_by_its_retry_copy_and_by_its_retry_topi
     assert!(text.contains(&format!("offsetMsgId {copy_id}")), "{text}");
 
     // The retry topic finds exactly the messages that went through it.
-    let retried = pipeline.journal.query(&Query {
+    let retried = pipeline.journal().unwrap().query(&Query {
         topic: Some("%RETRY%golden_consumer".into()),
         ..Query::default()
     });
@@ -358,7 +358,7 @@ fn replay_output_gets_the_spans_of_the_selected_messages_and_limit_limits() {
     // A filter: the timeline on the terminal, that message's spans in the file.
     let capture = rust_client("roundtrip.pcap");
     let (spans, pipeline) = replay(&capture);
-    let key3 = pipeline.journal.query(&Query {
+    let key3 = pipeline.journal().unwrap().query(&Query {
         key: Some("key-3".into()),
         ..Query::default()
     });
@@ -376,7 +376,8 @@ fn replay_output_gets_the_spans_of_the_selected_messages_and_limit_limits() {
     // --limit without a filter: the spans of the N most recent messages only, on the terminal
     // or in the file.
     let recent: BTreeSet<String> = pipeline
-        .journal
+        .journal()
+        .unwrap()
         .query(&Query {
             limit: 2,
             ..Query::default()

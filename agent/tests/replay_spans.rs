@@ -41,6 +41,7 @@ fn replay(path: &Path) -> (Vec<Span>, BTreeSet<String>, BTreeSet<String>) {
                 }
                 _ => {}
             },
+            Output::Event(..) => unreachable!("a replay makes its spans inline"),
         },
     )
     .unwrap();
@@ -247,7 +248,7 @@ fn replay_answers_where_is_my_message_from_a_real_capture() {
     let (_, pipeline) = replay_capture(&capture, DecoderConfig::default(), false, |_| {}).unwrap();
     for line in &produced {
         let id = line["msg_id"].as_str().unwrap();
-        let journeys = pipeline.journal.query(&Query {
+        let journeys = pipeline.journal().unwrap().query(&Query {
             msg_id: Some(id.into()),
             ..Query::default()
         });
@@ -276,13 +277,13 @@ fn replay_answers_where_is_my_message_from_a_real_capture() {
         assert_eq!(receive.group.as_deref(), Some("trip_consumer"));
         assert!(receive.delay_since_born_ms.is_some_and(|d| d >= 0));
         // The broker's ID finds the same message.
-        let by_offset_id = pipeline.journal.query(&Query {
+        let by_offset_id = pipeline.journal().unwrap().query(&Query {
             msg_id: line["offset_msg_id"].as_str().map(String::from),
             ..Query::default()
         });
         assert_eq!(by_offset_id[0].message_id, id);
     }
-    let by_topic = pipeline.journal.query(&Query {
+    let by_topic = pipeline.journal().unwrap().query(&Query {
         topic: Some("GoldenTrip".into()),
         ..Query::default()
     });

@@ -332,7 +332,7 @@ mod tests {
             }
             spans.extend(out.into_iter().filter_map(|o| match o {
                 Output::Span(span) => Some(*span),
-                Output::Command(_) => None,
+                Output::Command(_) | Output::Event(..) => None,
             }));
         }
         let sends = spans.iter().filter(|s| s.name.starts_with("send ")).count();

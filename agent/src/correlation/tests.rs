@@ -114,7 +114,7 @@ impl Harness {
             .into_iter()
             .filter_map(|o| match o {
                 Output::Span(span) => Some(*span),
-                Output::Command(_) => None,
+                Output::Command(_) | Output::Event(..) => None,
             })
             .collect();
         (spans, self.pipeline)
@@ -1116,7 +1116,7 @@ fn the_broker_sees_each_message_stored_delivered_and_reported_naming_its_client(
         [("g", "T", "3", 4)]
     );
     // The journal tells both views apart.
-    let journey = &pipeline.journal.query(&crate::journeys::Query {
+    let journey = &pipeline.journal().unwrap().query(&crate::journeys::Query {
         msg_id: Some("B1".into()),
         limit: 1,
         ..Default::default()

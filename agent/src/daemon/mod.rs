@@ -1,6 +1,8 @@
 //! The live daemon: kernel capture → pipeline → exporters, steered while it runs over the
 //! control socket, its counters on `/metrics`, its problems in the log.
 
+mod span_thread;
+
 use anyhow::Context;
 use std::{
     net::SocketAddr,
@@ -9,6 +11,8 @@ use std::{
 };
 
 use mqtrace_common::{Counter, Selection};
+
+use span_thread::SpanThread;
 
 use crate::{
     control::{
@@ -70,7 +74,7 @@ struct Daemon<C> {
     stale_sockets_swept: u64,
     last_sweep: (Instant, u64),
     pipeline: Pipeline,
-    spans: SpanSinks,
+    spans: SpanThread,
     rules: Rules,
     state_file: PathBuf,
     started: Instant,
@@ -132,10 +136,14 @@ pub async fn serve(
         options.request_timeout.as_nanos().max(1) as u64,
     );
     pipeline.set_memory(&options.memory, options.journal_messages);
+    let stage = pipeline
+        .detach_spans()
+        .context("the pipeline's span stage is taken already")?;
+    let sinks = SpanSinks::new(options.output.as_deref(), options.otlp.clone())?;
     let mut daemon = Daemon {
         capture,
         pipeline,
-        spans: SpanSinks::new(options.output.as_deref(), options.otlp.clone())?,
+        spans: SpanThread::spawn(stage, sinks)?,
         rules,
         state_file: options.state_file.clone(),
         started: Instant::now(),
@@ -183,7 +191,7 @@ pub async fn serve(
         for event in events.drain(..) {
             daemon.pipeline.push(event, &mut outputs);
         }
-        export(&mut outputs, &mut daemon.spans)?;
+        export(&mut outputs, &daemon.spans);
         for connection in daemon.pipeline.take_rejected() {
             // Not RocketMQ, or the broker's side: the kernel stops copying it.
             daemon.capture.stop_copying(&connection)?;
@@ -198,11 +206,12 @@ pub async fn serve(
     }
     daemon.pipeline.capture_lost(daemon.capture.records_lost()?);
     daemon.pipeline.finish(Unseen::AgentStopped, &mut outputs);
-    export(&mut outputs, &mut daemon.spans)?;
+    export(&mut outputs, &daemon.spans);
+    daemon.spans.finish()?;
     eprintln!("mqtrace: stopping; counters {}", daemon.counters()?);
     let Daemon { capture, spans, .. } = daemon;
     drop(capture); // detaches the probes
-    let exported = spans.shutdown(options.flush_timeout).await?;
+    let exported = spans.into_sinks()?.shutdown(options.flush_timeout).await?;
     eprintln!(
         "mqtrace: stopped; export {}",
         serde_json::to_string(&exported)?
@@ -237,7 +246,7 @@ impl<C: Capture> Daemon<C> {
                 })
             }),
             Request::Trace { query } => Ok(Response::Journeys {
-                journeys: self.pipeline.journal.query(&query),
+                journeys: self.spans.journeys(&query),
             }),
         };
         result.unwrap_or_else(|error| Response::Error {
@@ -268,6 +277,10 @@ impl<C: Capture> Daemon<C> {
             .values()
             .filter(|s| **s == Selection::Excluded)
             .count();
+        let (spans, journal, export) = self.spans.counters();
+        let mut pipeline = self.pipeline.counters();
+        pipeline.spans = spans;
+        pipeline.journal = journal;
         Ok(serde_json::json!({
             "agent": {
                 "uptime_seconds": self.started.elapsed().as_secs(),
@@ -279,8 +292,8 @@ impl<C: Capture> Daemon<C> {
                 "non_tcp_sockets": self.capture.non_tcp_sockets(),
             },
             "kernel": self.capture.counters()?.0,
-            "pipeline": self.pipeline.counters(),
-            "export": self.spans.counters(),
+            "pipeline": pipeline,
+            "export": export,
         }))
     }
 }
@@ -306,14 +319,12 @@ fn save_rules(path: &Path, rules: &[SavedRule]) -> anyhow::Result<()> {
         .with_context(|| format!("keeping the rules in {}", path.display()))
 }
 
-/// Hands the pipeline's spans to their destinations.
-fn export(outputs: &mut Vec<Output>, spans: &mut SpanSinks) -> anyhow::Result<()> {
-    for output in outputs.drain(..) {
-        if let Output::Span(span) = output {
-            spans.export(*span)?;
-        }
-    }
-    spans.flush()
+/// Hands the pipeline's message events to the span thread.
+fn export(outputs: &mut Vec<Output>, spans: &SpanThread) {
+    spans.send(outputs.drain(..).filter_map(|output| match output {
+        Output::Event(event, resource) => Some((event, resource)),
+        _ => None,
+    }));
 }
 
 /// What to add to a CLOCK_MONOTONIC time (the kernel's record stamps) to get Unix time.
