@@ -229,8 +229,9 @@ fn resolve(args: RunArgs) -> anyhow::Result<DaemonOptions> {
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let options = resolve(args)?;
-    // One thread: the pipeline is sequential anyway, and timers, the ring buffer and the
-    // sockets served on the same thread cost no cross-thread wake-ups.
+    // One thread for the daemon's loop (decoding and correlation are sequential; spans get a
+    // thread of their own): timers, the ring buffer and the sockets served on the same thread
+    // cost no cross-thread wake-ups.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
