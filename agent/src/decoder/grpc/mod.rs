@@ -52,8 +52,12 @@ const MAX_HEADER_BLOCK: usize = 64 << 10;
 const MAX_RESPONSE_MESSAGES: usize = 1024;
 /// The HPACK table size a peer may ask for, at most (the default is 4 KiB).
 const MAX_HPACK_TABLE: usize = 64 << 10;
-/// Path prefix of RocketMQ 5's one gRPC service.
-const SERVICE: &str = "/apache.rocketmq.v2.MessagingService/";
+/// The method a request's `:path` names in RocketMQ 5's service (`/<service>/<method>`).
+fn method_in_service(path: &str) -> Option<&str> {
+    path.strip_prefix('/')?
+        .strip_prefix(SERVICE_NAME)?
+        .strip_prefix('/')
+}
 
 /// What one direction's header blocks and HTTP/2 frames need.
 struct Half {
@@ -422,10 +426,10 @@ impl Streams {
             self.client = Some(direction);
         }
         if Some(direction) == self.client {
-            if let Some(path) = &fields.path {
-                let ours = path.starts_with(SERVICE);
-                self.service.get_or_insert(ours);
-                if !ours {
+            let method = fields.path.as_deref().map(method_in_service);
+            if let Some(method) = method {
+                self.service.get_or_insert(method.is_some());
+                if method.is_none() {
                     return;
                 }
             }
@@ -435,8 +439,8 @@ impl Streams {
             let Some(call) = self.calls.get_mut(&stream) else {
                 return;
             };
-            if let Some(path) = fields.path {
-                call.method = Some(Method::of(&path[SERVICE.len()..]));
+            if let Some(Some(method)) = method {
+                call.method = Some(Method::of(method));
             }
             call.client_id = fields.client_id.or(call.client_id.take());
             call.language = fields.language.or(call.language.take());
