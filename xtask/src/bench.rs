@@ -193,9 +193,10 @@ pub fn run() -> anyhow::Result<()> {
             Some("ceiling") => {
                 row(
                     format!(
-                        "{} {} at {}/s: {}",
+                        "{} {} to {} at {}/s: {}",
                         text("side"),
                         text("mode"),
+                        text("spans_to"),
                         v["target_per_s"],
                         verdict(&v)
                     ),

@@ -2,7 +2,9 @@
 //! loses no record and makes every span, found with `frame-load` at rising rates, for single
 //! sends (1 message per request, 64-byte bodies) and for pulls of 32 messages of 1 KiB, from
 //! the client's side (the agent traces the generator's client) and from the broker's (it
-//! traces the generator's server process). Each rate gets a fresh agent. Needs root.
+//! traces the generator's server process), spans written to a file; then client sends with the
+//! spans exported over OTLP/gRPC to a real receiver in this process. Each rate gets a fresh
+//! agent. Needs root.
 //!
 //! usage: ceiling-bench [SECONDS]   prints one JSON line per mode and rate.
 
@@ -13,6 +15,7 @@ use std::{
 
 use mqtrace_tests::{
     agent::{Agent, memory_mib},
+    otlp::Receiver,
     process::Driven,
 };
 
@@ -38,11 +41,18 @@ enum Side {
     Broker,
 }
 
+/// Where the agent's spans go: a JSON-lines file, or a real OTLP/gRPC receiver in this process.
+enum Sink<'a> {
+    File,
+    Otlp(&'a Receiver),
+}
+
 /// One rate: (the report line, whether nothing was lost). With `sample_memory`, the line also
 /// has the agent's resident memory, read every second while the load runs.
 fn measure(
     mode: &str,
     side: Side,
+    sink: &Sink,
     rate: f64,
     seconds: f64,
     sample_memory: bool,
@@ -54,9 +64,23 @@ fn measure(
         Side::Broker => server,
     }
     .to_string();
+    let destination = match sink {
+        Sink::File => [
+            "--output".to_string(),
+            output.to_string_lossy().into_owned(),
+        ],
+        Sink::Otlp(receiver) => [
+            "--otlp-endpoint".to_string(),
+            format!("http://{}", receiver.addr),
+        ],
+    };
+    let received_before = match sink {
+        Sink::File => 0,
+        Sink::Otlp(receiver) => receiver.spans().len(),
+    };
     let agent = Agent::start(
         "ceiling",
-        &["--pid", &pid, "--output", output.to_str().unwrap()],
+        &["--pid", &pid, &destination[0], &destination[1]],
     );
     let cpu_before = agent.cpu_seconds();
     load.say("go")?;
@@ -95,11 +119,14 @@ fn measure(
     }
     let cpu = agent.cpu_seconds() - cpu_before;
     let peak_rss_mib = agent.peak_rss_mib();
-    agent.stop();
-    let spans = std::fs::read_to_string(&output)
-        .unwrap_or_default()
-        .lines()
-        .count();
+    agent.stop(); // flushes the OTLP queue
+    let spans = match sink {
+        Sink::File => std::fs::read_to_string(&output)
+            .unwrap_or_default()
+            .lines()
+            .count(),
+        Sink::Otlp(receiver) => receiver.spans().len() - received_before,
+    };
     let _ = std::fs::remove_file(&output);
     let get = |name: &str| metrics.get(name).copied().unwrap_or(-1.0);
     let events = get(counter);
@@ -115,6 +142,10 @@ fn measure(
             "side": match side {
                 Side::Client => "client",
                 Side::Broker => "broker",
+            },
+            "spans_to": match sink {
+                Sink::File => "file",
+                Sink::Otlp(_) => "otlp",
             },
             "agent_cpu_us_per_message": per_message(cpu * 1e6),
             "bytes_copied_per_message": per_message(get("mqtrace_kernel_bytes_copied_total")),
@@ -138,24 +169,35 @@ fn main() -> anyhow::Result<()> {
     let seconds: f64 = std::env::args().nth(1).map_or(Ok(3.0), |a| a.parse())?;
     for side in [Side::Client, Side::Broker] {
         for mode in ["send", "pull"] {
-            for &rate in RATES {
-                let (line, clean) = measure(mode, side, rate, seconds, false)?;
-                println!("{line}");
-                if !clean {
-                    break; // the first rate that loses anything is the ceiling's upper bound
-                }
-            }
+            rising(mode, side, &Sink::File, seconds)?;
         }
     }
+    // The same client sends exported over OTLP/gRPC to a real receiver instead of a file.
+    let runtime = tokio::runtime::Runtime::new()?;
+    let receiver = runtime.block_on(Receiver::start())?;
+    rising("send", Side::Client, &Sink::Otlp(&receiver), seconds)?;
     // Sustained: the target rate for longer, the agent's memory read every second.
     let (mut line, _) = measure(
         "send",
         Side::Client,
+        &Sink::File,
         SUSTAINED_RATE,
         SUSTAINED_SECONDS,
         true,
     )?;
     line["bench"] = "sustained".into();
     println!("{line}");
+    Ok(())
+}
+
+/// One line per rate, up to the first that loses anything (the ceiling's upper bound).
+fn rising(mode: &str, side: Side, sink: &Sink, seconds: f64) -> anyhow::Result<()> {
+    for &rate in RATES {
+        let (line, clean) = measure(mode, side, sink, rate, seconds, false)?;
+        println!("{line}");
+        if !clean {
+            break;
+        }
+    }
     Ok(())
 }
