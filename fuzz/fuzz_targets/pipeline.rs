@@ -100,7 +100,7 @@ fuzz_target!(|data: &[u8]| {
             std::hint::black_box(rendered_len(&span));
         }
     }
-    std::hint::black_box(pipeline.journal.query(&Query::default()));
+    std::hint::black_box(pipeline.journal().map(|journal| journal.query(&Query::default())));
     std::hint::black_box(pipeline.counters());
 });
 
