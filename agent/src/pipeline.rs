@@ -183,7 +183,7 @@ impl Pipeline {
         self.stage.take()
     }
 
-    /// The journal of the span stage run here (empty once detached).
+    /// The journal of the span stage run here (None once detached).
     pub fn journal(&self) -> Option<&Journal> {
         self.stage.as_ref().map(|stage| &stage.journal)
     }

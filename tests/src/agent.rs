@@ -165,6 +165,21 @@ impl Agent {
         body
     }
 
+    /// Waits until the metric `name` reaches `at_least`; fails the test with the metrics and
+    /// the agent's log after `timeout`.
+    pub fn await_metric(&self, name: &str, at_least: f64, timeout: Duration) {
+        let started = Instant::now();
+        while self.scrape().get(name).copied().unwrap_or(0.0) < at_least {
+            assert!(
+                started.elapsed() < timeout,
+                "{name} below {at_least} after {timeout:?}: {:?}\n{}",
+                self.scrape(),
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// `GET /metrics`, as name → value.
     pub fn scrape(&self) -> BTreeMap<String, f64> {
         self.metrics_text()

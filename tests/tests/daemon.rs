@@ -1228,15 +1228,11 @@ fn a_tls_connection_is_reported_as_encrypted_once_and_not_traced() {
     }
     // Each handshake from both of its ends: s_client's socket and the one s_server accepted
     // (both `openssl`, both traced).
-    let started = Instant::now();
-    while agent.scrape()["mqtrace_pipeline_connections_tls_total"] < 4.0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{}",
-            agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    agent.await_metric(
+        "mqtrace_pipeline_connections_tls_total",
+        4.0,
+        Duration::from_secs(10),
+    );
     let status = agent.control_ok(&["status"]);
     assert!(status.contains("  TLS, not traced        4\n"), "{status}");
     let log = agent.stop();

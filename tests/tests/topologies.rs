@@ -1074,15 +1074,11 @@ fn a_5x_client_with_tls_on_is_reported_as_encrypted_and_the_agent_goes_on() {
     }
     drop(client);
     // The client's connection and the one the server accepted: both began with a ClientHello.
-    let started = Instant::now();
-    while agent.scrape()["mqtrace_pipeline_connections_tls_total"] < 2.0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{:?}",
-            agent.scrape()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    agent.await_metric(
+        "mqtrace_pipeline_connections_tls_total",
+        2.0,
+        Duration::from_secs(10),
+    );
     let status = agent.control_ok(&["status"]);
     assert!(status.contains("  TLS, not traced"), "{status}");
     let (producer, produced) = run("5.x producer", produce5_to(&server.endpoint(), topic, 5, 0));

@@ -109,18 +109,20 @@ impl SpanThread {
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
-        // A panic on the span thread leaves state that is still whole enough to read.
-        self.shared
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.shared)
     }
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    // A panic on the span thread leaves state that is still whole enough to read.
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn run(received: &Receiver<Batch>, shared: &Mutex<Shared>) {
     while let Ok(batch) = received.recv() {
-        let mut shared = shared
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut shared = lock(shared);
         let Shared { stage, sinks } = &mut *shared;
         // What waits now too, then one write of the file: a write per batch would be one per
         // EVENTS_PER_BATCH spans.
