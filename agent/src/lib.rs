@@ -23,3 +23,6 @@ pub mod pipeline;
 pub mod sources;
 pub mod spans;
 pub mod streams;
+
+/// The hash map of the per-message paths (message IDs, positions, journeys).
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

@@ -3,12 +3,13 @@
 //! and those sent, to tell a client's retry of a send from the first one.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, VecDeque},
     rc::Rc,
 };
 
 use super::MessageLabels;
 use crate::{
+    FastMap,
     decoder::MessageMeta,
     memory::{HeapSize, Held},
 };
@@ -28,11 +29,11 @@ pub struct Received {
 
 pub struct ReceivedIndex {
     /// (topic, queue id, queue offset) → reception.
-    by_position: HashMap<(String, i32, i64), Rc<Received>>,
+    by_position: FastMap<(String, i32, i64), Rc<Received>>,
     /// offsetMsgId or UNIQ_KEY → reception.
-    by_id: HashMap<String, Rc<Received>>,
+    by_id: FastMap<String, Rc<Received>>,
     /// (group, topic, queue) → queue offset → reception, for messages no commit has passed.
-    unsettled: HashMap<(String, String, i32), BTreeMap<i64, Rc<Received>>>,
+    unsettled: FastMap<(String, String, i32), BTreeMap<i64, Rc<Received>>>,
     order: VecDeque<Entry>,
     /// Bytes held against the share; receptions forgotten to stay within it or the count.
     pub held: Held,
@@ -48,9 +49,9 @@ struct Entry {
 impl ReceivedIndex {
     pub fn new(limit_bytes: usize) -> Self {
         Self {
-            by_position: HashMap::new(),
-            by_id: HashMap::new(),
-            unsettled: HashMap::new(),
+            by_position: FastMap::default(),
+            by_id: FastMap::default(),
+            unsettled: FastMap::default(),
             order: VecDeque::new(),
             held: Held::new(limit_bytes),
         }
@@ -169,7 +170,7 @@ struct Sent {
 /// The messages this agent saw sent, by key: how often, and their labels (for the end of a
 /// transaction, which names the message by ID only).
 pub struct SentIndex {
-    by_key: HashMap<String, Sent>,
+    by_key: FastMap<String, Sent>,
     order: VecDeque<String>,
     /// Bytes held against the share; sends forgotten to stay within it or the count.
     pub held: Held,
@@ -178,7 +179,7 @@ pub struct SentIndex {
 impl SentIndex {
     pub fn new(limit_bytes: usize) -> Self {
         Self {
-            by_key: HashMap::new(),
+            by_key: FastMap::default(),
             order: VecDeque::new(),
             held: Held::new(limit_bytes),
         }

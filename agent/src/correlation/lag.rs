@@ -2,7 +2,7 @@
 //! queue's max offset (pull responses) minus the group's committed offset (the commit in a pull
 //! request, UPDATE_CONSUMER_OFFSET). Either side of a connection tells the same.
 
-use std::collections::HashMap;
+use crate::FastMap;
 
 use serde::Serialize;
 
@@ -33,7 +33,7 @@ pub struct QueueLag {
 
 #[derive(Default)]
 pub struct Lags {
-    queues: HashMap<QueueKey, Queue>,
+    queues: FastMap<QueueKey, Queue>,
     /// Queues not followed because MAX_QUEUES were.
     pub dropped: u64,
 }

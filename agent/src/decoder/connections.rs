@@ -1,10 +1,7 @@
 //! The decoder stage over all connections: one [`ConnectionDecoder`] per connection, fed by
 //! stream events, emitting commands with the connection they travelled on.
 
-use std::{
-    collections::{HashMap, HashSet},
-    net::SocketAddr,
-};
+use std::{collections::HashSet, net::SocketAddr};
 
 use serde::Serialize;
 
@@ -15,6 +12,7 @@ use super::{
     recognize,
 };
 use crate::{
+    FastMap,
     sources::{Connection, ConnectionId, Direction, Origin},
     streams::StreamEvent,
 };
@@ -143,7 +141,7 @@ impl Tracked {
 #[derive(Default)]
 pub struct Decoders {
     config: DecoderConfig,
-    connections: HashMap<ConnectionId, Tracked>,
+    connections: FastMap<ConnectionId, Tracked>,
     /// Connections found not to speak RocketMQ remoting, or (with `skip_server_side`) seen
     /// from the broker's side, since the last `take_rejected`.
     rejected: Vec<Connection>,

@@ -2,7 +2,7 @@
 //! known size skipped in place and a scan for the next plausible header when the frame
 //! boundary is lost.
 
-use std::collections::HashMap;
+use crate::FastMap;
 
 use bytes::{Buf, BytesMut};
 
@@ -142,7 +142,7 @@ impl Framer {
         position: u64,
         mut bytes: &[u8],
         timestamp_ns: u64,
-        pending: &HashMap<(Direction, i32), RequestCode>,
+        pending: &FastMap<(Direction, i32), RequestCode>,
         counters: &mut DecoderCounters,
         out: &mut Vec<Command>,
     ) {
@@ -175,7 +175,7 @@ impl Framer {
         direction: Direction,
         input: &mut &[u8],
         timestamp_ns: u64,
-        pending: &HashMap<(Direction, i32), RequestCode>,
+        pending: &FastMap<(Direction, i32), RequestCode>,
         counters: &mut DecoderCounters,
         out: &mut Vec<Command>,
     ) -> bool {
@@ -575,7 +575,7 @@ pub(super) fn plausible(bytes: &[u8], max_frame: u32, budget: Option<&mut Budget
 fn body_for(
     header: &Header,
     direction: Direction,
-    pending: &HashMap<(Direction, i32), RequestCode>,
+    pending: &FastMap<(Direction, i32), RequestCode>,
 ) -> Body {
     if header.is_response() {
         let request = pending.get(&(opposite(direction), header.opaque));

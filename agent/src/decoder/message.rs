@@ -3,31 +3,32 @@
 //! (`common/message/MessageDecoder.java`, `MessageConst.java`).
 
 use std::{
-    collections::BTreeMap,
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use super::{DecodeError, header::Reader};
+use super::{DecodeError, fields::Fields, header::Reader};
 
 /// The properties string: `name \x01 value \x02` repeated.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(transparent)]
-pub struct Properties(pub BTreeMap<String, String>);
+pub struct Properties(pub Fields);
 
 impl Properties {
     pub fn parse(bytes: &[u8]) -> Self {
         let text = String::from_utf8_lossy(bytes);
-        let map = text
+        let mut fields = Fields::with_capacity(text.len(), 8);
+        for (key, value) in text
             .split('\u{2}')
             .filter_map(|pair| pair.split_once('\u{1}'))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Self(map)
+        {
+            fields.insert(key, value);
+        }
+        Self(fields)
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
+        self.0.get(key)
     }
 
     /// The message ID applications see (`UNIQ_KEY`).

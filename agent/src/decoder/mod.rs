@@ -8,6 +8,7 @@
 pub mod codes;
 mod connections;
 pub mod encode;
+pub mod fields;
 mod framer;
 pub mod grpc;
 pub mod header;
@@ -15,7 +16,9 @@ pub mod message;
 pub mod operation;
 mod recognize;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::FastMap;
 
 pub use codes::{RequestCode, ResponseCode};
 pub use connections::{DecodedCommand, Decoders};
@@ -166,7 +169,7 @@ pub struct DecoderCounters {
 pub struct ConnectionDecoder {
     framers: [Framer; 2],
     /// (direction the request was read from, opaque) → request code.
-    pending: HashMap<(Direction, i32), RequestCode>,
+    pending: FastMap<(Direction, i32), RequestCode>,
     /// The keys of `pending` in arrival order (answered ones linger until compacted).
     arrival: VecDeque<(Direction, i32)>,
     pub counters: DecoderCounters,
@@ -181,7 +184,7 @@ impl ConnectionDecoder {
                 Framer::new(config, mid_stream),
                 Framer::new(config, mid_stream),
             ],
-            pending: HashMap::new(),
+            pending: FastMap::default(),
             arrival: VecDeque::new(),
             counters: DecoderCounters::default(),
         }

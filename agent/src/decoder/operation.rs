@@ -175,8 +175,10 @@ fn send_request(command: &Command, code: RequestCode) -> SendRequest {
     let mut messages = if code == RequestCode::SendBatchMessage {
         command.messages.clone()
     } else {
-        let properties =
-            Properties::parse(text(h, &["properties", "i"]).unwrap_or_default().as_bytes());
+        let properties = ["properties", "i"]
+            .iter()
+            .find_map(|n| h.ext(n))
+            .map_or_else(Properties::default, |p| Properties::parse(p.as_bytes()));
         vec![MessageMeta {
             msg_id: properties.uniq_key().map(String::from),
             flag: number(h, &["flag", "h"]).unwrap_or(0),

@@ -2,7 +2,9 @@
 //! its steps (send, receive, settle), queried by message ID, key or topic like RocketMQ's own
 //! message-trace console. Fed with the same message events the spans are made of.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::FastMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -149,7 +151,7 @@ pub struct Journal {
     /// Bytes held, and the most that may be.
     bytes: usize,
     max_bytes: usize,
-    by_id: HashMap<String, Journey>,
+    by_id: FastMap<String, Journey>,
     /// IDs by first sight, oldest first: the eviction order.
     order: VecDeque<String>,
     evicted: u64,
@@ -168,7 +170,7 @@ impl Journal {
             bytes: 0,
             max_bytes,
             max_messages: max_messages.max(1),
-            by_id: HashMap::new(),
+            by_id: FastMap::default(),
             order: VecDeque::new(),
             evicted: 0,
             steps_dropped: 0,

@@ -27,8 +27,8 @@ fn endpoint(pid: u32) -> Endpoint {
 
 fn meta(id: &str, topic: &str) -> MessageMeta {
     let mut properties = Properties::default();
-    properties.0.insert("KEYS".into(), format!("key-{id}"));
-    properties.0.insert("TAGS".into(), "TagA".into());
+    properties.0.insert("KEYS", &format!("key-{id}"));
+    properties.0.insert("TAGS", "TagA");
     MessageMeta {
         msg_id: Some(id.into()),
         topic: Some(topic.into()),
@@ -208,7 +208,7 @@ fn the_journal_keeps_within_its_bytes_forgetting_the_oldest() {
             e.message
                 .properties
                 .0
-                .insert("KEYS".into(), format!("{i}-{}", "k".repeat(30_000)));
+                .insert("KEYS", &format!("{i}-{}", "k".repeat(30_000)));
         }
         record(&mut journal, &event, "producer", "host");
     }

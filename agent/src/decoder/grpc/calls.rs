@@ -196,7 +196,7 @@ pub fn message_meta(message: &v2::Message) -> MessageMeta {
         // The first delivery is attempt 1.
         reconsume_times: system.delivery_attempt.map(|a| a.saturating_sub(1).max(0)),
         body_len: message.body.len() as u64,
-        properties: Properties(properties),
+        properties: Properties(properties.into_iter().collect()),
         ..MessageMeta::default()
     }
 }
