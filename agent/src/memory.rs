@@ -5,8 +5,6 @@
 //! estimated from what each entry holds (strings, maps, vectors), which producers choose
 //! (keys, tags, properties): entry counts alone would not bound memory.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 
 use crate::{
@@ -114,13 +112,12 @@ impl<T: HeapSize> HeapSize for Vec<T> {
     }
 }
 
-impl<K: HeapSize, V: HeapSize> HeapSize for BTreeMap<K, V> {
+impl<K: HeapSize, V: HeapSize> HeapSize for litemap::LiteMap<K, V> {
     fn heap_bytes(&self) -> usize {
         self.iter()
-            .map(|(k, v)| {
-                k.heap_bytes() + v.heap_bytes() + std::mem::size_of::<(K, V)>() + PER_ALLOCATION / 4
-            })
-            .sum()
+            .map(|(k, v)| k.heap_bytes() + v.heap_bytes() + std::mem::size_of::<(K, V)>())
+            .sum::<usize>()
+            + PER_ALLOCATION
     }
 }
 

@@ -1138,7 +1138,12 @@ fn a_relay_makes_no_broker_spans_for_what_it_forwards() {
     let (spans, pipeline) = harness.finish();
     let made: Vec<(String, Value)> = spans
         .iter()
-        .map(|s| (s.name.clone(), s.resource["process.pid"].clone()))
+        .map(|s| {
+            (
+                s.name.clone(),
+                s.resource.get("process.pid").cloned().expect("process.pid"),
+            )
+        })
         .collect();
     assert_eq!(
         made,

@@ -2,10 +2,7 @@
 //! bodies, walked incrementally so that message bodies are skipped, never buffered
 //! (`common/message/MessageDecoder.java`, `MessageConst.java`).
 
-use std::{
-    fmt::Write as _,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::{DecodeError, fields::Fields, header::Reader};
 
@@ -127,16 +124,25 @@ impl MessageMeta {
 
 /// `MessageDecoder.createMessageId`: store ip, port and commit-log offset as uppercase hex.
 pub fn offset_msg_id(store_host: SocketAddr, physical_offset: i64) -> String {
-    let mut bytes = match store_host.ip() {
-        IpAddr::V4(ip) => ip.octets().to_vec(),
-        IpAddr::V6(ip) => ip.octets().to_vec(),
+    // At most 16 address bytes, 4 of port and 8 of offset, on the stack: this runs for every
+    // pulled message.
+    let mut bytes = [0u8; 28];
+    let address_len = match store_host.ip() {
+        IpAddr::V4(ip) => {
+            bytes[..4].copy_from_slice(&ip.octets());
+            4
+        }
+        IpAddr::V6(ip) => {
+            bytes[..16].copy_from_slice(&ip.octets());
+            16
+        }
     };
-    bytes.extend_from_slice(&i32::from(store_host.port()).to_be_bytes());
-    bytes.extend_from_slice(&physical_offset.to_be_bytes());
-    let mut hex = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(hex, "{b:02X}");
-    }
+    let len = address_len + 12;
+    bytes[address_len..address_len + 4]
+        .copy_from_slice(&i32::from(store_host.port()).to_be_bytes());
+    bytes[address_len + 4..len].copy_from_slice(&physical_offset.to_be_bytes());
+    let mut hex = crate::hex_string(&bytes[..len]);
+    hex.make_ascii_uppercase();
     hex
 }
 

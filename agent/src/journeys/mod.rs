@@ -2,7 +2,7 @@
 //! its steps (send, receive, settle), queried by message ID, key or topic like RocketMQ's own
 //! message-trace console. Fed with the same message events the spans are made of.
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, net::SocketAddr};
 
 use crate::FastMap;
 
@@ -49,8 +49,6 @@ impl HeapSize for Step {
             + self.action.heap_bytes()
             + self.process.heap_bytes()
             + self.host.heap_bytes()
-            + self.local.heap_bytes()
-            + self.peer.heap_bytes()
             + self.topic.heap_bytes()
             + self.group.heap_bytes()
             + self.offset_msg_id.heap_bytes()
@@ -91,9 +89,9 @@ pub struct Step {
     pub pid: u32,
     #[serde(default)]
     pub host: String,
-    pub local: Option<String>,
+    pub local: Option<SocketAddr>,
     /// The broker it talked to; for the broker's steps, the client it served.
-    pub peer: Option<String>,
+    pub peer: Option<SocketAddr>,
     /// For the broker's steps: the client's id (from its heartbeats), language and version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
@@ -462,8 +460,8 @@ fn step_of<'a>(event: &'a MessageEvent, span: &Span) -> (&'a str, Step) {
         process: process.clone(),
         pid: endpoint.pid,
         host: host.clone(),
-        local: endpoint.local.map(|a| a.to_string()),
-        peer: endpoint.peer.map(|a| a.to_string()),
+        local: endpoint.local,
+        peer: endpoint.peer,
         topic: None,
         queue_id: None,
         queue_offset: None,

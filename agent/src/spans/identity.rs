@@ -104,7 +104,7 @@ impl TraceId {
         Self(nonzero(digest(&["trace", key])[..16].try_into().unwrap()))
     }
     pub fn hex(&self) -> String {
-        hex::encode(self.0)
+        crate::hex_string(&self.0)
     }
 }
 
@@ -118,7 +118,7 @@ impl SpanId {
         Self(nonzero(digest(&parts)[..8].try_into().unwrap()))
     }
     pub fn hex(&self) -> String {
-        hex::encode(self.0)
+        crate::hex_string(&self.0)
     }
 }
 
