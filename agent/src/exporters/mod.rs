@@ -1,5 +1,6 @@
 //! Where spans go: a JSON-lines file, the terminal, an OTLP collector.
 
+pub mod json;
 pub mod otlp;
 
 use std::{
@@ -15,15 +16,16 @@ use crate::spans::{Span, span_line};
 /// One JSON object per line per span, with the keys `--output` documents.
 pub struct JsonLines {
     out: BufWriter<File>,
+    json: json::SpanJson,
+    /// The line being written, kept for the next.
+    line: Vec<u8>,
 }
 
 impl JsonLines {
     /// A new file at `path` (an offline replay writes the spans of one capture).
     pub fn create(path: &Path) -> anyhow::Result<Self> {
         let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Self {
-            out: BufWriter::new(file),
-        })
+        Ok(Self::writing_to(file))
     }
 
     /// `path` opened for appending, created if missing: a daemon's restart keeps what the
@@ -34,14 +36,22 @@ impl JsonLines {
             .append(true)
             .open(path)
             .with_context(|| format!("opening {} to append spans", path.display()))?;
-        Ok(Self {
+        Ok(Self::writing_to(file))
+    }
+
+    fn writing_to(file: File) -> Self {
+        Self {
             out: BufWriter::new(file),
-        })
+            json: json::SpanJson::default(),
+            line: Vec::new(),
+        }
     }
 
     pub fn write(&mut self, span: &Span) -> anyhow::Result<()> {
-        serde_json::to_writer(&mut self.out, span)?;
-        self.out.write_all(b"\n")?;
+        self.line.clear();
+        self.json.write(&mut self.line, span);
+        self.line.push(b'\n');
+        self.out.write_all(&self.line)?;
         Ok(())
     }
 

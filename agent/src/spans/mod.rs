@@ -20,6 +20,19 @@ pub enum SpanKind {
     Internal,
 }
 
+impl SpanKind {
+    /// As OpenTelemetry names it, and as the span's JSON says it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SpanKind::Producer => "PRODUCER",
+            SpanKind::Consumer => "CONSUMER",
+            SpanKind::Client => "CLIENT",
+            SpanKind::Server => "SERVER",
+            SpanKind::Internal => "INTERNAL",
+        }
+    }
+}
+
 /// A span's status, named as OpenTelemetry names it (UNSET, OK, ERROR) wherever it is shown:
 /// span lines, JSON, timelines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
