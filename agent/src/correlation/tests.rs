@@ -1121,7 +1121,7 @@ fn the_broker_sees_each_message_stored_delivered_and_reported_naming_its_client(
         limit: 1,
         ..Default::default()
     })[0];
-    let actions: Vec<&str> = journey.steps.iter().map(|s| s.action.as_str()).collect();
+    let actions: Vec<&str> = journey.steps.iter().map(|s| s.action.as_ref()).collect();
     assert!(actions.contains(&"broker store"), "{actions:?}");
     assert!(actions.contains(&"broker commit_offset"), "{actions:?}");
     let timeline = crate::journeys::timeline(journey);

@@ -2,7 +2,7 @@
 //! its steps (send, receive, settle), queried by message ID, key or topic like RocketMQ's own
 //! message-trace console. Fed with the same message events the spans are made of.
 
-use std::{collections::VecDeque, net::SocketAddr};
+use std::{borrow::Cow, collections::VecDeque, net::SocketAddr, sync::Arc};
 
 use crate::FastMap;
 
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     correlation::{Endpoint, MessageEvent, Outcome},
     memory::HeapSize,
-    spans::{Span, Status, Value, printable},
+    spans::{Resource, Span, Status, Value, printable},
 };
 
 /// Messages kept by default; the oldest go first beyond it.
@@ -47,8 +47,6 @@ impl HeapSize for Step {
     fn heap_bytes(&self) -> usize {
         std::mem::size_of::<Step>()
             + self.action.heap_bytes()
-            + self.process.heap_bytes()
-            + self.host.heap_bytes()
             + self.topic.heap_bytes()
             + self.group.heap_bytes()
             + self.offset_msg_id.heap_bytes()
@@ -76,7 +74,7 @@ pub struct Step {
     /// "send", "receive", or "settle" with the operation its span is named after: "settle
     /// commit_offset", "settle send_back", "settle ack", ...; the broker's view of them:
     /// "broker store", "broker deliver", "broker ack", "broker commit_offset", ...
-    pub action: String,
+    pub action: Cow<'static, str>,
     /// When the step happened, which orders the steps: a send when the producer sent it (the
     /// message exists no earlier), a receive when the message was delivered (the response: a
     /// long poll may have waited long before), a settlement when the consumer made it.
@@ -84,11 +82,11 @@ pub struct Step {
     pub at_unix_ns: u64,
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
-    /// The traced process: its service name, pid and host.
-    pub process: String,
+    /// The traced process: its service name, pid and host (shared by the process's steps).
+    pub process: Arc<str>,
     pub pid: u32,
     #[serde(default)]
-    pub host: String,
+    pub host: Arc<str>,
     pub local: Option<SocketAddr>,
     /// The broker it talked to; for the broker's steps, the client it served.
     pub peer: Option<SocketAddr>,
@@ -154,6 +152,9 @@ pub struct Journal {
     order: VecDeque<String>,
     evicted: u64,
     steps_dropped: u64,
+    /// The last span's resource (held, so that its address is not reused) and the process
+    /// and host names it gives, shared by the steps of that process.
+    names: Option<(Resource, Arc<str>, Arc<str>)>,
 }
 
 impl Journal {
@@ -172,37 +173,43 @@ impl Journal {
             order: VecDeque::new(),
             evicted: 0,
             steps_dropped: 0,
+            names: None,
         }
     }
 
     /// Adds the event's step to its message; `span` is the event's span (its trace, status
     /// and resource: `service.name` names the traced process, `host.name` its host).
     pub fn record(&mut self, event: &MessageEvent, span: &Span) {
-        let (key, mut step) = step_of(event, span);
+        let (process, host) = self.names(&span.resource);
+        let (key, mut step) = step_of(event, span, process, host);
+        let mut trace = [0u8; 32];
+        hex::encode_to_slice(span.trace_id.0, &mut trace).expect("two digits per byte");
+        let trace = std::str::from_utf8(&trace).expect("hex digits are ASCII");
         if !self.by_id.contains_key(key) {
             if self.by_id.len() >= self.max_messages {
                 self.evict_oldest();
             }
             self.order.push_back(key.to_string());
+            self.by_id.insert(
+                key.to_string(),
+                Journey {
+                    message_id: key.to_string(),
+                    trace_id: trace.to_string(),
+                    offset_msg_id: None,
+                    topic: None,
+                    tags: None,
+                    keys: Vec::new(),
+                    born_unix_ms: None,
+                    steps: Vec::new(),
+                    steps_dropped: 0,
+                    held_bytes: 0,
+                },
+            );
         }
-        let journey = self
-            .by_id
-            .entry(key.to_string())
-            .or_insert_with(|| Journey {
-                message_id: key.to_string(),
-                trace_id: step.trace_id.clone().unwrap_or_default(),
-                offset_msg_id: None,
-                topic: None,
-                tags: None,
-                keys: Vec::new(),
-                born_unix_ms: None,
-                steps: Vec::new(),
-                steps_dropped: 0,
-                held_bytes: 0,
-            });
+        let journey = self.by_id.get_mut(key).expect("inserted above");
         learn(journey, event);
-        if step.trace_id.as_deref() == Some(journey.trace_id.as_str()) {
-            step.trace_id = None;
+        if trace != journey.trace_id {
+            step.trace_id = Some(trace.to_string());
         }
         if journey.steps.len() >= MAX_STEPS {
             journey.steps_dropped += 1;
@@ -220,6 +227,26 @@ impl Journal {
         // Within the memory share: the oldest messages go first, one by one.
         while self.bytes > self.max_bytes && self.order.len() > 1 {
             self.evict_oldest();
+        }
+    }
+
+    /// The process and host names of `resource` (`service.name`, `host.name`).
+    fn names(&mut self, resource: &Resource) -> (Arc<str>, Arc<str>) {
+        match &self.names {
+            Some((last, process, host)) if Resource::ptr_eq(last, resource) => {
+                (process.clone(), host.clone())
+            }
+            _ => {
+                let name = |key: &str| -> Arc<str> {
+                    match resource.get(key) {
+                        Some(Value::String(value)) => Arc::from(value.as_str()),
+                        _ => Arc::from(""),
+                    }
+                };
+                let (process, host) = (name("service.name"), name("host.name"));
+                self.names = Some((resource.clone(), process.clone(), host.clone()));
+                (process, host)
+            }
         }
     }
 
@@ -435,45 +462,47 @@ fn learn(journey: &mut Journey, event: &MessageEvent) {
     }
 }
 
-fn step_of<'a>(event: &'a MessageEvent, span: &Span) -> (&'a str, Step) {
-    let resource = |key: &str| match span.resource.get(key) {
-        Some(Value::String(value)) => value.clone(),
-        _ => String::new(),
-    };
-    let (process, host) = (resource("service.name"), resource("host.name"));
-    let base = |action: String, endpoint: &Endpoint, at: u64, start: u64, end: u64| Step {
-        action: match &endpoint.client {
-            Some(_) => match action.as_str() {
-                "send" => "broker store".into(),
-                "receive" => "broker deliver".into(),
-                settle => format!("broker {}", settle.trim_start_matches("settle ")),
+fn step_of<'a>(
+    event: &'a MessageEvent,
+    span: &Span,
+    process: Arc<str>,
+    host: Arc<str>,
+) -> (&'a str, Step) {
+    let base =
+        |action: Cow<'static, str>, endpoint: &Endpoint, at: u64, start: u64, end: u64| Step {
+            action: match &endpoint.client {
+                Some(_) => match action.as_ref() {
+                    "send" => "broker store".into(),
+                    "receive" => "broker deliver".into(),
+                    settle => format!("broker {}", settle.trim_start_matches("settle ")).into(),
+                },
+                None => action,
             },
-            None => action,
-        },
-        client: endpoint.client.as_ref().map(|c| {
-            let id = c.client_id.as_deref().unwrap_or("client");
-            format!("({id}, {} v{})", c.language, c.version)
-        }),
-        at_unix_ns: at,
-        start_unix_ns: start,
-        end_unix_ns: end,
-        process: process.clone(),
-        pid: endpoint.pid,
-        host: host.clone(),
-        local: endpoint.local,
-        peer: endpoint.peer,
-        topic: None,
-        queue_id: None,
-        queue_offset: None,
-        group: None,
-        delay_since_born_ms: None,
-        reconsume_times: None,
-        offset_msg_id: None,
-        // The span's own words, so that terminal, JSON and timeline say the same.
-        status: span.status,
-        detail: None,
-        trace_id: Some(span.trace_id.hex()),
-    };
+            client: endpoint.client.as_ref().map(|c| {
+                let id = c.client_id.as_deref().unwrap_or("client");
+                format!("({id}, {} v{})", c.language, c.version)
+            }),
+            at_unix_ns: at,
+            start_unix_ns: start,
+            end_unix_ns: end,
+            process: process.clone(),
+            pid: endpoint.pid,
+            host: host.clone(),
+            local: endpoint.local,
+            peer: endpoint.peer,
+            topic: None,
+            queue_id: None,
+            queue_offset: None,
+            group: None,
+            delay_since_born_ms: None,
+            reconsume_times: None,
+            offset_msg_id: None,
+            // The span's own words, so that terminal, JSON and timeline say the same.
+            status: span.status,
+            detail: None,
+            // Set by `record` where it is not the journey's.
+            trace_id: None,
+        };
     let detail = |outcome: &Outcome| match outcome {
         Outcome::Ok => None,
         Outcome::Error {
@@ -522,7 +551,7 @@ fn step_of<'a>(event: &'a MessageEvent, span: &Span) -> (&'a str, Step) {
         }
         MessageEvent::Settle(e) => {
             let mut step = base(
-                format!("settle {}", e.settlement.operation()),
+                format!("settle {}", e.settlement.operation()).into(),
                 &e.endpoint,
                 e.start_unix_ns,
                 e.start_unix_ns,

@@ -113,11 +113,11 @@ fn steps_join_their_message_in_time_order_and_every_query_kind_finds_it() {
     let found = journal.query(&by_id("A"));
     assert_eq!(found.len(), 1);
     let journey = &found[0];
-    let actions: Vec<&str> = journey.steps.iter().map(|s| s.action.as_str()).collect();
+    let actions: Vec<&str> = journey.steps.iter().map(|s| s.action.as_ref()).collect();
     assert_eq!(actions, ["send", "receive", "settle commit_offset"]);
     assert_eq!(journey.topic.as_deref(), Some("T"));
     assert_eq!(journey.keys, ["key-A"]);
-    assert_eq!(journey.steps[0].process, "producer");
+    assert_eq!(&*journey.steps[0].process, "producer");
     assert_eq!(journey.steps[0].group.as_deref(), Some("pg"));
     assert_eq!(journey.steps[1].group.as_deref(), Some("cg"));
     // Born at 1 s (producer clock), received at 2 s.
@@ -286,7 +286,7 @@ fn steps_are_ordered_by_when_they_happened_not_by_when_their_request_began() {
     let steps: Vec<(&str, u64)> = journey
         .steps
         .iter()
-        .map(|s| (s.action.as_str(), s.at_unix_ns / 1_000_000))
+        .map(|s| (s.action.as_ref(), s.at_unix_ns / 1_000_000))
         .collect();
     // The receive after the send although its long poll began before; the redelivery after
     // the send-back although its long poll began before the send-back.
