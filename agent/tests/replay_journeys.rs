@@ -154,7 +154,7 @@ fn a_redelivery_is_listed_after_the_send_back_that_caused_it() {
     let actions: Vec<(&str, Option<&str>)> = journey
         .steps
         .iter()
-        .map(|s| (s.action.as_str(), s.topic.as_deref()))
+        .map(|s| (s.action.as_ref(), s.topic.as_deref()))
         .collect();
     let retry = Some("%RETRY%golden_consumer");
     assert_eq!(

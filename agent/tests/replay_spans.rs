@@ -254,7 +254,7 @@ fn replay_answers_where_is_my_message_from_a_real_capture() {
         });
         assert_eq!(journeys.len(), 1, "{id}");
         let journey = &journeys[0];
-        let actions: Vec<&str> = journey.steps.iter().map(|s| s.action.as_str()).collect();
+        let actions: Vec<&str> = journey.steps.iter().map(|s| s.action.as_ref()).collect();
         assert_eq!(actions[0], "send", "{id}: {actions:?}");
         assert!(actions.contains(&"receive"), "{id}: {actions:?}");
         assert!(
