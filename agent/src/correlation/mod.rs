@@ -471,7 +471,7 @@ impl Correlator {
         let key = (command.connection, command.command.header.opaque);
         if command.command.is_response() {
             if let Some(pending) = self.take(&key) {
-                self.complete(pending.request, Some(&command), Unanswered::TimedOut, out);
+                self.complete(pending.request, Some(command), Unanswered::TimedOut, out);
             }
             return;
         }
@@ -677,7 +677,7 @@ impl Correlator {
     fn complete(
         &mut self,
         request: DecodedCommand,
-        response: Option<&DecodedCommand>,
+        response: Option<DecodedCommand>,
         unanswered: Unanswered,
         out: &mut Vec<MessageEvent>,
     ) {
@@ -686,11 +686,11 @@ impl Correlator {
                 self.counters.relayed_requests += 1;
                 return;
             }
-        } else if request.serving_process || response.is_some_and(|r| r.serving_process) {
+        } else if request.serving_process || response.as_ref().is_some_and(|r| r.serving_process) {
             self.counters.serving_process_requests += 1;
             return;
         }
-        let outcome = match (response, unanswered) {
+        let outcome = match (response.as_ref(), unanswered) {
             (Some(r), _) => outcome_of(r),
             (None, _) if request.command.header.is_oneway() => Outcome::Ok,
             (None, Unanswered::Unseen(reason)) => {
@@ -706,7 +706,9 @@ impl Correlator {
                 message: Some("the connection closed before a response".into()),
             },
         };
-        let end_ns = response.map_or(request.command.end_ns, |r| r.command.end_ns);
+        let end_ns = response
+            .as_ref()
+            .map_or(request.command.end_ns, |r| r.command.end_ns);
         let step = Step {
             start: self.unix(request.command.start_ns),
             end: self.unix(end_ns),
@@ -714,16 +716,14 @@ impl Correlator {
             outcome,
             endpoint: self.endpoint(&request),
         };
-        let pulled = match response.map(|r| &r.operation) {
-            Some(Operation::Pulled(pulled)) => Some(pulled),
-            _ => None,
+        // The response's messages move into the events: not cloned, one by one.
+        let (mut pulled, result) = match response.map(|r| r.operation) {
+            Some(Operation::Pulled(pulled)) => (Some(pulled), None),
+            Some(Operation::SendResult(result)) => (None, Some(result)),
+            _ => (None, None),
         };
         match &request.operation {
             Operation::Send(send) => {
-                let result = match response.map(|r| &r.operation) {
-                    Some(Operation::SendResult(r)) => Some(r),
-                    _ => None,
-                };
                 // A consumer whose send-back failed sends the message to the retry topic
                 // itself (or to the dead-letter topic): a settlement, not a new message.
                 if let Some(settlement) = send.topic.as_deref().and_then(settlement_of_resend) {
@@ -733,18 +733,18 @@ impl Correlator {
                     return;
                 }
                 for (index, message) in send.messages.iter().enumerate() {
-                    self.sent_message(message, index, send, result, &step, out);
+                    self.sent_message(message, index, send, result.as_ref(), &step, out);
                 }
             }
             Operation::Pull(pull) => {
-                if let Some(pulled) = pulled {
+                if let Some(pulled) = &mut pulled {
                     let via = if pull.lite {
                         RequestCode::LitePullMessage
                     } else {
                         RequestCode::PullMessage
                     };
                     self.received_messages(
-                        &pulled.messages,
+                        std::mem::take(&mut pulled.messages),
                         pull.consumer_group.as_deref(),
                         via,
                         &step,
@@ -752,7 +752,7 @@ impl Correlator {
                     );
                 }
                 if let (Some(pulled), Some(group), Some(topic), Some(queue)) =
-                    (pulled, &pull.consumer_group, &pull.topic, pull.queue_id)
+                    (&pulled, &pull.consumer_group, &pull.topic, pull.queue_id)
                     && let Some(max) = pulled.max_offset
                 {
                     self.lags.pulled(group, topic, queue, max, end_ns);
@@ -770,7 +770,7 @@ impl Correlator {
             Operation::Pop(pop) => {
                 if let Some(pulled) = pulled {
                     self.received_messages(
-                        &pulled.messages,
+                        pulled.messages,
                         pop.consumer_group.as_deref(),
                         RequestCode::PopMessage,
                         &step,
@@ -963,25 +963,26 @@ impl Correlator {
 
     fn received_messages(
         &mut self,
-        messages: &[MessageMeta],
+        messages: Vec<MessageMeta>,
         group: Option<&str>,
         via: RequestCode,
         step: &Step,
         out: &mut Vec<MessageEvent>,
     ) {
+        let batch_size = messages.len();
         for message in messages {
-            let Some(key) = received_message_key(message) else {
+            let Some(key) = received_message_key(&message) else {
                 self.counters.messages_without_id += 1;
                 continue;
             };
-            self.seen(step).received.insert(&key, message, group);
+            self.seen(step).received.insert(&key, &message, group);
             self.count(step, Counted::Receive);
             out.push(MessageEvent::Receive(ReceiveEvent {
                 key,
-                message: message.clone(),
+                message,
                 consumer_group: group.map(String::from),
                 via,
-                batch_size: messages.len(),
+                batch_size,
                 start_unix_ns: step.start,
                 end_unix_ns: step.end,
                 endpoint: step.endpoint.clone(),
