@@ -16,11 +16,11 @@
 mod index;
 pub mod lag;
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use serde::Serialize;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use crate::{
     decoder::{
@@ -50,7 +50,7 @@ pub struct Endpoint {
     /// Set when the traced process is the broker of the connection (it received the
     /// request): the client it served, whose address is `peer`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub client: Option<ServedClient>,
+    pub client: Option<Arc<ServedClient>>,
     /// Set when the event was seen as a RocketMQ 5 gRPC call: its method.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_method: Option<&'static str>,
@@ -378,7 +378,10 @@ pub struct Correlator {
     clients: Seen,
     broker: Seen,
     /// Client ids the heartbeats on connections the traced process accepted gave.
-    client_ids: HashMap<ConnectionId, String>,
+    client_ids: crate::FastMap<ConnectionId, String>,
+    /// The client last described on each such connection, shared by the events that name it
+    /// (not three strings per event).
+    served: crate::FastMap<ConnectionId, Arc<ServedClient>>,
     /// Processes seen forwarding what clients sent them (relays, sidecars, proxies).
     forwarders: HashSet<u32>,
     lags: lag::Lags,
@@ -398,7 +401,8 @@ impl Correlator {
             pending_limit: Shares::default().pending,
             clients: Seen::new(&Shares::default()),
             broker: Seen::new(&Shares::default()),
-            client_ids: HashMap::new(),
+            client_ids: crate::FastMap::default(),
+            served: crate::FastMap::default(),
             forwarders: HashSet::new(),
             lags: lag::Lags::default(),
             counters: CorrelationCounters::default(),
@@ -568,6 +572,7 @@ impl Correlator {
         out: &mut Vec<MessageEvent>,
     ) {
         self.client_ids.remove(&connection);
+        self.served.remove(&connection);
         for key in self.keys_of(connection) {
             let pending = self.take(&key).expect("listed");
             let end = match pending.missed.or(Unseen::of(cause)) {
@@ -625,20 +630,38 @@ impl Correlator {
     }
 
     /// Where `request` was seen; from a broker's side, with the client it came from.
-    fn endpoint(&self, request: &DecodedCommand) -> Endpoint {
+    fn endpoint(&mut self, request: &DecodedCommand) -> Endpoint {
         let header = &request.command.header;
-        let client = (request.command.direction == Direction::Ingress).then(|| ServedClient {
+        let client = (request.command.direction == Direction::Ingress).then(|| {
             // gRPC calls name their client in every request's headers.
-            client_id: self
+            let client_id = self
                 .client_ids
                 .get(&request.connection)
-                .cloned()
-                .or_else(|| header.ext("clientId").map(String::from)),
-            language: header.language.clone(),
-            version: match request.command.wire {
-                Wire::Grpc => header.ext("clientVersion").unwrap_or_default().to_string(),
-                Wire::Remoting(_) => header.version.to_string(),
-            },
+                .map(String::as_str)
+                .or_else(|| header.ext("clientId"));
+            let mut remoting_version = itoa::Buffer::new();
+            let version = match request.command.wire {
+                Wire::Grpc => header.ext("clientVersion").unwrap_or_default(),
+                Wire::Remoting(_) => remoting_version.format(header.version),
+            };
+            match self.served.get(&request.connection) {
+                Some(known)
+                    if known.client_id.as_deref() == client_id
+                        && known.language == header.language
+                        && known.version == version =>
+                {
+                    known.clone()
+                }
+                _ => {
+                    let client = Arc::new(ServedClient {
+                        client_id: client_id.map(String::from),
+                        language: header.language.clone(),
+                        version: version.to_string(),
+                    });
+                    self.served.insert(request.connection, client.clone());
+                    client
+                }
+            }
         });
         Endpoint {
             pid: request.pid,
