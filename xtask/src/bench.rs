@@ -190,6 +190,17 @@ pub fn run() -> anyhow::Result<()> {
                     .unwrap_or_default();
                 row("  agent memory at the end".into(), &last, "MiB", &none);
             }
+            Some("generator_alone") => row(
+                format!(
+                    "generator alone, {} at {}/s: CPU {} cores",
+                    text("mode"),
+                    v["target_per_s"],
+                    v["generator_cpu_cores"]
+                ),
+                &v["achieved_per_s"],
+                "msgs/s",
+                &none,
+            ),
             Some("ceiling") => {
                 row(
                     format!(

@@ -6,6 +6,9 @@
 //! spans exported over OTLP/gRPC to a real receiver in this process. Each rate gets a fresh
 //! agent. Needs root.
 //!
+//! First the generator alone at the target rate, untraced: what the machine gives before an
+//! agent takes its share.
+//!
 //! usage: ceiling-bench [SECONDS]   prints one JSON line per mode and rate.
 
 use std::{
@@ -21,6 +24,8 @@ use mqtrace_tests::{
 
 const RATES: &[f64] = &[5_000.0, 10_000.0, 20_000.0, 40_000.0, 80_000.0, 160_000.0];
 const SUSTAINED_RATE: f64 = 20_000.0;
+/// Issue 13's target, per side: 100,000 single sends/s and 100,000 pulled messages/s.
+const TARGET_RATE: f64 = 100_000.0;
 const SUSTAINED_SECONDS: f64 = 30.0;
 
 /// The generator, ready to go, and its server process's pid.
@@ -165,8 +170,41 @@ fn measure(
     ))
 }
 
+/// CPU seconds of this process's waited-for children and their descendants.
+fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// The generator alone, untraced, asked for the target rate: what this machine gives before
+/// any agent takes a share of its two cores (the generator's client and server processes,
+/// with the kernel's loopback TCP work done in their syscalls).
+fn generator_alone(mode: &str, rate: f64, seconds: f64) -> anyhow::Result<serde_json::Value> {
+    let cpu_before = children_cpu_seconds();
+    let (mut load, _) = generator(mode, rate, seconds)?;
+    load.say("go")?;
+    let line = load.read_value("{")?;
+    load.wait_success()?;
+    let cpu = children_cpu_seconds() - cpu_before;
+    let report: serde_json::Value = serde_json::from_str(&format!("{{{line}"))?;
+    let seconds_run = report["seconds"].as_f64().unwrap_or(f64::NAN);
+    Ok(serde_json::json!({
+        "bench": "generator_alone",
+        "mode": mode,
+        "target_per_s": rate,
+        "achieved_per_s": report["achieved_per_s"],
+        "generator_cpu_cores": (cpu / seconds_run * 100.0).round() / 100.0,
+    }))
+}
+
 fn main() -> anyhow::Result<()> {
     let seconds: f64 = std::env::args().nth(1).map_or(Ok(3.0), |a| a.parse())?;
+    for mode in ["send", "pull"] {
+        println!("{}", generator_alone(mode, TARGET_RATE, seconds)?);
+    }
     for side in [Side::Client, Side::Broker] {
         for mode in ["send", "pull"] {
             rising(mode, side, &Sink::File, seconds)?;
