@@ -112,15 +112,6 @@ impl<T: HeapSize> HeapSize for Vec<T> {
     }
 }
 
-impl<K: HeapSize, V: HeapSize> HeapSize for litemap::LiteMap<K, V> {
-    fn heap_bytes(&self) -> usize {
-        self.iter()
-            .map(|(k, v)| k.heap_bytes() + v.heap_bytes() + std::mem::size_of::<(K, V)>())
-            .sum::<usize>()
-            + PER_ALLOCATION
-    }
-}
-
 impl HeapSize for MessageMeta {
     fn heap_bytes(&self) -> usize {
         self.msg_id.heap_bytes()
@@ -168,7 +159,12 @@ impl HeapSize for Value {
 }
 
 fn attributes_bytes(attributes: &Attributes) -> usize {
-    attributes.heap_bytes()
+    attributes.capacity_bytes()
+        + attributes
+            .iter()
+            .map(|(k, v)| k.heap_bytes() + v.heap_bytes())
+            .sum::<usize>()
+        + PER_ALLOCATION
 }
 
 impl HeapSize for Span {
