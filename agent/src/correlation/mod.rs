@@ -1059,7 +1059,7 @@ impl Correlator {
         };
         self.count(&step, Counted::Settle);
         out.push(MessageEvent::Settle(SettleEvent {
-            key: received.key.clone(),
+            key: received.key.to_string(),
             settlement,
             consumer_group: group,
             topic,
