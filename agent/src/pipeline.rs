@@ -146,12 +146,13 @@ impl Pipeline {
         // the correlator after the commands before it and before those after it.
         for event in self.stream_events.drain(..) {
             self.decoders.push(&event, &mut self.commands);
-            for command in self.commands.drain(..) {
-                if self.emit_commands {
-                    out.push(Output::Command(Box::new(command.clone())));
-                }
-                self.correlator.push(command, &mut self.events);
-            }
+            correlate(
+                &mut self.commands,
+                &mut self.correlator,
+                self.emit_commands,
+                &mut self.events,
+                out,
+            );
             match event {
                 StreamEvent::Gap {
                     connection,
@@ -203,8 +204,20 @@ impl Pipeline {
     /// Ends everything still waiting: the source is done (`reason`: the agent stopped, or the
     /// capture ended).
     pub fn finish(&mut self, reason: Unseen, out: &mut Vec<Output>) {
+        self.decoders.finish(&mut self.commands);
+        self.correlate_commands(out);
         self.correlator.finish(reason, &mut self.events);
         self.flush_events(out);
+    }
+
+    fn correlate_commands(&mut self, out: &mut Vec<Output>) {
+        correlate(
+            &mut self.commands,
+            &mut self.correlator,
+            self.emit_commands,
+            &mut self.events,
+            out,
+        );
     }
 
     fn flush_events(&mut self, out: &mut Vec<Output>) {
@@ -244,6 +257,22 @@ impl Pipeline {
                 .unwrap_or_default(),
             consumer_lag: self.correlator.lags(),
         }
+    }
+}
+
+/// Hands decoded commands to the correlator (and to `out`, when commands are asked for).
+fn correlate(
+    commands: &mut Vec<DecodedCommand>,
+    correlator: &mut Correlator,
+    emit_commands: bool,
+    events: &mut Vec<MessageEvent>,
+    out: &mut Vec<Output>,
+) {
+    for command in commands.drain(..) {
+        if emit_commands {
+            out.push(Output::Command(Box::new(command.clone())));
+        }
+        correlator.push(command, events);
     }
 }
 

@@ -7,12 +7,15 @@ use std::{
 };
 
 use mqtrace::{
+    correlation::Unseen,
     decoder::{DecoderConfig, operation::Operation},
     journeys::Query,
-    pipeline::{Output, replay_capture},
+    pipeline::{Output, Pipeline, replay_capture},
+    sources::{Direction, SourceEvent, pcap},
     spans::{
         Span, SpanKind, Value,
         identity::{SpanId, TraceId},
+        resource::Resources,
     },
 };
 
@@ -312,4 +315,77 @@ fn replay_answers_where_is_my_message_from_a_real_capture() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no message in"));
+}
+
+/// Spans of source events through the whole pipeline, as JSON lines, sorted; and the counters.
+fn spans_of(
+    events: &[SourceEvent],
+    capture: &Path,
+) -> (Vec<String>, mqtrace::pipeline::PipelineCounters) {
+    let mut pipeline = Pipeline::new(DecoderConfig::default(), 0, Resources::for_capture(capture));
+    let mut out = Vec::new();
+    for event in events {
+        pipeline.push(event.clone(), &mut out);
+    }
+    pipeline.finish(Unseen::CaptureEnded, &mut out);
+    let mut lines: Vec<String> = out
+        .into_iter()
+        .map(|o| match o {
+            Output::Span(span) => serde_json::to_string(&span).unwrap(),
+            other => panic!("only spans are made inline: {other:?}"),
+        })
+        .collect();
+    lines.sort();
+    (lines, pipeline.counters())
+}
+
+#[test]
+fn responses_read_before_their_requests_make_the_same_spans() {
+    // A client writing on one thread and reading on another: the kernel can hand over the
+    // read's record (the response) before the write's (the request). Real captures, every
+    // request's record put right after the response's that follows it.
+    let mut reordered_total = 0;
+    for name in ["roundtrip.pcap", "pull-32.pcap", "send-single.pcap"] {
+        let capture = repo().join("tests/captures/rust-client").join(name);
+        let mut events = Vec::new();
+        pcap::replay(&capture, |event| events.push(event)).unwrap();
+        let (in_order, counters) = spans_of(&events, &capture);
+        assert!(!in_order.is_empty(), "{name}: spans");
+        assert_eq!(counters.decoder.responses_before_request, 0, "{name}");
+        let mut reordered = 0;
+        let mut i = 0;
+        while i + 1 < events.len() {
+            match (&events[i], &events[i + 1]) {
+                (SourceEvent::Data(request), SourceEvent::Data(response))
+                    if request.connection == response.connection
+                        && request.direction == Direction::Egress
+                        && response.direction == Direction::Ingress =>
+                {
+                    events.swap(i, i + 1);
+                    reordered += 1;
+                    i += 2;
+                }
+                _ => i += 1,
+            }
+        }
+        assert!(reordered >= 10, "{name}: only {reordered} records moved");
+        let (out_of_order, counters) = spans_of(&events, &capture);
+        if out_of_order != in_order {
+            let first = in_order.iter().zip(&out_of_order).find(|(a, b)| a != b);
+            panic!(
+                "{name}: {} spans in order, {} out of order; first to differ: {first:#?}",
+                in_order.len(),
+                out_of_order.len()
+            );
+        }
+        let decoder = &counters.decoder;
+        assert!(
+            decoder.responses_before_request >= 10,
+            "{name}: {decoder:?}"
+        );
+        assert_eq!(decoder.responses_without_request, 0, "{name}");
+        assert_eq!(counters.correlation.timeouts, 0, "{name}");
+        reordered_total += decoder.responses_before_request;
+    }
+    assert!(reordered_total >= 30);
 }

@@ -729,9 +729,11 @@ impl Correlator {
                 message: Some("the connection closed before a response".into()),
             },
         };
+        // A response read before its request's write returned ends no earlier than the write.
         let end_ns = response
             .as_ref()
-            .map_or(request.command.end_ns, |r| r.command.end_ns);
+            .map_or(request.command.end_ns, |r| r.command.end_ns)
+            .max(request.command.end_ns);
         let step = Step {
             start: self.unix(request.command.start_ns),
             end: self.unix(end_ns),

@@ -67,7 +67,42 @@ struct Tracked {
     served: bool,
 }
 
+fn with_operation(command: Command) -> (Command, Operation) {
+    let operation = interpret(&command);
+    (command, operation)
+}
+
 impl Tracked {
+    /// Hands over the responses its decoder still holds for their request, unpaired.
+    fn release(
+        &mut self,
+        scratch: &mut Vec<Command>,
+        serving_process: bool,
+        out: &mut Vec<DecodedCommand>,
+    ) {
+        self.decoder.release(scratch);
+        self.emit(serving_process, scratch.drain(..).map(with_operation), out);
+    }
+
+    fn emit(
+        &self,
+        serving_process: bool,
+        commands: impl Iterator<Item = (Command, Operation)>,
+        out: &mut Vec<DecodedCommand>,
+    ) {
+        for (command, operation) in commands {
+            out.push(DecodedCommand {
+                connection: self.connection.id,
+                pid: self.connection.pid,
+                local: self.connection.local,
+                peer: self.connection.peer,
+                serving_process,
+                operation,
+                command,
+            });
+        }
+    }
+
     /// For an accepted connection: Some(true) once its client's first bytes are RocketMQ
     /// remoting, Some(false) once they are not (or the process spoke first), None while unsure.
     fn serves_rocketmq(
@@ -379,7 +414,9 @@ impl Decoders {
                 *connection
             }
             StreamEvent::Closed { connection, .. } => {
-                if let Some(t) = self.remove(connection) {
+                if let Some(mut t) = self.remove(connection) {
+                    let serving_process = self.servers.contains(&t.connection.pid);
+                    t.release(&mut self.scratch, serving_process, out);
                     add(&mut self.closed, &t.decoder.counters);
                 }
                 return;
@@ -411,25 +448,24 @@ impl Decoders {
         // before tracing began.
         let server_side = self.config.skip_server_side && serves;
         let serving_process = self.servers.contains(&t.connection.pid);
-        let remoting = self.scratch.drain(..).map(|c| {
-            let operation = interpret(&c);
-            (c, operation)
-        });
-        for (command, operation) in remoting.chain(self.grpc_scratch.drain(..)) {
-            out.push(DecodedCommand {
-                connection: id,
-                pid: t.connection.pid,
-                local: t.connection.local,
-                peer: t.connection.peer,
-                serving_process,
-                operation,
-                command,
-            });
-        }
+        let remoting = self.scratch.drain(..).map(with_operation);
+        t.emit(
+            serving_process,
+            remoting.chain(self.grpc_scratch.drain(..)),
+            out,
+        );
         if server_side {
             let t = self.remove(&id).expect("present");
             add(&mut self.closed, &t.decoder.counters);
             self.rejected.push(t.connection);
+        }
+    }
+
+    /// The source is done: responses still held for their request are handed over unpaired.
+    pub fn finish(&mut self, out: &mut Vec<DecodedCommand>) {
+        for t in self.connections.values_mut() {
+            let serving_process = self.servers.contains(&t.connection.pid);
+            t.release(&mut self.scratch, serving_process, out);
         }
     }
 
@@ -470,6 +506,8 @@ fn add(total: &mut DecoderCounters, c: &DecoderCounters) {
     total.malformed_messages += c.malformed_messages;
     total.messages_dropped += c.messages_dropped;
     total.pending_evicted += c.pending_evicted;
+    total.responses_before_request += c.responses_before_request;
+    total.responses_without_request += c.responses_without_request;
     total.bytes_shed += c.bytes_shed;
     total.grpc_calls += c.grpc_calls;
     total.grpc_methods_inferred += c.grpc_methods_inferred;

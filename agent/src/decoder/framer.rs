@@ -7,7 +7,8 @@ use crate::FastMap;
 use bytes::{Buf, BytesMut};
 
 use super::{
-    Command, DecoderConfig, DecoderCounters, MAX_JSON_BODY, RequestCode, ResponseCode, Wire,
+    BodyFaults, Command, DecoderConfig, DecoderCounters, MAX_JSON_BODY, RequestCode, ResponseCode,
+    Wire,
     header::{FrameHead, HEAD_LEN, Header, SerializeType},
     message::{Layout, MessageWalker},
     opposite,
@@ -426,6 +427,7 @@ impl Framer {
             missing,
             ..
         } = *frame;
+        let mut body_faults = BodyFaults::default();
         let (messages, body_json) = match body {
             Body::Count => (Vec::new(), None),
             Body::Json { bytes, overflow } => (
@@ -436,7 +438,14 @@ impl Framer {
                     serde_json::from_slice(&bytes).ok()
                 },
             ),
-            Body::Messages(walker) => (walker.finish().messages, None),
+            Body::Messages(walker) => {
+                let walker = walker.finish();
+                body_faults = BodyFaults {
+                    malformed: walker.errors,
+                    dropped: walker.dropped,
+                };
+                (walker.messages, None)
+            }
         };
         out.push(Command {
             direction,
@@ -451,6 +460,7 @@ impl Framer {
             start_ns,
             end_ns: timestamp_ns.max(start_ns),
             missing_bytes: missing,
+            body_faults,
         });
     }
 
@@ -578,12 +588,15 @@ fn body_for(
     pending: &FastMap<(Direction, i32), RequestCode>,
 ) -> Body {
     if header.is_response() {
-        let request = pending.get(&(opposite(direction), header.opaque));
         let found = ResponseCode::from_code(header.code) == ResponseCode::Success;
-        return match request {
+        return match pending.get(&(opposite(direction), header.opaque)) {
             Some(code) if found && code.returns_messages() => {
                 Body::Messages(Box::new(MessageWalker::new(Layout::Stored)))
             }
+            // Its request not seen yet: it may still come (a client writing and reading on
+            // two threads can have the read's record out first). The body is walked in case
+            // it holds messages; they are kept only if the request turns out to fetch them.
+            None if found => Body::Messages(Box::new(MessageWalker::new(Layout::Stored))),
             _ => Body::Count,
         };
     }

@@ -34,6 +34,11 @@ use crate::sources::Direction;
 pub const DEFAULT_MAX_FRAME: u32 = 16 << 20;
 /// Requests awaiting a response per connection at most; older ones are forgotten.
 const MAX_PENDING: usize = 4096;
+/// Responses held per connection for a request not seen yet, at most; older ones go unpaired.
+const MAX_EARLY: usize = 64;
+/// How long a response is held for its request: far longer than the two records of a request
+/// and its response can be out of order, short enough to end a response never answered to.
+const EARLY_WAIT_NS: u64 = 1_000_000_000;
 /// JSON bodies (heartbeats, batch acks) are read up to this size.
 const MAX_JSON_BODY: usize = 256 << 10;
 
@@ -107,6 +112,17 @@ pub struct Command {
     pub end_ns: u64,
     /// Bytes of this frame that were never seen (a gap of known size inside it).
     pub missing_bytes: u64,
+    /// What the walk of its messages could not read; counted once the command is settled (a
+    /// response read before its request is walked in case it holds messages).
+    #[serde(skip)]
+    pub body_faults: BodyFaults,
+}
+
+/// Messages of a body found malformed, and messages past the most kept per frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BodyFaults {
+    pub malformed: u64,
+    pub dropped: u64,
 }
 
 impl Command {
@@ -144,6 +160,12 @@ pub struct DecoderCounters {
     pub messages_dropped: u64,
     /// Requests forgotten, oldest first, because too many awaited a response on one connection.
     pub pending_evicted: u64,
+    /// Responses whose record came before their request's (the client writes and reads on two
+    /// threads and the read returned first): held until the request came, then paired.
+    pub responses_before_request: u64,
+    /// Responses whose request was never seen (the agent joined while it was under way, or
+    /// its bytes were lost): they make no event.
+    pub responses_without_request: u64,
     /// Bytes let go of because the connections' buffers reached their share of the memory
     /// budget (headers given up and their frames skipped, bodies' fields dropped).
     pub bytes_shed: u64,
@@ -172,6 +194,10 @@ pub struct ConnectionDecoder {
     pending: FastMap<(Direction, i32), RequestCode>,
     /// The keys of `pending` in arrival order (answered ones linger until compacted).
     arrival: VecDeque<(Direction, i32)>,
+    /// Responses whose request has not been seen yet, oldest first.
+    early: VecDeque<Command>,
+    /// The commands being settled (kept for its allocation).
+    settling: Vec<Command>,
     pub counters: DecoderCounters,
 }
 
@@ -186,6 +212,8 @@ impl ConnectionDecoder {
             ],
             pending: FastMap::default(),
             arrival: VecDeque::new(),
+            early: VecDeque::new(),
+            settling: Vec::new(),
             counters: DecoderCounters::default(),
         }
     }
@@ -197,15 +225,27 @@ impl ConnectionDecoder {
         self.framers.iter().map(Framer::held_bytes).sum::<usize>()
             + self.pending.capacity() * PENDING_ENTRY
             + self.arrival.capacity() * std::mem::size_of::<(Direction, i32)>()
+            + self.early.capacity() * std::mem::size_of::<Command>()
+            + self
+                .early
+                .iter()
+                .map(|c| c.messages.capacity() * std::mem::size_of::<MessageMeta>())
+                .sum::<usize>()
     }
 
-    /// Lets go of both directions' buffers (memory is short); returns the bytes let go of.
+    /// Lets go of both directions' buffers and of the messages of responses held for their
+    /// request (memory is short); returns the bytes let go of.
     pub fn shed(&mut self) -> usize {
-        let freed = self
+        let mut freed: usize = self
             .framers
             .iter_mut()
             .map(|framer| framer.shed(&mut self.counters))
             .sum();
+        for response in &mut self.early {
+            freed += response.messages.capacity() * std::mem::size_of::<MessageMeta>();
+            response.body_faults.dropped += response.messages.len() as u64;
+            response.messages = Vec::new();
+        }
         self.counters.bytes_shed += freed as u64;
         freed
     }
@@ -231,6 +271,21 @@ impl ConnectionDecoder {
             out,
         );
         self.settle(start, out);
+        // Responses held past any plausible reordering: their request is not coming.
+        while self
+            .early
+            .front()
+            .is_some_and(|r| r.end_ns.saturating_add(EARLY_WAIT_NS) < timestamp_ns)
+        {
+            self.give_up_early(out);
+        }
+    }
+
+    /// Hands over the responses still held for their request (the connection ends): unpaired.
+    pub fn release(&mut self, out: &mut Vec<Command>) {
+        while !self.early.is_empty() {
+            self.give_up_early(out);
+        }
     }
 
     /// `length` bytes of `direction` at `position` were never seen.
@@ -247,21 +302,85 @@ impl ConnectionDecoder {
     }
 
     /// Records new requests and resolves responses for the commands appended since `start`.
-    fn settle(&mut self, start: usize, out: &mut [Command]) {
-        for command in &mut out[start..] {
+    /// A response whose request is unknown is held back until the request comes (then put
+    /// right after it), for at most EARLY_WAIT_NS and MAX_EARLY of them.
+    fn settle(&mut self, start: usize, out: &mut Vec<Command>) {
+        if out.len() == start {
+            return;
+        }
+        let mut new = std::mem::take(&mut self.settling);
+        new.extend(out.drain(start..));
+        for mut command in new.drain(..) {
             self.counters.frames += 1;
-            // A single send's message is its body, not walked: one message all the same.
-            let single_send = command.request().is_some_and(RequestCode::is_single_send);
-            self.counters.messages += command.messages.len() as u64 + u64::from(single_send);
             let opaque = command.header.opaque;
             if command.is_response() {
-                let request_direction = opposite(command.direction);
-                if let Some(code) = self.pending.remove(&(request_direction, opaque)) {
-                    command.request_code = Some(code);
+                match self.pending.remove(&(opposite(command.direction), opaque)) {
+                    Some(code) => {
+                        command.request_code = Some(code);
+                        self.count_messages(&command);
+                        out.push(command);
+                    }
+                    None => self.hold_early(command, out),
                 }
-            } else if !command.header.is_oneway() {
-                self.await_response((command.direction, opaque), command.header.code);
+                continue;
             }
+            self.count_messages(&command);
+            let (direction, answered) = (command.direction, !command.header.is_oneway());
+            if answered {
+                self.await_response((direction, opaque), command.header.code);
+            }
+            out.push(command);
+            if answered && let Some(response) = self.take_early(direction, opaque) {
+                out.push(response);
+            }
+        }
+        self.settling = new;
+    }
+
+    fn count_messages(&mut self, command: &Command) {
+        // A single send's message is its body, not walked: one message all the same.
+        let single_send = command.request().is_some_and(RequestCode::is_single_send);
+        self.counters.messages += command.messages.len() as u64 + u64::from(single_send);
+        self.counters.malformed_messages += command.body_faults.malformed;
+        self.counters.messages_dropped += command.body_faults.dropped;
+    }
+
+    fn hold_early(&mut self, response: Command, out: &mut Vec<Command>) {
+        if self.early.len() >= MAX_EARLY {
+            self.give_up_early(out);
+        }
+        self.early.push_back(response);
+    }
+
+    /// The response held for the request just read from `direction` with `opaque`, paired.
+    fn take_early(&mut self, direction: Direction, opaque: i32) -> Option<Command> {
+        if self.early.is_empty() {
+            return None;
+        }
+        let at = self
+            .early
+            .iter()
+            .position(|r| r.header.opaque == opaque && r.direction == opposite(direction))?;
+        let code = self.pending.remove(&(direction, opaque))?;
+        let mut response = self.early.remove(at)?;
+        response.request_code = Some(code);
+        if !code.returns_messages() {
+            // Walked in case it held messages: it did not.
+            response.messages = Vec::new();
+            response.body_faults = BodyFaults::default();
+        }
+        self.counters.responses_before_request += 1;
+        self.count_messages(&response);
+        Some(response)
+    }
+
+    /// Hands over the oldest held response unpaired: its request was not seen.
+    fn give_up_early(&mut self, out: &mut Vec<Command>) {
+        if let Some(mut response) = self.early.pop_front() {
+            response.messages = Vec::new();
+            response.body_faults = BodyFaults::default();
+            self.counters.responses_without_request += 1;
+            out.push(response);
         }
     }
 }

@@ -11,20 +11,28 @@ use super::{
     *,
 };
 
+/// Commands of one connection's records, then of its end (responses still held go unpaired).
 fn decode(stream: &[(Direction, &[u8])]) -> (Vec<Command>, DecoderCounters) {
+    let timed: Vec<_> = stream.iter().map(|(d, b)| (*d, *b, 1)).collect();
+    decode_timed(&timed)
+}
+
+/// As `decode`, each record with its timestamp.
+fn decode_timed(stream: &[(Direction, &[u8], u64)]) -> (Vec<Command>, DecoderCounters) {
     let mut decoder = ConnectionDecoder::new(DecoderConfig::default(), false);
     let mut positions = [0u64; 2];
     let mut out = Vec::new();
-    for (direction, bytes) in stream {
+    for (direction, bytes, timestamp_ns) in stream {
         decoder.data(
             *direction,
             positions[*direction as usize],
             bytes,
-            1,
+            *timestamp_ns,
             &mut out,
         );
         positions[*direction as usize] += bytes.len() as u64;
     }
+    decoder.release(&mut out);
     (out, decoder.counters)
 }
 
@@ -683,9 +691,135 @@ fn requests_awaiting_responses_beyond_the_bound_go_oldest_first() {
     let borrowed: Vec<(Direction, &[u8])> = stream.iter().map(|(d, b)| (*d, &b[..])).collect();
     let (commands, counters) = decode(&borrowed);
     assert_eq!(counters.pending_evicted, 1);
-    let answers = &commands[commands.len() - 2..];
-    assert_eq!(answers[0].request_code, None);
-    assert_eq!(answers[1].request_code, Some(RequestCode::from_code(34)));
+    let answer = |opaque| {
+        commands
+            .iter()
+            .find(|c| c.is_response() && c.header.opaque == opaque)
+            .unwrap()
+    };
+    // The forgotten one's answer is held for a while in case its request comes, then unpaired.
+    assert_eq!(answer(0).request_code, None);
+    assert_eq!(counters.responses_without_request, 1);
+    assert_eq!(answer(1).request_code, Some(RequestCode::from_code(34)));
+}
+
+/// Two messages, as the broker stores them.
+fn two_stored_messages() -> Vec<Vec<u8>> {
+    let host: SocketAddr = "127.0.0.1:10911".parse().unwrap();
+    ["A", "B"]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let props = properties(&[("UNIQ_KEY", id)]);
+            stored_message(false, host, i as i64, 100, "T", &props, &[1; 64])
+        })
+        .collect()
+}
+
+#[test]
+fn a_response_read_before_its_request_is_paired_once_the_request_comes() {
+    // A client that writes on one thread and reads on another: the read's record can come
+    // out of the kernel before the write's.
+    let (pull, pulled) = pull_pair(&two_stored_messages());
+    let send = json_frame(10, 0, 8, &[("topic", "T")], b"body");
+    let sent = json_frame(0, 1, 8, &[("msgId", "X"), ("queueId", "1")], b"");
+    let (commands, counters) = decode(&[(DOWN, &pulled), (DOWN, &sent), (UP, &pull), (UP, &send)]);
+    let order: Vec<_> = commands
+        .iter()
+        .map(|c| (c.header.opaque, c.is_response(), c.request_code))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            (7, false, None),
+            (7, true, Some(RequestCode::PullMessage)),
+            (8, false, None),
+            (8, true, Some(RequestCode::SendMessage)),
+        ]
+    );
+    let Operation::Pulled(p) = operation::interpret(&commands[1]) else {
+        panic!("{:?}", commands[1])
+    };
+    let ids: Vec<_> = p.messages.iter().map(|m| m.msg_id.as_deref()).collect();
+    assert_eq!(ids, [Some("A"), Some("B")]);
+    assert!(matches!(
+        operation::interpret(&commands[3]),
+        Operation::SendResult(_)
+    ));
+    assert_eq!(
+        (
+            counters.frames,
+            counters.messages,
+            counters.responses_before_request,
+            counters.responses_without_request,
+            counters.malformed_messages
+        ),
+        (4, 3, 2, 0, 0)
+    );
+}
+
+#[test]
+fn an_early_response_that_holds_no_messages_reports_none() {
+    // A route query answered with JSON: walked in case it held messages, it did not.
+    let query = json_frame(105, 0, 9, &[("topic", "T")], b"");
+    let route = json_frame(0, 1, 9, &[], br#"{"queueDatas":[],"brokerDatas":[]}"#);
+    let (commands, counters) = decode(&[(DOWN, &route), (UP, &query)]);
+    assert_eq!(
+        commands[1].request_code,
+        Some(RequestCode::GetRouteinfoByTopic)
+    );
+    assert!(commands[1].messages.is_empty());
+    assert_eq!((counters.messages, counters.malformed_messages), (0, 0));
+}
+
+#[test]
+fn a_response_whose_request_never_comes_goes_unpaired_after_a_second_or_at_the_bound() {
+    let (_, pulled) = pull_pair(&two_stored_messages());
+    let heartbeat = json_frame(34, 0, 100, &[], b"{}");
+    // Held a second, then handed over unpaired by the next record after that.
+    for (later, held) in [(EARLY_WAIT_NS, true), (EARLY_WAIT_NS + 1, false)] {
+        let mut decoder = ConnectionDecoder::new(DecoderConfig::default(), false);
+        let mut out = Vec::new();
+        decoder.data(DOWN, 0, &pulled, 1_000, &mut out);
+        decoder.data(UP, 0, &heartbeat, 1_000 + later, &mut out);
+        let handed: Vec<_> = out
+            .iter()
+            .map(|c| (c.is_response(), c.request_code, c.messages.len()))
+            .collect();
+        if held {
+            assert_eq!(handed, [(false, None, 0)], "held at {later} ns");
+        } else {
+            assert_eq!(handed, [(false, None, 0), (true, None, 0)]);
+        }
+        assert_eq!(decoder.counters.responses_without_request, u64::from(!held));
+        decoder.release(&mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(decoder.counters.responses_without_request, 1);
+    }
+    // Past the most held, the oldest goes first, as soon as the next comes.
+    let mut decoder = ConnectionDecoder::new(DecoderConfig::default(), false);
+    let mut out = Vec::new();
+    let mut position = 0;
+    for opaque in 0..=MAX_EARLY as i32 {
+        let bytes = json_frame(0, 1, opaque, &[], b"");
+        decoder.data(DOWN, position, &bytes, 1, &mut out);
+        position += bytes.len() as u64;
+    }
+    let handed: Vec<_> = out.iter().map(|c| c.header.opaque).collect();
+    assert_eq!(handed, [0]);
+    assert_eq!(decoder.counters.responses_without_request, 1);
+}
+
+#[test]
+fn malformed_and_dropped_messages_of_a_body_are_counted() {
+    let mut messages = two_stored_messages();
+    // The second message's magic code is not one a broker writes.
+    messages[1][4..8].copy_from_slice(&0x1234_5678_i32.to_be_bytes());
+    let (pull, pulled) = pull_pair(&messages);
+    let (commands, counters) = decode(&[(UP, &pull), (DOWN, &pulled)]);
+    assert_eq!(commands[1].messages.len(), 2);
+    assert!(commands[1].messages[1].incomplete);
+    assert_eq!(counters.malformed_messages, 1);
 }
 
 #[test]

@@ -34,7 +34,7 @@ use http2::{CONTINUATION, DATA, Event, Frame, HEADERS, RST_STREAM, Reader};
 pub use http2::{Http2Counters, PREFACE};
 
 use super::{
-    Command, DecoderCounters, Wire,
+    BodyFaults, Command, DecoderCounters, Wire,
     header::{FLAG_RESPONSE, Header},
     operation::{Operation, PopRequest},
     opposite,
@@ -598,6 +598,7 @@ impl Streams {
             start_ns: call.request_start_ns,
             end_ns,
             missing_bytes: 0,
+            body_faults: BodyFaults::default(),
         };
         out.push((command, operation));
     }
@@ -647,6 +648,7 @@ impl Streams {
             start_ns: call.response_start_ns.unwrap_or(end_ns),
             end_ns,
             missing_bytes: 0,
+            body_faults: BodyFaults::default(),
         };
         out.push((command, operation));
     }
