@@ -132,8 +132,10 @@ impl HeapSize for Header {
 
 impl HeapSize for DecodedCommand {
     fn heap_bytes(&self) -> usize {
-        // The operation repeats what the header and messages hold, about once more.
-        2 * (self.command.header.heap_bytes() + self.command.messages.heap_bytes())
+        // The operation repeats what the header holds, about once more; the messages moved
+        // into it.
+        2 * self.command.header.heap_bytes()
+            + self.operation.messages().map_or(0, HeapSize::heap_bytes)
             + self
                 .command
                 .body_json

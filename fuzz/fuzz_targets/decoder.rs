@@ -35,8 +35,8 @@ fuzz_target!(|data: &[u8]| {
             *at += n as u64;
             rest = &tail[n..];
         }
-        for command in out.drain(..) {
-            std::hint::black_box(interpret(&command));
+        for mut command in out.drain(..) {
+            std::hint::black_box(interpret(&mut command));
         }
     }
 });

@@ -67,8 +67,8 @@ struct Tracked {
     served: bool,
 }
 
-fn with_operation(command: Command) -> (Command, Operation) {
-    let operation = interpret(&command);
+fn with_operation(mut command: Command) -> (Command, Operation) {
+    let operation = interpret(&mut command);
     (command, operation)
 }
 

@@ -100,7 +100,8 @@ pub struct Command {
     pub request_code: Option<RequestCode>,
     pub header: Header,
     pub body_len: u64,
-    /// Messages found in the body (batch sends, pull and pop responses).
+    /// Messages found in the body (batch sends, pull and pop responses), until `interpret`
+    /// moves them into the operation.
     pub messages: Vec<MessageMeta>,
     /// Small JSON bodies (heartbeat, batch ack), parsed.
     pub body_json: Option<serde_json::Value>,

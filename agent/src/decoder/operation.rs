@@ -27,6 +27,18 @@ pub enum Operation {
     Other,
 }
 
+impl Operation {
+    /// The messages it carries (sends, pull and pop responses, transactions).
+    pub fn messages(&self) -> Option<&Vec<MessageMeta>> {
+        match self {
+            Self::Send(send) => Some(&send.messages),
+            Self::Pulled(pulled) => Some(&pulled.messages),
+            Self::EndTransaction(t) | Self::CheckTransactionState(t) => Some(&t.messages),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct SendRequest {
     pub producer_group: Option<String>,
@@ -163,7 +175,7 @@ fn boolean(header: &Header, names: &[&str]) -> Option<bool> {
 
 /// Message flag bit (sysFlag) of a batch (`MessageSysFlag.BATCH` is not on the wire; the
 /// header's `batch` field is).
-fn send_request(command: &Command, code: RequestCode) -> SendRequest {
+fn send_request(command: &mut Command, code: RequestCode) -> SendRequest {
     let h = &command.header;
     let batch =
         code == RequestCode::SendBatchMessage || boolean(h, &["batch", "m"]).unwrap_or(false);
@@ -173,7 +185,7 @@ fn send_request(command: &Command, code: RequestCode) -> SendRequest {
     let sys_flag = number(h, &["sysFlag", "f"]).unwrap_or(0);
     let reconsume_times = number(h, &["reconsumeTimes", "j"]);
     let mut messages = if code == RequestCode::SendBatchMessage {
-        command.messages.clone()
+        std::mem::take(&mut command.messages)
     } else {
         let properties = ["properties", "i"]
             .iter()
@@ -226,7 +238,7 @@ fn ack(h: &Header) -> AckRequest {
     }
 }
 
-fn transaction(command: &Command) -> EndTransaction {
+fn transaction(command: &mut Command) -> EndTransaction {
     let h = &command.header;
     EndTransaction {
         topic: text(h, &["topic"]),
@@ -236,7 +248,7 @@ fn transaction(command: &Command) -> EndTransaction {
         from_transaction_check: boolean(h, &["fromTransactionCheck"]),
         msg_id: text(h, &["msgId"]),
         transaction_id: text(h, &["transactionId"]),
-        messages: command.messages.clone(),
+        messages: std::mem::take(&mut command.messages),
     }
 }
 
@@ -258,8 +270,9 @@ fn heartbeat(body: Option<&serde_json::Value>) -> Heartbeat {
     }
 }
 
-/// What a command means. A response is interpreted by the request it answers.
-pub fn interpret(command: &Command) -> Operation {
+/// What a command means. A response is interpreted by the request it answers. The command's
+/// messages move into the operation (they are not copied).
+pub fn interpret(command: &mut Command) -> Operation {
     let h = &command.header;
     if let Some(status) = command.response() {
         return match command.request_code {
@@ -287,7 +300,7 @@ pub fn interpret(command: &Command) -> Operation {
                 next_begin_offset: number(h, &["nextBeginOffset"]),
                 min_offset: number(h, &["minOffset"]),
                 max_offset: number(h, &["maxOffset"]),
-                messages: command.messages.clone(),
+                messages: std::mem::take(&mut command.messages),
             }),
             _ => Operation::Other,
         };

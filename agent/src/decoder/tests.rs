@@ -91,8 +91,8 @@ fn send_v2_with_one_letter_keys() {
         ],
         b"hello",
     );
-    let (commands, _) = decode(&[(UP, &frame)]);
-    let Operation::Send(send) = operation::interpret(&commands[0]) else {
+    let (mut commands, _) = decode(&[(UP, &frame)]);
+    let Operation::Send(send) = operation::interpret(&mut commands[0]) else {
         panic!("not a send")
     };
     assert_eq!(send.producer_group.as_deref(), Some("pg"));
@@ -130,9 +130,9 @@ fn send_result_pairs_with_its_request() {
         ],
         b"",
     );
-    let (commands, _) = decode(&[(UP, &request), (DOWN, &response)]);
+    let (mut commands, _) = decode(&[(UP, &request), (DOWN, &response)]);
     assert_eq!(commands[1].request_code, Some(RequestCode::SendMessage));
-    let Operation::SendResult(result) = operation::interpret(&commands[1]) else {
+    let Operation::SendResult(result) = operation::interpret(&mut commands[1]) else {
         panic!()
     };
     assert_eq!(
@@ -159,8 +159,8 @@ fn batch_send_reports_every_inner_message() {
         })
         .collect();
     let frame = json_frame(320, 0, 5, &[("b", "T"), ("e", "1"), ("m", "true")], &body);
-    let (commands, _) = decode(&[(UP, &frame)]);
-    let Operation::Send(send) = operation::interpret(&commands[0]) else {
+    let (mut commands, _) = decode(&[(UP, &frame)]);
+    let Operation::Send(send) = operation::interpret(&mut commands[0]) else {
         panic!()
     };
     let ids: Vec<_> = send
@@ -201,8 +201,8 @@ fn pull_response_every_message_v1_v2_ipv4_ipv6() {
         ),
     ];
     let (request, response) = pull_pair(&messages);
-    let (commands, counters) = decode(&[(UP, &request), (DOWN, &response)]);
-    let Operation::Pulled(pulled) = operation::interpret(&commands[1]) else {
+    let (mut commands, counters) = decode(&[(UP, &request), (DOWN, &response)]);
+    let Operation::Pulled(pulled) = operation::interpret(&mut commands[1]) else {
         panic!()
     };
     assert_eq!(pulled.messages.len(), 2);
@@ -434,8 +434,8 @@ fn pop_ack_and_change_invisible_time_from_the_wire_reference() {
         ],
         b"",
     );
-    let (commands, _) = decode(&[(UP, &pop), (DOWN, &popped), (UP, &ack), (UP, &nack)]);
-    let ops: Vec<_> = commands.iter().map(operation::interpret).collect();
+    let (mut commands, _) = decode(&[(UP, &pop), (DOWN, &popped), (UP, &ack), (UP, &nack)]);
+    let ops: Vec<_> = commands.iter_mut().map(operation::interpret).collect();
     assert!(matches!(&ops[0], Operation::Pop(p) if p.max_msg_nums == Some(32)));
     assert!(
         matches!(&ops[1], Operation::Pulled(p) if p.messages[0].msg_id.as_deref() == Some("P") && p.messages[0].queue_offset == Some(4))
@@ -497,7 +497,7 @@ proptest! {
             at = end;
         }
         decoder.data(UP, position, &data[at..], 0, &mut out);
-        out.iter().for_each(|c| { operation::interpret(c); });
+        out.iter_mut().for_each(|c| { operation::interpret(c); });
     }
 
     /// Real frames, mutated: bytes flipped, truncated, garbage prepended; never a panic, and
@@ -515,7 +515,7 @@ proptest! {
         let mut out = Vec::new();
         decoder.data(UP, 0, &request, 0, &mut out);
         decoder.data(DOWN, 0, &damaged, 0, &mut out);
-        out.iter().for_each(|c| { operation::interpret(c); });
+        out.iter_mut().for_each(|c| { operation::interpret(c); });
     }
 }
 
@@ -723,7 +723,7 @@ fn a_response_read_before_its_request_is_paired_once_the_request_comes() {
     let (pull, pulled) = pull_pair(&two_stored_messages());
     let send = json_frame(10, 0, 8, &[("topic", "T")], b"body");
     let sent = json_frame(0, 1, 8, &[("msgId", "X"), ("queueId", "1")], b"");
-    let (commands, counters) = decode(&[(DOWN, &pulled), (DOWN, &sent), (UP, &pull), (UP, &send)]);
+    let (mut commands, counters) = decode(&[(DOWN, &pulled), (DOWN, &sent), (UP, &pull), (UP, &send)]);
     let order: Vec<_> = commands
         .iter()
         .map(|c| (c.header.opaque, c.is_response(), c.request_code))
@@ -737,13 +737,13 @@ fn a_response_read_before_its_request_is_paired_once_the_request_comes() {
             (8, true, Some(RequestCode::SendMessage)),
         ]
     );
-    let Operation::Pulled(p) = operation::interpret(&commands[1]) else {
+    let Operation::Pulled(p) = operation::interpret(&mut commands[1]) else {
         panic!("{:?}", commands[1])
     };
     let ids: Vec<_> = p.messages.iter().map(|m| m.msg_id.as_deref()).collect();
     assert_eq!(ids, [Some("A"), Some("B")]);
     assert!(matches!(
-        operation::interpret(&commands[3]),
+        operation::interpret(&mut commands[3]),
         Operation::SendResult(_)
     ));
     assert_eq!(
