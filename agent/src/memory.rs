@@ -98,6 +98,13 @@ impl HeapSize for std::borrow::Cow<'static, str> {
     }
 }
 
+/// A shared text counted whole by each holder: the estimate errs high, never low.
+impl HeapSize for std::sync::Arc<str> {
+    fn heap_bytes(&self) -> usize {
+        self.len() + 2 * std::mem::size_of::<usize>() + PER_ALLOCATION
+    }
+}
+
 impl<T: HeapSize> HeapSize for Option<T> {
     fn heap_bytes(&self) -> usize {
         self.as_ref().map_or(0, HeapSize::heap_bytes)

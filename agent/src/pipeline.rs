@@ -42,9 +42,9 @@ impl SpanStage {
     }
 
     /// The event's span, recorded in the journal.
-    pub fn make(&mut self, event: &MessageEvent, resource: &Resource) -> Span {
+    pub fn make(&mut self, event: MessageEvent, resource: &Resource) -> Span {
         self.spans += 1;
-        let span = span(event, resource);
+        let span = span(&event, resource);
         self.journal.record(event, &span);
         span
     }
@@ -224,7 +224,7 @@ impl Pipeline {
         for event in self.events.drain(..) {
             let resource = self.resources.of(event.endpoint().pid);
             out.push(match &mut self.stage {
-                Some(stage) => Output::Span(Box::new(stage.make(&event, resource))),
+                Some(stage) => Output::Span(Box::new(stage.make(event, resource))),
                 None => Output::Event(Box::new(event), resource.clone()),
             });
         }

@@ -123,7 +123,8 @@ fn a_listing_is_in_one_order_every_time_ties_broken_by_first_sight_then_id() {
         ties += usize::from(last_seen(a) == last_seen(b));
     }
     assert!(ties >= 3, "the capture has messages last seen together");
-    let ids = |js: &[Journey]| -> Vec<String> { js.iter().map(|j| j.message_id.clone()).collect() };
+    let ids =
+        |js: &[Journey]| -> Vec<String> { js.iter().map(|j| j.message_id.to_string()).collect() };
     // Each pipeline's journal hashes its messages otherwise: the same list all the same.
     for _ in 0..5 {
         assert_eq!(ids(&listing()), ids(&journeys));
@@ -226,7 +227,7 @@ fn a_message_is_found_by_a_lower_case_id_by_its_retry_copy_and_by_its_retry_topi
             .offset_msg_id
             .clone()
             .expect("pulled: an offsetMsgId");
-        for id in [&journey.message_id, &offset_id] {
+        for id in [journey.message_id.as_ref(), offset_id.as_str()] {
             let found = by_id(&pipeline, &id.to_lowercase());
             assert_eq!(found.len(), 1, "{id}");
             assert_eq!(found[0].message_id, journey.message_id);
@@ -268,7 +269,7 @@ fn a_message_is_found_by_a_lower_case_id_by_its_retry_copy_and_by_its_retry_topi
         1,
         "the copy's offsetMsgId {copy_id} finds its message"
     );
-    assert_eq!(&found[0].message_id, uniq_key);
+    assert_eq!(found[0].message_id.as_ref(), uniq_key.as_str());
     assert_ne!(
         found[0].offset_msg_id.as_ref(),
         Some(copy_id),
@@ -283,7 +284,7 @@ fn a_message_is_found_by_a_lower_case_id_by_its_retry_copy_and_by_its_retry_topi
         topic: Some("%RETRY%golden_consumer".into()),
         ..Query::default()
     });
-    let ids: Vec<&str> = retried.iter().map(|j| j.message_id.as_str()).collect();
+    let ids: Vec<&str> = retried.iter().map(|j| j.message_id.as_ref()).collect();
     assert_eq!(ids, [uniq_key.as_str()]);
     assert_eq!(retried[0].topic.as_deref(), Some("GoldenPull"));
     let text = stdout(&mqtrace(
@@ -308,7 +309,7 @@ fn every_journey_names_the_trace_its_spans_carry() {
         }
         for journey in all(&pipeline) {
             assert_eq!(
-                traces[&journey.message_id],
+                traces[journey.message_id.as_ref()],
                 BTreeSet::from([journey.trace_id.clone()]),
                 "{}",
                 capture.display()
@@ -362,7 +363,7 @@ fn replay_output_gets_the_spans_of_the_selected_messages_and_limit_limits() {
         key: Some("key-3".into()),
         ..Query::default()
     });
-    let id3 = key3[0].message_id.clone();
+    let id3 = key3[0].message_id.to_string();
     let (text, selected) = written(
         &["replay", "--key", "key-3", "--output", file_arg],
         &capture,
@@ -383,7 +384,7 @@ fn replay_output_gets_the_spans_of_the_selected_messages_and_limit_limits() {
             ..Query::default()
         })
         .into_iter()
-        .map(|j| j.message_id)
+        .map(|j| j.message_id.to_string())
         .collect();
     let text = stdout(&mqtrace(&["replay", "--limit", "2"], &capture));
     let printed: BTreeSet<String> = text
@@ -448,7 +449,7 @@ fn one_word_for_each_status_and_for_the_offset_commit_wherever_shown() {
             .collect();
         let span_operations: BTreeSet<String> = spans
             .iter()
-            .filter(|s| message_id(s) == journey.message_id)
+            .filter(|s| *message_id(s) == *journey.message_id)
             .map(|s| s.name.split(' ').next().unwrap().to_string())
             .filter(|op| op != "send" && op != "receive")
             .collect();

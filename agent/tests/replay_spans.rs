@@ -284,7 +284,7 @@ fn replay_answers_where_is_my_message_from_a_real_capture() {
             msg_id: line["offset_msg_id"].as_str().map(String::from),
             ..Query::default()
         });
-        assert_eq!(by_offset_id[0].message_id, id);
+        assert_eq!(by_offset_id[0].message_id.as_ref(), id);
     }
     let by_topic = pipeline.journal().unwrap().query(&Query {
         topic: Some("GoldenTrip".into()),

@@ -66,27 +66,28 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     };
     // The messages selected, when not all are: a first pass finds them, as the journal of a
     // daemon would.
-    let selected: Option<HashSet<String>> = if args.filter.is_empty() && args.limit == 0 {
-        None
-    } else {
-        let (_, pipeline) = replay_capture(&args.file, config, false, |_| {})?;
-        let journeys = pipeline
-            .journal()
-            .map(|journal| journal.query(&args.filter.clone().query(args.limit)))
-            .unwrap_or_default();
-        if !args.filter.is_empty() {
-            if journeys.is_empty() {
-                anyhow::bail!("no message in {} matches", args.file.display());
+    let selected: Option<HashSet<std::sync::Arc<str>>> =
+        if args.filter.is_empty() && args.limit == 0 {
+            None
+        } else {
+            let (_, pipeline) = replay_capture(&args.file, config, false, |_| {})?;
+            let journeys = pipeline
+                .journal()
+                .map(|journal| journal.query(&args.filter.clone().query(args.limit)))
+                .unwrap_or_default();
+            if !args.filter.is_empty() {
+                if journeys.is_empty() {
+                    anyhow::bail!("no message in {} matches", args.file.display());
+                }
+                for journey in &journeys {
+                    println!("{}", timeline(journey));
+                }
+                if args.output.is_none() {
+                    return Ok(());
+                }
             }
-            for journey in &journeys {
-                println!("{}", timeline(journey));
-            }
-            if args.output.is_none() {
-                return Ok(());
-            }
-        }
-        Some(journeys.into_iter().map(|j| j.message_id).collect())
-    };
+            Some(journeys.into_iter().map(|j| j.message_id).collect())
+        };
     let mut file = args.output.as_deref().map(JsonLines::create).transpose()?;
     let stdout = std::io::stdout();
     let mut stdout = stdout.lock();

@@ -238,6 +238,15 @@ pub enum MessageEvent {
 }
 
 impl MessageEvent {
+    /// The message's identity: its UNIQ_KEY, else its offsetMsgId.
+    pub fn key(&self) -> &str {
+        match self {
+            MessageEvent::Send(e) => &e.key,
+            MessageEvent::Receive(e) => &e.key,
+            MessageEvent::Settle(e) => &e.key,
+        }
+    }
+
     pub fn endpoint(&self) -> &Endpoint {
         match self {
             MessageEvent::Send(e) => &e.endpoint,

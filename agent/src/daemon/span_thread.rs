@@ -128,7 +128,7 @@ fn run(received: &Receiver<Batch>, shared: &Mutex<Shared>) {
         // EVENTS_PER_BATCH spans.
         for batch in std::iter::once(batch).chain(received.try_iter()) {
             for (event, resource) in batch {
-                sinks.export(stage.make(&event, &resource));
+                sinks.export(stage.make(*event, &resource));
             }
         }
         sinks.flush();

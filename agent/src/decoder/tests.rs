@@ -723,7 +723,8 @@ fn a_response_read_before_its_request_is_paired_once_the_request_comes() {
     let (pull, pulled) = pull_pair(&two_stored_messages());
     let send = json_frame(10, 0, 8, &[("topic", "T")], b"body");
     let sent = json_frame(0, 1, 8, &[("msgId", "X"), ("queueId", "1")], b"");
-    let (mut commands, counters) = decode(&[(DOWN, &pulled), (DOWN, &sent), (UP, &pull), (UP, &send)]);
+    let (mut commands, counters) =
+        decode(&[(DOWN, &pulled), (DOWN, &sent), (UP, &pull), (UP, &send)]);
     let order: Vec<_> = commands
         .iter()
         .map(|c| (c.header.opaque, c.is_response(), c.request_code))

@@ -9,7 +9,7 @@ use crate::FastMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    correlation::{Endpoint, MessageEvent, Outcome},
+    correlation::{Endpoint, MessageEvent, Outcome, ServedClient},
     memory::HeapSize,
     spans::{Resource, Span, Status, Value, printable},
 };
@@ -23,7 +23,7 @@ const MAX_STEPS: usize = 64;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Journey {
     /// The ID the trace is derived from: UNIQ_KEY, else offsetMsgId.
-    pub message_id: String,
+    pub message_id: Arc<str>,
     /// The trace its spans carry (32 hex digits), to look the message up in Tempo, Jaeger,
     /// ...: derived from the message ID, or the producer's W3C `traceparent`.
     #[serde(default)]
@@ -31,8 +31,8 @@ pub struct Journey {
     /// The broker's ID of the message as its producer sent it (a copy stored again, for a
     /// redelivery through the retry topic, has one of its own: see its steps).
     pub offset_msg_id: Option<String>,
-    pub topic: Option<String>,
-    pub tags: Option<String>,
+    pub topic: Option<Arc<str>>,
+    pub tags: Option<Arc<str>>,
     pub keys: Vec<String>,
     pub born_unix_ms: Option<i64>,
     pub steps: Vec<Step>,
@@ -45,10 +45,12 @@ pub struct Journey {
 
 impl HeapSize for Step {
     fn heap_bytes(&self) -> usize {
+        // Topic, group and client are shared with other steps; counted as if they were not.
         std::mem::size_of::<Step>()
             + self.action.heap_bytes()
             + self.topic.heap_bytes()
             + self.group.heap_bytes()
+            + self.client.heap_bytes()
             + self.offset_msg_id.heap_bytes()
             + self.detail.heap_bytes()
             + self.trace_id.heap_bytes()
@@ -57,8 +59,9 @@ impl HeapSize for Step {
 
 impl HeapSize for Journey {
     fn heap_bytes(&self) -> usize {
-        // Its ID once more as the map's key and in the eviction order.
-        3 * self.message_id.heap_bytes()
+        // Its ID is shared with the map's key and the eviction order (two more pointers).
+        self.message_id.heap_bytes()
+            + 2 * std::mem::size_of::<Arc<str>>()
             + self.trace_id.heap_bytes()
             + self.offset_msg_id.heap_bytes()
             + self.topic.heap_bytes()
@@ -92,12 +95,12 @@ pub struct Step {
     pub peer: Option<SocketAddr>,
     /// For the broker's steps: the client's id (from its heartbeats), language and version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client: Option<String>,
-    pub topic: Option<String>,
+    pub client: Option<Arc<str>>,
+    pub topic: Option<Arc<str>>,
     pub queue_id: Option<i32>,
     pub queue_offset: Option<i64>,
     /// Producer group of a send, consumer group of a receive or settlement.
-    pub group: Option<String>,
+    pub group: Option<Arc<str>>,
     /// Receives: milliseconds from the message's birth (producer clock) to its arrival here.
     pub delay_since_born_ms: Option<i64>,
     pub reconsume_times: Option<i32>,
@@ -147,14 +150,63 @@ pub struct Journal {
     /// Bytes held, and the most that may be.
     bytes: usize,
     max_bytes: usize,
-    by_id: FastMap<String, Journey>,
+    by_id: FastMap<Arc<str>, Journey>,
     /// IDs by first sight, oldest first: the eviction order.
-    order: VecDeque<String>,
+    order: VecDeque<Arc<str>>,
     evicted: u64,
     steps_dropped: u64,
     /// The last span's resource (held, so that its address is not reused) and the process
     /// and host names it gives, shared by the steps of that process.
     names: Option<(Resource, Arc<str>, Arc<str>)>,
+    /// Texts that repeat from message to message, shared.
+    texts: SharedTexts,
+}
+
+/// The last topic, group, tag and served client seen, kept to be shared by the steps and
+/// journeys that name them again (most do: a topic's messages come in runs).
+#[derive(Default)]
+struct SharedTexts {
+    topic: Option<Arc<str>>,
+    group: Option<Arc<str>>,
+    tags: Option<Arc<str>>,
+    /// The client (held, so that its address is not reused) and how steps name it.
+    client: Option<(Arc<ServedClient>, Arc<str>)>,
+}
+
+impl SharedTexts {
+    fn share(last: &mut Option<Arc<str>>, text: Option<&str>) -> Option<Arc<str>> {
+        let text = text?;
+        match last {
+            Some(shared) if **shared == *text => Some(shared.clone()),
+            _ => Some(last.insert(Arc::from(text)).clone()),
+        }
+    }
+
+    fn topic(&mut self, text: Option<&str>) -> Option<Arc<str>> {
+        Self::share(&mut self.topic, text)
+    }
+
+    fn group(&mut self, text: Option<&str>) -> Option<Arc<str>> {
+        Self::share(&mut self.group, text)
+    }
+
+    fn tags(&mut self, text: Option<&str>) -> Option<Arc<str>> {
+        Self::share(&mut self.tags, text)
+    }
+
+    /// "(client id, language vversion)".
+    fn client(&mut self, client: &Arc<ServedClient>) -> Arc<str> {
+        match &self.client {
+            Some((last, text)) if Arc::ptr_eq(last, client) => text.clone(),
+            _ => {
+                let id = client.client_id.as_deref().unwrap_or("client");
+                let text: Arc<str> =
+                    Arc::from(format!("({id}, {} v{})", client.language, client.version));
+                self.client = Some((client.clone(), text.clone()));
+                text
+            }
+        }
+    }
 }
 
 impl Journal {
@@ -174,26 +226,28 @@ impl Journal {
             evicted: 0,
             steps_dropped: 0,
             names: None,
+            texts: SharedTexts::default(),
         }
     }
 
     /// Adds the event's step to its message; `span` is the event's span (its trace, status
     /// and resource: `service.name` names the traced process, `host.name` its host).
-    pub fn record(&mut self, event: &MessageEvent, span: &Span) {
+    pub fn record(&mut self, event: MessageEvent, span: &Span) {
         let (process, host) = self.names(&span.resource);
-        let (key, mut step) = step_of(event, span, process, host);
         let mut trace = [0u8; 32];
         hex::encode_to_slice(span.trace_id.0, &mut trace).expect("two digits per byte");
         let trace = std::str::from_utf8(&trace).expect("hex digits are ASCII");
+        let key = event.key();
         if !self.by_id.contains_key(key) {
             if self.by_id.len() >= self.max_messages {
                 self.evict_oldest();
             }
-            self.order.push_back(key.to_string());
+            let id: Arc<str> = Arc::from(key);
+            self.order.push_back(id.clone());
             self.by_id.insert(
-                key.to_string(),
+                id.clone(),
                 Journey {
-                    message_id: key.to_string(),
+                    message_id: id,
                     trace_id: trace.to_string(),
                     offset_msg_id: None,
                     topic: None,
@@ -207,7 +261,8 @@ impl Journal {
             );
         }
         let journey = self.by_id.get_mut(key).expect("inserted above");
-        learn(journey, event);
+        learn(journey, &event, &mut self.texts);
+        let mut step = step_of(event, span, process, host, &mut self.texts);
         if trace != journey.trace_id {
             step.trace_id = Some(trace.to_string());
         }
@@ -322,8 +377,8 @@ pub fn timeline(journey: &Journey) -> String {
             out.push_str(&format!("  {name} {value}"));
         }
     };
-    field("topic", journey.topic.clone());
-    field("tags", journey.tags.clone());
+    field("topic", journey.topic.as_deref().map(String::from));
+    field("tags", journey.tags.as_deref().map(String::from));
     field("keys", Some(journey.keys.join(",")));
     field("offsetMsgId", journey.offset_msg_id.clone());
     field(
@@ -424,17 +479,17 @@ fn last_seen(journey: &Journey) -> u64 {
 }
 
 /// Fills in what the event tells about the message itself, first sighting wins.
-fn learn(journey: &mut Journey, event: &MessageEvent) {
+fn learn(journey: &mut Journey, event: &MessageEvent, texts: &mut SharedTexts) {
     let (meta, offset_msg_id) = match event {
         MessageEvent::Send(e) => (Some(&e.message), e.offset_msg_id.as_deref()),
         MessageEvent::Receive(e) => (Some(&e.message), e.message.offset_msg_id.as_deref()),
         MessageEvent::Settle(e) => {
             // A retry topic (%RETRY%group) is not the message's own.
             if journey.topic.is_none() && e.topic.as_deref().is_some_and(|t| !t.starts_with('%')) {
-                journey.topic.clone_from(&e.topic);
+                journey.topic = texts.topic(e.topic.as_deref());
             }
             if journey.tags.is_none() {
-                journey.tags.clone_from(&e.labels.tags);
+                journey.tags = texts.tags(e.labels.tags.as_deref());
             }
             if journey.keys.is_empty() {
                 journey.keys.clone_from(&e.labels.keys);
@@ -449,10 +504,10 @@ fn learn(journey: &mut Journey, event: &MessageEvent) {
         journey.offset_msg_id = offset_msg_id.map(String::from);
     }
     if journey.topic.is_none() && !is_retry_topic {
-        journey.topic.clone_from(&meta.topic);
+        journey.topic = texts.topic(meta.topic.as_deref());
     }
     if journey.tags.is_none() {
-        journey.tags = meta.tags().map(String::from);
+        journey.tags = texts.tags(meta.tags());
     }
     if journey.keys.is_empty() {
         journey.keys = meta.keys().into_iter().map(String::from).collect();
@@ -462,13 +517,15 @@ fn learn(journey: &mut Journey, event: &MessageEvent) {
     }
 }
 
-fn step_of<'a>(
-    event: &'a MessageEvent,
+/// The event's step; its texts move into it, or are shared with other steps.
+fn step_of(
+    event: MessageEvent,
     span: &Span,
     process: Arc<str>,
     host: Arc<str>,
-) -> (&'a str, Step) {
-    let base =
+    texts: &mut SharedTexts,
+) -> Step {
+    let mut base =
         |action: Cow<'static, str>, endpoint: &Endpoint, at: u64, start: u64, end: u64| Step {
             action: match &endpoint.client {
                 Some(_) => match action.as_ref() {
@@ -478,10 +535,7 @@ fn step_of<'a>(
                 },
                 None => action,
             },
-            client: endpoint.client.as_ref().map(|c| {
-                let id = c.client_id.as_deref().unwrap_or("client");
-                format!("({id}, {} v{})", c.language, c.version)
-            }),
+            client: endpoint.client.as_ref().map(|c| texts.client(c)),
             at_unix_ns: at,
             start_unix_ns: start,
             end_unix_ns: end,
@@ -503,13 +557,13 @@ fn step_of<'a>(
             // Set by `record` where it is not the journey's.
             trace_id: None,
         };
-    let detail = |outcome: &Outcome| match outcome {
+    let detail = |outcome: Outcome| match outcome {
         Outcome::Ok => None,
         Outcome::Error {
             error_type,
             message: Some(message),
         } => Some(format!("{error_type}: {message}")),
-        Outcome::Error { error_type, .. } => Some(error_type.clone()),
+        Outcome::Error { error_type, .. } => Some(error_type),
         Outcome::Unseen(reason) => Some(format!("no response seen: {}", reason.name())),
     };
     match event {
@@ -521,13 +575,13 @@ fn step_of<'a>(
                 e.start_unix_ns,
                 e.end_unix_ns,
             );
-            step.topic.clone_from(&e.message.topic);
             step.queue_id = e.message.queue_id;
             step.queue_offset = e.queue_offset;
-            step.group.clone_from(&e.producer_group);
-            step.offset_msg_id.clone_from(&e.offset_msg_id);
-            step.detail = detail(&e.outcome);
-            (&e.key, step)
+            step.offset_msg_id = e.offset_msg_id;
+            step.detail = detail(e.outcome);
+            step.topic = texts.topic(e.message.topic.as_deref());
+            step.group = texts.group(e.producer_group.as_deref());
+            step
         }
         MessageEvent::Receive(e) => {
             let mut step = base(
@@ -537,17 +591,17 @@ fn step_of<'a>(
                 e.start_unix_ns,
                 e.end_unix_ns,
             );
-            step.topic.clone_from(&e.message.topic);
             step.queue_id = e.message.queue_id;
             step.queue_offset = e.message.queue_offset;
-            step.group.clone_from(&e.consumer_group);
             step.delay_since_born_ms = e
                 .message
                 .born_timestamp_ms
                 .map(|born| ((e.end_unix_ns / 1_000_000) as i64).saturating_sub(born));
             step.reconsume_times = e.message.reconsume_times;
-            step.offset_msg_id.clone_from(&e.message.offset_msg_id);
-            (&e.key, step)
+            step.offset_msg_id = e.message.offset_msg_id;
+            step.topic = texts.topic(e.message.topic.as_deref());
+            step.group = texts.group(e.consumer_group.as_deref());
+            step
         }
         MessageEvent::Settle(e) => {
             let mut step = base(
@@ -557,11 +611,11 @@ fn step_of<'a>(
                 e.start_unix_ns,
                 e.end_unix_ns,
             );
-            step.topic.clone_from(&e.topic);
-            step.group.clone_from(&e.consumer_group);
             step.reconsume_times = e.reconsume_times;
-            step.detail = detail(&e.outcome);
-            (&e.key, step)
+            step.detail = detail(e.outcome);
+            step.topic = texts.topic(e.topic.as_deref());
+            step.group = texts.group(e.consumer_group.as_deref());
+            step
         }
     }
 }

@@ -12,7 +12,7 @@ fn record(journal: &mut Journal, event: &MessageEvent, process: &str, host: &str
     if !host.is_empty() {
         resource.insert("host.name".into(), host.into());
     }
-    journal.record(event, &span(event, &resource.into()));
+    journal.record(event.clone(), &span(event, &resource.into()));
 }
 
 fn endpoint(pid: u32) -> Endpoint {
@@ -123,12 +123,12 @@ fn steps_join_their_message_in_time_order_and_every_query_kind_finds_it() {
     // Born at 1 s (producer clock), received at 2 s.
     assert_eq!(journey.steps[1].delay_since_born_ms, Some(1_000));
 
-    assert_eq!(journal.query(&by_id("OFFA"))[0].message_id, "A");
+    assert_eq!(journal.query(&by_id("OFFA"))[0].message_id.as_ref(), "A");
     let by_key = Query {
         key: Some("key-B".into()),
         ..Query::default()
     };
-    assert_eq!(journal.query(&by_key)[0].message_id, "B");
+    assert_eq!(journal.query(&by_key)[0].message_id.as_ref(), "B");
     let by_topic = Query {
         topic: Some("T".into()),
         ..Query::default()
@@ -137,7 +137,7 @@ fn steps_join_their_message_in_time_order_and_every_query_kind_finds_it() {
     let ids: Vec<String> = journal
         .query(&by_topic)
         .into_iter()
-        .map(|j| j.message_id)
+        .map(|j| j.message_id.to_string())
         .collect();
     assert_eq!(ids, ["A", "B"]);
     let recent = Query {
@@ -335,7 +335,7 @@ fn a_message_is_found_by_any_of_its_ids_in_either_case_and_by_the_retry_topic_it
     ] {
         let found = journal.query(&by_id(id));
         assert_eq!(found.len(), 1, "{id}");
-        assert_eq!(found[0].message_id, "A", "{id}");
+        assert_eq!(found[0].message_id.as_ref(), "A", "{id}");
     }
     assert!(journal.query(&by_id("OFFB")).is_empty());
     // The message's own offsetMsgId is the one its producer was told, not the copy's.
@@ -348,7 +348,10 @@ fn a_message_is_found_by_any_of_its_ids_in_either_case_and_by_the_retry_topic_it
         ..Query::default()
     };
     assert_eq!(journal.query(&topic("T")).len(), 1);
-    assert_eq!(journal.query(&topic("%RETRY%cg"))[0].message_id, "A");
+    assert_eq!(
+        journal.query(&topic("%RETRY%cg"))[0].message_id.as_ref(),
+        "A"
+    );
     assert!(journal.query(&topic("%RETRY%other")).is_empty());
     assert!(
         journal.query(&topic("%retry%cg")).is_empty(),
@@ -375,7 +378,7 @@ fn messages_seen_at_the_same_times_list_in_one_order_every_time() {
         journal
             .query(&topic)
             .into_iter()
-            .map(|j| j.message_id)
+            .map(|j| j.message_id.to_string())
             .collect()
     };
     let expected = ["M4", "M0", "M1", "M2", "M3"];
@@ -445,4 +448,30 @@ fn the_timeline_names_the_trace_and_says_the_status_as_the_span_does() {
     // And back, as `mqtrace trace` reads the daemon's answer.
     let back: Journey = serde_json::from_value(json).unwrap();
     assert_eq!(timeline(&back), text);
+}
+
+#[test]
+fn shared_texts_give_the_text_asked_for_and_share_a_repeat() {
+    let mut texts = SharedTexts::default();
+    let a = texts.topic(Some("TopicA")).unwrap();
+    let again = texts.topic(Some("TopicA")).unwrap();
+    assert!(Arc::ptr_eq(&a, &again), "a repeat is shared");
+    assert_eq!(&*texts.topic(Some("TopicB")).unwrap(), "TopicB");
+    assert_eq!(&*texts.topic(Some("TopicA")).unwrap(), "TopicA");
+    assert_eq!(texts.topic(None), None);
+    // Groups and tags are kept apart from topics.
+    assert_eq!(&*texts.group(Some("TopicA-group")).unwrap(), "TopicA-group");
+    assert_eq!(&*texts.tags(Some("TopicA")).unwrap(), "TopicA");
+    let client = Arc::new(ServedClient {
+        client_id: Some("10.0.0.1@1".into()),
+        language: "JAVA".into(),
+        version: "V5_1_0".into(),
+    });
+    let other = Arc::new(ServedClient {
+        client_id: None,
+        ..(*client).clone()
+    });
+    assert_eq!(&*texts.client(&client), "(10.0.0.1@1, JAVA vV5_1_0)");
+    assert_eq!(&*texts.client(&other), "(client, JAVA vV5_1_0)");
+    assert_eq!(&*texts.client(&client), "(10.0.0.1@1, JAVA vV5_1_0)");
 }
