@@ -233,10 +233,10 @@ fn decode(w: &Workload) -> usize {
             decoder.data(direction, *at as u64, &stream[*at..end], 0, &mut out);
             *at = end;
         }
-        for command in out.drain(..) {
+        for mut command in out.drain(..) {
             found += command.messages.len()
                 + usize::from(command.request().is_some_and(|c| c.is_single_send()));
-            black_box(interpret(&command));
+            black_box(interpret(&mut command));
         }
     }
     found
