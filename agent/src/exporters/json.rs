@@ -5,12 +5,12 @@
 //! nothing to escape is copied whole, and a process's resource object, the same on each of its
 //! spans, is serialized once.
 
-use crate::spans::{Attributes, Resource, Span, Value};
+use crate::spans::{Attributes, Span, Value};
 
 #[derive(Default)]
 pub struct SpanJson {
-    /// The last resource seen (held, so that its address is not reused) and its JSON.
-    resource: Option<(Resource, Vec<u8>)>,
+    /// The JSON of the last resource seen.
+    resource: crate::FromLast<Attributes, Vec<u8>>,
 }
 
 impl SpanJson {
@@ -47,17 +47,11 @@ impl SpanJson {
         out.extend_from_slice(b",\"attributes\":");
         attributes(out, &span.attributes);
         out.extend_from_slice(b",\"resource\":");
-        match &self.resource {
-            Some((resource, json)) if Resource::ptr_eq(resource, &span.resource) => {
-                out.extend_from_slice(json);
-            }
-            _ => {
-                let mut json = Vec::new();
-                attributes(&mut json, &span.resource);
-                out.extend_from_slice(&json);
-                self.resource = Some((Resource::clone(&span.resource), json));
-            }
-        }
+        out.extend_from_slice(self.resource.get(&span.resource, |resource| {
+            let mut json = Vec::new();
+            attributes(&mut json, resource);
+            json
+        }));
         out.extend_from_slice(b",\"links\":[");
         for (i, link) in span.links.iter().enumerate() {
             if i > 0 {
@@ -135,7 +129,7 @@ mod tests {
 
     use super::*;
     use crate::spans::{
-        Link, SpanKind, Status,
+        Link, Resource, SpanKind, Status,
         identity::{SpanId, TraceId},
     };
 

@@ -155,9 +155,9 @@ pub struct Journal {
     order: VecDeque<Arc<str>>,
     evicted: u64,
     steps_dropped: u64,
-    /// The last span's resource (held, so that its address is not reused) and the process
-    /// and host names it gives, shared by the steps of that process.
-    names: Option<(Resource, Arc<str>, Arc<str>)>,
+    /// The process and host names the last span's resource gives, shared by the steps of
+    /// that process.
+    names: crate::FromLast<crate::spans::Attributes, (Arc<str>, Arc<str>)>,
     /// Texts that repeat from message to message, shared.
     texts: SharedTexts,
 }
@@ -169,8 +169,8 @@ struct SharedTexts {
     topic: Option<Arc<str>>,
     group: Option<Arc<str>>,
     tags: Option<Arc<str>>,
-    /// The client (held, so that its address is not reused) and how steps name it.
-    client: Option<(Arc<ServedClient>, Arc<str>)>,
+    /// How steps name the last client seen.
+    client: crate::FromLast<ServedClient, Arc<str>>,
 }
 
 impl SharedTexts {
@@ -196,16 +196,12 @@ impl SharedTexts {
 
     /// "(client id, language vversion)".
     fn client(&mut self, client: &Arc<ServedClient>) -> Arc<str> {
-        match &self.client {
-            Some((last, text)) if Arc::ptr_eq(last, client) => text.clone(),
-            _ => {
-                let id = client.client_id.as_deref().unwrap_or("client");
-                let text: Arc<str> =
-                    Arc::from(format!("({id}, {} v{})", client.language, client.version));
-                self.client = Some((client.clone(), text.clone()));
-                text
-            }
-        }
+        self.client
+            .get(client, |c| {
+                let id = c.client_id.as_deref().unwrap_or("client");
+                Arc::from(format!("({id}, {} v{})", c.language, c.version))
+            })
+            .clone()
     }
 }
 
@@ -225,7 +221,7 @@ impl Journal {
             order: VecDeque::new(),
             evicted: 0,
             steps_dropped: 0,
-            names: None,
+            names: crate::FromLast::default(),
             texts: SharedTexts::default(),
         }
     }
@@ -289,22 +285,16 @@ impl Journal {
 
     /// The process and host names of `resource` (`service.name`, `host.name`).
     fn names(&mut self, resource: &Resource) -> (Arc<str>, Arc<str>) {
-        match &self.names {
-            Some((last, process, host)) if Resource::ptr_eq(last, resource) => {
-                (process.clone(), host.clone())
-            }
-            _ => {
-                let name = |key: &str| -> Arc<str> {
-                    match resource.get(key) {
-                        Some(Value::String(value)) => Arc::from(value.as_str()),
-                        _ => Arc::from(""),
-                    }
-                };
-                let (process, host) = (name("service.name"), name("host.name"));
-                self.names = Some((resource.clone(), process.clone(), host.clone()));
-                (process, host)
-            }
-        }
+        let (process, host) = self.names.get(resource, |resource| {
+            let name = |key: &str| -> Arc<str> {
+                match resource.get(key) {
+                    Some(Value::String(value)) => Arc::from(value.as_str()),
+                    _ => Arc::from(""),
+                }
+            };
+            (name("service.name"), name("host.name"))
+        });
+        (process.clone(), host.clone())
     }
 
     fn evict_oldest(&mut self) {

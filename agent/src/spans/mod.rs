@@ -12,8 +12,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::correlation::{MessageEvent, Outcome, ReceiveEvent, SendEvent, SettleEvent};
 use identity::{SpanId, TraceId, message_trace};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpanKind {
     Producer,
     Consumer,
@@ -32,6 +31,12 @@ impl SpanKind {
             SpanKind::Server => "SERVER",
             SpanKind::Internal => "INTERNAL",
         }
+    }
+}
+
+impl Serialize for SpanKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
     }
 }
 
@@ -615,7 +620,7 @@ pub fn span_line(span: &Span) -> String {
     };
     let line = format!(
         "{:<8} {:<24} msg {} trace {} {}{} [{}] {:.1} ms",
-        format!("{:?}", span.kind).to_uppercase(),
+        span.kind.name(),
         span.name,
         id("messaging.message.id"),
         span.trace_id.hex(),
