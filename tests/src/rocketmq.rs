@@ -105,6 +105,7 @@ impl Broker {
     /// Starts both on `ip`, telling clients the broker is at `advertised` (an address relayed
     /// to `ip`: this broker listens in plain TCP on loopback only).
     pub fn start_advertising(ip: &str, advertised: &str) -> anyhow::Result<Self> {
+        refuse_a_full_disk(&std::env::temp_dir())?;
         let home =
             std::env::temp_dir().join(format!("mqtrace-broker-{}-{}", std::process::id(), ip));
         std::fs::create_dir_all(home.join("conf"))?;
@@ -152,7 +153,7 @@ impl Broker {
             ip: ip.to_string(),
         };
         for port in [9876, 10911] {
-            // The broker's last words say why (it refuses to start on a disk over 75 % full).
+            // The broker's last words say why.
             wait_for_port(&format!("{ip}:{port}").parse()?, Duration::from_secs(20))
                 .with_context(|| format!("broker log ends: {}", tail(broker.log().as_bytes())))?;
         }
@@ -329,6 +330,29 @@ fn route_known(namesrv: &str, topic: &str) -> anyhow::Result<bool> {
     let header: serde_json::Value =
         serde_json::from_slice(&header).context("the name server's answer is not JSON")?;
     Ok(header["code"] == 0)
+}
+
+/// The broker will not start with its store on a disk over 75 % full (it logs why and waits):
+/// say so at once, rather than after the wait for its port.
+fn refuse_a_full_disk(dir: &std::path::Path) -> anyhow::Result<()> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statvfs writes into the zeroed struct it is given; the path is NUL-terminated.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statvfs {}", dir.display()));
+    }
+    // As df counts it: blocks in use over those in use or available (not those reserved).
+    let in_use = stat.f_blocks.saturating_sub(stat.f_bfree) as f64;
+    let used = in_use / (in_use + stat.f_bavail as f64).max(1.0);
+    anyhow::ensure!(
+        used < 0.75,
+        "the disk holding {} is {:.0} % full: the broker refuses to start above 75 %; free \
+         some space (build outputs, captures) and run the tests again",
+        dir.display(),
+        used * 100.0
+    );
+    Ok(())
 }
 
 fn wait_for_port(addr: &SocketAddr, timeout: Duration) -> anyhow::Result<()> {
