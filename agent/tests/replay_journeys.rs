@@ -310,7 +310,7 @@ fn every_journey_names_the_trace_its_spans_carry() {
         for journey in all(&pipeline) {
             assert_eq!(
                 traces[journey.message_id.as_ref()],
-                BTreeSet::from([journey.trace_id.clone()]),
+                BTreeSet::from([journey.trace_id.hex()]),
                 "{}",
                 capture.display()
             );

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     correlation::{Endpoint, MessageEvent, Outcome, ServedClient},
     memory::HeapSize,
-    spans::{Resource, Span, Status, Value, printable},
+    spans::{Resource, Span, Status, Value, identity::TraceId, printable},
 };
 
 /// Messages kept by default; the oldest go first beyond it.
@@ -26,8 +26,7 @@ pub struct Journey {
     pub message_id: Arc<str>,
     /// The trace its spans carry (32 hex digits), to look the message up in Tempo, Jaeger,
     /// ...: derived from the message ID, or the producer's W3C `traceparent`.
-    #[serde(default)]
-    pub trace_id: String,
+    pub trace_id: TraceId,
     /// The broker's ID of the message as its producer sent it (a copy stored again, for a
     /// redelivery through the retry topic, has one of its own: see its steps).
     pub offset_msg_id: Option<String>,
@@ -53,7 +52,6 @@ impl HeapSize for Step {
             + self.client.heap_bytes()
             + self.offset_msg_id.heap_bytes()
             + self.detail.heap_bytes()
-            + self.trace_id.heap_bytes()
     }
 }
 
@@ -62,7 +60,6 @@ impl HeapSize for Journey {
         // Its ID is shared with the map's key and the eviction order (two more pointers).
         self.message_id.heap_bytes()
             + 2 * std::mem::size_of::<Arc<str>>()
-            + self.trace_id.heap_bytes()
             + self.offset_msg_id.heap_bytes()
             + self.topic.heap_bytes()
             + self.tags.heap_bytes()
@@ -116,7 +113,7 @@ pub struct Step {
     pub detail: Option<String>,
     /// The step's span's trace, only when it is not the message's (`Journey::trace_id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trace_id: Option<String>,
+    pub trace_id: Option<TraceId>,
 }
 
 /// What to look for; every given field must match.
@@ -230,9 +227,6 @@ impl Journal {
     /// and resource: `service.name` names the traced process, `host.name` its host).
     pub fn record(&mut self, event: MessageEvent, span: &Span) {
         let (process, host) = self.names(&span.resource);
-        let mut trace = [0u8; 32];
-        hex::encode_to_slice(span.trace_id.0, &mut trace).expect("two digits per byte");
-        let trace = std::str::from_utf8(&trace).expect("hex digits are ASCII");
         let key = event.key();
         if !self.by_id.contains_key(key) {
             if self.by_id.len() >= self.max_messages {
@@ -244,7 +238,7 @@ impl Journal {
                 id.clone(),
                 Journey {
                     message_id: id,
-                    trace_id: trace.to_string(),
+                    trace_id: span.trace_id,
                     offset_msg_id: None,
                     topic: None,
                     tags: None,
@@ -261,8 +255,8 @@ impl Journal {
         let journey = self.by_id.get_mut(key).expect("inserted above");
         learn(journey, &event, &mut self.texts);
         let mut step = step_of(event, span, process, host, &mut self.texts);
-        if trace != journey.trace_id {
-            step.trace_id = Some(trace.to_string());
+        if span.trace_id != journey.trace_id {
+            step.trace_id = Some(span.trace_id);
         }
         if journey.steps.len() >= MAX_STEPS {
             journey.steps_dropped += 1;
@@ -377,7 +371,7 @@ pub fn timeline(journey: &Journey) -> String {
         "born",
         journey.born_unix_ms.map(|ms| utc(ms as u64 * 1_000_000)),
     );
-    field("trace", Some(journey.trace_id.clone()));
+    field("trace", Some(journey.trace_id.to_string()));
     // Wire strings may hold terminal control sequences: shown escaped, never obeyed.
     let mut out = format!("{}\n", printable(&out));
     for step in &journey.steps {

@@ -414,7 +414,7 @@ fn the_timeline_names_the_trace_and_says_the_status_as_the_span_does() {
     record(&mut journal, &receive("A", 1_500_000_000), "consumer", "");
     let journey = &journal.query(&by_id("A"))[0];
     let trace = TraceId::for_message("A").hex();
-    assert_eq!(journey.trace_id, trace);
+    assert_eq!(journey.trace_id.hex(), trace);
     let text = timeline(journey);
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].ends_with(&format!("  trace {trace}")), "{text}");

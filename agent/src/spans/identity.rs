@@ -108,6 +108,31 @@ impl TraceId {
     }
 }
 
+/// As W3C and OpenTelemetry write it: 32 lower-case hex digits.
+impl std::fmt::Display for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut digits = [0u8; 32];
+        hex::encode_to_slice(self.0, &mut digits).expect("two digits per byte");
+        f.write_str(std::str::from_utf8(&digits).expect("hex digits are ASCII"))
+    }
+}
+
+impl serde::Serialize for TraceId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TraceId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let mut id = [0u8; 16];
+        hex::decode_to_slice(text.as_bytes(), &mut id)
+            .map_err(|_| serde::de::Error::custom("a trace id is 32 hex digits"))?;
+        Ok(Self(id))
+    }
+}
+
 impl SpanId {
     pub fn for_send(key: &str) -> Self {
         Self(nonzero(digest(&["send", key])[..8].try_into().unwrap()))
@@ -176,6 +201,18 @@ mod tests {
         assert_eq!(TraceId::for_message("A"), TraceId::for_message("A"));
         assert_ne!(TraceId::for_message("A"), TraceId::for_message("B"));
         assert_ne!(SpanId::for_send("A"), SpanId::for_step("receive", "A", &[]));
+    }
+
+    #[test]
+    fn trace_ids_travel_as_their_hex_and_come_back() {
+        let id = TraceId::for_message("A");
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{}\"", id.hex()));
+        assert_eq!(id.to_string(), id.hex());
+        assert_eq!(serde_json::from_str::<TraceId>(&json).unwrap(), id);
+        for bad in ["\"abc\"", "\"zz000000000000000000000000000000\"", "7"] {
+            assert!(serde_json::from_str::<TraceId>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
