@@ -54,6 +54,18 @@ impl<T: ?Sized, V> FromLast<T, V> {
     }
 }
 
+/// `text`, shared with the last text asked for through `last` when they are equal: topics and
+/// groups come in runs, so a run makes one allocation (`Rc<str>` or `Arc<str>`).
+pub fn shared_text<P>(last: &mut Option<P>, text: &str) -> P
+where
+    P: Clone + std::ops::Deref<Target = str> + for<'a> From<&'a str>,
+{
+    match last {
+        Some(shared) if **shared == *text => shared.clone(),
+        _ => last.insert(P::from(text)).clone(),
+    }
+}
+
 /// Lower-case hex through a buffer: `hex::encode` builds its string a char at a time, which
 /// was 7 % of a pulled message's work (three ids per span).
 pub fn hex_string(bytes: &[u8]) -> String {

@@ -169,7 +169,8 @@ pub struct SendEvent {
 pub struct ReceiveEvent {
     pub key: String,
     pub message: MessageMeta,
-    pub consumer_group: Option<String>,
+    /// Shared by the messages of one response.
+    pub consumer_group: Option<Arc<str>>,
     /// PULL_MESSAGE, LITE_PULL_MESSAGE, POP_MESSAGE or PEEK_MESSAGE.
     pub via: RequestCode,
     pub batch_size: usize,
@@ -1004,6 +1005,7 @@ impl Correlator {
         out: &mut Vec<MessageEvent>,
     ) {
         let batch_size = messages.len();
+        let group_shared: Option<Arc<str>> = group.map(Arc::from);
         for message in messages {
             let Some(key) = received_message_key(&message) else {
                 self.counters.messages_without_id += 1;
@@ -1014,7 +1016,7 @@ impl Correlator {
             out.push(MessageEvent::Receive(ReceiveEvent {
                 key,
                 message,
-                consumer_group: group.map(String::from),
+                consumer_group: group_shared.clone(),
                 via,
                 batch_size,
                 start_unix_ns: step.start,

@@ -171,24 +171,16 @@ struct SharedTexts {
 }
 
 impl SharedTexts {
-    fn share(last: &mut Option<Arc<str>>, text: Option<&str>) -> Option<Arc<str>> {
-        let text = text?;
-        match last {
-            Some(shared) if **shared == *text => Some(shared.clone()),
-            _ => Some(last.insert(Arc::from(text)).clone()),
-        }
-    }
-
     fn topic(&mut self, text: Option<&str>) -> Option<Arc<str>> {
-        Self::share(&mut self.topic, text)
+        text.map(|t| crate::shared_text(&mut self.topic, t))
     }
 
     fn group(&mut self, text: Option<&str>) -> Option<Arc<str>> {
-        Self::share(&mut self.group, text)
+        text.map(|t| crate::shared_text(&mut self.group, t))
     }
 
     fn tags(&mut self, text: Option<&str>) -> Option<Arc<str>> {
-        Self::share(&mut self.tags, text)
+        text.map(|t| crate::shared_text(&mut self.tags, t))
     }
 
     /// "(client id, language vversion)".

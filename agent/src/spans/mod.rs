@@ -470,7 +470,7 @@ pub fn receive_span(event: &ReceiveEvent, resource: &Resource) -> Span {
     put(
         &mut a,
         "messaging.consumer.group.name",
-        event.consumer_group.clone(),
+        event.consumer_group.as_deref(),
     );
     labels(&mut a, m.tags(), m.keys());
     put(
