@@ -80,7 +80,7 @@ pub struct TraceId(pub [u8; 16]);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SpanId(pub [u8; 8]);
 
-fn digest(parts: &[&str]) -> [u8; 32] {
+fn digest<'a>(parts: impl IntoIterator<Item = &'a str>) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(b"mqtrace");
     for part in parts {
@@ -101,7 +101,7 @@ fn nonzero<const N: usize>(mut bytes: [u8; N]) -> [u8; N] {
 
 impl TraceId {
     pub fn for_message(key: &str) -> Self {
-        Self(nonzero(digest(&["trace", key])[..16].try_into().unwrap()))
+        Self(nonzero(digest(["trace", key])[..16].try_into().unwrap()))
     }
     pub fn hex(&self) -> String {
         crate::hex_string(&self.0)
@@ -135,12 +135,11 @@ impl<'de> serde::Deserialize<'de> for TraceId {
 
 impl SpanId {
     pub fn for_send(key: &str) -> Self {
-        Self(nonzero(digest(&["send", key])[..8].try_into().unwrap()))
+        Self(nonzero(digest(["send", key])[..8].try_into().unwrap()))
     }
     pub fn for_step(kind: &str, key: &str, unique: &[&str]) -> Self {
-        let mut parts = vec![kind, key];
-        parts.extend_from_slice(unique);
-        Self(nonzero(digest(&parts)[..8].try_into().unwrap()))
+        let parts = [kind, key].into_iter().chain(unique.iter().copied());
+        Self(nonzero(digest(parts)[..8].try_into().unwrap()))
     }
     pub fn hex(&self) -> String {
         crate::hex_string(&self.0)

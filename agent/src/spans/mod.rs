@@ -372,10 +372,14 @@ fn message_type(event: &SendEvent) -> &'static str {
 }
 
 fn name(operation: &str, topic: Option<&str>) -> String {
-    match topic {
-        Some(topic) => format!("{operation} {topic}"),
-        None => operation.to_string(),
-    }
+    let Some(topic) = topic else {
+        return operation.to_string();
+    };
+    let mut name = String::with_capacity(operation.len() + 1 + topic.len());
+    name.push_str(operation);
+    name.push(' ');
+    name.push_str(topic);
+    name
 }
 
 pub fn send_span(event: &SendEvent, resource: &Resource) -> Span {
@@ -510,11 +514,12 @@ pub fn receive_span(event: &ReceiveEvent, resource: &Resource) -> Span {
     sizes(&mut a, m.body_len, event.batch_size);
     peer(&mut a, &event.endpoint);
     let group = event.consumer_group.as_deref().unwrap_or("");
-    let reconsume = decimal(m.reconsume_times.unwrap_or(0));
-    let start = decimal(event.start_unix_ns);
+    let (mut reconsume, mut start) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let reconsume = reconsume.format(m.reconsume_times.unwrap_or(0));
+    let start = start.format(event.start_unix_ns);
     Span {
         trace_id,
-        span_id: SpanId::for_step(operation, &event.key, &[group, &reconsume, &start]),
+        span_id: SpanId::for_step(operation, &event.key, &[group, reconsume, start]),
         parent_span_id: Some(send),
         name: name(operation, m.topic.as_deref()),
         kind,
@@ -554,20 +559,19 @@ pub fn settle_span(event: &SettleEvent, resource: &Resource) -> Span {
     );
     peer(&mut a, &event.endpoint);
     let (status, status_message) = status(&event.outcome, &mut a);
-    let start = decimal(event.start_unix_ns);
+    let mut start = itoa::Buffer::new();
     // The topic too: one request (or frames read at once) may commit offsets of a message's
     // delivery from its topic and of its redelivery from the retry topic.
-    let mut unique = vec![
+    let unique = [
         event.consumer_group.as_deref().unwrap_or(""),
-        &start,
+        start.format(event.start_unix_ns),
         event.topic.as_deref().unwrap_or(""),
+        "broker", // the broker's only: never the id of the client's span of the same report
     ];
-    if event.endpoint.is_broker() {
-        unique.push("broker"); // never the id of the client's span of the same report
-    }
+    let unique = &unique[..if event.endpoint.is_broker() { 4 } else { 3 }];
     Span {
         trace_id,
-        span_id: SpanId::for_step(operation, &event.key, &unique),
+        span_id: SpanId::for_step(operation, &event.key, unique),
         parent_span_id: Some(SpanId::for_send(&event.key)),
         name: name(operation, event.topic.as_deref()),
         kind,
