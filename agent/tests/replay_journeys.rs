@@ -68,7 +68,7 @@ fn by_id(pipeline: &Pipeline, id: &str) -> Vec<Journey> {
 
 fn message_id(span: &Span) -> String {
     match span.attributes.get("messaging.message.id") {
-        Some(Value::String(id)) => id.clone(),
+        Some(Value::String(id)) => id.to_string(),
         other => panic!("{other:?}"),
     }
 }

@@ -53,7 +53,7 @@ fn replay(path: &Path) -> (Vec<Span>, BTreeSet<String>, BTreeSet<String>) {
 
 fn string(span: &Span, key: &str) -> Option<String> {
     match span.attributes.get(key) {
-        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::String(s)) => Some(s.to_string()),
         Some(Value::Int(i)) => Some(i.to_string()),
         _ => None,
     }

@@ -344,7 +344,7 @@ mod tests {
         let ids: std::collections::BTreeSet<String> = spans
             .iter()
             .filter_map(|s| match s.attributes.get("messaging.message.id") {
-                Some(mqtrace::spans::Value::String(id)) => Some(id.clone()),
+                Some(mqtrace::spans::Value::String(id)) => Some(id.to_string()),
                 _ => None,
             })
             .collect();

@@ -551,7 +551,7 @@ fn send_back_and_offset_commit_settle_pulled_messages() {
             (
                 s.name.clone(),
                 match attr(s, "messaging.message.id") {
-                    Some(Value::String(id)) => id.clone(),
+                    Some(Value::String(id)) => id.to_string(),
                     _ => String::new(),
                 },
             )
@@ -578,7 +578,7 @@ fn assert_unseen(spans: &[Span], pipeline: &Pipeline, reason: &str) {
     assert_eq!(attr(&spans[0], "error.type"), None);
     assert_eq!(
         attr(&spans[0], "mqtrace.response.unseen"),
-        Some(&Value::String(reason.into()))
+        Some(&Value::from(reason))
     );
     let counters = serde_json::to_value(&pipeline.counters().correlation).unwrap();
     assert_eq!(counters["unseen_responses"][reason], 1, "{counters}");
@@ -946,7 +946,7 @@ fn both_ends(harness: &mut Harness, id: u64, frames: &[(Direction, Vec<u8>)]) {
 
 fn text_attr(span: &Span, key: &str) -> String {
     match attr(span, key) {
-        Some(Value::String(s)) => s.clone(),
+        Some(Value::String(s)) => s.to_string(),
         Some(Value::Int(i)) => i.to_string(),
         _ => String::new(),
     }

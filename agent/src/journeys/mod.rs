@@ -274,7 +274,7 @@ impl Journal {
         let (process, host) = self.names.get(resource, |resource| {
             let name = |key: &str| -> Arc<str> {
                 match resource.get(key) {
-                    Some(Value::String(value)) => Arc::from(value.as_str()),
+                    Some(Value::String(value)) => Arc::from(value.as_ref()),
                     _ => Arc::from(""),
                 }
             };

@@ -70,7 +70,8 @@ impl std::fmt::Display for Status {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Value {
-    String(String),
+    /// Fixed texts (operation names, "rocketmq") are borrowed, not allocated per span.
+    String(Cow<'static, str>),
     Int(i64),
     Bool(bool),
     Strings(Vec<String>),
@@ -78,12 +79,18 @@ pub enum Value {
 
 impl From<&str> for Value {
     fn from(v: &str) -> Self {
-        Value::String(v.to_string())
+        Value::String(Cow::Owned(v.to_string()))
     }
 }
 impl From<String> for Value {
     fn from(v: String) -> Self {
-        Value::String(v)
+        Value::String(Cow::Owned(v))
+    }
+}
+impl Value {
+    /// A fixed text, borrowed.
+    pub fn fixed(v: &'static str) -> Self {
+        Value::String(Cow::Borrowed(v))
     }
 }
 impl From<i64> for Value {
@@ -206,7 +213,10 @@ fn status(outcome: &Outcome, attributes: &mut Attributes) -> (Status, Option<Str
         Outcome::Ok => (Status::Unset, None),
         // The agent's blind spot, not the application's failure: said, not an error.
         Outcome::Unseen(reason) => {
-            attributes.push_new("mqtrace.response.unseen".into(), reason.name().into());
+            attributes.push_new(
+                "mqtrace.response.unseen".into(),
+                Value::fixed(reason.name()),
+            );
             (Status::Unset, None)
         }
         Outcome::Error {
@@ -222,13 +232,20 @@ fn status(outcome: &Outcome, attributes: &mut Attributes) -> (Status, Option<Str
     }
 }
 
-fn common(operation: &str, operation_type: &str, topic: Option<&str>) -> Attributes {
+fn common(
+    operation: &'static str,
+    operation_type: &'static str,
+    topic: Option<&str>,
+) -> Attributes {
     // Room for a span's attributes at once: growing the vector step by step cost as much as
     // filling it.
     let mut a = Attributes::with_capacity(24);
-    a.push_new("messaging.system".into(), "rocketmq".into());
-    a.push_new("messaging.operation.name".into(), operation.into());
-    a.push_new("messaging.operation.type".into(), operation_type.into());
+    a.push_new("messaging.system".into(), Value::fixed("rocketmq"));
+    a.push_new("messaging.operation.name".into(), Value::fixed(operation));
+    a.push_new(
+        "messaging.operation.type".into(),
+        Value::fixed(operation_type),
+    );
     put(&mut a, "messaging.destination.name", topic);
     // A namespaced topic is `namespace%topic` (but %RETRY% and %DLQ% are not namespaces).
     if let Some((namespace, _)) = topic
@@ -253,15 +270,15 @@ fn peer(attributes: &mut Attributes, endpoint: &crate::correlation::Endpoint) {
         attributes.push_new(port.into(), i64::from(peer.port()).into());
     }
     if let Some(method) = endpoint.grpc_method {
-        attributes.push_new("rpc.system".into(), "grpc".into());
+        attributes.push_new("rpc.system".into(), Value::fixed("grpc"));
         attributes.push_new(
             "rpc.service".into(),
-            crate::decoder::grpc::SERVICE_NAME.into(),
+            Value::fixed(crate::decoder::grpc::SERVICE_NAME),
         );
-        attributes.push_new("rpc.method".into(), method.into());
+        attributes.push_new("rpc.method".into(), Value::fixed(method));
     }
     if let Some(client) = &endpoint.client {
-        attributes.push_new("mqtrace.observer".into(), "broker".into());
+        attributes.push_new("mqtrace.observer".into(), Value::fixed("broker"));
         put(attributes, "messaging.client.id", client.client_id.clone());
         attributes.push_new(
             "mqtrace.client.language".into(),
@@ -392,7 +409,7 @@ pub fn send_span(event: &SendEvent, resource: &Resource) -> Span {
     labels(&mut a, m.tags(), m.keys());
     a.push_new(
         "messaging.rocketmq.message.type".into(),
-        message_type(event).into(),
+        Value::fixed(message_type(event)),
     );
     put(
         &mut a,
@@ -614,12 +631,12 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
 /// One readable line per span, for the terminal.
 pub fn span_line(span: &Span) -> String {
     let id = |k: &str| match span.attributes.get(k) {
-        Some(Value::String(s)) => s.clone(),
+        Some(Value::String(s)) => s.to_string(),
         Some(Value::Int(i)) => i.to_string(),
         _ => "-".into(),
     };
     let service = match span.resource.get("service.name") {
-        Some(Value::String(s)) => s.as_str(),
+        Some(Value::String(s)) => s.as_ref(),
         _ => "?",
     };
     let line = format!(
