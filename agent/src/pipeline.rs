@@ -144,15 +144,10 @@ impl Pipeline {
         self.streams.push(event, &mut self.stream_events);
         // One stream event at a time through decoder and correlator: a gap or an end reaches
         // the correlator after the commands before it and before those after it.
-        for event in self.stream_events.drain(..) {
+        let mut stream_events = std::mem::take(&mut self.stream_events);
+        for event in stream_events.drain(..) {
             self.decoders.push(&event, &mut self.commands);
-            correlate(
-                &mut self.commands,
-                &mut self.correlator,
-                self.emit_commands,
-                &mut self.events,
-                out,
-            );
+            self.correlate_commands(out);
             match event {
                 StreamEvent::Gap {
                     connection,
@@ -165,6 +160,8 @@ impl Pipeline {
                 _ => {}
             }
         }
+        // The vector goes back, for its allocation.
+        self.stream_events = stream_events;
         self.flush_events(out);
     }
 
@@ -210,14 +207,15 @@ impl Pipeline {
         self.flush_events(out);
     }
 
+    /// Hands the decoded commands to the correlator (and to `out`, when commands are asked
+    /// for).
     fn correlate_commands(&mut self, out: &mut Vec<Output>) {
-        correlate(
-            &mut self.commands,
-            &mut self.correlator,
-            self.emit_commands,
-            &mut self.events,
-            out,
-        );
+        for command in self.commands.drain(..) {
+            if self.emit_commands {
+                out.push(Output::Command(Box::new(command.clone())));
+            }
+            self.correlator.push(command, &mut self.events);
+        }
     }
 
     fn flush_events(&mut self, out: &mut Vec<Output>) {
@@ -257,22 +255,6 @@ impl Pipeline {
                 .unwrap_or_default(),
             consumer_lag: self.correlator.lags(),
         }
-    }
-}
-
-/// Hands decoded commands to the correlator (and to `out`, when commands are asked for).
-fn correlate(
-    commands: &mut Vec<DecodedCommand>,
-    correlator: &mut Correlator,
-    emit_commands: bool,
-    events: &mut Vec<MessageEvent>,
-    out: &mut Vec<Output>,
-) {
-    for command in commands.drain(..) {
-        if emit_commands {
-            out.push(Output::Command(Box::new(command.clone())));
-        }
-        correlator.push(command, events);
     }
 }
 
