@@ -104,7 +104,7 @@ impl TraceId {
         Self(nonzero(digest(["trace", key])[..16].try_into().unwrap()))
     }
     pub fn hex(&self) -> String {
-        crate::hex_string(&self.0)
+        self.to_string()
     }
 }
 
