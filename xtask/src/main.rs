@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: everything needed to build, run, test and benchmark mqtrace on a fresh
 //! Linux host, installing what is missing and saying so.
 
+mod apache_peers;
 mod bench;
 mod fuzz;
 mod image;

@@ -1,8 +1,8 @@
 //! The real RocketMQ peers the end-to-end tests run against: the rocketmq-rust name server,
 //! broker and gRPC proxy, our mq-client over rocketmq-client-rust (remoting) and our mq5-client
-//! over Apache's Rust 5.x client (gRPC, through the proxy). Built once per machine into a cache
-//! outside the checkout (about 20 minutes on 2 cores, and as much again for the proxy), reused
-//! afterwards.
+//! over Apache's Rust 5.x client (gRPC, through the proxy), and Apache's own Java servers and
+//! clients (`apache_peers`). Built once per machine into a cache outside the checkout (about 20
+//! minutes on 2 cores, and as much again for the proxy), reused afterwards.
 
 use std::{
     path::{Path, PathBuf},
@@ -123,6 +123,7 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
             install(&["--locked", "--force", "--path", &path], label)?;
         }
     }
+    crate::apache_peers::ensure(&dir)?;
     Ok(dir)
 }
 

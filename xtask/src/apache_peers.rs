@@ -1,0 +1,174 @@
+//! Apache's own RocketMQ: from Maven Central the 5.x and 4.x servers, the OpenTelemetry Java
+//! agent, and the test applications of `tests/java/apps` over Apache's Java clients; from the Go
+//! module proxy the test applications of `tests/go` over Apache's two Go clients. Maven resolves
+//! each pom under `tests/java` to a classpath file in `<peers>/java` (`<name>.classpath`, jars
+//! in `~/.m2`); the Java applications are built into `<peers>/java/apps.jar`, the Go ones into
+//! `<peers>/bin/mq-go-remoting` and `mq-go-grpc`. Redone when a source under them is newer
+//! than its output, reused otherwise.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::SystemTime,
+};
+
+use anyhow::{Context, bail};
+
+use crate::{step, workspace_root};
+
+/// The poms resolved to classpaths, with what each is for.
+const CLASSPATHS: &[(&str, &str)] = &[
+    (
+        "rocketmq-5",
+        "Apache RocketMQ 5.5.0 (name server, broker, proxy, tools, remoting client)",
+    ),
+    (
+        "rocketmq-4",
+        "Apache RocketMQ 4.9.7 (name server, broker, tools, remoting client)",
+    ),
+    ("otel-agent", "the OpenTelemetry Java agent"),
+    (
+        "apps",
+        "the dependencies of the Java test applications (remoting and gRPC clients)",
+    ),
+];
+
+/// The Go test applications: their module folder under `tests/go`, and the binary's name.
+const GO_APPS: &[(&str, &str)] = &[("remoting", "mq-go-remoting"), ("grpc", "mq-go-grpc")];
+
+/// Resolves and builds whatever of Apache's peers is missing or stale.
+pub fn ensure(peers: &Path) -> anyhow::Result<()> {
+    java(peers)?;
+    go(peers)
+}
+
+/// The Go test applications, built with the machine's Go (1.24 or later: the 5.x client's
+/// minimum; Debian's is older, so none is installed here).
+fn go(peers: &Path) -> anyhow::Result<()> {
+    let go = ["go", "/usr/local/go/bin/go"]
+        .into_iter()
+        .find(|go| runs(go, "version"))
+        .context(
+            "the Go test applications need Go 1.24 or later on PATH (or in /usr/local/go): \
+             install it from go.dev",
+        )?;
+    for (module, binary) in GO_APPS {
+        let source = workspace_root().join("tests/go").join(module);
+        let output = peers.join("bin").join(binary);
+        if stale(&source, &output)? {
+            step(&format!(
+                "building the Go test application {binary} (tests/go/{module}) with modules \
+                 from the Go module proxy"
+            ));
+            let status = Command::new(go)
+                .args(["build", "-o"])
+                .arg(&output)
+                .arg(".")
+                .current_dir(&source)
+                .status()
+                .context("running go build")?;
+            if !status.success() {
+                bail!("building tests/go/{module} failed ({status})");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The Java servers, agent and applications, in `<peers>/java`.
+fn java(peers: &Path) -> anyhow::Result<()> {
+    let out = peers.join("java");
+    std::fs::create_dir_all(&out)?;
+    if !runs("mvn", "-v") || !runs("java", "-version") {
+        step("the Java peers need a JDK and Maven: installing Debian's default-jdk-headless maven");
+        crate::setup::apt_install(&["default-jdk-headless", "maven"])?;
+    }
+    let sources = workspace_root().join("tests/java");
+    for (name, what) in CLASSPATHS {
+        let pom = sources.join(name).join("pom.xml");
+        let classpath = out.join(format!("{name}.classpath"));
+        if stale(&sources.join(name), &classpath)? {
+            step(&format!(
+                "resolving {what} from Maven Central (tests/java/{name}/pom.xml)"
+            ));
+            maven(
+                &pom,
+                &[
+                    "dependency:build-classpath",
+                    &format!("-Dmdep.outputFile={}", classpath.display()),
+                ],
+            )?;
+        }
+    }
+    let apps = sources.join("apps");
+    let jar = out.join("apps.jar");
+    if stale(&apps, &jar)? {
+        step("building the Java test applications (tests/java/apps)");
+        let target = out.join("apps-build");
+        maven(
+            &apps.join("pom.xml"),
+            &["package", &format!("-Dapps.build.dir={}", target.display())],
+        )?;
+        std::fs::copy(target.join("mqtrace-apps.jar"), &jar)
+            .context("copying the built mqtrace-apps.jar")?;
+    }
+    Ok(())
+}
+
+/// Runs Maven quietly in batch mode on `pom`, failing with its output.
+fn maven(pom: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new("mvn")
+        .args(["-q", "-B", "-f"])
+        .arg(pom)
+        .args(args)
+        .output()
+        .context("running mvn")?;
+    if !output.status.success() {
+        bail!(
+            "`mvn -f {} {}` failed ({}):\n{}{}",
+            pom.display(),
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Whether `output` is missing or older than a file under `source` (the pom, the sources).
+fn stale(source: &Path, output: &Path) -> anyhow::Result<bool> {
+    let Ok(built) = output.metadata().and_then(|m| m.modified()) else {
+        return Ok(true);
+    };
+    Ok(latest_change(source)? > built)
+}
+
+/// The newest modification time of the files under `dir`, build outputs (`target`) left out.
+fn latest_change(dir: &Path) -> anyhow::Result<SystemTime> {
+    let mut latest = SystemTime::UNIX_EPOCH;
+    let mut pending: Vec<PathBuf> = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                if entry.file_name() != "target" {
+                    pending.push(entry.path());
+                }
+            } else {
+                latest = latest.max(entry.metadata()?.modified()?);
+            }
+        }
+    }
+    Ok(latest)
+}
+
+fn runs(program: &str, version_flag: &str) -> bool {
+    Command::new(program)
+        .arg(version_flag)
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
