@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests and their helper programs.
 
 pub mod agent;
+pub mod apache;
 pub mod capture;
 pub mod frames;
 pub mod grpc_broker;

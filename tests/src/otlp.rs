@@ -26,8 +26,12 @@ pub struct ReceivedSpan {
     pub name: String,
     /// OTLP SpanKind number: 4 PRODUCER, 3 CLIENT, 5 CONSUMER.
     pub kind: i32,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
     pub attributes: BTreeMap<String, String>,
     pub resource: BTreeMap<String, String>,
+    /// The instrumentation scope's name (`io.opentelemetry.rocketmq-client-4.8`, ...).
+    pub scope: String,
 }
 
 fn text(value: &Option<AnyValue>) -> String {
@@ -73,16 +77,24 @@ impl Collector {
                 .as_ref()
                 .map(|r| map(&r.attributes))
                 .unwrap_or_default();
-            for scope in resource_spans.scope_spans {
-                for span in scope.spans {
+            for scope_spans in resource_spans.scope_spans {
+                let scope = scope_spans
+                    .scope
+                    .as_ref()
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default();
+                for span in scope_spans.spans {
                     spans.push(ReceivedSpan {
                         trace_id: hex(&span.trace_id),
                         span_id: hex(&span.span_id),
                         parent_span_id: hex(&span.parent_span_id),
                         name: span.name.clone(),
                         kind: span.kind,
+                        start_unix_nano: span.start_time_unix_nano,
+                        end_unix_nano: span.end_time_unix_nano,
                         attributes: map(&span.attributes),
                         resource: resource.clone(),
+                        scope: scope.clone(),
                     });
                 }
             }

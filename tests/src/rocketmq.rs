@@ -16,16 +16,21 @@ use mqtrace::decoder::encode;
 
 /// Where the peers are installed (`bin/` inside); tests fail loudly without them.
 pub fn peers_dir() -> PathBuf {
-    let dir = std::env::var_os("MQTRACE_PEERS").map(PathBuf::from).expect(
-        "MQTRACE_PEERS must name the directory of the real RocketMQ peers: run the tests with \
-         `cargo xtask test`, which builds them (or `cargo xtask peers`)",
-    );
+    let dir = peers_root();
     assert!(
         dir.join("bin/rocketmq-broker-rust").exists(),
         "no broker in {}/bin: run `cargo xtask peers`",
         dir.display()
     );
     dir
+}
+
+/// `$MQTRACE_PEERS`, which `cargo xtask test` sets to the folder of the peers it built.
+pub fn peers_root() -> PathBuf {
+    std::env::var_os("MQTRACE_PEERS").map(PathBuf::from).expect(
+        "MQTRACE_PEERS must name the directory of the real RocketMQ peers: run the tests with \
+         `cargo xtask test`, which builds them (or `cargo xtask peers`)",
+    )
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -313,28 +318,35 @@ impl Drop for Proxy {
 
 /// Whether the name server at `namesrv` has a route for `topic` (GET_ROUTEINFO_BY_TOPIC
 /// answered with SUCCESS rather than TOPIC_NOT_EXIST).
-fn route_known(namesrv: &str, topic: &str) -> anyhow::Result<bool> {
+pub fn route_known(namesrv: &str, topic: &str) -> anyhow::Result<bool> {
     const GET_ROUTEINFO_BY_TOPIC: i32 = 105;
-    let mut stream =
-        TcpStream::connect(namesrv).with_context(|| format!("connecting to {namesrv}"))?;
+    let header = remoting_call(namesrv, GET_ROUTEINFO_BY_TOPIC, &[("topic", topic)], &[])?;
+    Ok(header["code"] == 0)
+}
+
+/// Sends one remoting request (JSON header) to `addr` and returns the response's header.
+pub fn remoting_call(
+    addr: &str,
+    code: i32,
+    ext: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<serde_json::Value> {
+    let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let request = encode::json_frame(GET_ROUTEINFO_BY_TOPIC, 0, 1, &[("topic", topic)], &[]);
-    stream.write_all(&request)?;
+    stream.write_all(&encode::json_frame(code, 0, 1, ext, body))?;
     let mut head = [0u8; 8];
     stream
         .read_exact(&mut head)
-        .with_context(|| format!("{namesrv} did not answer a route request"))?;
+        .with_context(|| format!("{addr} did not answer request code {code}"))?;
     let header_len = u32::from_be_bytes([0, head[5], head[6], head[7]]) as usize;
     let mut header = vec![0u8; header_len];
     stream.read_exact(&mut header)?;
-    let header: serde_json::Value =
-        serde_json::from_slice(&header).context("the name server's answer is not JSON")?;
-    Ok(header["code"] == 0)
+    serde_json::from_slice(&header).with_context(|| format!("{addr}'s answer is not JSON"))
 }
 
 /// The broker will not start with its store on a disk over 75 % full (it logs why and waits):
 /// say so at once, rather than after the wait for its port.
-fn refuse_a_full_disk(dir: &std::path::Path) -> anyhow::Result<()> {
+pub fn refuse_a_full_disk(dir: &std::path::Path) -> anyhow::Result<()> {
     let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
     // SAFETY: statvfs writes into the zeroed struct it is given; the path is NUL-terminated.
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -355,7 +367,7 @@ fn refuse_a_full_disk(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn wait_for_port(addr: &SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+pub fn wait_for_port(addr: &SocketAddr, timeout: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     while started.elapsed() < timeout {
         if TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_ok() {
