@@ -77,6 +77,11 @@ fn java(classpath: &str, heap_mib: u32) -> Command {
 /// tests/java/apps) over Apache's Java clients: the remoting client of `release`, the 5.x
 /// gRPC client.
 pub fn app(release: Release, main: &str) -> Command {
+    app_with(release, main, &[])
+}
+
+/// As [`app`], with these options for the JVM (`-javaagent:...`, `-D...`).
+pub fn app_with(release: Release, main: &str, jvm_options: &[String]) -> Command {
     let apps = peers_root().join("java/apps.jar");
     // The 4.x run has the 4.x client alone (its own remoting and common jars): the remoting
     // applications use only API that both releases have.
@@ -86,9 +91,12 @@ pub fn app(release: Release, main: &str) -> Command {
     };
     let mut command = java(&format!("{}:{clients}", apps.display()), 256);
     command
-        // The remoting client's own logging to stderr, not to files in $HOME.
-        .arg("-Drocketmq.client.logUseSlf4j=false")
-        .arg("-Drocketmq.client.logRoot=/tmp/mqtrace-java-client-logs")
+        // The clients log under the user's home: a scratch one, not root's.
+        .arg(format!(
+            "-Duser.home={}",
+            std::env::temp_dir().join("mqtrace-java-clients").display()
+        ))
+        .args(jvm_options)
         .arg(format!("mqtrace.apps.{main}"));
     command
 }
@@ -420,8 +428,9 @@ fn write_configuration(home: &Path, release: Release) -> anyhow::Result<()> {
              mappedFileSizeConsumeQueue=300000\n\
              maxIndexNum=100000\n\
              maxHashSlotNum=25000\n\
-             transactionCheckInterval=3000\n\
-             transactionTimeOut=2000\n\
+             transactionCheckInterval=2000\n\
+             transactionTimeOut=3000\n\
+             transactionOpBatchInterval=500\n\
              flushIntervalCommitLog=200\n",
             cluster = Cluster::CLUSTER,
             namesrv = cluster_namesrv(),
@@ -433,7 +442,7 @@ fn write_configuration(home: &Path, release: Release) -> anyhow::Result<()> {
         std::fs::write(
             conf.join("rmq-proxy.json"),
             format!(
-                r#"{{"rocketMQClusterName": "{}", "namesrvAddr": "{}", "grpcServerPort": {}, "remotingListenPort": {}}}"#,
+                r#"{{"rocketMQClusterName": "{}", "namesrvAddr": "{}", "grpcServerPort": {}, "remotingListenPort": {}, "grpcClientConsumerMaxLongPollingTimeoutMillis": 5000}}"#,
                 Cluster::CLUSTER,
                 cluster_namesrv(),
                 Cluster::PROXY_GRPC_PORT,

@@ -41,6 +41,12 @@ pub const DEFAULT_TIMEOUT_NS: u64 = 30_000_000_000;
 /// default `retryMaxTimes`).
 const DEFAULT_MAX_RECONSUME_TIMES: i32 = 16;
 
+/// An address as its peer knows it: an IPv4 address that a dual-stack socket holds as IPv6
+/// (`::ffff:a.b.c.d`, as a JVM's sockets report) is the IPv4 address it is.
+fn canonical(address: SocketAddr) -> SocketAddr {
+    SocketAddr::new(address.ip().to_canonical(), address.port())
+}
+
 /// Where an event was seen: the traced process and its peer.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Endpoint {
@@ -675,8 +681,8 @@ impl Correlator {
         });
         Endpoint {
             pid: request.pid,
-            local: request.local,
-            peer: request.peer,
+            local: request.local.map(canonical),
+            peer: request.peer.map(canonical),
             client,
             grpc_method: (request.command.wire == Wire::Grpc).then(|| {
                 crate::decoder::grpc::method_name(header.ext("method").unwrap_or_default())

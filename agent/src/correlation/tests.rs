@@ -355,6 +355,29 @@ fn failed_send_is_an_error_span() {
     assert_eq!(pipeline.counters().correlation.timeouts, 1);
 }
 
+#[test]
+fn a_dual_stack_sockets_ipv4_peer_is_named_as_ipv4() {
+    // A JVM's sockets are IPv6 ones: the broker 127.0.0.1 is ::ffff:127.0.0.1 to them.
+    let mut harness = Harness::new(DecoderConfig::default());
+    let id = ConnectionId(1);
+    harness.event(SourceEvent::Opened(Connection {
+        id,
+        pid: 0,
+        fd: 1,
+        origin: Origin::Connect,
+        local: Some("[::ffff:127.0.0.1]:40000".parse().unwrap()),
+        peer: Some("[::ffff:127.0.0.1]:10911".parse().unwrap()),
+        timestamp_ns: 0,
+    }));
+    harness.frame(id, UP, &single_send(4, "M1"));
+    harness.frame(id, DOWN, &ok_response(4, &[]));
+    let (out, _) = harness.finish();
+    assert_eq!(
+        attr(&out[0], "server.address"),
+        Some(&Value::String("127.0.0.1".into()))
+    );
+}
+
 fn single_send(opaque: i32, uniq_key: &str) -> Vec<u8> {
     json_frame(
         10,

@@ -1,0 +1,992 @@
+//! Apache RocketMQ's own Java servers (5.5.0: direct, proxy in local and cluster mode; 4.9.7)
+//! with Apache's Java clients (remoting 5.5.0 and 4.9.7, gRPC 5.x), every process traced by the
+//! real `mqtrace run`: for each message, one send span, a receive span per delivery and a
+//! settlement per outcome, each once, joined in one trace; the broker's own spans beside them.
+//! Needs root and the peers (`cargo xtask test`).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    process::Command,
+};
+
+use mqtrace::spans::identity::{SpanId, TraceId};
+use mqtrace_tests::{
+    agent::Agent,
+    apache::{Cluster, Release, Topology, app},
+    process::ScratchFile,
+    rocketmq::{client, json_lines, peers_root, tail},
+    spancheck::{assert_complete_traces, read_span_file},
+};
+use serde_json::Value;
+
+/// The tests share the Java peers' fixed ports: they take turns even when cargo runs tests in
+/// parallel (tokio's mutex does not poison when a test fails).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const MESSAGES: usize = 20;
+
+/// Topics the servers send to themselves.
+const SYSTEM_TOPICS: &[&str] = &["DefaultHeartBeatSyncerTopic", "RMQ_SYS_TRACE_TOPIC"];
+
+/// Runs a client program to its end and returns the JSON lines it printed (its final `done`
+/// line left out); fails the test with its stderr unless it succeeded.
+fn run_client(mut command: Command) -> Vec<Value> {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?} failed ({}):\n{}",
+        out.status,
+        tail(&out.stderr)
+    );
+    let lines = json_lines(&out.stdout);
+    assert_eq!(
+        lines.last().map(|l| l["done"] == true),
+        Some(true),
+        "{command:?} ends with its done line"
+    );
+    // Only the lines about messages (a consumer also says when it is ready).
+    lines
+        .into_iter()
+        .filter(|line| line.get("msgId").is_some())
+        .collect()
+}
+
+/// Apache's RocketMQ clients, as the test applications drive them.
+#[derive(Clone, Copy, Debug)]
+enum Client {
+    /// The Java remoting client (`rocketmq-client`) of a release.
+    JavaRemoting(Release),
+    /// `rocketmq-client-go/v2` (remoting).
+    GoRemoting,
+    /// The Java 5.x gRPC client (`rocketmq-client-java`).
+    JavaGrpc,
+    /// `rocketmq-clients/golang/v5` (gRPC).
+    GoGrpc,
+}
+
+impl Client {
+    fn name(self) -> String {
+        match self {
+            Client::JavaRemoting(release) => format!("Java remoting {}", release.version()),
+            Client::GoRemoting => "Go rocketmq-client-go v2".into(),
+            Client::JavaGrpc => "Java gRPC 5.x".into(),
+            Client::GoGrpc => "Go rocketmq-clients v5".into(),
+        }
+    }
+
+    /// A command running this client's producer (`consumer` false) or consumer; the flags
+    /// that both the Java and the Go applications take follow.
+    fn command(self, consumer: bool, java_consumer: &str) -> Command {
+        let go = |binary: &str| {
+            let mut command = Command::new(peers_root().join("bin").join(binary));
+            command.arg(if consumer { "consume" } else { "produce" });
+            command
+        };
+        match self {
+            Client::JavaRemoting(release) => app(
+                release,
+                if consumer {
+                    java_consumer
+                } else {
+                    "RemotingProducer"
+                },
+            ),
+            Client::JavaGrpc => app(
+                Release::V5,
+                if consumer {
+                    java_consumer
+                } else {
+                    "GrpcProducer"
+                },
+            ),
+            Client::GoRemoting => go("mq-go-remoting"),
+            Client::GoGrpc => go("mq-go-grpc"),
+        }
+    }
+}
+
+fn text<'a>(value: &'a Value, key: &str) -> &'a str {
+    value[key].as_str().unwrap_or("")
+}
+
+fn attr<'a>(span: &'a Value, key: &str) -> &'a str {
+    span["attributes"][key].as_str().unwrap_or("")
+}
+
+/// What a consumer did with one delivery of a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Remoting: consumed, the offset commit passes it (`commit_offset`).
+    Committed,
+    /// Remoting: failed, sent back to the broker for a retry (`send_back`); the offset commit
+    /// passes it all the same.
+    SentBack,
+    /// gRPC: acknowledged (`ack`).
+    Acked,
+    /// gRPC: its invisible time changed, to be delivered again (`nack`).
+    Nacked,
+}
+
+/// One delivery of a message as the consumer printed it, and the spans it should make.
+#[derive(Clone, Debug)]
+struct Delivery {
+    /// The topic it was pulled from: the group's retry topic for a redelivery over remoting.
+    pulled_from: String,
+    /// The topic it was sent to.
+    origin: String,
+    outcome: Outcome,
+}
+
+impl Delivery {
+    /// The receive span's name and the settlements'.
+    fn span_names(&self) -> Vec<String> {
+        let receive = format!("receive {}", self.pulled_from);
+        let commit = format!("commit_offset {}", self.pulled_from);
+        match self.outcome {
+            Outcome::Committed => vec![receive, commit],
+            // Sent back, the message is done with on the queue it came from: the consumer's
+            // offset commit passes it too. The send-back names the message's own topic,
+            // whichever it was pulled from.
+            Outcome::SentBack => vec![receive, format!("send_back {}", self.origin), commit],
+            Outcome::Acked => vec![receive, format!("ack {}", self.origin)],
+            Outcome::Nacked => vec![receive, format!("nack {}", self.origin)],
+        }
+    }
+}
+
+/// A remoting consumer's line: `{"msgId", "topic", "reconsumeTimes", "result"}` (the client
+/// gives a redelivery its original topic back; the broker delivered it from the retry topic).
+fn remoting_delivery(group: &str, line: &Value) -> (String, Delivery) {
+    let outcome = match text(line, "result") {
+        "CONSUME_SUCCESS" => Outcome::Committed,
+        "RECONSUME_LATER" => Outcome::SentBack,
+        other => panic!("unknown result {other}: {line}"),
+    };
+    let origin = text(line, "topic").to_string();
+    let pulled_from = if line["reconsumeTimes"].as_u64().unwrap_or(0) > 0 {
+        format!("%RETRY%{group}")
+    } else {
+        origin.clone()
+    };
+    (
+        text(line, "msgId").to_string(),
+        Delivery {
+            pulled_from,
+            origin,
+            outcome,
+        },
+    )
+}
+
+/// A gRPC consumer's line: `{"msgId", "action"}`.
+fn grpc_delivery(topic: &str, line: &Value) -> (String, Delivery) {
+    let outcome = match text(line, "action") {
+        "ack" => Outcome::Acked,
+        "change_invisible" => Outcome::Nacked,
+        other => panic!("unknown action {other}: {line}"),
+    };
+    (
+        text(line, "msgId").to_string(),
+        Delivery {
+            pulled_from: topic.to_string(),
+            origin: topic.to_string(),
+            outcome,
+        },
+    )
+}
+
+/// One cell of the client × server table: how many of the messages sent have a complete and
+/// correct trace on the clients' side (one send span with the id every agent derives, a receive
+/// span under it for every delivery, a settlement span under it for every outcome, none twice),
+/// and what is wrong with the others.
+struct Cell {
+    name: String,
+    sent: usize,
+    complete: usize,
+    problems: Vec<String>,
+}
+
+impl Cell {
+    fn check(run: &Run, spans: &[Value]) -> Self {
+        let Run {
+            name,
+            topic,
+            sent,
+            deliveries,
+            each_message_also,
+        } = run;
+        let mut by_trace: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
+        for span in spans.iter().filter(|s| s["kind"] != "SERVER") {
+            by_trace
+                .entry(text(span, "trace_id"))
+                .or_default()
+                .push(span);
+        }
+        let mut complete = 0;
+        let mut problems = Vec::new();
+        for id in sent {
+            let mut wrong = Vec::new();
+            let trace = by_trace
+                .get(TraceId::for_message(id).hex().as_str())
+                .cloned()
+                .unwrap_or_default();
+            let send_id = SpanId::for_send(id).hex();
+            let sends: Vec<_> = trace.iter().filter(|s| s["kind"] == "PRODUCER").collect();
+            match sends.as_slice() {
+                [send]
+                    if text(send, "span_id") == send_id
+                        && text(send, "name") == format!("send {topic}")
+                        && attr(send, "messaging.message.id") == id => {}
+                _ => wrong.push(format!("send spans: {sends:?}")),
+            }
+            let mut expected: BTreeMap<String, usize> = BTreeMap::new();
+            for name in each_message_also {
+                *expected.entry(name.clone()).or_default() += 1;
+            }
+            for delivery in deliveries.get(id).map(Vec::as_slice).unwrap_or_default() {
+                for name in delivery.span_names() {
+                    *expected.entry(name).or_default() += 1;
+                }
+            }
+            let mut found: BTreeMap<String, usize> = BTreeMap::new();
+            for span in trace.iter().filter(|s| s["kind"] != "PRODUCER") {
+                if span["parent_span_id"] != send_id.as_str() {
+                    wrong.push(format!("not under the send span: {span}"));
+                }
+                *found.entry(text(span, "name").to_string()).or_default() += 1;
+            }
+            if found != expected {
+                wrong.push(format!("spans {found:?}, expected {expected:?}"));
+            }
+            if wrong.is_empty() {
+                complete += 1;
+            } else {
+                problems.push(format!("{id}: {}", wrong.join("; ")));
+            }
+        }
+        let cell = Self {
+            name: name.clone(),
+            sent: sent.len(),
+            complete,
+            problems,
+        };
+        println!("{}", cell.row());
+        cell
+    }
+
+    fn row(&self) -> String {
+        format!(
+            "table: {}: {}/{} messages with a complete trace",
+            self.name, self.complete, self.sent
+        )
+    }
+}
+
+/// Checks every run's cell, prints the table rows, then fails naming every incomplete trace.
+fn assert_all_complete(runs: &[Run], spans: &[Value], agent_log: &str) {
+    let cells: Vec<Cell> = runs.iter().map(|run| run.check(spans)).collect();
+    let problems: Vec<String> = cells
+        .iter()
+        .filter(|c| !c.problems.is_empty())
+        .map(|c| format!("{}:\n{}", c.row(), c.problems.join("\n")))
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "{}\nagent log:\n{agent_log}",
+        problems.join("\n")
+    );
+}
+
+/// What one client did in a run: the messages it sent and what its consumer did with each,
+/// and the spans each message should make besides (a transaction's commit).
+struct Run {
+    name: String,
+    topic: String,
+    sent: Vec<String>,
+    deliveries: BTreeMap<String, Vec<Delivery>>,
+    each_message_also: Vec<String>,
+}
+
+impl Run {
+    fn check(&self, spans: &[Value]) -> Cell {
+        Cell::check(self, spans)
+    }
+}
+
+/// Message ids in the order a producer printed them.
+fn ids(produced: &[Value]) -> Vec<String> {
+    produced
+        .iter()
+        .map(|p| text(p, "msgId").to_string())
+        .collect()
+}
+
+fn group_deliveries(
+    lines: impl IntoIterator<Item = (String, Delivery)>,
+) -> BTreeMap<String, Vec<Delivery>> {
+    let mut by_id: BTreeMap<String, Vec<Delivery>> = BTreeMap::new();
+    for (id, delivery) in lines {
+        by_id.entry(id).or_default().push(delivery);
+    }
+    by_id
+}
+
+/// An agent tracing every process, writing its spans to a scratch file.
+fn tracing_agent(name: &str) -> (Agent, ScratchFile) {
+    let output = ScratchFile::new(&format!("{name}-spans.jsonl"));
+    let agent = Agent::start(name, &["--all", "--output", output.0.to_str().unwrap()]);
+    (agent, output)
+}
+
+/// Runs a remoting producer of `client` in `mode` (the Java client's; the Go client sends
+/// synchronously) and a push consumer that fails each message's first delivery, on a new topic
+/// of `cluster` reached through `namesrv`.
+fn remoting_run(cluster: &Cluster, namesrv: &str, client: Client, mode: &str, server: &str) -> Run {
+    let topic = format!(
+        "Remoting{}{mode}",
+        client.name().replace([' ', '.', '-'], "")
+    );
+    cluster.make_topic(&topic, "NORMAL").unwrap();
+    let group = format!("{topic}Group");
+    cluster.make_group(&group, false).unwrap();
+    let count = MESSAGES.to_string();
+    let mut producer = client.command(false, "");
+    producer.args([
+        "--namesrv",
+        namesrv,
+        "--topic",
+        &topic,
+        "--group",
+        "mqtrace_producer",
+        "--count",
+        &count,
+    ]);
+    if let Client::JavaRemoting(_) = client {
+        producer.args(["--mode", mode]);
+        if mode == "delay" {
+            producer.args(["--delay-level", "1"]);
+        }
+    }
+    let produced = run_client(producer);
+    let sent = ids(&produced);
+    assert_eq!(sent.len(), MESSAGES, "{mode}: {produced:?}");
+    let mut consumer = client.command(true, "RemotingConsumer");
+    consumer.args([
+        "--namesrv",
+        namesrv,
+        "--topic",
+        &topic,
+        "--group",
+        &group,
+        "--expect",
+        &count,
+        "--fail-first",
+        "1",
+        "--timeout-s",
+        "90",
+    ]);
+    let consumed = run_client(consumer);
+    let each_message_also = if mode == "transaction" {
+        vec![format!("commit {topic}")]
+    } else {
+        Vec::new()
+    };
+    Run {
+        name: format!("{} {mode} × {server}", client.name()),
+        deliveries: group_deliveries(consumed.iter().map(|line| remoting_delivery(&group, line))),
+        topic,
+        sent,
+        each_message_also,
+    }
+}
+
+/// Runs a gRPC producer of `client` in `mode` (the Java client's; the Go client sends normal
+/// messages) and a consumer (`simple`, acking each message, or with `--change-invisible` first;
+/// or the Java `push` consumer) on a new topic, through `cluster`'s proxy.
+fn grpc_run(cluster: &Cluster, client: Client, mode: &str, consumer: &str, server: &str) -> Run {
+    let message_type = match mode {
+        "normal" => "NORMAL",
+        "fifo" => "FIFO",
+        "delay" => "DELAY",
+        "transaction" => "TRANSACTION",
+        other => panic!("no message type for {other}"),
+    };
+    let topic = format!(
+        "Grpc{}{mode}{}",
+        client.name().replace([' ', '.', '-'], ""),
+        consumer.replace('-', "")
+    );
+    cluster.make_topic(&topic, message_type).unwrap();
+    let group = format!("{topic}Group");
+    cluster.make_group(&group, mode == "fifo").unwrap();
+    let endpoint = cluster.grpc_endpoint();
+    let count = MESSAGES.to_string();
+    let mut producer = client.command(false, "");
+    producer.args([
+        "--endpoint",
+        &endpoint,
+        "--topic",
+        &topic,
+        "--count",
+        &count,
+    ]);
+    if let Client::JavaGrpc = client {
+        producer.args(["--mode", mode]);
+    }
+    let produced = run_client(producer);
+    let sent = ids(&produced);
+    assert_eq!(sent.len(), MESSAGES, "{mode}: {produced:?}");
+    let java_consumer = match consumer {
+        "simple" | "simple-change-invisible" => "GrpcSimpleConsumer",
+        "push" => "GrpcPushConsumer",
+        other => panic!("no consumer {other}"),
+    };
+    let mut command = client.command(true, java_consumer);
+    command.args([
+        "--endpoint",
+        &endpoint,
+        "--topic",
+        &topic,
+        "--group",
+        &group,
+        "--expect",
+        &count,
+    ]);
+    if consumer == "simple-change-invisible" {
+        command.arg("--change-invisible");
+    }
+    let consumed = run_client(command);
+    let each_message_also = if mode == "transaction" {
+        vec![format!("commit {topic}")]
+    } else {
+        Vec::new()
+    };
+    Run {
+        name: format!("{} {mode}, {consumer} consumer × {server}", client.name()),
+        deliveries: group_deliveries(consumed.iter().map(|line| {
+            let mut line = line.clone();
+            if consumer == "push" {
+                // The push consumer acks every message its listener consumed.
+                line["action"] = "ack".into();
+            }
+            grpc_delivery(&topic, &line)
+        })),
+        topic,
+        sent,
+        each_message_also,
+    }
+}
+
+/// The Rust client (rocketmq-client-rust) producing and consuming through `namesrv`.
+fn rust_run(cluster: &Cluster, namesrv: &str, server: &str) -> Run {
+    let topic = "RustClient".to_string();
+    cluster.make_topic(&topic, "NORMAL").unwrap();
+    let count = MESSAGES.to_string();
+    let produced = client()
+        .args(["produce", namesrv, &topic, &count])
+        .output()
+        .unwrap();
+    assert!(produced.status.success(), "{}", tail(&produced.stderr));
+    let consumed = client()
+        .args(["consume", namesrv, &topic, "rust_group", &count, "120"])
+        .output()
+        .unwrap();
+    assert!(consumed.status.success(), "{}", tail(&consumed.stderr));
+    let sent = json_lines(&produced.stdout)
+        .iter()
+        .map(|p| text(p, "msg_id").to_string())
+        .collect();
+    let deliveries = group_deliveries(json_lines(&consumed.stdout).iter().map(|c| {
+        (
+            text(c, "uniq_key").to_string(),
+            Delivery {
+                pulled_from: topic.clone(),
+                origin: topic.clone(),
+                outcome: Outcome::Committed,
+            },
+        )
+    }));
+    Run {
+        name: format!("Rust rocketmq-client-rust 1.0.0 × {server}"),
+        topic,
+        sent,
+        deliveries,
+        each_message_also: Vec::new(),
+    }
+}
+
+/// Starts `cluster`, an agent tracing every process, runs `clients` against them, stops the
+/// agent and checks every run's traces, then the broker's view.
+async fn traced(
+    name: &'static str,
+    release: Release,
+    topology: Topology,
+    clients: impl FnOnce(&Cluster) -> Vec<Run> + Send + 'static,
+) {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    tokio::task::spawn_blocking(move || {
+        let cluster = Cluster::start(release, topology).unwrap();
+        let (agent, output) = tracing_agent(name);
+        let runs = clients(&cluster);
+        let agent_log = agent.stop();
+        let spans = read_span_file(&output.0);
+        let sent: BTreeSet<&str> = runs
+            .iter()
+            .flat_map(|run| &run.sent)
+            .map(String::as_str)
+            .collect();
+        let (ours, others): (Vec<Value>, Vec<Value>) = spans
+            .iter()
+            .cloned()
+            .partition(|s| sent.contains(attr(s, "messaging.message.id")));
+        assert_complete_traces(&ours);
+        // Besides the tests' messages, only the servers' own: the cluster-mode proxy's
+        // heartbeat sync messages, which it sends as a serving process (no client spans), so
+        // the broker's spans of them have no send span as parent.
+        for span in &others {
+            assert!(
+                SYSTEM_TOPICS.contains(&attr(span, "messaging.destination.name")),
+                "a span for a message no test client sent: {span}"
+            );
+        }
+        assert_all_complete(&runs, &spans, &agent_log);
+        assert_broker_view(&spans, &runs, cluster.broker_pid());
+    })
+    .await
+    .unwrap();
+}
+
+/// The remoting clients against Apache's 5.5.0 broker: the 5.5.0 Java client's producer in
+/// every mode and a push consumer that fails each message once, the 4.9.7 Java client beside
+/// it, and the Rust client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remoting_clients_on_apache_5_every_message_one_complete_trace() {
+    traced("apache5", Release::V5, Topology::Direct, |cluster| {
+        let server = "Apache 5.5.0";
+        let namesrv = cluster.namesrv();
+        let mut runs: Vec<Run> = [
+            "sync",
+            "async",
+            "oneway",
+            "batch",
+            "ordered",
+            "delay",
+            "transaction",
+        ]
+        .iter()
+        .map(|mode| {
+            remoting_run(
+                cluster,
+                &namesrv,
+                Client::JavaRemoting(Release::V5),
+                mode,
+                server,
+            )
+        })
+        .collect();
+        runs.push(remoting_run(
+            cluster,
+            &namesrv,
+            Client::JavaRemoting(Release::V4),
+            "sync",
+            server,
+        ));
+        runs.push(remoting_run(
+            cluster,
+            &namesrv,
+            Client::GoRemoting,
+            "sync",
+            server,
+        ));
+        runs.push(rust_run(cluster, &namesrv, server));
+        runs
+    })
+    .await;
+}
+
+/// Apache's 4.9.7 broker with its own Java client and the Rust client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remoting_clients_on_apache_4_every_message_one_complete_trace() {
+    traced("apache4", Release::V4, Topology::Direct, |cluster| {
+        let server = "Apache 4.9.7";
+        let namesrv = cluster.namesrv();
+        vec![
+            remoting_run(
+                cluster,
+                &namesrv,
+                Client::JavaRemoting(Release::V4),
+                "sync",
+                server,
+            ),
+            remoting_run(
+                cluster,
+                &namesrv,
+                Client::JavaRemoting(Release::V4),
+                "transaction",
+                server,
+            ),
+            remoting_run(cluster, &namesrv, Client::GoRemoting, "sync", server),
+            rust_run(cluster, &namesrv, server),
+        ]
+    })
+    .await;
+}
+
+/// The proxy in local mode (the broker inside its JVM): the 5.x gRPC client in every message
+/// type with simple and push consumers, and the remoting client through the proxy's remoting
+/// port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_through_the_local_mode_proxy_every_message_one_complete_trace() {
+    traced(
+        "apache5-local",
+        Release::V5,
+        Topology::ProxyLocal,
+        |cluster| {
+            let server = "Apache 5.5.0 proxy, local mode";
+            // Remoting clients reach the broker's own port, inside the proxy's process: the
+            // local-mode proxy's remoting port hands them routes to its gRPC port (Apache
+            // 5.5.0), where every send fails.
+            let namesrv = cluster.namesrv();
+            vec![
+                grpc_run(cluster, Client::JavaGrpc, "normal", "simple", server),
+                grpc_run(
+                    cluster,
+                    Client::JavaGrpc,
+                    "normal",
+                    "simple-change-invisible",
+                    server,
+                ),
+                grpc_run(cluster, Client::JavaGrpc, "normal", "push", server),
+                grpc_run(cluster, Client::JavaGrpc, "fifo", "simple", server),
+                grpc_run(cluster, Client::JavaGrpc, "delay", "simple", server),
+                grpc_run(cluster, Client::JavaGrpc, "transaction", "simple", server),
+                grpc_run(cluster, Client::GoGrpc, "normal", "simple", server),
+                remoting_run(
+                    cluster,
+                    &namesrv,
+                    Client::JavaRemoting(Release::V5),
+                    "sync",
+                    server,
+                ),
+                remoting_run(cluster, &namesrv, Client::GoRemoting, "sync", server),
+            ]
+        },
+    )
+    .await;
+}
+
+/// The proxy in cluster mode, in front of the broker: the gRPC client, and the remoting client
+/// through the proxy's remoting port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_through_the_cluster_mode_proxy_every_message_one_complete_trace() {
+    traced(
+        "apache5-cluster",
+        Release::V5,
+        Topology::ProxyCluster,
+        |cluster| {
+            let server = "Apache 5.5.0 proxy, cluster mode";
+            let proxy = cluster.proxy_remoting();
+            vec![
+                grpc_run(cluster, Client::JavaGrpc, "normal", "simple", server),
+                grpc_run(cluster, Client::GoGrpc, "normal", "simple", server),
+                remoting_run(
+                    cluster,
+                    &proxy,
+                    Client::JavaRemoting(Release::V5),
+                    "sync",
+                    server,
+                ),
+            ]
+        },
+    )
+    .await;
+}
+
+/// The broker's own spans on Apache's broker: every message stored once, each broker span
+/// naming the client it served.
+fn assert_broker_view(spans: &[Value], runs: &[Run], broker_pid: u32) {
+    let broker: Vec<&Value> = spans
+        .iter()
+        .filter(|s| s["kind"] == "SERVER" && s["resource"]["process.pid"] == broker_pid)
+        .collect();
+    let mut stored: BTreeMap<&str, usize> = BTreeMap::new();
+    for span in &broker {
+        assert!(
+            !attr(span, "client.address").is_empty(),
+            "a broker span names its client: {span}"
+        );
+        if text(span, "name").starts_with("store ") {
+            *stored
+                .entry(attr(span, "messaging.message.id"))
+                .or_default() += 1;
+        }
+    }
+    let missing: BTreeSet<&str> = runs
+        .iter()
+        .flat_map(|run| &run.sent)
+        .filter(|id| stored.get(id.as_str()) != Some(&1))
+        .map(String::as_str)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} messages without exactly one store span on the broker: {missing:?}",
+        missing.len()
+    );
+}
+
+/// RocketMQ's own message trace as ground truth: the Java remoting clients with their trace
+/// switched on write Pub, SubBefore and SubAfter records to `RMQ_SYS_TRACE_TOPIC`; read back
+/// the way RocketMQ Dashboard reads them, they say the same as mqtrace's spans of the same
+/// messages (message id, offsetMsgId, store host, tags, keys, success, retry times, group),
+/// and the clients' own trace producer makes no spans but its sends to the trace topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtrace_agrees_with_rocketmqs_own_trace_records() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    tokio::task::spawn_blocking(|| {
+        let cluster = Cluster::start(Release::V5, Topology::Direct).unwrap();
+        let (agent, output) = tracing_agent("apache5-native-trace");
+        let namesrv = cluster.namesrv();
+        let topic = "NativeTrace";
+        let group = "NativeTraceGroup";
+        cluster.make_topic(topic, "NORMAL").unwrap();
+        cluster.make_group(group, false).unwrap();
+        let count = MESSAGES.to_string();
+        let client = Client::JavaRemoting(Release::V5);
+        let mut producer = client.command(false, "");
+        producer.args([
+            "--namesrv", &namesrv, "--topic", topic, "--group", "native_trace_producer",
+            "--count", &count, "--mode", "sync", "--trace",
+        ]);
+        let produced = run_client(producer);
+        let mut consumer = client.command(true, "RemotingConsumer");
+        consumer.args([
+            "--namesrv", &namesrv, "--topic", topic, "--group", group, "--expect", &count,
+            "--fail-first", "1", "--timeout-s", "90", "--trace", "--retry-delay-level", "1",
+            "--poll-namesrv-ms", "1000", "--rebalance-ms", "1000",
+        ]);
+        run_client(consumer);
+        let sent = ids(&produced);
+        let records = run_client({
+            let mut query = app(Release::V5, "TraceQuery");
+            query.args([
+                "--namesrv", &namesrv, "--msg-id", &sent.join(","), "--expect-types",
+                "Pub,SubBefore,SubAfter", "--wait-s", "60",
+            ]);
+            query
+        });
+        let agent_log = agent.stop();
+        let spans = read_span_file(&output.0);
+        let table = compare_with_trace_records(&sent, &records, &spans);
+        for row in &table {
+            println!("native trace: {row}");
+        }
+        let required = [
+            "message id",
+            "offsetMsgId",
+            "store host",
+            "tags",
+            "keys",
+            "success",
+        ];
+        for row in table
+            .iter()
+            .filter(|r| required.iter().any(|name| r.name == *name))
+        {
+            assert!(
+                row.agree == row.total,
+                "{row}\nagent log:\n{agent_log}"
+            );
+        }
+        // The clients' trace producers: sends to the trace topic, nothing else.
+        let trace_topic: Vec<&Value> = spans
+            .iter()
+            .filter(|s| attr(s, "messaging.destination.name") == "RMQ_SYS_TRACE_TOPIC")
+            .collect();
+        assert!(!trace_topic.is_empty(), "the trace records' sends are seen");
+        for span in trace_topic {
+            let name = text(span, "name");
+            assert!(
+                name == "send RMQ_SYS_TRACE_TOPIC" || name == "store RMQ_SYS_TRACE_TOPIC",
+                "the trace producer's messages make only send spans (and the broker's store): {span}"
+            );
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// One field's agreement between RocketMQ's trace records and mqtrace's spans.
+struct FieldRow {
+    name: &'static str,
+    agree: usize,
+    total: usize,
+    example: Option<String>,
+}
+
+impl std::fmt::Display for FieldRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}/{} agree", self.name, self.agree, self.total)?;
+        if let Some(example) = &self.example {
+            write!(f, " (e.g. {example})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Compares each message's Pub record with its send span, and its SubBefore/SubAfter records
+/// with its receive spans (one per delivery, in order of retry times).
+fn compare_with_trace_records(
+    sent: &[String],
+    records: &[Value],
+    spans: &[Value],
+) -> Vec<FieldRow> {
+    let mut rows: BTreeMap<&'static str, FieldRow> = BTreeMap::new();
+    let mut add = |name: &'static str, message: &str, record: String, span: String| {
+        let row = rows.entry(name).or_insert(FieldRow {
+            name,
+            agree: 0,
+            total: 0,
+            example: None,
+        });
+        row.total += 1;
+        if record == span {
+            row.agree += 1;
+        } else if row.example.is_none() {
+            row.example = Some(format!("{message}: record {record:?}, span {span:?}"));
+        }
+    };
+    // Keys as RocketMQ writes them: separated by spaces.
+    let span_text = |span: Option<&&Value>, key: &str| -> String {
+        span.map(|s| match &s["attributes"][key] {
+            Value::String(text) => text.clone(),
+            Value::Null => String::new(),
+            Value::Array(items) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" "),
+            other => other.to_string(),
+        })
+        .unwrap_or_default()
+    };
+    let record_text = |record: &Value, key: &str| -> String {
+        match &record[key] {
+            Value::String(text) => text.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        }
+    };
+    for id in sent {
+        let mine: Vec<&Value> = spans
+            .iter()
+            .filter(|s| attr(s, "messaging.message.id") == id && s["kind"] != "SERVER")
+            .collect();
+        let of = |kind: &str| -> Vec<&Value> {
+            records
+                .iter()
+                .filter(|r| text(r, "msgId") == id && text(r, "type") == kind)
+                .collect()
+        };
+        let send = mine.iter().find(|s| s["kind"] == "PRODUCER");
+        for record in of("Pub") {
+            add(
+                "message id",
+                id,
+                record_text(record, "msgId"),
+                span_text(send, "messaging.message.id"),
+            );
+            add(
+                "offsetMsgId",
+                id,
+                record_text(record, "offsetMsgId"),
+                span_text(send, "mqtrace.offset_msg_id"),
+            );
+            add(
+                "store host",
+                id,
+                record_text(record, "storeHost"),
+                format!(
+                    "{}:{}",
+                    span_text(send, "server.address"),
+                    span_text(send, "server.port")
+                ),
+            );
+            add(
+                "tags",
+                id,
+                record_text(record, "tags"),
+                span_text(send, "messaging.rocketmq.message.tag"),
+            );
+            add(
+                "keys",
+                id,
+                record_text(record, "keys"),
+                span_text(send, "messaging.rocketmq.message.keys"),
+            );
+            add(
+                "topic",
+                id,
+                record_text(record, "topic"),
+                span_text(send, "messaging.destination.name"),
+            );
+            add(
+                "producer group",
+                id,
+                record_text(record, "groupName"),
+                span_text(send, "messaging.rocketmq.client_group"),
+            );
+            add(
+                "success",
+                id,
+                record_text(record, "success"),
+                send.map(|s| (s["status"] != "ERROR").to_string())
+                    .unwrap_or_default(),
+            );
+        }
+        // Deliveries in order of retry times: the receive spans, and what settled each.
+        let mut receives: Vec<&&Value> = mine
+            .iter()
+            .filter(|s| text(s, "name").starts_with("receive "))
+            .collect();
+        receives.sort_by_key(|s| s["attributes"]["mqtrace.reconsume_times"].as_i64());
+        let mut befores = of("SubBefore");
+        befores.sort_by_key(|r| r["retryTimes"].as_i64());
+        for (index, before) in befores.iter().enumerate() {
+            let receive = receives.get(index).copied();
+            add(
+                "consumer group",
+                id,
+                record_text(before, "groupName"),
+                span_text(receive, "messaging.consumer.group.name"),
+            );
+            add(
+                "retry times",
+                id,
+                record_text(before, "retryTimes"),
+                span_text(receive, "mqtrace.reconsume_times"),
+            );
+            add(
+                "keys",
+                id,
+                record_text(before, "keys"),
+                span_text(receive, "messaging.rocketmq.message.keys"),
+            );
+        }
+        // A delivery that failed was sent back: one send_back span per failed SubAfter.
+        let after = of("SubAfter");
+        let failed = after.iter().filter(|r| r["success"] == false).count();
+        let sent_back = mine
+            .iter()
+            .filter(|s| text(s, "name").starts_with("send_back "))
+            .count();
+        add(
+            "success",
+            id,
+            format!("{failed} failed"),
+            format!("{sent_back} failed"),
+        );
+    }
+    rows.into_values().collect()
+}
