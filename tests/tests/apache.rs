@@ -123,6 +123,9 @@ enum Outcome {
     /// Remoting: failed, sent back to the broker for a retry (`send_back`); the offset commit
     /// passes it all the same.
     SentBack,
+    /// Remoting, orderly: failed, handed to the listener again from the client's memory (no
+    /// pull, no request: nothing on the wire).
+    RetriedInProcess,
     /// gRPC: acknowledged (`ack`).
     Acked,
     /// gRPC: its invisible time changed, to be delivered again (`nack`).
@@ -150,6 +153,7 @@ impl Delivery {
             // offset commit passes it too. The send-back names the message's own topic,
             // whichever it was pulled from.
             Outcome::SentBack => vec![receive, format!("send_back {}", self.origin), commit],
+            Outcome::RetriedInProcess => Vec::new(),
             Outcome::Acked => vec![receive, format!("ack {}", self.origin)],
             Outcome::Nacked => vec![receive, format!("nack {}", self.origin)],
         }
@@ -160,8 +164,10 @@ impl Delivery {
 /// gives a redelivery its original topic back; the broker delivered it from the retry topic).
 fn remoting_delivery(group: &str, line: &Value) -> (String, Delivery) {
     let outcome = match text(line, "result") {
-        "CONSUME_SUCCESS" => Outcome::Committed,
+        // Concurrent and orderly listeners, and a lite pull consumer's record.
+        "CONSUME_SUCCESS" | "SUCCESS" | "PULLED" => Outcome::Committed,
         "RECONSUME_LATER" => Outcome::SentBack,
+        "SUSPEND_CURRENT_QUEUE_A_MOMENT" => Outcome::RetriedInProcess,
         other => panic!("unknown result {other}: {line}"),
     };
     let origin = text(line, "topic").to_string();
@@ -344,25 +350,31 @@ fn tracing_agent(name: &str) -> (Agent, ScratchFile) {
 /// synchronously) and a push consumer that fails each message's first delivery, on a new topic
 /// of `cluster` reached through `namesrv`.
 fn remoting_run(cluster: &Cluster, namesrv: &str, client: Client, mode: &str, server: &str) -> Run {
+    remoting_run_with(cluster, namesrv, client, mode, "push", server)
+}
+
+/// As [`remoting_run`], with the Java client's `orderly` push consumer or its `lite-pull`
+/// consumer (which fails nothing).
+fn remoting_run_with(
+    cluster: &Cluster,
+    namesrv: &str,
+    client: Client,
+    mode: &str,
+    consumer_kind: &str,
+    server: &str,
+) -> Run {
     let topic = format!(
-        "Remoting{}{mode}",
-        client.name().replace([' ', '.', '-'], "")
+        "Remoting{}{mode}{}",
+        client.name().replace([' ', '.', '-'], ""),
+        consumer_kind.replace('-', "")
     );
     cluster.make_topic(&topic, "NORMAL").unwrap();
     let group = format!("{topic}Group");
     cluster.make_group(&group, false).unwrap();
     let count = MESSAGES.to_string();
     let mut producer = client.command(false, "");
-    producer.args([
-        "--namesrv",
-        namesrv,
-        "--topic",
-        &topic,
-        "--group",
-        "mqtrace_producer",
-        "--count",
-        &count,
-    ]);
+    producer.args(["--namesrv", namesrv, "--topic", &topic]);
+    producer.args(["--group", "mqtrace_producer", "--count", &count]);
     if let Client::JavaRemoting(_) = client {
         producer.args(["--mode", mode]);
         if mode == "delay" {
@@ -372,21 +384,33 @@ fn remoting_run(cluster: &Cluster, namesrv: &str, client: Client, mode: &str, se
     let produced = run_client(producer);
     let sent = ids(&produced);
     assert_eq!(sent.len(), MESSAGES, "{mode}: {produced:?}");
-    let mut consumer = client.command(true, "RemotingConsumer");
-    consumer.args([
-        "--namesrv",
-        namesrv,
-        "--topic",
-        &topic,
-        "--group",
-        &group,
-        "--expect",
-        &count,
-        "--fail-first",
-        "1",
-        "--timeout-s",
-        "90",
-    ]);
+    let java_consumer = if consumer_kind == "lite-pull" {
+        "LitePullConsumer"
+    } else {
+        "RemotingConsumer"
+    };
+    let mut consumer = client.command(true, java_consumer);
+    consumer.args(["--namesrv", namesrv, "--topic", &topic, "--group", &group]);
+    consumer.args(["--expect", &count, "--timeout-s", "90"]);
+    match consumer_kind {
+        "push" => consumer.args(["--fail-first", "1"]),
+        "orderly" => consumer.args(["--fail-first", "1", "--orderly"]),
+        "lite-pull" => &mut consumer,
+        other => panic!("no consumer {other}"),
+    };
+    if let Client::JavaRemoting(_) = client {
+        // The retry topic's route and the rebalance within a second (the client's defaults:
+        // 30 s, 20 s), and for a push consumer the retry after 1 s (10 s).
+        consumer.args(["--poll-namesrv-ms", "1000", "--rebalance-ms", "1000"]);
+        if consumer_kind != "lite-pull" {
+            consumer.args(["--retry-delay-level", "1"]);
+        }
+    }
+    if let Client::GoRemoting = client {
+        // Its shutdown commits the offsets it knows then, which may leave out the last
+        // messages consumed: their offsets go out with the periodic commit, every 5 s.
+        consumer.args(["--linger-ms", "6000"]);
+    }
     let consumed = run_client(consumer);
     let each_message_also = if mode == "transaction" {
         vec![format!("commit {topic}")]
@@ -394,7 +418,10 @@ fn remoting_run(cluster: &Cluster, namesrv: &str, client: Client, mode: &str, se
         Vec::new()
     };
     Run {
-        name: format!("{} {mode} × {server}", client.name()),
+        name: format!(
+            "{} {mode}, {consumer_kind} consumer × {server}",
+            client.name()
+        ),
         deliveries: group_deliveries(consumed.iter().map(|line| remoting_delivery(&group, line))),
         topic,
         sent,
@@ -586,6 +613,16 @@ async fn remoting_clients_on_apache_5_every_message_one_complete_trace() {
             )
         })
         .collect();
+        for consumer in ["orderly", "lite-pull"] {
+            runs.push(remoting_run_with(
+                cluster,
+                &namesrv,
+                Client::JavaRemoting(Release::V5),
+                "ordered",
+                consumer,
+                server,
+            ));
+        }
         runs.push(remoting_run(
             cluster,
             &namesrv,

@@ -4,7 +4,7 @@
 // straight to the broker, no proxy).
 //
 //	remoting produce --namesrv H:P --topic T [--group G] --count N [--tag TagA] [--keys key-{i}] [--body text]
-//	remoting consume --namesrv H:P --topic T --group G --expect N [--timeout-s 60] [--fail-first K] [--tag expr]
+//	remoting consume --namesrv H:P --topic T --group G --expect N [--timeout-s 60] [--fail-first K] [--tag expr] [--linger-ms MS]
 //
 // stdout carries only JSON objects, one per line; everything else (client
 // logs included) goes to stderr. See ../README.md.
@@ -66,7 +66,7 @@ func claimStdout() {
 func usage() {
 	fmt.Fprint(os.Stderr, `usage:
   remoting produce --namesrv H:P --topic T [--group G] --count N [--tag TagA] [--keys key-{i}] [--body text]
-  remoting consume --namesrv H:P --topic T --group G --expect N [--timeout-s 60] [--fail-first K] [--tag expr]
+  remoting consume --namesrv H:P --topic T --group G --expect N [--timeout-s 60] [--fail-first K] [--tag expr] [--linger-ms MS]
 `)
 	os.Exit(2)
 }
@@ -219,6 +219,8 @@ func consume(args []string) {
 	timeoutS := fs.Int("timeout-s", 60, "fail when not done after this many seconds")
 	failFirst := fs.Int("fail-first", 0, "the first K deliveries of each message return RECONSUME_LATER")
 	tag := fs.String("tag", "*", "subscription tag expression")
+	lingerMs := fs.Int("linger-ms", 0, "after the last message, run on this long before shutting down "+
+		"(the client commits consumed offsets every 5 s; its shutdown may miss the last ones)")
 	fs.Parse(args)
 	if *namesrv == "" || *topic == "" || *group == "" {
 		fatalf("consume: --namesrv, --topic and --group are required")
@@ -311,6 +313,7 @@ func consume(args []string) {
 	code := 0
 	select {
 	case <-done:
+		time.Sleep(time.Duration(*lingerMs) * time.Millisecond)
 	case <-time.After(time.Duration(*timeoutS) * time.Second):
 		mu.Lock()
 		if !finished { // else done was printed just now: success

@@ -35,10 +35,10 @@ final class Grpc {
             hint = " -- usually the consumer group does not exist (the client log "
                     + "~/logs/rocketmq/rocketmq-client.log then says 'group not found'); "
                     + "the proxy does not create consumer groups for gRPC clients: create it first "
-                    + "(mqtrace.apps.Admin --groups G, or mqadmin updateSubGroup -c DefaultCluster -g G)";
+                    + "(mqadmin updateSubGroup -c DefaultCluster -g G)";
         } else if (msg.contains("No topic route info")) {
             hint = " -- gRPC clients do not create topics: create it first with its message type "
-                    + "(mqtrace.apps.Admin --topics T=NORMAL, or mqadmin updateTopic -t T -a +message.type=NORMAL)";
+                    + "(mqadmin updateTopic -t T -a +message.type=NORMAL)";
         }
         Out.fail(1, what + " did not start: " + root + hint, t);
     }
