@@ -177,6 +177,9 @@ impl ReceivedIndex {
 struct Sent {
     attempts: u32,
     labels: MessageLabels,
+    /// The topic it was sent to, kept where its end may name another (a transaction's check-back
+    /// names the broker's half topic).
+    topic: Option<Rc<str>>,
     bytes: usize,
 }
 
@@ -185,6 +188,7 @@ struct Sent {
 pub struct SentIndex {
     by_key: FastMap<String, Sent>,
     order: VecDeque<String>,
+    last_topic: Option<Rc<str>>,
     /// Bytes held against the share; sends forgotten to stay within it or the count.
     pub held: Held,
 }
@@ -194,16 +198,19 @@ impl SentIndex {
         Self {
             by_key: FastMap::default(),
             order: VecDeque::new(),
+            last_topic: None,
             held: Held::new(limit_bytes),
         }
     }
 
-    /// Counts a send of `key`; returns which attempt it is (1 for the first seen).
-    pub fn record(&mut self, key: &str, labels: MessageLabels) -> u32 {
+    /// Counts a send of `key` (to `topic`, where its end must know it); returns which attempt
+    /// it is (1 for the first seen).
+    pub fn record(&mut self, key: &str, labels: MessageLabels, topic: Option<&str>) -> u32 {
         if let Some(sent) = self.by_key.get_mut(key) {
             sent.attempts = sent.attempts.saturating_add(1);
             return sent.attempts;
         }
+        let topic = topic.map(|topic| shared_text(&mut self.last_topic, topic));
         let bytes = 2 * key.len() + labels.heap_bytes() + 128;
         while self.order.len() >= SENT_CAPACITY || !self.held.fits(bytes) {
             let Some(oldest) = self.order.pop_front() else {
@@ -219,6 +226,7 @@ impl SentIndex {
             Sent {
                 attempts: 1,
                 labels,
+                topic,
                 bytes,
             },
         );
@@ -227,5 +235,10 @@ impl SentIndex {
 
     pub fn labels(&self, key: &str) -> Option<MessageLabels> {
         self.by_key.get(key).map(|s| s.labels.clone())
+    }
+
+    /// The topic `key` was sent to, where it was kept.
+    pub fn topic(&self, key: &str) -> Option<&str> {
+        self.by_key.get(key).and_then(|s| s.topic.as_deref())
     }
 }

@@ -904,13 +904,18 @@ impl Correlator {
                     self.counters.settles_unresolved += 1;
                     return;
                 };
-                let labels = self.seen(&step).sent.labels(&key).unwrap_or_default();
+                let sent = &self.seen(&step).sent;
+                let labels = sent.labels(&key).unwrap_or_default();
+                let topic = sent
+                    .topic(&key)
+                    .map(String::from)
+                    .or_else(|| tx.topic.clone());
                 self.count(&step, Counted::Settle);
                 out.push(MessageEvent::Settle(SettleEvent {
                     key,
                     settlement,
                     consumer_group: tx.producer_group.clone(),
-                    topic: tx.topic.clone(),
+                    topic,
                     labels,
                     reconsume_times: None,
                     start_unix_ns: step.start,
@@ -941,13 +946,14 @@ impl Correlator {
             self.counters.messages_without_id += 1;
             return;
         };
-        // Labels are kept for transactional messages only: their end names them by ID alone.
-        let labels = if message.properties.transaction_prepared() {
-            MessageLabels::of(message)
+        // Labels and topic are kept for transactional messages only: their end names them by
+        // ID alone, and a check-back's end by the broker's half topic.
+        let (labels, topic) = if message.properties.transaction_prepared() {
+            (MessageLabels::of(message), send.topic.as_deref())
         } else {
-            MessageLabels::default()
+            (MessageLabels::default(), None)
         };
-        let attempt = self.seen(step).sent.record(&key, labels);
+        let attempt = self.seen(step).sent.record(&key, labels, topic);
         if attempt > 1 && !step.endpoint.is_broker() {
             self.counters.send_retries += 1;
         }

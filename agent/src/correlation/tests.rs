@@ -1300,3 +1300,41 @@ fn a_grpc_send_through_a_proxy_joins_remoting_and_grpc_consumers() {
     assert_eq!(counters.correlation.relayed_requests, 1);
     assert_eq!(counters.correlation.serving_process_requests, 1);
 }
+
+#[test]
+fn a_transaction_ended_on_check_back_settles_under_the_topic_it_was_sent_to() {
+    let props = properties(&[("UNIQ_KEY", "X1"), ("TRAN_MSG", "true")]);
+    let send = json_frame(
+        10,
+        0,
+        1,
+        &[
+            ("topic", "T"),
+            ("producerGroup", "PG"),
+            ("properties", &props),
+        ],
+        b"b",
+    );
+    // The broker asks (CHECK_TRANSACTION_STATE) with the half message, which it keeps in its
+    // half topic; the producer's END_TRANSACTION (oneway) then names that topic.
+    let end = json_frame(
+        37,
+        2,
+        2,
+        &[
+            ("topic", "RMQ_SYS_TRANS_HALF_TOPIC"),
+            ("producerGroup", "PG"),
+            ("commitOrRollback", "8"),
+            ("fromTransactionCheck", "true"),
+            ("msgId", "X1"),
+            ("transactionId", "X1"),
+            ("commitLogOffset", "0"),
+            ("tranStateTableOffset", "0"),
+        ],
+        b"",
+    );
+    let out = spans(&[(UP, send), (DOWN, ok_response(1, &[])), (UP, end)]);
+    let names: Vec<&str> = out.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["send T", "commit T"]);
+    assert_eq!(out[1].parent_span_id, Some(out[0].span_id));
+}
