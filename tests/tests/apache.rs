@@ -162,7 +162,8 @@ impl Delivery {
 
 /// A remoting consumer's line: `{"msgId", "topic", "reconsumeTimes", "result"}` (the client
 /// gives a redelivery its original topic back; the broker delivered it from the retry topic).
-fn remoting_delivery(group: &str, line: &Value) -> (String, Delivery) {
+/// An orderly consumer (`orderly`) retries in process: every delivery comes from the topic.
+fn remoting_delivery(group: &str, orderly: bool, line: &Value) -> (String, Delivery) {
     let outcome = match text(line, "result") {
         // Concurrent and orderly listeners, and a lite pull consumer's record.
         "CONSUME_SUCCESS" | "SUCCESS" | "PULLED" => Outcome::Committed,
@@ -171,7 +172,7 @@ fn remoting_delivery(group: &str, line: &Value) -> (String, Delivery) {
         other => panic!("unknown result {other}: {line}"),
     };
     let origin = text(line, "topic").to_string();
-    let pulled_from = if line["reconsumeTimes"].as_u64().unwrap_or(0) > 0 {
+    let pulled_from = if !orderly && line["reconsumeTimes"].as_u64().unwrap_or(0) > 0 {
         format!("%RETRY%{group}")
     } else {
         origin.clone()
@@ -422,7 +423,11 @@ fn remoting_run_with(
             "{} {mode}, {consumer_kind} consumer × {server}",
             client.name()
         ),
-        deliveries: group_deliveries(consumed.iter().map(|line| remoting_delivery(&group, line))),
+        deliveries: group_deliveries(
+            consumed
+                .iter()
+                .map(|line| remoting_delivery(&group, consumer_kind == "orderly", line)),
+        ),
         topic,
         sent,
         each_message_also,
@@ -643,7 +648,8 @@ async fn remoting_clients_on_apache_5_every_message_one_complete_trace() {
     .await;
 }
 
-/// Apache's 4.9.7 broker with its own Java client and the Rust client.
+/// Apache's 4.9.7 broker with its own Java client and the Go client. (rocketmq-client-rust
+/// 1.0.0 cannot read the 4.9.7 name server's route answers: it sends and receives nothing.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remoting_clients_on_apache_4_every_message_one_complete_trace() {
     traced("apache4", Release::V4, Topology::Direct, |cluster| {
@@ -665,7 +671,6 @@ async fn remoting_clients_on_apache_4_every_message_one_complete_trace() {
                 server,
             ),
             remoting_run(cluster, &namesrv, Client::GoRemoting, "sync", server),
-            rust_run(cluster, &namesrv, server),
         ]
     })
     .await;

@@ -40,6 +40,12 @@ pub fn run() -> anyhow::Result<()> {
         bin("broker-bench").env("MQTRACE_PEERS", &peers),
     )?);
 
+    step(
+        "Apache's Java producer and consumer on Apache's broker: untraced vs mqtrace vs the \
+         OpenTelemetry Java agent",
+    );
+    lines.extend(json_lines(bin("java-bench").env("MQTRACE_PEERS", &peers))?);
+
     step("ceiling: frame-load at rising rates, single sends and pulls of 32 x 1 KiB");
     lines.extend(json_lines(&mut bin("ceiling-bench"))?);
 
@@ -152,6 +158,33 @@ pub fn run() -> anyhow::Result<()> {
                     &v["consumer_msgs_per_s"],
                     "msgs/s",
                     &v["consumer_throughput_ratio"],
+                );
+            }
+            Some("java_clients") => {
+                let setup = text("setup");
+                row(
+                    format!("Java producer (sync), {setup}"),
+                    &v["producer_msgs_per_s"],
+                    "msgs/s",
+                    &v["producer_throughput_ratio"],
+                );
+                row(
+                    format!("  Java send p99, {setup}"),
+                    &v["producer_p99_us"],
+                    "us",
+                    &v["producer_p99_ratio"],
+                );
+                row(
+                    format!("  Java push consumer, {setup}"),
+                    &v["consumer_msgs_per_s"],
+                    "msgs/s",
+                    &v["consumer_throughput_ratio"],
+                );
+                row(
+                    format!("  tracing CPU per message, {setup}"),
+                    &v["tracing_cpu_us_per_message"],
+                    "us",
+                    &none,
                 );
             }
             Some("agent_cost") => {

@@ -32,7 +32,7 @@ public final class RemotingProducer {
     static final String USAGE = "RemotingProducer --namesrv H:P --topic T --group G --count N "
             + "--mode sync|async|oneway|batch|ordered|delay|transaction [--tag TAG] [--keys K] [--trace] "
             + "[--delay-level L] [--batch-size B] [--body-size S] [--rate PER_SEC] [--timeout-s S] [--api-timeout-ms MS] "
-            + "[--send-timeout-ms MS] [--trace-flush-ms MS]";
+            + "[--send-timeout-ms MS] [--trace-flush-ms MS] [--stats]";
 
     private static final List<String> MODES =
             Arrays.asList("sync", "async", "oneway", "batch", "ordered", "delay", "transaction");
@@ -42,7 +42,7 @@ public final class RemotingProducer {
         Args a = Args.parse(argv, USAGE,
                 new String[] {"api-timeout-ms", "namesrv", "topic", "group", "count", "mode", "tag", "keys", "delay-level",
                     "batch-size", "body-size", "rate", "timeout-s", "send-timeout-ms", "trace-flush-ms"},
-                new String[] {"trace"});
+                new String[] {"trace", "stats"});
         try {
             new RemotingProducer(a).run();
         } catch (Throwable t) {
@@ -64,6 +64,9 @@ public final class RemotingProducer {
     private final int bodySize;
     private final double rate;
     private final int timeoutS;
+    /** --stats (sync mode): no line per message; the done line says the rate and latencies. */
+    private final boolean stats;
+    private long[] latenciesNs = new long[0];
 
     private final AtomicInteger sent = new AtomicInteger();
     private final AtomicInteger failed = new AtomicInteger();
@@ -90,6 +93,7 @@ public final class RemotingProducer {
         bodySize = a.integer("body-size", -1);
         rate = a.number("rate", 0);
         timeoutS = a.integer("timeout-s", 120);
+        stats = a.has("stats");
     }
 
     private String keysOf(int i) {
@@ -231,6 +235,17 @@ public final class RemotingProducer {
         if (mode.equals("transaction")) {
             done.put("unknown", unknown.size()).put("checked", checked.size()).put("checkCalls", checkCalls.get());
         }
+        if (stats && latenciesNs.length > 0) {
+            long elapsedNs = 0;
+            for (long l : latenciesNs) {
+                elapsedNs += l;
+            }
+            long[] sorted = latenciesNs.clone();
+            Arrays.sort(sorted);
+            done.put("msgsPerS", latenciesNs.length * 1e9 / elapsedNs)
+                    .put("p50Us", sorted[sorted.length / 2] / 1000.0)
+                    .put("p99Us", sorted[(int) (sorted.length * 0.99)] / 1000.0);
+        }
         Out.emit(done);
         Out.exit(failed.get() == 0 ? 0 : 1);
     }
@@ -239,12 +254,17 @@ public final class RemotingProducer {
         switch (mode) {
             case "sync":
             case "delay":
+                latenciesNs = new long[count];
                 for (int i = 0; i < count; i++) {
                     pace(t0, i);
                     Message m = message(i);
+                    long started = System.nanoTime();
                     SendResult r = producer.send(m);
+                    latenciesNs[i] = System.nanoTime() - started;
                     sent.incrementAndGet();
-                    printResult(i, m, r, r.getMsgId(), r.getOffsetMsgId());
+                    if (!stats) {
+                        printResult(i, m, r, r.getMsgId(), r.getOffsetMsgId());
+                    }
                 }
                 break;
             case "ordered":
