@@ -14,7 +14,7 @@ use mqtrace_tests::{
     agent::Agent,
     apache::{Cluster, Release, Topology, app},
     process::ScratchFile,
-    rocketmq::{client, json_lines, peers_root, tail},
+    rocketmq::{Broker, client, json_lines, peers_root, tail},
     spancheck::{assert_complete_traces, read_span_file},
 };
 use serde_json::Value;
@@ -350,14 +350,20 @@ fn tracing_agent(name: &str) -> (Agent, ScratchFile) {
 /// Runs a remoting producer of `client` in `mode` (the Java client's; the Go client sends
 /// synchronously) and a push consumer that fails each message's first delivery, on a new topic
 /// of `cluster` reached through `namesrv`.
-fn remoting_run(cluster: &Cluster, namesrv: &str, client: Client, mode: &str, server: &str) -> Run {
+fn remoting_run(
+    cluster: &dyn Servers,
+    namesrv: &str,
+    client: Client,
+    mode: &str,
+    server: &str,
+) -> Run {
     remoting_run_with(cluster, namesrv, client, mode, "push", server)
 }
 
 /// As [`remoting_run`], with the Java client's `orderly` push consumer or its `lite-pull`
 /// consumer (which fails nothing).
 fn remoting_run_with(
-    cluster: &Cluster,
+    cluster: &dyn Servers,
     namesrv: &str,
     client: Client,
     mode: &str,
@@ -563,31 +569,100 @@ async fn traced(
         let (agent, output) = tracing_agent(name);
         let runs = clients(&cluster);
         let agent_log = agent.stop();
-        let spans = read_span_file(&output.0);
-        let sent: BTreeSet<&str> = runs
-            .iter()
-            .flat_map(|run| &run.sent)
-            .map(String::as_str)
-            .collect();
-        let (ours, others): (Vec<Value>, Vec<Value>) = spans
-            .iter()
-            .cloned()
-            .partition(|s| sent.contains(attr(s, "messaging.message.id")));
-        assert_complete_traces(&ours);
-        // Besides the tests' messages, only the servers' own: the cluster-mode proxy's
-        // heartbeat sync messages, which it sends as a serving process (no client spans), so
-        // the broker's spans of them have no send span as parent.
-        for span in &others {
-            assert!(
-                SYSTEM_TOPICS.contains(&attr(span, "messaging.destination.name")),
-                "a span for a message no test client sent: {span}"
-            );
-        }
-        assert_all_complete(&runs, &spans, &agent_log);
-        assert_broker_view(&spans, &runs, cluster.broker_pid());
+        assert_traced(
+            &runs,
+            &read_span_file(&output.0),
+            &agent_log,
+            cluster.broker_pid(),
+        );
     })
     .await
     .unwrap();
+}
+
+/// Every run's messages traced completely, nothing else traced but the servers' own messages,
+/// and the broker's view of each message.
+fn assert_traced(runs: &[Run], spans: &[Value], agent_log: &str, broker_pid: u32) {
+    let sent: BTreeSet<&str> = runs
+        .iter()
+        .flat_map(|run| &run.sent)
+        .map(String::as_str)
+        .collect();
+    let (ours, others): (Vec<Value>, Vec<Value>) = spans
+        .iter()
+        .cloned()
+        .partition(|s| sent.contains(attr(s, "messaging.message.id")));
+    assert_complete_traces(&ours);
+    // Besides the tests' messages, only the servers' own: the cluster-mode proxy's heartbeat
+    // sync messages, which it sends as a serving process (no client spans), so the broker's
+    // spans of them have no send span as parent.
+    for span in &others {
+        assert!(
+            SYSTEM_TOPICS.contains(&attr(span, "messaging.destination.name")),
+            "a span for a message no test client sent: {span}"
+        );
+    }
+    assert_all_complete(runs, spans, agent_log);
+    assert_broker_view(spans, runs, broker_pid);
+}
+
+/// Apache's Java remoting clients against the other broker implementation, rocketmq-rust 1.0
+/// (its topics and groups made as the clients first use them). The Go v2 client gets no route
+/// from its name server (which refuses requests that do not look like its own client's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn java_clients_on_rocketmq_rust_every_message_one_complete_trace() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    tokio::task::spawn_blocking(|| {
+        let broker = Broker::start("127.0.0.1").unwrap();
+        let (agent, output) = tracing_agent("rocketmq-rust-java");
+        let namesrv = broker.namesrv();
+        let server = "rocketmq-rust 1.0";
+        let runs = vec![
+            remoting_run(
+                &broker,
+                &namesrv,
+                Client::JavaRemoting(Release::V5),
+                "sync",
+                server,
+            ),
+            remoting_run(
+                &broker,
+                &namesrv,
+                Client::JavaRemoting(Release::V4),
+                "sync",
+                server,
+            ),
+        ];
+        let agent_log = agent.stop();
+        assert_traced(&runs, &read_span_file(&output.0), &agent_log, broker.pid());
+    })
+    .await
+    .unwrap();
+}
+
+/// Where the runs' topics and groups are made.
+trait Servers {
+    fn make_topic(&self, topic: &str, message_type: &str) -> anyhow::Result<()>;
+    fn make_group(&self, group: &str, orderly: bool) -> anyhow::Result<()>;
+}
+
+impl Servers for Cluster {
+    fn make_topic(&self, topic: &str, message_type: &str) -> anyhow::Result<()> {
+        Cluster::make_topic(self, topic, message_type)
+    }
+    fn make_group(&self, group: &str, orderly: bool) -> anyhow::Result<()> {
+        Cluster::make_group(self, group, orderly)
+    }
+}
+
+/// rocketmq-rust makes topics on their first send and groups on their first use.
+impl Servers for Broker {
+    fn make_topic(&self, _topic: &str, _message_type: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn make_group(&self, _group: &str, _orderly: bool) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// The remoting clients against Apache's 5.5.0 broker: the 5.5.0 Java client's producer in
