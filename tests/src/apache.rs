@@ -101,6 +101,27 @@ pub fn app_with(release: Release, main: &str, jvm_options: &[String]) -> Command
     command
 }
 
+/// Runs a test application (Java or Go) to its end; fails, with the end of its stderr, unless it
+/// succeeded and ended with its `done` line. The JSON lines it printed, that line last.
+pub fn run_to_end(command: &mut Command) -> Vec<serde_json::Value> {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?} failed ({}):\n{}",
+        out.status,
+        tail(&out.stderr)
+    );
+    let lines = crate::rocketmq::json_lines(&out.stdout);
+    assert_eq!(
+        lines.last().map(|l| l["done"] == true),
+        Some(true),
+        "{command:?} ends with its done line"
+    );
+    lines
+}
+
 /// The OpenTelemetry Java agent's jar.
 pub fn otel_agent_jar() -> PathBuf {
     PathBuf::from(classpath("otel-agent"))

@@ -12,7 +12,7 @@ use std::{
 use mqtrace::spans::identity::{SpanId, TraceId};
 use mqtrace_tests::{
     agent::Agent,
-    apache::{Cluster, Release, Topology, app},
+    apache::{Cluster, Release, Topology, app, run_to_end},
     process::ScratchFile,
     rocketmq::{Broker, client, json_lines, peers_root, tail},
     spancheck::{assert_complete_traces, read_span_file},
@@ -28,26 +28,10 @@ const MESSAGES: usize = 20;
 /// Topics the servers send to themselves.
 const SYSTEM_TOPICS: &[&str] = &["DefaultHeartBeatSyncerTopic", "RMQ_SYS_TRACE_TOPIC"];
 
-/// Runs a client program to its end and returns the JSON lines it printed (its final `done`
-/// line left out); fails the test with its stderr unless it succeeded.
+/// Runs a client program to its end; the JSON lines it printed about messages (a consumer also
+/// says when it is ready, and each ends with its done line).
 fn run_client(mut command: Command) -> Vec<Value> {
-    let out = command
-        .output()
-        .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{command:?} failed ({}):\n{}",
-        out.status,
-        tail(&out.stderr)
-    );
-    let lines = json_lines(&out.stdout);
-    assert_eq!(
-        lines.last().map(|l| l["done"] == true),
-        Some(true),
-        "{command:?} ends with its done line"
-    );
-    // Only the lines about messages (a consumer also says when it is ready).
-    lines
+    run_to_end(&mut command)
         .into_iter()
         .filter(|line| line.get("msgId").is_some())
         .collect()
@@ -909,7 +893,7 @@ async fn mqtrace_agrees_with_rocketmqs_own_trace_records() {
         ];
         for row in table
             .iter()
-            .filter(|r| required.iter().any(|name| r.name == *name))
+            .filter(|r| required.contains(&r.name))
         {
             assert!(
                 row.agree == row.total,

@@ -9,10 +9,9 @@ use std::collections::BTreeMap;
 
 use mqtrace_tests::{
     agent::Agent,
-    apache::{Cluster, Release, Topology, app_with, otel_agent_jar},
+    apache::{Cluster, Release, Topology, app_with, otel_agent_jar, run_to_end},
     otlp::{ReceivedSpan, Receiver},
     process::ScratchFile,
-    rocketmq::{json_lines, tail},
     spancheck::read_span_file,
 };
 use serde_json::Value;
@@ -42,17 +41,7 @@ fn otel_options(endpoint: &str, service: &str) -> Vec<String> {
 /// Runs a Java test application with the OpenTelemetry Java agent to its end; its JSON lines
 /// about messages.
 fn run_instrumented(main: &str, endpoint: &str, args: &[&str]) -> Vec<Value> {
-    let out = app_with(Release::V5, main, &otel_options(endpoint, main))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("starting {main}: {e}"));
-    assert!(
-        out.status.success(),
-        "{main} {args:?} failed ({}):\n{}",
-        out.status,
-        tail(&out.stderr)
-    );
-    json_lines(&out.stdout)
+    run_to_end(app_with(Release::V5, main, &otel_options(endpoint, main)).args(args))
         .into_iter()
         .filter(|line| line.get("msgId").is_some())
         .collect()

@@ -12,9 +12,8 @@ use std::process::Command;
 
 use mqtrace_tests::{
     agent::Agent,
-    apache::{Cluster, Release, Topology, app_with, otel_agent_jar},
+    apache::{Cluster, Release, Topology, app_with, otel_agent_jar, run_to_end},
     otlp::Receiver,
-    rocketmq::{json_lines, tail},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -38,18 +37,10 @@ fn children_cpu_seconds() -> f64 {
 /// Runs a Java test application to its end; its done line and the CPU its JVM used.
 fn run_java(command: &mut Command) -> anyhow::Result<(serde_json::Value, f64)> {
     let before = children_cpu_seconds();
-    let out = command.output()?;
-    let cpu = children_cpu_seconds() - before;
-    anyhow::ensure!(
-        out.status.success(),
-        "{command:?} failed: {}",
-        tail(&out.stderr)
-    );
-    let done = json_lines(&out.stdout)
-        .into_iter()
-        .rfind(|l| l["done"] == true)
-        .ok_or_else(|| anyhow::anyhow!("{command:?} printed no done line"))?;
-    Ok((done, cpu))
+    let done = run_to_end(command)
+        .pop()
+        .expect("run_to_end returns the done line last");
+    Ok((done, children_cpu_seconds() - before))
 }
 
 #[derive(Default)]
