@@ -53,9 +53,11 @@ fn go(peers: &Path) -> anyhow::Result<()> {
              install it from go.dev",
         )?;
     for (module, binary) in GO_APPS {
-        let source = workspace_root().join("tests/go").join(module);
+        let sources = workspace_root().join("tests/go");
+        let source = sources.join(module);
         let output = peers.join("bin").join(binary);
-        if stale(&source, &output)? {
+        // Both modules use the shared one beside them (jsonout).
+        if stale(&sources, &output)? {
             step(&format!(
                 "building the Go test application {binary} (tests/go/{module}) with modules \
                  from the Go module proxy"

@@ -40,3 +40,7 @@ require (
 	google.golang.org/grpc v1.72.0 // indirect
 	google.golang.org/protobuf v1.36.6 // indirect
 )
+
+require mqtrace-tests/jsonout v0.0.0
+
+replace mqtrace-tests/jsonout => ../jsonout

@@ -11,56 +11,19 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"mqtrace-tests/jsonout"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	rmq "github.com/apache/rocketmq-clients/golang/v5"
 	v2 "github.com/apache/rocketmq-clients/golang/v5/protocol/v2"
 	"go.uber.org/zap"
 )
-
-// out is the only writer of stdout: every line on it is one JSON object.
-var (
-	out   *os.File
-	outMu sync.Mutex
-)
-
-func emit(v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		fatalf("encode output: %v", err)
-	}
-	outMu.Lock()
-	defer outMu.Unlock()
-	out.Write(append(b, '\n'))
-}
-
-func fatalf(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "grpc: error: "+format+"\n", args...)
-	os.Exit(1)
-}
-
-// claimStdout keeps the real stdout for JSON and points file descriptor 1 at
-// stderr, so that anything a library prints to stdout lands on stderr.
-func claimStdout() {
-	fd, err := syscall.Dup(1)
-	if err != nil {
-		out = os.Stdout
-		return
-	}
-	out = os.NewFile(uintptr(fd), "/dev/stdout")
-	if err := syscall.Dup3(2, 1, 0); err != nil {
-		fmt.Fprintf(os.Stderr, "grpc: warning: cannot redirect fd 1 to stderr: %v\n", err)
-	}
-}
 
 // setupClient configures the process-wide state of the v5 client; it must run
 // before any client is made.
@@ -106,7 +69,7 @@ func usage() {
 }
 
 func main() {
-	claimStdout()
+	jsonout.Claim("grpc")
 	if len(os.Args) < 2 {
 		usage()
 	}
@@ -154,16 +117,16 @@ func produce(args []string) {
 	timeoutS := fs.Int("send-timeout-s", 10, "timeout of one send, seconds")
 	fs.Parse(args)
 	if *endpoint == "" || *topic == "" {
-		fatalf("produce: --endpoint and --topic are required")
+		jsonout.Fatalf("produce: --endpoint and --topic are required")
 	}
 	setupClient(*useTLS)
 
 	p, err := rmq.NewProducer(&rmq.Config{Endpoint: *endpoint}, rmq.WithTopics(*topic))
 	if err != nil {
-		fatalf("new producer: %v", err)
+		jsonout.Fatalf("new producer: %v", err)
 	}
 	if err := p.Start(); err != nil {
-		fatalf("start producer (endpoint %s, tls %v): %v", *endpoint, *useTLS, err)
+		jsonout.Fatalf("start producer (endpoint %s, tls %v): %v", *endpoint, *useTLS, err)
 	}
 	for i := 0; i < *count; i++ {
 		msg := &rmq.Message{Topic: *topic, Body: []byte(expand(*body, i))}
@@ -181,13 +144,13 @@ func produce(args []string) {
 		cancel()
 		if err != nil {
 			stop(p.GracefulStop)
-			fatalf("send message %d to %s: %v", i, *topic, err)
+			jsonout.Fatalf("send message %d to %s: %v", i, *topic, err)
 		}
 		if len(receipts) == 0 {
 			stop(p.GracefulStop)
-			fatalf("send message %d to %s: no receipt", i, *topic)
+			jsonout.Fatalf("send message %d to %s: no receipt", i, *topic)
 		}
-		emit(sendLine{
+		jsonout.Emit(sendLine{
 			MsgID:  receipts[0].MessageID,
 			Topic:  *topic,
 			Offset: receipts[0].Offset,
@@ -196,7 +159,7 @@ func produce(args []string) {
 			Keys:   nullable(k),
 		})
 	}
-	emit(map[string]bool{"done": true})
+	jsonout.Emit(map[string]bool{"done": true})
 	stop(p.GracefulStop)
 }
 
@@ -223,10 +186,10 @@ func consume(args []string) {
 	invisibleS := fs.Int("invisible-s", 20, "invisible duration of received messages, seconds")
 	fs.Parse(args)
 	if *endpoint == "" || *topic == "" || *group == "" {
-		fatalf("consume: --endpoint, --topic and --group are required")
+		jsonout.Fatalf("consume: --endpoint, --topic and --group are required")
 	}
 	if *expect < 1 {
-		fatalf("consume: --expect must be at least 1")
+		jsonout.Fatalf("consume: --expect must be at least 1")
 	}
 	setupClient(*useTLS)
 
@@ -237,20 +200,18 @@ func consume(args []string) {
 		}),
 	)
 	if err != nil {
-		fatalf("new simple consumer: %v", err)
+		jsonout.Fatalf("new simple consumer: %v", err)
 	}
 	if err := c.Start(); err != nil {
-		fatalf("start simple consumer (endpoint %s, tls %v): %v", *endpoint, *useTLS, err)
+		jsonout.Fatalf("start simple consumer (endpoint %s, tls %v): %v", *endpoint, *useTLS, err)
 	}
 
 	// The watchdog ends the process at the timeout, whatever call is under
-	// way; holding outMu, it makes sure no JSON line follows.
+	// way (no JSON line follows jsonout.Fatalf).
 	var ackedN atomic.Int64
 	watchdog := time.AfterFunc(time.Duration(*timeoutS)*time.Second, func() {
-		outMu.Lock()
-		fmt.Fprintf(os.Stderr, "grpc: error: timeout after %ds: %d of %d messages received and acked from %s (group %s)\n",
+		jsonout.Fatalf("timeout after %ds: %d of %d messages received and acked from %s (group %s)",
 			*timeoutS, ackedN.Load(), *expect, *topic, *group)
-		os.Exit(1)
 	})
 	acked := map[string]bool{}
 	for len(acked) < *expect {
@@ -290,18 +251,18 @@ func consume(args []string) {
 			if err != nil {
 				fmt.Fprintf(os.Stderr, "grpc: warning: ack %s: %v\n", line.MsgID, err)
 				line.Action = "ack-failed"
-				emit(line)
+				jsonout.Emit(line)
 				continue
 			}
 			acked[line.MsgID] = true
 			ackedN.Store(int64(len(acked)))
-			emit(line)
+			jsonout.Emit(line)
 		}
 	}
 	if !watchdog.Stop() {
 		select {} // the watchdog fired already and ends the process
 	}
-	emit(map[string]bool{"done": true})
+	jsonout.Emit(map[string]bool{"done": true})
 	stop(c.GracefulStop)
 }
 

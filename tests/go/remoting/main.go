@@ -12,13 +12,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
+	"mqtrace-tests/jsonout"
 	"os"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	rocketmq "github.com/apache/rocketmq-client-go/v2"
@@ -27,41 +26,6 @@ import (
 	"github.com/apache/rocketmq-client-go/v2/producer"
 	"github.com/apache/rocketmq-client-go/v2/rlog"
 )
-
-// out is the only writer of stdout: every line on it is one JSON object.
-var (
-	out   *os.File
-	outMu sync.Mutex
-)
-
-func emit(v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		fatalf("encode output: %v", err)
-	}
-	outMu.Lock()
-	defer outMu.Unlock()
-	out.Write(append(b, '\n'))
-}
-
-func fatalf(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "remoting: error: "+format+"\n", args...)
-	os.Exit(1)
-}
-
-// claimStdout keeps the real stdout for JSON and points file descriptor 1 at
-// stderr, so that anything a library prints to stdout lands on stderr.
-func claimStdout() {
-	fd, err := syscall.Dup(1)
-	if err != nil {
-		out = os.Stdout
-		return
-	}
-	out = os.NewFile(uintptr(fd), "/dev/stdout")
-	if err := syscall.Dup3(2, 1, 0); err != nil {
-		fmt.Fprintf(os.Stderr, "remoting: warning: cannot redirect fd 1 to stderr: %v\n", err)
-	}
-}
 
 func usage() {
 	fmt.Fprint(os.Stderr, `usage:
@@ -72,7 +36,7 @@ func usage() {
 }
 
 func main() {
-	claimStdout()
+	jsonout.Claim("remoting")
 	// rocketmq-client-go logs through logrus to stderr at info level; keep
 	// only errors unless ROCKETMQ_GO_LOG_LEVEL says otherwise.
 	if os.Getenv("ROCKETMQ_GO_LOG_LEVEL") == "" {
@@ -142,7 +106,7 @@ func produce(args []string) {
 	timeoutS := fs.Int("send-timeout-s", 10, "timeout of one send, seconds")
 	fs.Parse(args)
 	if *topic == "" || *namesrv == "" {
-		fatalf("produce: --namesrv and --topic are required")
+		jsonout.Fatalf("produce: --namesrv and --topic are required")
 	}
 
 	p, err := rocketmq.NewProducer(
@@ -152,10 +116,10 @@ func produce(args []string) {
 		producer.WithSendMsgTimeout(time.Duration(*timeoutS)*time.Second),
 	)
 	if err != nil {
-		fatalf("new producer: %v", err)
+		jsonout.Fatalf("new producer: %v", err)
 	}
 	if err := p.Start(); err != nil {
-		fatalf("start producer: %v", err)
+		jsonout.Fatalf("start producer: %v", err)
 	}
 	defer p.Shutdown()
 
@@ -175,7 +139,7 @@ func produce(args []string) {
 		cancel()
 		if err != nil {
 			p.Shutdown()
-			fatalf("send message %d to %s: %v", i, *topic, err)
+			jsonout.Fatalf("send message %d to %s: %v", i, *topic, err)
 		}
 		line := sendLine{
 			MsgID:       res.MsgID,
@@ -189,13 +153,13 @@ func produce(args []string) {
 		if res.MessageQueue != nil {
 			line.QueueID = res.MessageQueue.QueueId
 		}
-		emit(line)
+		jsonout.Emit(line)
 		if res.Status != primitive.SendOK {
 			p.Shutdown()
-			fatalf("send message %d: status %s", i, line.Status)
+			jsonout.Fatalf("send message %d: status %s", i, line.Status)
 		}
 	}
-	emit(map[string]bool{"done": true})
+	jsonout.Emit(map[string]bool{"done": true})
 }
 
 type consumeLine struct {
@@ -223,10 +187,10 @@ func consume(args []string) {
 		"(the client commits consumed offsets every 5 s; its shutdown may miss the last ones)")
 	fs.Parse(args)
 	if *namesrv == "" || *topic == "" || *group == "" {
-		fatalf("consume: --namesrv, --topic and --group are required")
+		jsonout.Fatalf("consume: --namesrv, --topic and --group are required")
 	}
 	if *expect < 1 {
-		fatalf("consume: --expect must be at least 1")
+		jsonout.Fatalf("consume: --expect must be at least 1")
 	}
 
 	var (
@@ -246,7 +210,7 @@ func consume(args []string) {
 		consumer.WithConsumeMessageBatchMaxSize(1),
 	)
 	if err != nil {
-		fatalf("new push consumer: %v", err)
+		jsonout.Fatalf("new push consumer: %v", err)
 	}
 	err = c.Subscribe(*topic, consumer.MessageSelector{Type: consumer.TAG, Expression: *tag},
 		func(ctx context.Context, msgs ...*primitive.MessageExt) (consumer.ConsumeResult, error) {
@@ -294,20 +258,20 @@ func consume(args []string) {
 				} else {
 					succeeded[id] = true
 				}
-				emit(line)
+				jsonout.Emit(line)
 			}
 			if len(succeeded) >= *expect && !finished {
 				finished = true
-				emit(map[string]bool{"done": true})
+				jsonout.Emit(map[string]bool{"done": true})
 				close(done)
 			}
 			return result, nil
 		})
 	if err != nil {
-		fatalf("subscribe %s: %v", *topic, err)
+		jsonout.Fatalf("subscribe %s: %v", *topic, err)
 	}
 	if err := c.Start(); err != nil {
-		fatalf("start push consumer: %v", err)
+		jsonout.Fatalf("start push consumer: %v", err)
 	}
 
 	code := 0

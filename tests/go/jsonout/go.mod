@@ -1,0 +1,3 @@
+module mqtrace-tests/jsonout
+
+go 1.24
