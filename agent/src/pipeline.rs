@@ -192,6 +192,12 @@ impl Pipeline {
         self.correlator.capture_lost(total);
     }
 
+    /// What turns source timestamps into Unix time from now on: the wall clock is stepped and
+    /// slewed (NTP) while the monotonic clock of the records is not, so a live capture renews it.
+    pub fn set_clock_offset(&mut self, clock_offset_ns: i64) {
+        self.correlator.set_clock_offset(clock_offset_ns);
+    }
+
     /// Ends requests that waited past their timeout, by the sources' clock.
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Output>) {
         self.correlator.expire(now_ns, &mut self.events);

@@ -405,6 +405,10 @@ pub struct Correlator {
 }
 
 impl Correlator {
+    pub fn set_clock_offset(&mut self, clock_offset_ns: i64) {
+        self.clock_offset_ns = clock_offset_ns;
+    }
+
     pub fn new(clock_offset_ns: i64, timeout_ns: u64) -> Self {
         Self {
             clock_offset_ns,

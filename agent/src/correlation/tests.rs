@@ -1338,3 +1338,19 @@ fn a_transaction_ended_on_check_back_settles_under_the_topic_it_was_sent_to() {
     assert_eq!(names, ["send T", "commit T"]);
     assert_eq!(out[1].parent_span_id, Some(out[0].span_id));
 }
+
+#[test]
+fn spans_take_the_clock_offset_in_force_when_their_request_ends() {
+    // The wall clock moved (an NTP step) while the agent ran: a span made after the daemon
+    // renewed the offset carries the new one.
+    let mut harness = Harness::new(DecoderConfig::default());
+    let id = harness.open(1, 0, Origin::Connect);
+    harness.frame(id, UP, &single_send(1, "C1"));
+    harness.frame(id, DOWN, &ok_response(1, &[]));
+    harness.pipeline.set_clock_offset(5_000_000_000);
+    harness.frame(id, UP, &single_send(2, "C2"));
+    harness.frame(id, DOWN, &ok_response(2, &[]));
+    let (out, _) = harness.finish();
+    assert_eq!(out[0].start_unix_nano, 1_000_000);
+    assert_eq!(out[1].start_unix_nano, 5_000_000_000 + 3_000_000);
+}

@@ -180,6 +180,8 @@ pub async fn serve(
             _ = expiry.tick() => {
                 daemon.sweep_if_due()?;
                 daemon.pipeline.capture_lost(daemon.capture.records_lost()?);
+                // Spans carry Unix time as the wall clock says it now, not as it did at start.
+                daemon.pipeline.set_clock_offset(unix_minus_monotonic_ns());
                 daemon.pipeline.expire(monotonic_ns(), &mut outputs);
                 let counters = daemon.counters()?;
                 metrics.update(&counters);
