@@ -306,15 +306,7 @@ impl Cluster {
             .id()
     }
 
-    pub fn proxy_pid(&self) -> Option<u32> {
-        self.proxy.as_ref().map(|p| p.0.id())
-    }
-
-    pub fn namesrv_pid(&self) -> u32 {
-        self.namesrv.0.id()
-    }
-
-    /// Makes `topic` with `queues` queues and, on 5.x, the message type the 5.x clients check
+    /// Makes `topic` with 4 queues and, on 5.x, the message type the 5.x clients check
     /// (NORMAL, FIFO, DELAY, TRANSACTION), by the admin request the tools send
     /// (UPDATE_AND_CREATE_TOPIC to the broker); then waits for its route.
     pub fn make_topic(&self, topic: &str, message_type: &str) -> anyhow::Result<()> {
