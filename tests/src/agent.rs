@@ -157,6 +157,31 @@ impl Agent {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Runs `mqtrace trace ARGS` until its timeline has a `  STEP ` line for every step (a
+    /// settlement the consumer sent as it stopped may still be in the pipeline); fails the test
+    /// with the last timeline after `timeout`, else returns it.
+    pub fn await_timeline(&self, args: &[&str], steps: &[&str], timeout: Duration) -> String {
+        let started = Instant::now();
+        let mut query = vec!["trace"];
+        query.extend_from_slice(args);
+        loop {
+            let timeline = self.control_ok(&query);
+            let missing: Vec<&str> = steps
+                .iter()
+                .copied()
+                .filter(|step| !timeline.contains(&format!("  {step} ")))
+                .collect();
+            if missing.is_empty() {
+                return timeline;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "{missing:?} not in the timeline after {timeout:?}: {timeline}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// `GET /metrics`: the Prometheus text as served.
     pub fn metrics_text(&self) -> String {
         let (status, body) = crate::http::get(self.metrics, "/metrics", Duration::from_secs(10))

@@ -278,13 +278,11 @@ fn a_relay_on_the_clients_host_is_not_taken_for_a_client() {
     assert!(consumed.len() >= MESSAGES);
     let counters = agent.scrape();
     // A business key finds the message's whole story, the consumer's steps too.
-    let timeline = agent.control_ok(&["trace", "--key", "key-7"]);
-    for step in ["send", "receive", "settle commit_offset"] {
-        assert!(
-            timeline.contains(&format!("  {step} ")),
-            "{step} in: {timeline}"
-        );
-    }
+    agent.await_timeline(
+        &["--key", "key-7"],
+        &["send", "receive", "settle commit_offset"],
+        Duration::from_secs(20),
+    );
     agent.stop();
     let relay_pid = u64::from(relay.pid());
     drop(relay);
@@ -656,7 +654,11 @@ fn an_agent_tracing_only_the_broker_sees_every_message_and_joins_the_clients_age
     let (producer, produced) = produce(&namesrv, topic, MESSAGES);
     let (consumer, consumed) = consume(&namesrv, topic, group, MESSAGES, &[]);
     assert!(consumed.len() >= MESSAGES);
-    let timeline = broker_agent.control_ok(&["trace", "--key", "key-7"]);
+    broker_agent.await_timeline(
+        &["--key", "key-7"],
+        &["broker store", "broker deliver", "broker commit_offset"],
+        Duration::from_secs(20),
+    );
     let counters = broker_agent.scrape();
     broker_agent.stop();
     clients_agent.stop();
@@ -754,12 +756,6 @@ fn an_agent_tracing_only_the_broker_sees_every_message_and_joins_the_clients_age
         "{of_producer} {of_consumer}"
     );
     assert_eq!(of_consumer, of_report);
-    for step in ["broker store", "broker deliver", "broker commit_offset"] {
-        assert!(
-            timeline.contains(&format!("  {step} ")),
-            "{step} in: {timeline}"
-        );
-    }
     assert_eq!(
         counters["mqtrace_pipeline_correlation_broker_stored_total"],
         MESSAGES as f64
@@ -849,10 +845,10 @@ fn a_5x_client_sending_over_grpc_through_the_proxy_joins_its_remoting_consumer()
         assert!(uniq_keys.contains(p["message_id"].as_str().unwrap()), "{p}");
     }
     let counters = agent.scrape();
-    let timeline = agent.control_ok(&["trace", "--key", "key-7"]);
-    assert!(
-        timeline.contains("  send ") && timeline.contains("  receive "),
-        "{timeline}"
+    agent.await_timeline(
+        &["--key", "key-7"],
+        &["send", "receive"],
+        Duration::from_secs(20),
     );
     agent.stop();
     let proxy_pid = proxy.pid();
@@ -1000,13 +996,11 @@ fn a_5x_consumers_receive_and_ack_join_the_5x_send_over_grpc() {
     ]);
     let (consumer, consumed) = run("5.x consumer", command);
     assert_eq!(consumed.len(), MESSAGES);
-    let timeline = agent.control_ok(&["trace", "--key", "key-7"]);
-    for step in ["send", "receive", "settle ack"] {
-        assert!(
-            timeline.contains(&format!("  {step} ")),
-            "{step} in: {timeline}"
-        );
-    }
+    agent.await_timeline(
+        &["--key", "key-7"],
+        &["send", "receive", "settle ack"],
+        Duration::from_secs(20),
+    );
     let counters = agent.scrape();
     agent.stop();
     let server_pid = server.pid();
