@@ -329,12 +329,21 @@ fn export(outputs: &mut Vec<Output>, spans: &SpanThread) {
     }));
 }
 
-/// What to add to a CLOCK_MONOTONIC time (the kernel's record stamps) to get Unix time.
+/// What to add to a CLOCK_MONOTONIC time (the kernel's record stamps) to get Unix time: of a
+/// few readings of Unix time between two monotonic ones, the most tightly bracketed, so that a
+/// preemption between two clock reads does not shift every span's time by its length.
 fn unix_minus_monotonic_ns() -> i64 {
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64);
-    unix - monotonic_ns() as i64
+    (0..5)
+        .map(|_| {
+            let before = monotonic_ns() as i64;
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64);
+            let after = monotonic_ns() as i64;
+            (after - before, unix - (before + (after - before) / 2))
+        })
+        .min_by_key(|&(window, _)| window)
+        .map_or(0, |(_, offset)| offset)
 }
 
 #[cfg(test)]
