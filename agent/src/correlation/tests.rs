@@ -326,6 +326,43 @@ fn without_uniq_key_both_sides_use_the_offset_msg_id() {
 }
 
 #[test]
+fn without_uniq_key_a_retry_copy_joins_the_original_trace() {
+    // ali-ons on a broker that assigns no UNIQ_KEY (Apache 4.9.7): a failed delivery is sent
+    // back, and the broker stores a copy on the retry topic at another offset, naming the
+    // original's offsetMsgId in ORIGIN_MESSAGE_ID. The copy's delivery belongs to the
+    // original's trace, under its send span, with the original's id.
+    let store: SocketAddr = BROKER.parse().unwrap();
+    let original = crate::decoder::message::offset_msg_id(store, 4096);
+    let copy_props = properties(&[
+        ("TAGS", "x"),
+        ("ORIGIN_MESSAGE_ID", &original),
+        ("RETRY_TOPIC", "T"),
+    ]);
+    let redelivered = spans(&[
+        (UP, pull(2, "%RETRY%g", "0", "-1")),
+        (
+            DOWN,
+            json_frame(
+                0,
+                1,
+                2,
+                &[],
+                &stored_message(true, store, 0, 8192, "%RETRY%g", &copy_props, b"b"),
+            ),
+        ),
+    ]);
+    assert_eq!(redelivered[0].trace_id, TraceId::for_message(&original));
+    assert_eq!(
+        redelivered[0].parent_span_id,
+        Some(SpanId::for_send(&original))
+    );
+    assert_eq!(
+        attr(&redelivered[0], "messaging.message.id"),
+        Some(&Value::String(original.clone().into()))
+    );
+}
+
+#[test]
 fn failed_send_is_an_error_span() {
     let props = properties(&[("UNIQ_KEY", "F1")]);
     let out = spans(&[

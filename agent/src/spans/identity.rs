@@ -66,12 +66,16 @@ pub fn sent_message_key(
 }
 
 /// The key of a message a consumer received (a stored message): its `UNIQ_KEY`, whoever set
-/// it, else its `offsetMsgId`.
+/// it; else, for a copy the broker made of a message for a retry or the dead-letter queue, the
+/// original's id, which the broker names in `ORIGIN_MESSAGE_ID` (its `offsetMsgId`, the
+/// original's key when it had no `UNIQ_KEY` either); else its own `offsetMsgId`.
 pub fn received_message_key(message: &MessageMeta) -> Option<String> {
     message
         .msg_id
-        .clone()
-        .or_else(|| message.offset_msg_id.clone())
+        .as_deref()
+        .or(message.properties.origin_message_id())
+        .or(message.offset_msg_id.as_deref())
+        .map(String::from)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
