@@ -6,6 +6,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
     process::Command,
 };
 
@@ -48,6 +49,10 @@ enum Client {
     JavaGrpc,
     /// `rocketmq-clients/golang/v5` (gRPC).
     GoGrpc,
+    /// Apache's C++ client (remoting), through PyPI `rocketmq`'s bindings.
+    Cpp,
+    /// ali-ons (remoting, pure JavaScript): sets no UNIQ_KEY.
+    AliOns,
 }
 
 impl Client {
@@ -57,17 +62,27 @@ impl Client {
             Client::GoRemoting => "Go rocketmq-client-go v2".into(),
             Client::JavaGrpc => "Java gRPC 5.x".into(),
             Client::GoGrpc => "Go rocketmq-clients v5".into(),
+            Client::Cpp => "C++ rocketmq-client-cpp (PyPI rocketmq 0.4.4)".into(),
+            Client::AliOns => "Node.js ali-ons 3.12.0".into(),
         }
     }
 
     /// A command running this client's producer (`consumer` false) or consumer; the flags
     /// that both the Java and the Go applications take follow.
     fn command(self, consumer: bool, java_consumer: &str) -> Command {
+        let verb = if consumer { "consume" } else { "produce" };
         let go = |binary: &str| {
             let mut command = Command::new(peers_root().join("bin").join(binary));
-            command.arg(if consumer { "consume" } else { "produce" });
+            command.arg(verb);
             command
         };
+        let script = |interpreter: PathBuf, script: PathBuf| {
+            let mut command = Command::new(interpreter);
+            command.arg(script).arg(verb);
+            command
+        };
+        let cpp = peers_root().join("python/cpp-client");
+        let ali_ons = peers_root().join("node/ali-ons");
         match self {
             Client::JavaRemoting(release) => app(
                 release,
@@ -87,6 +102,8 @@ impl Client {
             ),
             Client::GoRemoting => go("mq-go-remoting"),
             Client::GoGrpc => go("mq-go-grpc"),
+            Client::Cpp => script(cpp.join("venv/bin/python"), cpp.join("mq_cpp.py")),
+            Client::AliOns => script("node".into(), ali_ons.join("mq-ali-ons.js")),
         }
     }
 }
@@ -356,7 +373,9 @@ fn remoting_run_with(
 ) -> Run {
     let topic = format!(
         "Remoting{}{mode}{}",
-        client.name().replace([' ', '.', '-'], ""),
+        client
+            .name()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), ""),
         consumer_kind.replace('-', "")
     );
     cluster.make_topic(&topic, "NORMAL").unwrap();
@@ -384,6 +403,10 @@ fn remoting_run_with(
     consumer.args(["--namesrv", namesrv, "--topic", &topic, "--group", &group]);
     consumer.args(["--expect", &count, "--timeout-s", "90"]);
     match consumer_kind {
+        // The C++ client (rocketmq 0.4.4's librocketmq) delivers a message it sent back for a
+        // retry again and again after it was consumed (reconsumeTimes 2, 3, ... after
+        // CONSUME_SUCCESS; seen without any agent running): its consumer fails nothing.
+        "push" if matches!(client, Client::Cpp) => &mut consumer,
         "push" => consumer.args(["--fail-first", "1"]),
         "orderly" => consumer.args(["--fail-first", "1", "--orderly"]),
         "lite-pull" => &mut consumer,
@@ -397,12 +420,34 @@ fn remoting_run_with(
             consumer.args(["--retry-delay-level", "1"]);
         }
     }
-    if let Client::GoRemoting = client {
+    match client {
         // Its shutdown commits the offsets it knows then, which may leave out the last
         // messages consumed: their offsets go out with the periodic commit, every 5 s.
-        consumer.args(["--linger-ms", "6000"]);
-    }
+        Client::GoRemoting => consumer.args(["--linger-ms", "6000"]),
+        // The last message's offset is taken as consumed once its listener returns, just
+        // after the application saw it through.
+        Client::Cpp | Client::AliOns => consumer.args(["--linger-ms", "1000"]),
+        _ => &mut consumer,
+    };
     let consumed = run_client(consumer);
+    // ali-ons sets no UNIQ_KEY: its producer knows the id the broker answered, the consumer
+    // the UNIQ_KEY a 5.x broker adds when it stores the message, and prints both.
+    let key_of_answer: BTreeMap<&str, &str> = consumed
+        .iter()
+        .filter_map(|c| Some((c["offsetMsgId"].as_str()?, text(c, "msgId"))))
+        .collect();
+    let sent = match client {
+        Client::AliOns => sent
+            .iter()
+            .map(|id| {
+                key_of_answer
+                    .get(id.as_str())
+                    .unwrap_or(&id.as_str())
+                    .to_string()
+            })
+            .collect(),
+        _ => sent,
+    };
     let each_message_also = if mode == "transaction" {
         vec![format!("commit {topic}")]
     } else {
@@ -437,7 +482,9 @@ fn grpc_run(cluster: &Cluster, client: Client, mode: &str, consumer: &str, serve
     };
     let topic = format!(
         "Grpc{}{mode}{}",
-        client.name().replace([' ', '.', '-'], ""),
+        client
+            .name()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), ""),
         consumer.replace('-', "")
     );
     cluster.make_topic(&topic, message_type).unwrap();
@@ -694,20 +741,16 @@ async fn remoting_clients_on_apache_5_every_message_one_complete_trace() {
             "sync",
             server,
         ));
-        runs.push(remoting_run(
-            cluster,
-            &namesrv,
-            Client::GoRemoting,
-            "sync",
-            server,
-        ));
+        for client in [Client::GoRemoting, Client::Cpp, Client::AliOns] {
+            runs.push(remoting_run(cluster, &namesrv, client, "sync", server));
+        }
         runs.push(rust_run(cluster, &namesrv, server));
         runs
     })
     .await;
 }
 
-/// Apache's 4.9.7 broker with its own Java client and the Go client. (rocketmq-client-rust
+/// Apache's 4.9.7 broker with its own Java client, the Go, C++ and Node.js clients. (rocketmq-client-rust
 /// 1.0.0 cannot read the 4.9.7 name server's route answers: it sends and receives nothing.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remoting_clients_on_apache_4_every_message_one_complete_trace() {
@@ -730,6 +773,8 @@ async fn remoting_clients_on_apache_4_every_message_one_complete_trace() {
                 server,
             ),
             remoting_run(cluster, &namesrv, Client::GoRemoting, "sync", server),
+            remoting_run(cluster, &namesrv, Client::Cpp, "sync", server),
+            remoting_run(cluster, &namesrv, Client::AliOns, "sync", server),
         ]
     })
     .await;

@@ -1,9 +1,12 @@
 //! Apache's own RocketMQ: from Maven Central the 5.x and 4.x servers, the OpenTelemetry Java
 //! agent, and the test applications of `tests/java/apps` over Apache's Java clients; from the Go
-//! module proxy the test applications of `tests/go` over Apache's two Go clients. Maven resolves
-//! each pom under `tests/java` to a classpath file in `<peers>/java` (`<name>.classpath`, jars
-//! in `~/.m2`); the Java applications are built into `<peers>/java/apps.jar`, the Go ones into
-//! `<peers>/bin/mq-go-remoting` and `mq-go-grpc`. Redone when a source under them is newer
+//! module proxy the test applications of `tests/go` over Apache's two Go clients; from PyPI the
+//! C++ client (in the `rocketmq` package) under `tests/python/cpp-client`, from npm the ali-ons
+//! client under `tests/node/ali-ons`. Maven resolves each pom under `tests/java` to a classpath
+//! file in `<peers>/java` (`<name>.classpath`, jars in `~/.m2`); the Java applications are built
+//! into `<peers>/java/apps.jar`, the Go ones into `<peers>/bin/mq-go-remoting` and `mq-go-grpc`;
+//! the Python application gets a virtual environment in `<peers>/python/cpp-client`, the Node.js
+//! one its locked packages in `<peers>/node/ali-ons`. Redone when a source under them is newer
 //! than its output, reused otherwise.
 
 use std::{
@@ -39,7 +42,85 @@ const GO_APPS: &[(&str, &str)] = &[("remoting", "mq-go-remoting"), ("grpc", "mq-
 /// Resolves and builds whatever of Apache's peers is missing or stale.
 pub fn ensure(peers: &Path) -> anyhow::Result<()> {
     java(peers)?;
-    go(peers)
+    go(peers)?;
+    python(peers)?;
+    node(peers)
+}
+
+/// The C++ client's test application: its script beside a virtual environment holding the
+/// pinned `rocketmq` package (ctypes over the librocketmq.so the wheel bundles).
+fn python(peers: &Path) -> anyhow::Result<()> {
+    let source = workspace_root().join("tests/python/cpp-client");
+    let out = peers.join("python/cpp-client");
+    let ready = out.join("mq_cpp.py");
+    if !stale(&source, &ready)? {
+        return Ok(());
+    }
+    step("installing the C++ client's test application (tests/python/cpp-client) from PyPI");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out)?;
+    let python = ["python3", "python"]
+        .into_iter()
+        .find(|p| runs(p, "--version"))
+        .context("the C++ client's test application needs Python 3 (python3 on PATH)")?;
+    checked(
+        Command::new(python)
+            .args(["-m", "venv"])
+            .arg(out.join("venv")),
+        "creating its virtual environment",
+    )?;
+    checked(
+        Command::new(out.join("venv/bin/pip"))
+            .args(["install", "-q", "-r"])
+            .arg(source.join("requirements.txt")),
+        "pip install -r tests/python/cpp-client/requirements.txt",
+    )?;
+    // Copied last: its presence says the environment is complete.
+    std::fs::copy(source.join("mq_cpp.py"), &ready)?;
+    Ok(())
+}
+
+/// The ali-ons client's test application: its script with the packages its lock file names.
+fn node(peers: &Path) -> anyhow::Result<()> {
+    let source = workspace_root().join("tests/node/ali-ons");
+    let out = peers.join("node/ali-ons");
+    let ready = out.join("mq-ali-ons.js");
+    if !stale(&source, &ready)? {
+        return Ok(());
+    }
+    step("installing the ali-ons client's test application (tests/node/ali-ons) from npm");
+    if !runs("node", "--version") || !runs("npm", "--version") {
+        crate::setup::apt_install(&["nodejs", "npm"])?;
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out)?;
+    for file in ["package.json", "package-lock.json"] {
+        std::fs::copy(source.join(file), out.join(file))?;
+    }
+    checked(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&out),
+        "npm ci (tests/node/ali-ons/package-lock.json)",
+    )?;
+    std::fs::copy(source.join("mq-ali-ons.js"), &ready)?;
+    Ok(())
+}
+
+/// Runs `command`, failing with `what` and its output unless it succeeds.
+fn checked(command: &mut Command, what: &str) -> anyhow::Result<()> {
+    let output = command
+        .output()
+        .with_context(|| format!("{what}: starting {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// The Go test applications, built with the machine's Go (1.24 or later: the 5.x client's
@@ -119,23 +200,13 @@ fn java(peers: &Path) -> anyhow::Result<()> {
 
 /// Runs Maven quietly in batch mode on `pom`, failing with its output.
 fn maven(pom: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let output = Command::new("mvn")
-        .args(["-q", "-B", "-f"])
-        .arg(pom)
-        .args(args)
-        .output()
-        .context("running mvn")?;
-    if !output.status.success() {
-        bail!(
-            "`mvn -f {} {}` failed ({}):\n{}{}",
-            pom.display(),
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(())
+    checked(
+        Command::new("mvn")
+            .args(["-q", "-B", "-f"])
+            .arg(pom)
+            .args(args),
+        &format!("`mvn -f {} {}`", pom.display(), args.join(" ")),
+    )
 }
 
 /// Whether `output` is missing or older than a file under `source` (the pom, the sources).
@@ -146,7 +217,8 @@ fn stale(source: &Path, output: &Path) -> anyhow::Result<bool> {
     Ok(latest_change(source)? > built)
 }
 
-/// The newest modification time of the files under `dir`, build outputs (`target`) left out.
+/// The newest modification time of the files under `dir`, build outputs (`target`) and
+/// installed packages (`node_modules`) left out.
 fn latest_change(dir: &Path) -> anyhow::Result<SystemTime> {
     let mut latest = SystemTime::UNIX_EPOCH;
     let mut pending: Vec<PathBuf> = vec![dir.to_path_buf()];
@@ -157,7 +229,7 @@ fn latest_change(dir: &Path) -> anyhow::Result<SystemTime> {
             let entry = entry?;
             let kind = entry.file_type()?;
             if kind.is_dir() {
-                if entry.file_name() != "target" {
+                if entry.file_name() != "target" && entry.file_name() != "node_modules" {
                     pending.push(entry.path());
                 }
             } else {
