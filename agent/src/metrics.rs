@@ -98,7 +98,7 @@ const HELP: &[(&str, &str)] = &[
         "Records the kernel dropped because the ring buffer was full (raise ring_buffer_bytes).",
     ),
     (
-        "mqtrace_kernel_bytes_not_copied",
+        "mqtrace_kernel_bytes_not_copied_cap",
         "Payload bytes beyond max_bytes_per_syscall, reported as gaps.",
     ),
     (
@@ -114,11 +114,11 @@ const HELP: &[(&str, &str)] = &[
         "Stretches of a stream the agent did not see.",
     ),
     (
-        "mqtrace_export_dropped_queue_full",
+        "mqtrace_export_otlp_dropped_queue_full",
         "Spans dropped because the OTLP queue was full (collector slow or down).",
     ),
     (
-        "mqtrace_export_export_failed",
+        "mqtrace_export_otlp_dropped_export_failed",
         "Spans the collector did not accept after retries.",
     ),
     (
@@ -352,6 +352,35 @@ mod tests {
         assert!(text.contains("# HELP mqtrace_pipeline_correlation_sends_total pipeline: correlation sends (the pipeline counters of `mqtrace status`).\n# TYPE mqtrace_pipeline_correlation_sends_total counter\nmqtrace_pipeline_correlation_sends_total 7\n"), "{text}");
         assert!(text.contains("# TYPE mqtrace_pipeline_requests_waiting gauge\nmqtrace_pipeline_requests_waiting 2\n"), "{text}");
         assert!(!text.contains("otlp"), "{text}");
+    }
+
+    #[test]
+    fn every_help_line_names_a_served_metric() {
+        // The counter tree as the daemon builds it, from the counters' own types, with every
+        // optional part present: a help entry naming no metric is never shown.
+        let kernel: BTreeMap<&str, u64> = mqtrace_common::Counter::ALL
+            .iter()
+            .map(|c| (c.name(), 0))
+            .collect();
+        let tree = serde_json::json!({
+            "agent": {"uptime_seconds": 0},
+            "kernel": kernel,
+            "pipeline": crate::pipeline::PipelineCounters::default(),
+            "export": crate::exporters::ExportCounters {
+                otlp: Some(Default::default()),
+                ..Default::default()
+            },
+        });
+        let text = render_all(&tree);
+        let served: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split([' ', '{']).next())
+            .map(|name| name.strip_suffix("_total").unwrap_or(name))
+            .collect();
+        for (name, _) in HELP {
+            assert!(served.contains(name), "help for {name}, which is not served");
+        }
     }
 
     #[test]
