@@ -20,6 +20,15 @@ use mqtrace_tests::{
 };
 use serde_json::Value;
 
+/// Every remoting client the test applications drive, but rocketmq-client-rust (`rust_run`).
+const REMOTING_CLIENTS: [Client; 5] = [
+    Client::JavaRemoting(Release::V5),
+    Client::JavaRemoting(Release::V4),
+    Client::GoRemoting,
+    Client::Cpp,
+    Client::AliOns,
+];
+
 /// The tests share the Java peers' fixed ports: they take turns even when cargo runs tests in
 /// parallel (tokio's mutex does not poison when a test fails).
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -781,8 +790,7 @@ async fn remoting_clients_on_apache_4_every_message_one_complete_trace() {
 }
 
 /// The proxy in local mode (the broker inside its JVM): the 5.x gRPC client in every message
-/// type with simple and push consumers, and the remoting client through the proxy's remoting
-/// port.
+/// type with simple and push consumers, and every remoting client through the broker's port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_through_the_local_mode_proxy_every_message_one_complete_trace() {
     traced(
@@ -795,7 +803,7 @@ async fn clients_through_the_local_mode_proxy_every_message_one_complete_trace()
             // local-mode proxy's remoting port hands them routes to its gRPC port (Apache
             // 5.5.0), where every send fails.
             let namesrv = cluster.namesrv();
-            vec![
+            let mut runs = vec![
                 grpc_run(cluster, Client::JavaGrpc, "normal", "simple", server),
                 grpc_run(
                     cluster,
@@ -809,22 +817,20 @@ async fn clients_through_the_local_mode_proxy_every_message_one_complete_trace()
                 grpc_run(cluster, Client::JavaGrpc, "delay", "simple", server),
                 grpc_run(cluster, Client::JavaGrpc, "transaction", "simple", server),
                 grpc_run(cluster, Client::GoGrpc, "normal", "simple", server),
-                remoting_run(
-                    cluster,
-                    &namesrv,
-                    Client::JavaRemoting(Release::V5),
-                    "sync",
-                    server,
-                ),
-                remoting_run(cluster, &namesrv, Client::GoRemoting, "sync", server),
-            ]
+            ];
+            runs.extend(
+                REMOTING_CLIENTS
+                    .map(|client| remoting_run(cluster, &namesrv, client, "sync", server)),
+            );
+            runs.push(rust_run(cluster, &namesrv, server));
+            runs
         },
     )
     .await;
 }
 
-/// The proxy in cluster mode, in front of the broker: the gRPC client, and the remoting client
-/// through the proxy's remoting port.
+/// The proxy in cluster mode, in front of the broker: the gRPC clients, and the remoting
+/// clients that it serves through its remoting port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_through_the_cluster_mode_proxy_every_message_one_complete_trace() {
     traced(
@@ -834,17 +840,21 @@ async fn clients_through_the_cluster_mode_proxy_every_message_one_complete_trace
         |cluster| {
             let server = "Apache 5.5.0 proxy, cluster mode";
             let proxy = cluster.proxy_remoting();
-            vec![
+            let mut runs = vec![
                 grpc_run(cluster, Client::JavaGrpc, "normal", "simple", server),
                 grpc_run(cluster, Client::GoGrpc, "normal", "simple", server),
-                remoting_run(
-                    cluster,
-                    &proxy,
-                    Client::JavaRemoting(Release::V5),
-                    "sync",
-                    server,
-                ),
-            ]
+            ];
+            // The proxy's remoting port refuses a send without the broker's name (`bname`,
+            // sent by the Java, Go and Rust clients), answering code 15 "Request doesn't
+            // have field bname": the C++ client and ali-ons send none, so they send nothing.
+            runs.extend(
+                REMOTING_CLIENTS
+                    .into_iter()
+                    .filter(|client| !matches!(client, Client::Cpp | Client::AliOns))
+                    .map(|client| remoting_run(cluster, &proxy, client, "sync", server)),
+            );
+            runs.push(rust_run(cluster, &proxy, server));
+            runs
         },
     )
     .await;
