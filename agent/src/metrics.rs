@@ -379,7 +379,10 @@ mod tests {
             .map(|name| name.strip_suffix("_total").unwrap_or(name))
             .collect();
         for (name, _) in HELP {
-            assert!(served.contains(name), "help for {name}, which is not served");
+            assert!(
+                served.contains(name),
+                "help for {name}, which is not served"
+            );
         }
     }
 
