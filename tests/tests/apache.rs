@@ -15,7 +15,7 @@ use mqtrace_tests::{
     agent::Agent,
     apache::{Cluster, Release, Topology, app, run_to_end},
     process::ScratchFile,
-    rocketmq::{Broker, client, json_lines, peers_root, tail},
+    rocketmq::{Broker, client, client5, json_lines, peers_root, tail},
     spancheck::{assert_complete_traces, read_span_file},
 };
 use serde_json::Value;
@@ -595,6 +595,33 @@ fn rust_run(cluster: &Cluster, namesrv: &str, server: &str) -> Run {
     }
 }
 
+/// Apache's Rust 5.x gRPC client (`mq5-client`, tests/peers/rust5-client) sending normal
+/// messages through `cluster`'s proxy. Sends only: `rocketmq` 5.0.0 gives a receive a gRPC
+/// deadline equal to the long-polling time it asks for, and Apache's proxy refuses every such
+/// receive (BAD_REQUEST "The deadline time remaining is not enough for polling").
+fn rust5_run(cluster: &Cluster, server: &str) -> Run {
+    let topic = "Rust5Client".to_string();
+    cluster.make_topic(&topic, "NORMAL").unwrap();
+    let produced = client5()
+        .args(["produce", "--endpoint", &cluster.grpc_endpoint()])
+        .args(["--topic", &topic, "--count", &MESSAGES.to_string()])
+        .output()
+        .unwrap();
+    assert!(produced.status.success(), "{}", tail(&produced.stderr));
+    let sent: Vec<String> = json_lines(&produced.stdout)
+        .iter()
+        .map(|p| text(p, "message_id").to_string())
+        .collect();
+    assert_eq!(sent.len(), MESSAGES);
+    Run {
+        name: format!("Rust 5.x rocketmq 5.0.0 (gRPC) sends × {server}"),
+        topic,
+        sent,
+        deliveries: BTreeMap::new(),
+        each_message_also: Vec::new(),
+    }
+}
+
 /// Starts `cluster`, an agent tracing every process, runs `clients` against them, stops the
 /// agent and checks every run's traces, then the broker's view.
 async fn traced(
@@ -823,6 +850,7 @@ async fn clients_through_the_local_mode_proxy_every_message_one_complete_trace()
                     .map(|client| remoting_run(cluster, &namesrv, client, "sync", server)),
             );
             runs.push(rust_run(cluster, &namesrv, server));
+            runs.push(rust5_run(cluster, server));
             runs
         },
     )
@@ -854,6 +882,7 @@ async fn clients_through_the_cluster_mode_proxy_every_message_one_complete_trace
                     .map(|client| remoting_run(cluster, &proxy, client, "sync", server)),
             );
             runs.push(rust_run(cluster, &proxy, server));
+            runs.push(rust5_run(cluster, server));
             runs
         },
     )
