@@ -1,8 +1,9 @@
 //! Apache RocketMQ's own Java servers (5.5.0: direct, proxy in local and cluster mode; 4.9.7)
-//! with Apache's Java clients (remoting 5.5.0 and 4.9.7, gRPC 5.x), every process traced by the
-//! real `mqtrace run`: for each message, one send span, a receive span per delivery and a
-//! settlement per outcome, each once, joined in one trace; the broker's own spans beside them.
-//! Needs root and the peers (`cargo xtask test`).
+//! with Apache's Java clients (remoting 5.5.0 and 4.9.7, gRPC 5.x), its Go, C++ and Rust
+//! clients and ali-ons, every process traced by the real `mqtrace run`: for each message, one
+//! send span, a receive span per delivery and a settlement per outcome, each once, joined in
+//! one trace; the broker's own spans beside them. Needs root and the peers (`cargo xtask
+//! test`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
