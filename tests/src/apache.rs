@@ -122,6 +122,17 @@ pub fn run_to_end(command: &mut Command) -> Vec<serde_json::Value> {
     lines
 }
 
+/// The send modes of the Java remoting test producer (`RemotingProducer --mode`).
+pub const REMOTING_SEND_MODES: [&str; 7] = [
+    "sync",
+    "async",
+    "oneway",
+    "batch",
+    "ordered",
+    "delay",
+    "transaction",
+];
+
 /// The OpenTelemetry Java agent's jar.
 pub fn otel_agent_jar() -> PathBuf {
     PathBuf::from(classpath("otel-agent"))

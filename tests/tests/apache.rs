@@ -14,7 +14,7 @@ use std::{
 use mqtrace::spans::identity::{SpanId, TraceId};
 use mqtrace_tests::{
     agent::Agent,
-    apache::{Cluster, Release, Topology, app, run_to_end},
+    apache::{Cluster, REMOTING_SEND_MODES, Release, Topology, app, run_to_end},
     process::ScratchFile,
     rocketmq::{Broker, client, client5, json_lines, peers_root, tail},
     spancheck::{assert_complete_traces, read_span_file},
@@ -741,26 +741,18 @@ async fn remoting_clients_on_apache_5_every_message_one_complete_trace() {
     traced("apache5", Release::V5, Topology::Direct, |cluster| {
         let server = "Apache 5.5.0";
         let namesrv = cluster.namesrv();
-        let mut runs: Vec<Run> = [
-            "sync",
-            "async",
-            "oneway",
-            "batch",
-            "ordered",
-            "delay",
-            "transaction",
-        ]
-        .iter()
-        .map(|mode| {
-            remoting_run(
-                cluster,
-                &namesrv,
-                Client::JavaRemoting(Release::V5),
-                mode,
-                server,
-            )
-        })
-        .collect();
+        let mut runs: Vec<Run> = REMOTING_SEND_MODES
+            .iter()
+            .map(|mode| {
+                remoting_run(
+                    cluster,
+                    &namesrv,
+                    Client::JavaRemoting(Release::V5),
+                    mode,
+                    server,
+                )
+            })
+            .collect();
         for consumer in ["orderly", "lite-pull"] {
             runs.push(remoting_run_with(
                 cluster,

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 
 use mqtrace_tests::{
     agent::Agent,
-    apache::{Cluster, Release, Topology, app_with, otel_agent_jar, run_to_end},
+    apache::{
+        Cluster, REMOTING_SEND_MODES, Release, Topology, app_with, otel_agent_jar, run_to_end,
+    },
     otlp::{ReceivedSpan, Receiver},
     process::ScratchFile,
     spancheck::read_span_file,
@@ -18,16 +20,6 @@ use serde_json::Value;
 
 /// Messages per client and mode.
 const MESSAGES: usize = 1000;
-/// The remoting producer's modes compared.
-const REMOTING_MODES: [&str; 7] = [
-    "sync",
-    "async",
-    "oneway",
-    "batch",
-    "ordered",
-    "delay",
-    "transaction",
-];
 /// The gRPC producer's modes compared, with their topics' message types.
 /// What the OpenTelemetry Java agent's publish spans say of a send mode's messages.
 #[derive(Clone, Copy, Debug)]
@@ -113,7 +105,7 @@ async fn mqtrace_agrees_with_the_opentelemetry_java_agent() {
         let grpc = cluster.grpc_endpoint();
         let mut runs = Vec::new();
         // The remoting client: a producer in each of its modes and a push consumer.
-        for mode in REMOTING_MODES {
+        for mode in REMOTING_SEND_MODES {
             let topic = format!("OracleRemoting{mode}");
             let group = format!("{topic}Group");
             cluster.make_topic(&topic, "NORMAL").unwrap();
