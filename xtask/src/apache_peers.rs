@@ -47,64 +47,83 @@ pub fn ensure(peers: &Path) -> anyhow::Result<()> {
     node(peers)
 }
 
-/// The C++ client's test application: its script beside a virtual environment holding the
-/// pinned `rocketmq` package (ctypes over the librocketmq.so the wheel bundles).
-fn python(peers: &Path) -> anyhow::Result<()> {
-    let source = workspace_root().join("tests/python/cpp-client");
-    let out = peers.join("python/cpp-client");
-    let ready = out.join("mq_cpp.py");
+/// A script's test application, installed under `<peers>/<dir>` from `tests/<dir>`: redone
+/// when a source is newer than the installed `script`, which `install` copies last (its
+/// presence says the installation is complete), into a fresh folder.
+fn script_app(
+    peers: &Path,
+    dir: &str,
+    script: &str,
+    registry: &str,
+    install: impl FnOnce(&Path, &Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let source = workspace_root().join("tests").join(dir);
+    let out = peers.join(dir);
+    let ready = out.join(script);
     if !stale(&source, &ready)? {
         return Ok(());
     }
-    step("installing the C++ client's test application (tests/python/cpp-client) from PyPI");
+    step(&format!(
+        "installing the test application tests/{dir} from {registry}"
+    ));
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out)?;
-    let python = ["python3", "python"]
-        .into_iter()
-        .find(|p| runs(p, "--version"))
-        .context("the C++ client's test application needs Python 3 (python3 on PATH)")?;
-    checked(
-        Command::new(python)
-            .args(["-m", "venv"])
-            .arg(out.join("venv")),
-        "creating its virtual environment",
-    )?;
-    checked(
-        Command::new(out.join("venv/bin/pip"))
-            .args(["install", "-q", "-r"])
-            .arg(source.join("requirements.txt")),
-        "pip install -r tests/python/cpp-client/requirements.txt",
-    )?;
-    // Copied last: its presence says the environment is complete.
-    std::fs::copy(source.join("mq_cpp.py"), &ready)?;
+    install(&source, &out)?;
+    std::fs::copy(source.join(script), &ready)?;
     Ok(())
+}
+
+/// The C++ client's test application: its script beside a virtual environment holding the
+/// pinned `rocketmq` package (ctypes over the librocketmq.so the wheel bundles).
+fn python(peers: &Path) -> anyhow::Result<()> {
+    script_app(
+        peers,
+        "python/cpp-client",
+        "mq_cpp.py",
+        "PyPI",
+        |source, out| {
+            let python = ["python3", "python"]
+                .into_iter()
+                .find(|p| runs(p, "--version"))
+                .context("the C++ client's test application needs Python 3 (python3 on PATH)")?;
+            checked(
+                Command::new(python)
+                    .args(["-m", "venv"])
+                    .arg(out.join("venv")),
+                "creating its virtual environment",
+            )?;
+            checked(
+                Command::new(out.join("venv/bin/pip"))
+                    .args(["install", "-q", "-r"])
+                    .arg(source.join("requirements.txt")),
+                "pip install -r tests/python/cpp-client/requirements.txt",
+            )
+        },
+    )
 }
 
 /// The ali-ons client's test application: its script with the packages its lock file names.
 fn node(peers: &Path) -> anyhow::Result<()> {
-    let source = workspace_root().join("tests/node/ali-ons");
-    let out = peers.join("node/ali-ons");
-    let ready = out.join("mq-ali-ons.js");
-    if !stale(&source, &ready)? {
-        return Ok(());
-    }
-    step("installing the ali-ons client's test application (tests/node/ali-ons) from npm");
-    if !runs("node", "--version") || !runs("npm", "--version") {
-        crate::setup::apt_install(&["nodejs", "npm"])?;
-    }
-    let _ = std::fs::remove_dir_all(&out);
-    std::fs::create_dir_all(&out)?;
-    for file in ["package.json", "package-lock.json"] {
-        std::fs::copy(source.join(file), out.join(file))?;
-    }
-    checked(
-        Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&out),
-        "npm ci (tests/node/ali-ons/package-lock.json)",
-    )?;
-    std::fs::copy(source.join("mq-ali-ons.js"), &ready)?;
-    Ok(())
+    script_app(
+        peers,
+        "node/ali-ons",
+        "mq-ali-ons.js",
+        "npm",
+        |source, out| {
+            if !runs("node", "--version") || !runs("npm", "--version") {
+                crate::setup::apt_install(&["nodejs", "npm"])?;
+            }
+            for file in ["package.json", "package-lock.json"] {
+                std::fs::copy(source.join(file), out.join(file))?;
+            }
+            checked(
+                Command::new("npm")
+                    .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                    .current_dir(out),
+                "npm ci (tests/node/ali-ons/package-lock.json)",
+            )
+        },
+    )
 }
 
 /// Runs `command`, failing with `what` and its output unless it succeeds.
