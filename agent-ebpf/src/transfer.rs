@@ -91,8 +91,10 @@ pub fn copy_out(active: &ActiveSyscall, moved: u64) {
     }
 }
 
-/// iovec entries walked at most; bytes in further entries show as a gap.
-const MAX_IOVECS: u32 = 128;
+/// iovec entries walked at most: the kernel's own limit per call (UIO_MAXIOV), so that every
+/// entry of a call the kernel accepted is walked. Gathering writers (Netty flushing queued
+/// frames) pass hundreds of entries; a lower bound lost the bytes of every further entry.
+const MAX_IOVECS: u32 = 1024;
 
 /// One user buffer, at `stream_offset` within the syscall's bytes, of which the first
 /// `wanted` are to be copied.

@@ -8,8 +8,9 @@
 /// records. Bounded by the per-CPU scratch map value size (32 KiB on Linux).
 pub const CHUNK_SIZE: usize = 16 * 1024;
 
-/// Records one syscall may emit at most (the per-syscall byte cap divided by the chunk size, and
-/// one record per iovec segment). A bound the verifier can see.
+/// Records one buffer of a syscall may emit at most (the per-syscall byte cap divided by the
+/// chunk size); a vectored call emits at least one record per iovec entry. A bound the
+/// verifier can see.
 pub const MAX_RECORDS_PER_SYSCALL: u32 = 64;
 
 /// Default for [`Config::max_bytes_per_syscall`].

@@ -234,6 +234,16 @@ impl Agent {
     }
 }
 
+/// The counters the agent logged as it stopped (`mqtrace: stopping; counters {...}`), from the
+/// log [`Agent::stop`] returned.
+pub fn final_counters(log: &str) -> serde_json::Value {
+    let line = log
+        .lines()
+        .find_map(|l| l.strip_prefix("mqtrace: stopping; counters "))
+        .unwrap_or_else(|| panic!("no counters in the agent's log:\n{log}"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         drop(self.process.take()); // killed by pid if still running

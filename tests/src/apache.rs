@@ -197,6 +197,10 @@ impl Cluster {
             }
             command
                 .arg(format!("-Duser.home={}", user_home.display()))
+                // What the JVM unpacks (RocksDB's native library, 12 MB) and the proxy's
+                // self-signed certificates go with the cluster's folder, not into /tmp for good
+                // (their delete-on-exit never runs: the processes are killed).
+                .arg(format!("-Djava.io.tmpdir={}", user_home.display()))
                 .arg(format!(
                     "-Drmq.logback.configurationFile=rmq.{name}.logback.xml"
                 ))

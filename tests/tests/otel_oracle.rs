@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use mqtrace_tests::{
-    agent::Agent,
+    agent::{Agent, final_counters},
     apache::{
         Cluster, REMOTING_SEND_MODES, Release, Topology, app_with, otel_agent_jar, run_to_end,
     },
@@ -184,6 +184,28 @@ async fn mqtrace_agrees_with_the_opentelemetry_java_agent() {
             println!("oracle: {client}: {row}");
         }
         table.assert_required(client, AgentPublish::of(client), &mqtrace);
+    }
+    // Every byte of every connection reached the decoder: a gap would make a missing span
+    // the capture's fault, which the oracle is not there to excuse.
+    let counters = final_counters(&mqtrace);
+    let lost = [
+        (
+            "kernel records lost",
+            &counters["kernel"]["records_lost_ring_full"],
+        ),
+        (
+            "kernel bytes not copied",
+            &counters["kernel"]["bytes_not_copied_cap"],
+        ),
+        ("stream gaps", &counters["pipeline"]["streams"]["gaps"]),
+        (
+            "frames lost",
+            &counters["pipeline"]["decoder"]["frames_lost"],
+        ),
+    ];
+    println!("oracle: the agent's losses: {lost:?}");
+    for (what, value) in lost {
+        assert_eq!(value.as_u64(), Some(0), "{what}: {value}\n{mqtrace}");
     }
 }
 

@@ -37,8 +37,14 @@ fn send_all(fd: i32, family: Family, data: &[u8], max_send: usize) {
                     std::ptr::null(),
                     0,
                 ),
-                Family::WritevReadv | Family::SendmsgRecvmsg => {
-                    // Three uneven segments, to exercise the iovec walk.
+                Family::WritevReadv => {
+                    // Many small uneven segments, as a gathering write of queued frames
+                    // (Netty's) makes: up to the kernel's limit of iovecs per call.
+                    let iov = gather_segments(piece);
+                    libc::writev(fd, iov.as_ptr(), iov.len() as i32)
+                }
+                Family::SendmsgRecvmsg => {
+                    // Three uneven segments.
                     let a = piece.len() / 7;
                     let b = piece.len() / 2;
                     let iov = [
@@ -55,19 +61,38 @@ fn send_all(fd: i32, family: Family, data: &[u8], max_send: usize) {
                             iov_len: piece.len() - b,
                         },
                     ];
-                    if family == Family::WritevReadv {
-                        libc::writev(fd, iov.as_ptr(), 3)
-                    } else {
-                        let mut msg: libc::msghdr = std::mem::zeroed();
-                        msg.msg_iov = iov.as_ptr() as *mut _;
-                        msg.msg_iovlen = 3;
-                        libc::sendmsg(fd, &msg, 0)
-                    }
+                    let mut msg: libc::msghdr = std::mem::zeroed();
+                    msg.msg_iov = iov.as_ptr() as *mut _;
+                    msg.msg_iovlen = 3;
+                    libc::sendmsg(fd, &msg, 0)
                 }
             }
         };
         sent += check(n, "send");
     }
+}
+
+/// Iovecs the kernel takes per call at most (UIO_MAXIOV).
+const MAX_IOVECS: usize = 1024;
+
+/// `data` cut into segments of 1 to 200 bytes, the last one taking what is left once the
+/// kernel's iovec limit is reached.
+fn gather_segments(data: &[u8]) -> Vec<libc::iovec> {
+    let mut iov = Vec::new();
+    let mut at = 0;
+    while at < data.len() {
+        let len = if iov.len() == MAX_IOVECS - 1 {
+            data.len() - at
+        } else {
+            (iov.len() * 37 % 200 + 1).min(data.len() - at)
+        };
+        iov.push(libc::iovec {
+            iov_base: data[at..].as_ptr() as *mut _,
+            iov_len: len,
+        });
+        at += len;
+    }
+    iov
 }
 
 /// Receives exactly `len` bytes with one family's receive call, at most MAX_READ per call.
