@@ -13,7 +13,6 @@ const DEBIAN_RUST_SRC: &str = "/usr/lib/rustlib/src/rust/library/core";
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
-    compile_protos(&manifest_dir);
     let ebpf_dir = manifest_dir.join("../agent-ebpf");
     for watched in ["src", "Cargo.toml", "Cargo.lock", ".cargo/config.toml"] {
         println!(
@@ -75,18 +74,4 @@ fn bpf_cargo() -> Command {
         .args(["run", "nightly", "cargo"])
         .env_remove("RUSTC");
     command
-}
-
-/// The RocketMQ 5 gRPC messages the decoder reads, as prost types (`OUT_DIR/apache.rocketmq.v2.rs`).
-fn compile_protos(manifest_dir: &Path) {
-    let proto_dir = manifest_dir.join("proto");
-    let file = proto_dir.join("rocketmq_v2.proto");
-    println!("cargo:rerun-if-changed={}", file.display());
-    let descriptors = protox::compile([&file], [&proto_dir])
-        .unwrap_or_else(|e| panic!("compiling {}: {e}", file.display()));
-    prost_build::Config::new()
-        // Bodies stay slices of the frame they came in: never copied.
-        .bytes(["."])
-        .compile_fds(descriptors)
-        .unwrap_or_else(|e| panic!("generating Rust for {}: {e}", file.display()));
 }

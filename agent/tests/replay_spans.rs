@@ -15,7 +15,7 @@ use mqtrace::{
     spans::{
         Span, SpanKind, Value,
         identity::{SpanId, TraceId},
-        resource::Resources,
+        resource::CaptureResources,
     },
 };
 
@@ -321,8 +321,8 @@ fn replay_answers_where_is_my_message_from_a_real_capture() {
 fn spans_of(
     events: &[SourceEvent],
     capture: &Path,
-) -> (Vec<String>, mqtrace::pipeline::PipelineCounters) {
-    let mut pipeline = Pipeline::new(DecoderConfig::default(), 0, Resources::for_capture(capture));
+) -> (Vec<String>, mqtrace_core::pipeline::PipelineCounters) {
+    let mut pipeline = Pipeline::new(DecoderConfig::default(), 0, CaptureResources::new(capture));
     let mut out = Vec::new();
     for event in events {
         pipeline.push(event.clone(), &mut out);

@@ -38,7 +38,7 @@ pub mod maps {
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(
-    feature = "user",
+    feature = "serde",
     derive(serde::Serialize, serde::Deserialize),
     serde(rename_all = "snake_case")
 )]
@@ -88,7 +88,7 @@ pub enum RecordKind {
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(
-    feature = "user",
+    feature = "serde",
     derive(serde::Serialize),
     serde(rename_all = "snake_case")
 )]

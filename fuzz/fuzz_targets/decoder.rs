@@ -4,10 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mqtrace::{
-    decoder::{ConnectionDecoder, DecoderConfig, operation::interpret},
-    sources::Direction,
-};
+use mqtrace_protocol::{ConnectionDecoder, DecoderConfig, Direction, operation::interpret};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&control, mut rest)) = data.split_first() else {

@@ -4,10 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mqtrace::{
-    decoder::{DecoderCounters, grpc::GrpcDecoder},
-    sources::Direction,
-};
+use mqtrace_protocol::{DecoderCounters, Direction, grpc::GrpcDecoder};
 
 fuzz_target!(|data: &[u8]| {
     // The first byte: bit 7 joins mid-stream; the rest scales the pieces' lengths.

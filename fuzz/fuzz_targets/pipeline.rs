@@ -5,13 +5,13 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use mqtrace::{
+use mqtrace_core::{
     correlation::Unseen,
     decoder::DecoderConfig,
     journeys::Query,
     pipeline::{Output, Pipeline},
     sources::{Chunk, Connection, ConnectionId, Direction, EndCause, Origin, SourceEvent},
-    spans::resource::Resources,
+    spans::resource::CaptureResources,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
         skip_server_side: control & 1 == 1,
         ..DecoderConfig::default()
     };
-    let mut pipeline = Pipeline::new(config, 0, Resources::for_capture("fuzz".as_ref()));
+    let mut pipeline = Pipeline::new(config, 0, CaptureResources::new("fuzz".as_ref()));
     let mut out = Vec::new();
     let mut positions = std::collections::HashMap::<(u64, bool), u64>::new();
     let mut clock = 0u64;
@@ -105,6 +105,6 @@ fuzz_target!(|data: &[u8]| {
 });
 
 /// Spans are rendered for the terminal and the exporters: do it here too.
-fn rendered_len(span: &mqtrace::spans::Span) -> usize {
-    mqtrace::spans::span_line(span).len()
+fn rendered_len(span: &mqtrace_core::spans::Span) -> usize {
+    mqtrace_core::spans::span_line(span).len()
 }

@@ -6,10 +6,8 @@
 use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{Context, bail};
-use mqtrace::{
-    decoder::{SerializeType, encode},
-    sources::{ConnectionId, Direction, SourceEvent, pcap},
-};
+use mqtrace::sources::{ConnectionId, Direction, SourceEvent, pcap};
+use mqtrace_protocol::{SerializeType, encode};
 
 /// Opaques are written as this many decimal digits: every one from `FIRST_OPAQUE` on has it.
 const OPAQUE_DIGITS: usize = 10;
@@ -275,9 +273,9 @@ mod tests {
         use bytes::Bytes;
         use mqtrace::{
             decoder::DecoderConfig,
+            host::resources::HostResources,
             pipeline::{Output, Pipeline},
             sources::{Chunk, Connection, Origin},
-            spans::resource::Resources,
         };
         let captures = Path::new(env!("CARGO_MANIFEST_DIR")).join("captures/rust-client");
         let mut spans = Vec::new();
@@ -286,7 +284,7 @@ mod tests {
             (send_exchange(&captures).unwrap(), 50u32),
             (pull_exchange(&captures, 32).unwrap(), 3),
         ] {
-            let mut pipeline = Pipeline::new(DecoderConfig::default(), 0, Resources::new());
+            let mut pipeline = Pipeline::new(DecoderConfig::default(), 0, HostResources::new());
             let mut out = Vec::new();
             let connection = ConnectionId(1);
             pipeline.push(

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use mqtrace::decoder::encode;
+use mqtrace_protocol::encode;
 
 /// Where the peers are installed (`bin/` inside); tests fail loudly without them.
 pub fn peers_dir() -> PathBuf {

@@ -13,10 +13,15 @@ pub fn run() -> anyhow::Result<()> {
     std::fs::create_dir_all(&report_dir)?;
     let mut lines = Vec::new();
 
-    step("decoder throughput (cargo bench --bench decode)");
-    lines.extend(json_lines(
-        Command::new(cargo_path()).args(["bench", "--quiet", "-p", "mqtrace", "--bench", "decode"]),
-    )?);
+    step("decoder throughput (cargo bench -p mqtrace-protocol --bench decode)");
+    lines.extend(json_lines(Command::new(cargo_path()).args([
+        "bench",
+        "--quiet",
+        "-p",
+        "mqtrace-protocol",
+        "--bench",
+        "decode",
+    ]))?);
 
     step("building the agent and the benchmark programs (release)");
     cargo(&[

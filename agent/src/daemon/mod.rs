@@ -23,6 +23,7 @@ use crate::{
     correlation::Unseen,
     decoder::DecoderConfig,
     exporters::{SpanSinks, otlp::OtlpConfig},
+    host::resources::HostResources,
     logs::{ProblemLog, log_problems},
     memory::Shares,
     metrics::{self, Health, Snapshot},
@@ -31,7 +32,6 @@ use crate::{
         capture::Capture,
         kernel::{CaptureOptions, KernelCapture, monotonic_ns},
     },
-    spans::resource::Resources,
 };
 
 /// A problem counter that keeps growing is logged at most this often.
@@ -132,7 +132,7 @@ pub async fn serve(
             ..DecoderConfig::default()
         },
         unix_minus_monotonic_ns(),
-        Resources::new(),
+        HostResources::new(),
         options.request_timeout.as_nanos().max(1) as u64,
     );
     pipeline.set_memory(&options.memory, options.journal_messages);

@@ -145,7 +145,7 @@ mod tests {
         decoder::DecoderConfig,
         pipeline::{Output, Pipeline, replay_capture},
         sources::pcap,
-        spans::resource::Resources,
+        spans::resource::CaptureResources,
     };
 
     /// A real capture's spans and journal are the same made on the span thread as inline.
@@ -164,11 +164,8 @@ mod tests {
         let output =
             std::env::temp_dir().join(format!("mqtrace-span-thread-{}", std::process::id()));
         let _ = std::fs::remove_file(&output);
-        let mut pipeline = Pipeline::new(
-            DecoderConfig::default(),
-            0,
-            Resources::for_capture(&capture),
-        );
+        let mut pipeline =
+            Pipeline::new(DecoderConfig::default(), 0, CaptureResources::new(&capture));
         let stage = pipeline.detach_spans().unwrap();
         assert!(pipeline.detach_spans().is_none(), "taken once");
         let mut thread =

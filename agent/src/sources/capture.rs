@@ -7,7 +7,17 @@ use std::{collections::BTreeMap, future::Future};
 
 use mqtrace_common::{COMM_LEN, Counter, Selection};
 
-use super::{Connection, SourceEvent, kernel::KernelCounters};
+use super::{Connection, SourceEvent};
+
+/// Kernel-side counters, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelCounters(pub BTreeMap<&'static str, u64>);
+
+impl KernelCounters {
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0.get(counter.name()).copied().unwrap_or(0)
+    }
+}
 
 pub trait Capture {
     /// Every process is traced unless excluded (or only the selected ones).
@@ -84,7 +94,9 @@ pub mod fake {
     use tokio::sync::mpsc;
 
     use super::Capture;
-    use crate::sources::{Connection, ConnectionId, EndCause, SourceEvent, kernel::KernelCounters};
+    use crate::sources::{
+        Connection, ConnectionId, EndCause, SourceEvent, capture::KernelCounters,
+    };
 
     /// What the kernel's maps would hold.
     #[derive(Default)]

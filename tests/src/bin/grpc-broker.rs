@@ -24,7 +24,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming, transport::Server};
 
-// Generated from agent/proto/rocketmq_v2.proto, which also holds messages only the agent's
+// Generated from protocol/proto/rocketmq_v2.proto, which also holds messages only the agent's
 // decoder reads.
 #[allow(clippy::all, clippy::pedantic, dead_code)]
 mod pb {

@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use mqtrace::decoder::encode::{json_frame, properties};
+use mqtrace_protocol::encode::{json_frame, properties};
 use serde_json::{Value, json};
 
 /// One frame's JSON header (the body is read and dropped).

@@ -21,7 +21,10 @@ use mqtrace_common::{
 };
 use tokio::io::unix::AsyncFd;
 
-use crate::sources::{Connection, ConnectionId, EndCause, Origin, SourceEvent, capture::Capture};
+use crate::sources::{
+    Connection, ConnectionId, EndCause, Origin, SourceEvent,
+    capture::{Capture, KernelCounters},
+};
 
 /// The compiled kernel programs, built by build.rs from `agent-ebpf`.
 static EBPF_OBJECT: &[u8] =
@@ -81,16 +84,6 @@ impl Default for CaptureOptions {
             max_bytes_per_syscall: DEFAULT_MAX_BYTES_PER_SYSCALL,
             ring_buffer_bytes: 16 << 20,
         }
-    }
-}
-
-/// Kernel-side counters, summed over CPUs.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct KernelCounters(pub BTreeMap<&'static str, u64>);
-
-impl KernelCounters {
-    pub fn get(&self, counter: Counter) -> u64 {
-        self.0.get(counter.name()).copied().unwrap_or(0)
     }
 }
 

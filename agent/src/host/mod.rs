@@ -1,0 +1,3 @@
+//! The host the agent runs on, as the pipeline needs it: the resources of its processes.
+
+pub mod resources;
