@@ -8,6 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::counters::{COUNTERS, Repeat};
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     #[default]
@@ -27,71 +29,6 @@ pub fn init(format: LogFormat) {
     }
 }
 
-/// Counters that mean something was lost or went wrong, and what to say when they grow.
-const PROBLEMS: &[(&str, &str)] = &[
-    (
-        "/kernel/records_lost_ring_full",
-        "records lost: the kernel ring buffer was full (raise --ring-buffer-bytes)",
-    ),
-    (
-        "/kernel/bytes_not_copied_cap",
-        "payload bytes not copied: syscalls moved more than --max-bytes-per-syscall",
-    ),
-    (
-        "/kernel/user_read_failures",
-        "payload reads from traced processes failed",
-    ),
-    (
-        "/kernel/socket_table_full",
-        "connections not tracked: the kernel's socket table is full",
-    ),
-    (
-        "/kernel/syscall_table_full",
-        "syscalls on traced sockets not followed: the table of syscalls in flight is full",
-    ),
-    (
-        "/agent/malformed_records",
-        "kernel records that could not be decoded (agent and probes disagree)",
-    ),
-    (
-        "/pipeline/connections_tls",
-        "connections began TLS: encrypted traffic is not traced; if they are RocketMQ clients, \
-         turn TLS off between them and their brokers (see the README, Not traced yet)",
-    ),
-    (
-        "/pipeline/streams/gaps",
-        "stream gaps: bytes of traced connections were not seen",
-    ),
-    (
-        "/pipeline/decoder/resyncs",
-        "the decoder lost a frame boundary and searched for the next frame",
-    ),
-    (
-        "/pipeline/decoder/malformed_messages",
-        "messages that could not be decoded",
-    ),
-    (
-        "/pipeline/correlation/pending_evicted",
-        "requests forgotten: too many waiting for a response",
-    ),
-    (
-        "/export/write_errors",
-        "spans not written: the --output file could not be written (disk full?); tracing goes on",
-    ),
-    (
-        "/export/otlp/dropped_queue_full",
-        "spans dropped: the OTLP export queue was full",
-    ),
-    (
-        "/export/otlp/dropped_export_failed",
-        "spans dropped: the collector did not take them",
-    ),
-];
-
-/// Counters said once, at their first growth: not a loss to act on each time, a fact about the
-/// host to know.
-const SAID_ONCE: &[&str] = &["/pipeline/connections_tls"];
-
 /// One line to log: a problem counter grew.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProblemLine {
@@ -102,7 +39,7 @@ pub struct ProblemLine {
     pub message: &'static str,
 }
 
-/// Watches the problem counters and says when one grew, at most once per `interval` each:
+/// Watches the problem counters (those declared with a problem) and says when one grew, at most once per `interval` each:
 /// the next line carries everything that happened in between.
 pub struct ProblemLog {
     interval: Duration,
@@ -120,7 +57,11 @@ impl ProblemLog {
 
     pub fn check(&mut self, counters: &serde_json::Value, now: Instant) -> Vec<ProblemLine> {
         let mut lines = Vec::new();
-        for &(pointer, message) in PROBLEMS {
+        for declared in COUNTERS {
+            let Some((message, repeat)) = declared.problem else {
+                continue;
+            };
+            let pointer = declared.path;
             let total = counters
                 .pointer(pointer)
                 .and_then(|v| v.as_u64())
@@ -128,7 +69,7 @@ impl ProblemLog {
             let (at, value) = self.reported.entry(pointer).or_insert((None, 0));
             let due = match at {
                 None => true,
-                Some(_) if SAID_ONCE.contains(&pointer) => false,
+                Some(_) if repeat == Repeat::Once => false,
                 Some(at) => now.duration_since(*at) >= self.interval,
             };
             if total > *value && due {
@@ -193,5 +134,32 @@ mod tests {
             "/pipeline/connections_tls"
         );
         assert!(log.check(&tls(50), at(1000)).is_empty());
+    }
+
+    #[test]
+    fn every_problem_counter_is_said_when_it_grows() {
+        let mut tree = crate::counters::every_part();
+        let problems: Vec<&str> = COUNTERS
+            .iter()
+            .filter(|c| c.problem.is_some())
+            .map(|c| c.path)
+            .collect();
+        for path in &problems {
+            *tree.pointer_mut(path).unwrap() = serde_json::json!(1);
+        }
+        let said: Vec<&str> = ProblemLog::new(Duration::from_secs(60))
+            .check(&tree, Instant::now())
+            .iter()
+            .map(|line| line.counter)
+            .collect();
+        assert_eq!(said, problems);
+        // The loss counters among them.
+        for loss in [
+            "/kernel/records_lost_ring_full",
+            "/pipeline/streams/gaps",
+            "/export/otlp/dropped_queue_full",
+        ] {
+            assert!(said.contains(&loss), "{loss}");
+        }
     }
 }

@@ -16,7 +16,10 @@ use std::{
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::listeners::{Admission, REQUEST_TIMEOUT};
+use crate::{
+    counters::{Kind, declared, metric_name},
+    listeners::{Admission, REQUEST_TIMEOUT},
+};
 
 /// The latest rendering of the counters, shared with the server.
 #[derive(Clone, Default)]
@@ -73,64 +76,6 @@ impl Health {
     }
 }
 
-/// Values that go up and down (the rest only grow, and are exposed with `_total`).
-const GAUGES: &[&str] = &[
-    "_uptime_seconds",
-    "_processes_selected",
-    "_processes_excluded",
-    "_connections_tracked",
-    "_journal_messages",
-    "_requests_waiting",
-    "_serving_processes",
-    "_memory_stream_bytes",
-    "_memory_pending_bytes",
-    "_memory_received_bytes",
-    "_memory_sent_bytes",
-    "_journal_bytes",
-    "_queued_bytes",
-];
-
-/// Help for the metrics that say something was lost, and what to do; the others get their
-/// place in the counter tree, which `mqtrace status` and the README explain.
-const HELP: &[(&str, &str)] = &[
-    (
-        "mqtrace_kernel_records_lost_ring_full",
-        "Records the kernel dropped because the ring buffer was full (raise ring_buffer_bytes).",
-    ),
-    (
-        "mqtrace_kernel_bytes_not_copied_cap",
-        "Payload bytes beyond max_bytes_per_syscall, reported as gaps.",
-    ),
-    (
-        "mqtrace_kernel_socket_table_full",
-        "Connections not tracked because the kernel's socket table was full.",
-    ),
-    (
-        "mqtrace_kernel_syscall_table_full",
-        "Syscalls not copied because the kernel's table of syscalls in flight was full.",
-    ),
-    (
-        "mqtrace_pipeline_streams_gaps",
-        "Stretches of a stream the agent did not see.",
-    ),
-    (
-        "mqtrace_export_otlp_dropped_queue_full",
-        "Spans dropped because the OTLP queue was full (collector slow or down).",
-    ),
-    (
-        "mqtrace_export_otlp_dropped_export_failed",
-        "Spans the collector did not accept after retries.",
-    ),
-    (
-        "mqtrace_export_write_errors",
-        "Spans that could not be written to the output file.",
-    ),
-    (
-        "mqtrace_agent_uptime_seconds",
-        "Seconds since the agent started.",
-    ),
-];
-
 /// Renders the counter tree as Prometheus text: `# HELP`, `# TYPE`, counters with `_total`,
 /// and `mqtrace_build_info`.
 fn render_all(counters: &serde_json::Value) -> String {
@@ -142,46 +87,38 @@ fn render_all(counters: &serde_json::Value) -> String {
         env!("CARGO_PKG_VERSION"),
         "\"} 1\n"
     ));
-    render("mqtrace", counters, &mut out);
+    render("", counters, &mut out);
     out
 }
 
-/// Flattens nested objects into metrics named by their path, `prefix_key_subkey`.
-fn render(prefix: &str, value: &serde_json::Value, out: &mut String) {
+/// Flattens nested objects into metrics named by their path (`/a/b` → `mqtrace_a_b`), typed
+/// and explained by their declaration.
+fn render(path: &str, value: &serde_json::Value, out: &mut String) {
     match value {
         serde_json::Value::Object(map) => {
             for (key, value) in map {
-                let name: String = key
-                    .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                    .collect();
-                render(&format!("{prefix}_{name}"), value, out);
+                render(&format!("{path}/{key}"), value, out);
             }
         }
-        serde_json::Value::Array(series) => render_series(prefix, series, out),
+        serde_json::Value::Array(series) => render_series(path, series, out),
         serde_json::Value::Number(n) => {
-            let gauge = GAUGES.iter().any(|g| prefix.ends_with(g));
-            let help = HELP
-                .iter()
-                .find(|(name, _)| *name == prefix)
-                .map_or_else(|| described(prefix), |(_, help)| (*help).to_string());
-            let (name, kind) = if gauge {
-                (prefix.to_string(), "gauge")
-            } else {
-                (format!("{prefix}_total"), "counter")
+            let (name, kind) = match declared(path).map(|d| d.kind) {
+                Some(Kind::Gauge) => (metric_name(path), "gauge"),
+                _ => (format!("{}_total", metric_name(path)), "counter"),
             };
             out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {n}\n"
+                "# HELP {name} {}\n# TYPE {name} {kind}\n{name} {n}\n",
+                help(path)
             ));
         }
         _ => {}
     }
 }
 
-/// A list of objects: gauges named by the prefix and each numeric field, labelled by the
+/// A list of objects: gauges named by the path and each numeric field, labelled by the
 /// string fields (`mqtrace_pipeline_consumer_lag_messages{group="g",topic="T",queue="1"}`).
-fn render_series(prefix: &str, series: &[serde_json::Value], out: &mut String) {
-    let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
+fn render_series(path: &str, series: &[serde_json::Value], out: &mut String) {
+    let mut by_field: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for item in series {
         let Some(fields) = item.as_object() else {
             continue;
@@ -192,17 +129,18 @@ fn render_series(prefix: &str, series: &[serde_json::Value], out: &mut String) {
             .collect();
         for (field, value) in fields {
             if let Some(n) = value.as_number() {
-                by_name
-                    .entry(format!("{prefix}_{field}"))
+                by_field
+                    .entry(format!("{path}/{field}"))
                     .or_default()
                     .push(format!("{{{}}} {n}", labels.join(",")));
             }
         }
     }
-    for (name, lines) in by_name {
+    for (field_path, lines) in by_field {
+        let name = metric_name(&field_path);
         out.push_str(&format!(
             "# HELP {name} {}\n# TYPE {name} gauge\n",
-            described(&name)
+            help(&field_path)
         ));
         for line in lines {
             out.push_str(&format!("{name}{line}\n"));
@@ -210,21 +148,17 @@ fn render_series(prefix: &str, series: &[serde_json::Value], out: &mut String) {
     }
 }
 
+/// The declared help; a counter added to the tree but not to `counters::COUNTERS` (which a
+/// test forbids) still gets a line naming its place.
+fn help(path: &str) -> String {
+    declared(path).map_or_else(|| format!("The counter at {path}."), |d| d.help.to_string())
+}
+
 /// A label value as the exposition format escapes it.
 fn label_value(text: &str) -> String {
     text.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
-}
-
-/// `mqtrace_pipeline_correlation_sends` → `pipeline correlation: sends (mqtrace status).`
-fn described(name: &str) -> String {
-    let path = name.trim_start_matches("mqtrace_");
-    let (stage, rest) = path.split_once('_').unwrap_or((path, ""));
-    format!(
-        "{stage}: {} (the {stage} counters of `mqtrace status`).",
-        rest.replace('_', " ")
-    )
 }
 
 /// The metrics server's thread; dropping it stops the server.
@@ -349,41 +283,31 @@ mod tests {
             text.contains("# TYPE mqtrace_kernel_records_lost_ring_full_total counter\nmqtrace_kernel_records_lost_ring_full_total 0\n"),
             "{text}"
         );
-        assert!(text.contains("# HELP mqtrace_pipeline_correlation_sends_total pipeline: correlation sends (the pipeline counters of `mqtrace status`).\n# TYPE mqtrace_pipeline_correlation_sends_total counter\nmqtrace_pipeline_correlation_sends_total 7\n"), "{text}");
+        assert!(text.contains("# HELP mqtrace_pipeline_correlation_sends_total Messages seen sent by producers.\n# TYPE mqtrace_pipeline_correlation_sends_total counter\nmqtrace_pipeline_correlation_sends_total 7\n"), "{text}");
         assert!(text.contains("# TYPE mqtrace_pipeline_requests_waiting gauge\nmqtrace_pipeline_requests_waiting 2\n"), "{text}");
         assert!(!text.contains("otlp"), "{text}");
     }
 
     #[test]
-    fn every_help_line_names_a_served_metric() {
-        // The counter tree as the daemon builds it, from the counters' own types, with every
-        // optional part present: a help entry naming no metric is never shown.
-        let kernel: BTreeMap<&str, u64> = mqtrace_common::Counter::ALL
-            .iter()
-            .map(|c| (c.name(), 0))
-            .collect();
-        let tree = serde_json::json!({
-            "agent": {"uptime_seconds": 0},
-            "kernel": kernel,
-            "pipeline": crate::pipeline::PipelineCounters::default(),
-            "export": crate::exporters::ExportCounters {
-                otlp: Some(Default::default()),
-                ..Default::default()
-            },
-        });
-        let text = render_all(&tree);
-        let served: Vec<&str> = text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.split([' ', '{']).next())
-            .map(|name| name.strip_suffix("_total").unwrap_or(name))
-            .collect();
-        for (name, _) in HELP {
+    fn every_declared_counter_is_served_with_its_help_and_type() {
+        let text = render_all(&crate::counters::every_part());
+        for counter in crate::counters::COUNTERS {
+            let (name, kind) = match counter.kind {
+                Kind::Gauge => (counter.metric_name(), "gauge"),
+                Kind::Counter => (format!("{}_total", counter.metric_name()), "counter"),
+            };
             assert!(
-                served.contains(name),
-                "help for {name}, which is not served"
+                text.contains(&format!(
+                    "# HELP {name} {}\n# TYPE {name} {kind}\n{name}",
+                    counter.help
+                )),
+                "{} is not served as {name}, {kind}, with its help:\n{text}",
+                counter.path
             );
         }
+        let served = text.lines().filter(|l| !l.starts_with('#')).count();
+        // Every counter once, and the build info.
+        assert_eq!(served, crate::counters::COUNTERS.len() + 1, "{text}");
     }
 
     #[test]

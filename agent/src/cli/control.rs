@@ -6,6 +6,7 @@ use clap::Args;
 
 use crate::{
     control::{DEFAULT_SOCKET, Listing, Request, Response, Status, Target, client},
+    counters::COUNTERS,
     journeys::{Query, timeline},
 };
 
@@ -198,59 +199,6 @@ pub fn status(args: ShowArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The counters people ask about first, by name; `--json` has them all.
-const STATUS_LINES: &[(&str, &[&str])] = &[
-    ("processes selected", &["/agent/processes_selected"]),
-    ("processes excluded", &["/agent/processes_excluded"]),
-    ("connections tracked", &["/agent/connections_tracked"]),
-    ("TLS, not traced", &["/pipeline/connections_tls"]),
-    ("records captured", &["/kernel/records_emitted"]),
-    ("bytes captured", &["/kernel/bytes_copied"]),
-    ("records lost", &["/kernel/records_lost_ring_full"]),
-    ("bytes not copied", &["/kernel/bytes_not_copied_cap"]),
-    ("stream gaps", &["/pipeline/streams/gaps"]),
-    ("resyncs", &["/pipeline/decoder/resyncs"]),
-    ("frames decoded", &["/pipeline/decoder/frames"]),
-    ("messages decoded", &["/pipeline/decoder/messages"]),
-    ("gRPC calls (RocketMQ 5)", &["/pipeline/decoder/grpc_calls"]),
-    (
-        "gRPC headers not decoded",
-        &["/pipeline/decoder/grpc_header_blocks_undecoded"],
-    ),
-    (
-        "decode errors",
-        &[
-            "/pipeline/decoder/frames_lost",
-            "/pipeline/decoder/malformed_messages",
-        ],
-    ),
-    ("sends", &["/pipeline/correlation/sends"]),
-    ("receives", &["/pipeline/correlation/receives"]),
-    ("settlements", &["/pipeline/correlation/settles"]),
-    ("broker: stored", &["/pipeline/correlation/broker_stored"]),
-    (
-        "broker: delivered",
-        &["/pipeline/correlation/broker_delivered"],
-    ),
-    ("broker: reports", &["/pipeline/correlation/broker_reports"]),
-    (
-        "relayed requests",
-        &["/pipeline/correlation/relayed_requests"],
-    ),
-    ("spans emitted", &["/pipeline/spans"]),
-    // Each destination on its own: a span sent to both is not two spans.
-    ("spans sent to OTLP", &["/export/otlp/exported"]),
-    ("spans written to file", &["/export/spans_written"]),
-    (
-        "spans dropped",
-        &[
-            "/export/otlp/dropped_queue_full",
-            "/export/otlp/dropped_export_failed",
-        ],
-    ),
-    ("messages in journal", &["/pipeline/journal/messages"]),
-];
-
 fn render_status(status: &Status) -> String {
     let up = status.uptime_seconds;
     let mut out = format!(
@@ -266,11 +214,24 @@ fn render_status(status: &Status) -> String {
             "selected processes"
         }
     );
-    for (label, pointers) in STATUS_LINES {
-        let value: u64 = pointers
-            .iter()
-            .filter_map(|p| status.counters.pointer(p).and_then(|v| v.as_u64()))
-            .sum();
+    // The counters people ask about first, as declared (`--json` has them all); counters
+    // sharing a label are added into its line.
+    let mut lines: Vec<(&str, u64)> = Vec::new();
+    for counter in COUNTERS {
+        let Some(label) = counter.status else {
+            continue;
+        };
+        let value = status
+            .counters
+            .pointer(counter.path)
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        match lines.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, sum)) => *sum += value,
+            None => lines.push((label, value)),
+        }
+    }
+    for (label, value) in lines {
         out.push_str(&format!("  {label:<22} {value}\n"));
     }
     out
@@ -336,5 +297,29 @@ mod tests {
             "destinations not added together: {text}"
         );
         assert!(text.contains("  records lost           0\n"), "{text}");
+    }
+
+    #[test]
+    fn every_status_label_is_one_line() {
+        let status = Status {
+            version: "0.1.0".into(),
+            pid: 7,
+            uptime_seconds: 0,
+            mode: "all".into(),
+            counters: crate::counters::every_part(),
+        };
+        let text = render_status(&status);
+        let mut labels: Vec<&str> = Vec::new();
+        for label in COUNTERS.iter().filter_map(|c| c.status) {
+            if !labels.contains(&label) {
+                labels.push(label);
+            }
+        }
+        let shown: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .map(|line| line.trim().rsplit_once(' ').unwrap().0.trim_end())
+            .collect();
+        assert_eq!(shown, labels, "{text}");
     }
 }

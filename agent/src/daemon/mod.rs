@@ -21,6 +21,7 @@ use crate::{
         server,
     },
     correlation::Unseen,
+    counters::{AgentCounters, CounterTree},
     decoder::DecoderConfig,
     exporters::{SpanSinks, otlp::OtlpConfig},
     host::resources::HostResources,
@@ -283,20 +284,21 @@ impl<C: Capture> Daemon<C> {
         let mut pipeline = self.pipeline.counters();
         pipeline.spans = spans;
         pipeline.journal = journal;
-        Ok(serde_json::json!({
-            "agent": {
-                "uptime_seconds": self.started.elapsed().as_secs(),
-                "processes_selected": selections.len() - excluded,
-                "processes_excluded": excluded,
-                "connections_tracked": sockets.values().sum::<usize>(),
-                "stale_sockets_swept": self.stale_sockets_swept,
-                "malformed_records": self.capture.malformed_records(),
-                "non_tcp_sockets": self.capture.non_tcp_sockets(),
+        let tree = CounterTree {
+            agent: AgentCounters {
+                uptime_seconds: self.started.elapsed().as_secs(),
+                processes_selected: selections.len() - excluded,
+                processes_excluded: excluded,
+                connections_tracked: sockets.values().sum::<usize>(),
+                stale_sockets_swept: self.stale_sockets_swept,
+                malformed_records: self.capture.malformed_records(),
+                non_tcp_sockets: self.capture.non_tcp_sockets(),
             },
-            "kernel": self.capture.counters()?.0,
-            "pipeline": pipeline,
-            "export": export,
-        }))
+            kernel: self.capture.counters()?.0,
+            pipeline,
+            export,
+        };
+        Ok(serde_json::to_value(tree)?)
     }
 }
 

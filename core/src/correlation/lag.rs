@@ -22,7 +22,7 @@ struct Queue {
 }
 
 /// One queue's lag, as /metrics labels it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct QueueLag {
     pub group: String,
     pub topic: String,
