@@ -163,6 +163,8 @@ fn label_value(text: &str) -> String {
 
 /// The metrics server's thread; dropping it stops the server.
 pub struct MetricsServer {
+    /// Where it listens: the port the system chose when asked for port 0.
+    pub address: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -188,6 +190,7 @@ pub fn serve(
     let listener = std::net::TcpListener::bind(address)
         .with_context(|| format!("binding the metrics endpoint to {address}"))?;
     listener.set_nonblocking(true)?;
+    let address = listener.local_addr()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -206,6 +209,7 @@ pub fn serve(
             });
         })?;
     Ok(MetricsServer {
+        address,
         stop: Some(stop),
         thread: Some(thread),
     })

@@ -67,10 +67,6 @@ impl Agent {
     }
 
     fn launch(name: &str, command: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
-        let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
         let dir = std::env::temp_dir();
         let stem = format!("mqtrace-{name}-{}", std::process::id());
         let log = dir.join(format!("{stem}.log"));
@@ -80,7 +76,8 @@ impl Agent {
             .args(&command[1..])
             .arg("run")
             .args(args)
-            .args(["--metrics-address", &metrics.to_string()])
+            // A port of its own, which it reports in its status: none taken from another.
+            .args(["--metrics-address", "127.0.0.1:0"])
             .arg("--control-socket")
             .arg(&socket)
             .envs(env.iter().copied())
@@ -89,22 +86,44 @@ impl Agent {
             .stdin(Stdio::null())
             .spawn()
             .expect("start mqtrace");
-        let agent = Self {
+        let mut agent = Self {
             process: Some(Owned(child)),
-            metrics,
+            metrics: SocketAddr::from(([127, 0, 0, 1], 0)),
             socket,
             log,
         };
+        agent.metrics = agent.await_ready();
+        agent
+    }
+
+    /// Waits until the daemon answers on its control socket, which it does once its probes
+    /// are attached and its loop runs; returns where it serves its metrics.
+    fn await_ready(&mut self) -> SocketAddr {
         let started = Instant::now();
-        while !agent.log_text().contains("mqtrace: tracing") {
+        loop {
+            let exited = self.process.as_mut().unwrap().0.try_wait().unwrap();
+            assert!(
+                exited.is_none(),
+                "agent exited ({exited:?}): {}",
+                self.log_text()
+            );
+            if self.socket.exists() {
+                let out = self.control(&["status", "--json"]);
+                if out.status.success() {
+                    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                    return status["metrics_address"]
+                        .as_str()
+                        .and_then(|a| a.parse().ok())
+                        .unwrap_or_else(|| panic!("no metrics address in {status}"));
+                }
+            }
             assert!(
                 started.elapsed() < Duration::from_secs(30),
-                "agent did not start: {}",
-                agent.log_text()
+                "agent did not answer on its control socket: {}",
+                self.log_text()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        agent
     }
 
     pub fn pid(&self) -> u32 {

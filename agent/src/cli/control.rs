@@ -214,6 +214,9 @@ fn render_status(status: &Status) -> String {
             "selected processes"
         }
     );
+    if let Some(address) = status.metrics_address {
+        out.push_str(&format!("  metrics on http://{address}/metrics\n"));
+    }
     // The counters people ask about first, as declared (`--json` has them all); counters
     // sharing a label are added into its line.
     let mut lines: Vec<(&str, u64)> = Vec::new();
@@ -277,6 +280,7 @@ mod tests {
             pid: 7,
             uptime_seconds: 3_725,
             mode: "all".into(),
+            metrics_address: None,
             counters: serde_json::json!({
                 "pipeline": {"decoder": {"frames_lost": 2, "malformed_messages": 3}, "spans": 40},
                 "export": {"spans_written": 7, "otlp": {"exported": 40, "dropped_queue_full": 0}},
@@ -306,6 +310,7 @@ mod tests {
             pid: 7,
             uptime_seconds: 0,
             mode: "all".into(),
+            metrics_address: None,
             counters: crate::counters::every_part(),
         };
         let text = render_status(&status);

@@ -90,7 +90,8 @@ pub struct RunArgs {
     /// At shutdown, how long pending spans may take to reach the collector [default: 5].
     #[arg(long, value_name = "SECONDS")]
     flush_timeout: Option<u64>,
-    /// Serve /metrics (Prometheus) and /healthz here [default: 127.0.0.1:9464].
+    /// Serve /metrics (Prometheus) and /healthz here [default: 127.0.0.1:9464]; port 0 lets
+    /// the system choose, and `mqtrace status` says which.
     #[arg(long, value_name = "ADDRESS", env = "MQTRACE_METRICS_ADDRESS")]
     metrics_address: Option<SocketAddr>,
     /// The Unix socket `mqtrace enable|disable|list|status|trace` use

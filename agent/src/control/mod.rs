@@ -98,6 +98,9 @@ pub struct Status {
     pub pid: u32,
     pub uptime_seconds: u64,
     pub mode: String,
+    /// Where `/metrics` and `/healthz` are served (the port bound, when 0 was asked for).
+    #[serde(default)]
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// Every counter, as on `/metrics` (there flattened to `mqtrace_<path>`).
     pub counters: serde_json::Value,
 }

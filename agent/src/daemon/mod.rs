@@ -79,6 +79,7 @@ struct Daemon<C> {
     rules: Rules,
     state_file: PathBuf,
     started: Instant,
+    metrics_address: SocketAddr,
 }
 
 /// Runs the daemon on the kernel's capture until Ctrl-C or SIGTERM.
@@ -126,7 +127,7 @@ pub async fn serve(
     let metrics = Snapshot::default();
     let health = Health::new(options.health_stall);
     health.beat();
-    let _metrics_server = metrics::serve(options.metrics_address, metrics.clone(), health.clone())?;
+    let metrics_server = metrics::serve(options.metrics_address, metrics.clone(), health.clone())?;
     let mut pipeline = Pipeline::with_request_timeout(
         DecoderConfig {
             skip_server_side: !options.broker_spans,
@@ -150,6 +151,7 @@ pub async fn serve(
         started: Instant::now(),
         stale_sockets_swept: 0,
         last_sweep: (Instant::now(), 0),
+        metrics_address: metrics_server.address,
     };
     let what = if options.trace_all {
         "all processes".to_string()
@@ -163,8 +165,10 @@ pub async fn serve(
     // loop's first tick on.
     metrics.update(&daemon.counters()?);
     eprintln!(
-        "mqtrace: tracing {what}; control socket {}; Ctrl-C to stop",
-        options.control_socket.display()
+        "mqtrace: tracing {what}; control socket {}; metrics on http://{}/metrics; Ctrl-C to \
+         stop",
+        options.control_socket.display(),
+        metrics_server.address
     );
     let mut problems = ProblemLog::new(PROBLEM_LOG_INTERVAL);
     let (mut events, mut outputs) = (Vec::new(), Vec::new());
@@ -245,6 +249,7 @@ impl<C: Capture> Daemon<C> {
                     pid: std::process::id(),
                     uptime_seconds: self.started.elapsed().as_secs(),
                     mode: mode_name(self.capture.trace_all()).into(),
+                    metrics_address: Some(self.metrics_address),
                     counters,
                 })
             }),
