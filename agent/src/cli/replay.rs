@@ -11,7 +11,7 @@ use crate::{
     exporters::JsonLines,
     journeys::timeline,
     pipeline::{Output, replay_capture},
-    spans::{Span, Value, span_line},
+    spans::{Span, Value, names::MESSAGING_MESSAGE_ID, span_line},
 };
 
 #[derive(Args)]
@@ -145,7 +145,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
 
 /// The message a span is of.
 fn message_id(span: &Span) -> Option<&str> {
-    match span.attributes.get("messaging.message.id") {
+    match span.attributes.get(MESSAGING_MESSAGE_ID) {
         Some(Value::String(id)) => Some(id),
         _ => None,
     }

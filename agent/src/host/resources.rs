@@ -5,7 +5,15 @@ use std::collections::HashMap;
 
 use crate::{
     sources::kernel::safe_read::{read_capped, read_in_root},
-    spans::{Attributes, Resource, Value, resource::ProcessResources},
+    spans::{
+        Attributes, Resource, Value,
+        names::{
+            CONTAINER_ID, HOST_NAME, K8S_CONTAINER_NAME, K8S_DEPLOYMENT_NAME, K8S_NAMESPACE_NAME,
+            K8S_NODE_NAME, K8S_POD_NAME, K8S_POD_UID, K8S_REPLICASET_NAME, K8S_STATEFULSET_NAME,
+            PROCESS_EXECUTABLE_NAME, PROCESS_PID, SERVICE_NAME,
+        },
+        resource::ProcessResources,
+    },
 };
 
 /// The most read of a process's environment or command line.
@@ -85,8 +93,8 @@ impl ProcessResources for HostResources {
 
 fn process_resource(pid: u32, host_name: &str) -> Attributes {
     let mut r = Attributes::new();
-    r.insert("host.name".into(), host_name.into());
-    r.insert("process.pid".into(), Value::Int(i64::from(pid)));
+    r.insert(HOST_NAME.into(), host_name.into());
+    r.insert(PROCESS_PID.into(), Value::Int(i64::from(pid)));
     let executable = std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -97,7 +105,7 @@ fn process_resource(pid: u32, host_name: &str) -> Attributes {
                 .to_string()
         });
     if !executable.is_empty() {
-        r.insert("process.executable.name".into(), executable.clone().into());
+        r.insert(PROCESS_EXECUTABLE_NAME.into(), executable.clone().into());
     }
     let service = service_name(pid)
         .or_else(|| {
@@ -107,10 +115,10 @@ fn process_resource(pid: u32, host_name: &str) -> Attributes {
                 .flatten()
         })
         .unwrap_or(executable);
-    r.insert("service.name".into(), bounded(service).into());
+    r.insert(SERVICE_NAME.into(), bounded(service).into());
     let cgroup = String::from_utf8_lossy(&proc_file(pid, "cgroup")).into_owned();
     if let Some(id) = container_id(&cgroup) {
-        r.insert("container.id".into(), id.into());
+        r.insert(CONTAINER_ID.into(), id.into());
     }
     if let Some(uid) = pod_uid(&cgroup) {
         kubernetes(pid, uid, container_id(&cgroup), &mut r);
@@ -153,8 +161,8 @@ fn pod_owner(pod: &str) -> Vec<(&'static str, String)> {
             if generated(suffix, 5..=5) && generated(hash, 6..=10) && !deployment.is_empty() =>
         {
             vec![
-                ("k8s.deployment.name", deployment.to_string()),
-                ("k8s.replicaset.name", format!("{deployment}-{hash}")),
+                (K8S_DEPLOYMENT_NAME, deployment.to_string()),
+                (K8S_REPLICASET_NAME, format!("{deployment}-{hash}")),
             ]
         }
         [ordinal, ..] if !ordinal.is_empty() && ordinal.bytes().all(|b| b.is_ascii_digit()) => {
@@ -162,7 +170,7 @@ fn pod_owner(pod: &str) -> Vec<(&'static str, String)> {
             if name.is_empty() {
                 Vec::new()
             } else {
-                vec![("k8s.statefulset.name", name.to_string())]
+                vec![(K8S_STATEFULSET_NAME, name.to_string())]
             }
         }
         _ => Vec::new(),
@@ -226,7 +234,7 @@ fn jvm_application(cmdline: &[u8]) -> Option<String> {
 /// through /proc/PID/root) or POD_NAMESPACE; the owning workload from the pod name; the node
 /// from this agent's NODE_NAME (the downward API). Whatever is missing is left out.
 fn kubernetes(pid: u32, uid: String, container: Option<String>, r: &mut Attributes) {
-    r.insert("k8s.pod.uid".into(), uid.into());
+    r.insert(K8S_POD_UID.into(), uid.into());
     let environ = proc_file(pid, "environ");
     let env = |name: &str| {
         let prefix = format!("{name}=");
@@ -247,13 +255,13 @@ fn kubernetes(pid: u32, uid: String, container: Option<String>, r: &mut Attribut
         for (key, value) in pod_owner(&name) {
             r.insert(key.into(), value.into());
         }
-        r.insert("k8s.pod.name".into(), name.into());
+        r.insert(K8S_POD_NAME.into(), name.into());
     }
     // Inside the pod's own root: never blocking on a FIFO, never a device, never a symlink
     // out to the node's files.
     let namespace = match logged {
         Some((_, namespace, container)) => {
-            r.insert("k8s.container.name".into(), container.into());
+            r.insert(K8S_CONTAINER_NAME.into(), container.into());
             Some(namespace)
         }
         None => read_in_root(
@@ -267,10 +275,10 @@ fn kubernetes(pid: u32, uid: String, container: Option<String>, r: &mut Attribut
         .or_else(|| env("POD_NAMESPACE")),
     };
     if let Some(namespace) = namespace {
-        r.insert("k8s.namespace.name".into(), namespace.into());
+        r.insert(K8S_NAMESPACE_NAME.into(), namespace.into());
     }
     if let Some(node) = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()) {
-        r.insert("k8s.node.name".into(), node.into());
+        r.insert(K8S_NODE_NAME.into(), node.into());
     }
 }
 

@@ -11,7 +11,12 @@ use serde::{Deserialize, Serialize};
 use crate::{
     correlation::{Endpoint, MessageEvent, Outcome, ServedClient},
     memory::HeapSize,
-    spans::{Resource, Span, Status, Value, identity::TraceId, printable},
+    spans::{
+        Resource, Span, Status, Value,
+        identity::TraceId,
+        names::{HOST_NAME, SERVICE_NAME},
+        printable,
+    },
 };
 
 /// Messages kept by default; the oldest go first beyond it.
@@ -278,7 +283,7 @@ impl Journal {
                     _ => Arc::from(""),
                 }
             };
-            (name("service.name"), name("host.name"))
+            (name(SERVICE_NAME), name(HOST_NAME))
         });
         (process.clone(), host.clone())
     }

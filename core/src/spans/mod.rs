@@ -3,6 +3,7 @@
 //! CLIENT). Every span of a message lands in the message's trace (see [`identity`]).
 
 pub mod identity;
+pub mod names;
 pub mod resource;
 
 use std::borrow::Cow;
@@ -14,6 +15,8 @@ use crate::{
     memory::{HeapSize, PER_ALLOCATION},
 };
 use identity::{SpanId, TraceId, message_trace};
+// Every attribute name this module sets.
+use names::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpanKind {
@@ -246,17 +249,14 @@ fn status(outcome: &Outcome, attributes: &mut Attributes) -> (Status, Option<Str
         Outcome::Ok => (Status::Unset, None),
         // The agent's blind spot, not the application's failure: said, not an error.
         Outcome::Unseen(reason) => {
-            attributes.push_new(
-                "mqtrace.response.unseen".into(),
-                Value::fixed(reason.name()),
-            );
+            attributes.push_new(MQTRACE_RESPONSE_UNSEEN.into(), Value::fixed(reason.name()));
             (Status::Unset, None)
         }
         Outcome::Error {
             error_type,
             message,
         } => {
-            attributes.push_new("error.type".into(), error_type.as_str().into());
+            attributes.push_new(ERROR_TYPE.into(), error_type.as_str().into());
             (
                 Status::Error,
                 Some(message.clone().unwrap_or_else(|| error_type.clone())),
@@ -273,19 +273,19 @@ fn common(
     // Room for a span's attributes at once: growing the vector step by step cost as much as
     // filling it.
     let mut a = Attributes::with_capacity(24);
-    a.push_new("messaging.system".into(), Value::fixed("rocketmq"));
-    a.push_new("messaging.operation.name".into(), Value::fixed(operation));
+    a.push_new(MESSAGING_SYSTEM.into(), Value::fixed("rocketmq"));
+    a.push_new(MESSAGING_OPERATION_NAME.into(), Value::fixed(operation));
     a.push_new(
-        "messaging.operation.type".into(),
+        MESSAGING_OPERATION_TYPE.into(),
         Value::fixed(operation_type),
     );
-    put(&mut a, "messaging.destination.name", topic);
+    put(&mut a, MESSAGING_DESTINATION_NAME, topic);
     // A namespaced topic is `namespace%topic` (but %RETRY% and %DLQ% are not namespaces).
     if let Some((namespace, _)) = topic
         .and_then(|t| t.split_once('%'))
         .filter(|(ns, _)| !ns.is_empty())
     {
-        a.push_new("messaging.rocketmq.namespace".into(), namespace.into());
+        a.push_new(MESSAGING_ROCKETMQ_NAMESPACE.into(), namespace.into());
     }
     a
 }
@@ -294,33 +294,30 @@ fn common(
 /// broker knows of it).
 fn peer(attributes: &mut Attributes, endpoint: &crate::correlation::Endpoint) {
     let (address, port) = if endpoint.is_broker() {
-        ("client.address", "client.port")
+        (CLIENT_ADDRESS, CLIENT_PORT)
     } else {
-        ("server.address", "server.port")
+        (SERVER_ADDRESS, SERVER_PORT)
     };
     if let Some(peer) = endpoint.peer {
         attributes.push_new(address.into(), ip_text(peer.ip()).into());
         attributes.push_new(port.into(), i64::from(peer.port()).into());
     }
     if let Some(method) = endpoint.grpc_method {
-        attributes.push_new("rpc.system".into(), Value::fixed("grpc"));
+        attributes.push_new(RPC_SYSTEM.into(), Value::fixed("grpc"));
         attributes.push_new(
-            "rpc.service".into(),
+            RPC_SERVICE.into(),
             Value::fixed(crate::decoder::grpc::SERVICE_NAME),
         );
-        attributes.push_new("rpc.method".into(), Value::fixed(method));
+        attributes.push_new(RPC_METHOD.into(), Value::fixed(method));
     }
     if let Some(client) = &endpoint.client {
-        attributes.push_new("mqtrace.observer".into(), Value::fixed("broker"));
-        put(attributes, "messaging.client.id", client.client_id.clone());
+        attributes.push_new(MQTRACE_OBSERVER.into(), Value::fixed("broker"));
+        put(attributes, MESSAGING_CLIENT_ID, client.client_id.clone());
         attributes.push_new(
-            "mqtrace.client.language".into(),
+            MQTRACE_CLIENT_LANGUAGE.into(),
             client.language.as_str().into(),
         );
-        attributes.push_new(
-            "mqtrace.client.version".into(),
-            client.version.clone().into(),
-        );
+        attributes.push_new(MQTRACE_CLIENT_VERSION.into(), client.version.clone().into());
     }
 }
 
@@ -380,13 +377,10 @@ fn operation_of(
 
 /// Body size, and the batch size when the message travelled with others.
 fn sizes(attributes: &mut Attributes, body_len: u64, batch_size: usize) {
-    attributes.push_new(
-        "messaging.message.body.size".into(),
-        (body_len as i64).into(),
-    );
+    attributes.push_new(MESSAGING_MESSAGE_BODY_SIZE.into(), (body_len as i64).into());
     if batch_size > 1 {
         attributes.push_new(
-            "messaging.batch.message_count".into(),
+            MESSAGING_BATCH_MESSAGE_COUNT.into(),
             (batch_size as i64).into(),
         );
     }
@@ -398,13 +392,10 @@ fn labels<'a>(
     tag: Option<&str>,
     keys: impl IntoIterator<Item = &'a str>,
 ) {
-    put(attributes, "messaging.rocketmq.message.tag", tag);
+    put(attributes, MESSAGING_ROCKETMQ_MESSAGE_TAG, tag);
     let keys: Vec<String> = keys.into_iter().map(String::from).collect();
     if !keys.is_empty() {
-        attributes.push_new(
-            "messaging.rocketmq.message.keys".into(),
-            Value::Strings(keys),
-        );
+        attributes.push_new(MESSAGING_ROCKETMQ_MESSAGE_KEYS.into(), Value::Strings(keys));
     }
 }
 
@@ -438,41 +429,41 @@ pub fn send_span(event: &SendEvent, resource: &Resource) -> Span {
     let kind = kind_of(&event.endpoint, SpanKind::Producer);
     let operation = operation_of(&event.endpoint, "send", "store");
     let mut a = common(operation, "send", m.topic.as_deref());
-    a.push_new("messaging.message.id".into(), event.key.as_str().into());
+    a.push_new(MESSAGING_MESSAGE_ID.into(), event.key.as_str().into());
     labels(&mut a, m.tags(), m.keys());
     a.push_new(
-        "messaging.rocketmq.message.type".into(),
+        MESSAGING_ROCKETMQ_MESSAGE_TYPE.into(),
         Value::fixed(message_type(event)),
     );
     put(
         &mut a,
-        "messaging.rocketmq.message.group",
+        MESSAGING_ROCKETMQ_MESSAGE_GROUP,
         m.properties.message_group(),
     );
     put(
         &mut a,
-        "messaging.rocketmq.message.delay_time_level",
+        MESSAGING_ROCKETMQ_MESSAGE_DELAY_TIME_LEVEL,
         m.properties.delay_level().map(i64::from),
     );
     put(
         &mut a,
-        "messaging.rocketmq.message.delivery_timestamp",
+        MESSAGING_ROCKETMQ_MESSAGE_DELIVERY_TIMESTAMP,
         m.born_timestamp_ms
             .and_then(|b| m.properties.delivery_time_ms(b)),
     );
     put(
         &mut a,
-        "messaging.rocketmq.client_group",
+        MESSAGING_ROCKETMQ_CLIENT_GROUP,
         event.producer_group.clone(),
     );
     put(
         &mut a,
-        "messaging.destination.partition.id",
+        MESSAGING_DESTINATION_PARTITION_ID,
         m.queue_id.map(decimal),
     );
     sizes(&mut a, m.body_len, event.batch_size);
-    put(&mut a, "mqtrace.offset_msg_id", event.offset_msg_id.clone());
-    put(&mut a, "mqtrace.queue_offset", event.queue_offset);
+    put(&mut a, MQTRACE_OFFSET_MSG_ID, event.offset_msg_id.clone());
+    put(&mut a, MQTRACE_QUEUE_OFFSET, event.queue_offset);
     peer(&mut a, &event.endpoint);
     let (status, status_message) = status(&event.outcome, &mut a);
     // The first send of the message owns the send span id its consumers point to; a retry of
@@ -485,10 +476,7 @@ pub fn send_span(event: &SendEvent, resource: &Resource) -> Span {
             Some(SpanId::for_send(&event.key)),
         )
     } else if event.attempt > 1 {
-        a.push_new(
-            "mqtrace.send.attempt".into(),
-            i64::from(event.attempt).into(),
-        );
+        a.push_new(MQTRACE_SEND_ATTEMPT.into(), i64::from(event.attempt).into());
         let attempt = decimal(event.attempt);
         (
             SpanId::for_step("send", &event.key, &[&attempt]),
@@ -520,36 +508,36 @@ pub fn receive_span(event: &ReceiveEvent, resource: &Resource) -> Span {
     let kind = kind_of(&event.endpoint, SpanKind::Client);
     let operation = operation_of(&event.endpoint, "receive", "deliver");
     let mut a = common(operation, "receive", m.topic.as_deref());
-    a.push_new("messaging.message.id".into(), event.key.as_str().into());
+    a.push_new(MESSAGING_MESSAGE_ID.into(), event.key.as_str().into());
     put(
         &mut a,
-        "messaging.consumer.group.name",
+        MESSAGING_CONSUMER_GROUP_NAME,
         event.consumer_group.as_deref(),
     );
     labels(&mut a, m.tags(), m.keys());
     put(
         &mut a,
-        "messaging.destination.partition.id",
+        MESSAGING_DESTINATION_PARTITION_ID,
         m.queue_id.map(decimal),
     );
-    put(&mut a, "mqtrace.queue_offset", m.queue_offset);
-    put(&mut a, "mqtrace.offset_msg_id", m.offset_msg_id.clone());
+    put(&mut a, MQTRACE_QUEUE_OFFSET, m.queue_offset);
+    put(&mut a, MQTRACE_OFFSET_MSG_ID, m.offset_msg_id.clone());
     put(
         &mut a,
-        "mqtrace.reconsume_times",
+        MQTRACE_RECONSUME_TIMES,
         m.reconsume_times.map(i64::from),
     );
-    put(&mut a, "mqtrace.store_host", m.store_host.map(socket_text));
-    put(&mut a, "mqtrace.store_timestamp_ms", m.store_timestamp_ms);
+    put(&mut a, MQTRACE_STORE_HOST, m.store_host.map(socket_text));
+    put(&mut a, MQTRACE_STORE_TIMESTAMP_MS, m.store_timestamp_ms);
     put(
         &mut a,
-        "mqtrace.origin_message_id",
+        MQTRACE_ORIGIN_MESSAGE_ID,
         m.properties.origin_message_id().map(String::from),
     );
     let received_ms = (event.end_unix_ns / 1_000_000) as i64;
     if let Some(born) = m.born_timestamp_ms {
         a.push_new(
-            "mqtrace.born_to_receive_ms".into(),
+            MQTRACE_BORN_TO_RECEIVE_MS.into(),
             received_ms.saturating_sub(born).into(),
         );
     }
@@ -557,7 +545,7 @@ pub fn receive_span(event: &ReceiveEvent, resource: &Resource) -> Span {
     // broker reports it).
     if let Some(stored) = m.store_timestamp_ms {
         a.push_new(
-            "mqtrace.queue_time_ms".into(),
+            MQTRACE_QUEUE_TIME_MS.into(),
             received_ms.saturating_sub(stored).into(),
         );
     }
@@ -591,10 +579,10 @@ pub fn settle_span(event: &SettleEvent, resource: &Resource) -> Span {
     let kind = kind_of(&event.endpoint, SpanKind::Client);
     let (trace_id, _) = message_trace(&event.key, event.labels.traceparent.as_deref());
     let mut a = common(operation, "settle", event.topic.as_deref());
-    a.push_new("messaging.message.id".into(), event.key.as_str().into());
+    a.push_new(MESSAGING_MESSAGE_ID.into(), event.key.as_str().into());
     put(
         &mut a,
-        "messaging.consumer.group.name",
+        MESSAGING_CONSUMER_GROUP_NAME,
         event.consumer_group.clone(),
     );
     labels(
@@ -604,7 +592,7 @@ pub fn settle_span(event: &SettleEvent, resource: &Resource) -> Span {
     );
     put(
         &mut a,
-        "mqtrace.reconsume_times",
+        MQTRACE_RECONSUME_TIMES,
         event.reconsume_times.map(i64::from),
     );
     peer(&mut a, &event.endpoint);
@@ -668,7 +656,7 @@ pub fn span_line(span: &Span) -> String {
         Some(Value::Int(i)) => i.to_string(),
         _ => "-".into(),
     };
-    let service = match span.resource.get("service.name") {
+    let service = match span.resource.get(SERVICE_NAME) {
         Some(Value::String(s)) => s.as_ref(),
         _ => "?",
     };
@@ -676,7 +664,7 @@ pub fn span_line(span: &Span) -> String {
         "{:<8} {:<24} msg {} trace {} {}{} [{}] {:.1} ms",
         span.kind.name(),
         span.name,
-        id("messaging.message.id"),
+        id(MESSAGING_MESSAGE_ID),
         span.trace_id.hex(),
         span.status,
         span.status_message

@@ -4,7 +4,10 @@
 
 use std::path::Path;
 
-use super::{Attributes, Resource};
+use super::{
+    Attributes, Resource,
+    names::{MQTRACE_CAPTURE_FILE, SERVICE_NAME},
+};
 
 /// Where the pipeline learns the resource of the process an event belongs to.
 pub trait ProcessResources: Send {
@@ -20,9 +23,9 @@ pub struct CaptureResources(Resource);
 impl CaptureResources {
     pub fn new(file: &Path) -> Self {
         let mut capture = Attributes::new();
-        capture.insert("service.name".into(), "mqtrace-replay".into());
+        capture.insert(SERVICE_NAME.into(), "mqtrace-replay".into());
         capture.insert(
-            "mqtrace.capture.file".into(),
+            MQTRACE_CAPTURE_FILE.into(),
             file.display().to_string().into(),
         );
         Self(Resource::new(capture))
