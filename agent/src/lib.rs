@@ -21,6 +21,6 @@ pub mod metrics;
 pub mod sources;
 
 pub use mqtrace_core::{
-    FastMap, FromLast, correlation, decoder, hex_string, journeys, memory, pipeline, shared_text,
-    spans, streams,
+    FastMap, FromLast, append_hex, correlation, decoder, hex_string, journeys, memory, pipeline,
+    shared_text, spans, streams,
 };

@@ -19,7 +19,7 @@ pub mod sources;
 pub mod spans;
 pub mod streams;
 
-pub use mqtrace_protocol::{FastMap, hex_string};
+pub use mqtrace_protocol::{FastMap, append_hex, hex_digits, hex_string};
 
 /// What was made of the last shared value seen (a process's resource, a served client), kept
 /// for the next: the same value comes again and again, so it is made once per run of it. The

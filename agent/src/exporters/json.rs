@@ -5,7 +5,10 @@
 //! nothing to escape is copied whole, and a process's resource object, the same on each of its
 //! spans, is serialized once.
 
-use crate::spans::{Attributes, Span, Value};
+use crate::{
+    append_hex,
+    spans::{Attributes, Span, Value},
+};
 
 #[derive(Default)]
 pub struct SpanJson {
@@ -17,14 +20,14 @@ impl SpanJson {
     /// Appends `span` to `out`, without a line end.
     pub fn write(&mut self, out: &mut Vec<u8>, span: &Span) {
         out.extend_from_slice(b"{\"trace_id\":\"");
-        hex(out, &span.trace_id.0);
+        append_hex(out, &span.trace_id.0);
         out.extend_from_slice(b"\",\"span_id\":\"");
-        hex(out, &span.span_id.0);
+        append_hex(out, &span.span_id.0);
         out.extend_from_slice(b"\",\"parent_span_id\":");
         match &span.parent_span_id {
             Some(parent) => {
                 out.push(b'"');
-                hex(out, &parent.0);
+                append_hex(out, &parent.0);
                 out.push(b'"');
             }
             None => out.extend_from_slice(b"null"),
@@ -58,9 +61,9 @@ impl SpanJson {
                 out.push(b',');
             }
             out.extend_from_slice(b"{\"trace_id\":\"");
-            hex(out, &link.trace_id.0);
+            append_hex(out, &link.trace_id.0);
             out.extend_from_slice(b"\",\"span_id\":\"");
-            hex(out, &link.span_id.0);
+            append_hex(out, &link.span_id.0);
             out.extend_from_slice(b"\"}");
         }
         out.extend_from_slice(b"]}");
@@ -113,12 +116,6 @@ fn string(out: &mut Vec<u8>, s: &str) {
 
 fn integer(out: &mut Vec<u8>, n: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-}
-
-fn hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    let start = out.len();
-    out.resize(start + 2 * bytes.len(), 0);
-    hex::encode_to_slice(bytes, &mut out[start..]).expect("sized for two digits per byte");
 }
 
 #[cfg(test)]

@@ -66,9 +66,7 @@ impl TraceId {
 /// As W3C and OpenTelemetry write it: 32 lower-case hex digits.
 impl std::fmt::Display for TraceId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut digits = [0u8; 32];
-        hex::encode_to_slice(self.0, &mut digits).expect("two digits per byte");
-        f.write_str(std::str::from_utf8(&digits).expect("hex digits are ASCII"))
+        f.write_str(crate::hex_digits(&self.0, &mut [0u8; 32]))
     }
 }
 
