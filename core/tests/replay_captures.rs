@@ -414,13 +414,12 @@ fn rust_5x_client_grpc_sends() {
         .iter()
         .find(|c| matches!(c.operation, Operation::Send(_)))
         .unwrap();
-    assert_eq!(send.command.header.ext("clientVersion"), Some("5.0.0"));
-    assert!(
-        send.command
-            .header
-            .ext("clientId")
-            .is_some_and(|id| id.contains('@'))
+    assert_eq!(
+        send.command.client_version(&mut itoa::Buffer::new()),
+        "5.0.0"
     );
+    assert!(send.command.client_id().is_some_and(|id| id.contains('@')));
+    assert_eq!(send.command.rpc_method(), Some("SendMessage"));
 }
 
 /// The simple consumer's receives and acks: every message received is acked by its id.

@@ -461,6 +461,7 @@ impl Framer {
             end_ns: timestamp_ns.max(start_ns),
             missing_bytes: missing,
             body_faults,
+            call: None,
         });
     }
 

@@ -146,6 +146,20 @@ pub struct Command {
     /// response read before its request is walked in case it holds messages).
     #[serde(skip)]
     pub body_faults: BodyFaults,
+    /// A gRPC request's facts that remoting carries in its header (None for remoting).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call: Option<Box<CallFacts>>,
+}
+
+/// What a gRPC request says besides its message: its method, and the client it comes from
+/// (from the call's `x-mq-*` headers).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CallFacts {
+    pub method: &'static str,
+    pub client_id: Option<String>,
+    pub client_version: Option<String>,
+    /// How long a receive may rightly wait for messages before its answer.
+    pub poll_ms: Option<u64>,
 }
 
 /// Messages of a body found malformed, and messages past the most kept per frame.
@@ -165,6 +179,40 @@ impl Command {
     pub fn response(&self) -> Option<ResponseCode> {
         self.is_response()
             .then(|| ResponseCode::from_code(self.header.code))
+    }
+
+    /// How long this request may rightly wait before its answer: a long poll's suspend time
+    /// (pull) or poll time (pop, gRPC receive); 0 for any other request.
+    pub fn long_poll_ms(&self) -> u64 {
+        match &self.call {
+            Some(call) => call.poll_ms.unwrap_or(0),
+            None => self
+                .header
+                .ext("suspendTimeoutMillis")
+                .or_else(|| self.header.ext("pollTime"))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        }
+    }
+
+    /// The client's id, where the request names it (gRPC calls; remoting clients name
+    /// themselves in their heartbeats instead).
+    pub fn client_id(&self) -> Option<&str> {
+        self.call.as_ref()?.client_id.as_deref()
+    }
+
+    /// The client's version: a gRPC client's own text, a remoting client's version code
+    /// (written into `digits`, without allocating).
+    pub fn client_version<'a>(&'a self, digits: &'a mut itoa::Buffer) -> &'a str {
+        match &self.call {
+            Some(call) => call.client_version.as_deref().unwrap_or_default(),
+            None => digits.format(self.header.version),
+        }
+    }
+
+    /// The gRPC method of a call's request (None for remoting).
+    pub fn rpc_method(&self) -> Option<&'static str> {
+        self.call.as_ref().map(|call| call.method)
     }
 }
 

@@ -522,12 +522,7 @@ impl Correlator {
             self.counters.pending_evicted += 1;
         }
         // A long poll may rightly wait its suspend (pull) or poll (pop) time before answering.
-        let header = &command.command.header;
-        let suspend_ms: u64 = header
-            .ext("suspendTimeoutMillis")
-            .or_else(|| header.ext("pollTime"))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let suspend_ms = command.command.long_poll_ms();
         let deadline_ns = command
             .command
             .end_ns
@@ -666,12 +661,9 @@ impl Correlator {
                 .client_ids
                 .get(&request.connection)
                 .map(String::as_str)
-                .or_else(|| header.ext("clientId"));
-            let mut remoting_version = itoa::Buffer::new();
-            let version = match request.command.wire {
-                Wire::Grpc => header.ext("clientVersion").unwrap_or_default(),
-                Wire::Remoting(_) => remoting_version.format(header.version),
-            };
+                .or_else(|| request.command.client_id());
+            let mut digits = itoa::Buffer::new();
+            let version = request.command.client_version(&mut digits);
             match self.served.get(&request.connection) {
                 Some(known)
                     if known.client_id.as_deref() == client_id
@@ -696,9 +688,7 @@ impl Correlator {
             local: request.local.map(canonical),
             peer: request.peer.map(canonical),
             client,
-            grpc_method: (request.command.wire == Wire::Grpc).then(|| {
-                crate::decoder::grpc::method_name(header.ext("method").unwrap_or_default())
-            }),
+            grpc_method: request.command.rpc_method(),
         }
     }
 

@@ -19,10 +19,6 @@ pub use calls::grpc_status_name;
 /// The service's name, as `rpc.service` gives it.
 pub const SERVICE_NAME: &str = "apache.rocketmq.v2.MessagingService";
 
-/// A followed method's name, static (`Other` for any other).
-pub fn method_name(name: &str) -> &'static str {
-    Method::of(name).name()
-}
 pub mod http2;
 pub mod proto;
 
@@ -35,7 +31,7 @@ use http2::{CONTINUATION, DATA, Event, Frame, HEADERS, RST_STREAM, Reader};
 pub use http2::{Http2Counters, PREFACE};
 
 use super::{
-    BodyFaults, Command, DecoderCounters, Wire,
+    BodyFaults, CallFacts, Command, DecoderCounters, Wire,
     header::{FLAG_RESPONSE, Header},
     operation::{Operation, PopRequest},
     opposite,
@@ -561,27 +557,23 @@ impl Streams {
         self.service = Some(true);
         call.requested = true;
         counters.grpc_calls += 1;
-        let mut header = Header {
+        let header = Header {
             code: method.request_code().code(),
             language: call.language.clone().unwrap_or_default(),
             opaque: stream as i32,
             ..Header::default()
         };
-        header.ext_fields.insert("method", method.name());
-        if let Some(id) = &call.client_id {
-            header.ext_fields.insert("clientId", id);
-        }
-        if let Some(version) = &call.version {
-            header.ext_fields.insert("clientVersion", version);
-        }
-        if let Operation::Pop(PopRequest {
-            poll_time_ms: Some(poll),
-            ..
-        }) = &operation
-        {
-            // A long poll rightly waits this long before its answer.
-            header.ext_fields.insert("pollTime", &poll.to_string());
-        }
+        let facts = CallFacts {
+            method: method.name(),
+            client_id: call.client_id.clone(),
+            client_version: call.version.clone(),
+            poll_ms: match &operation {
+                Operation::Pop(PopRequest { poll_time_ms, .. }) => {
+                    poll_time_ms.and_then(|ms| u64::try_from(ms).ok())
+                }
+                _ => None,
+            },
+        };
         let messages = match &operation {
             Operation::Send(send) => send.messages.clone(),
             _ => Vec::new(),
@@ -600,6 +592,7 @@ impl Streams {
             end_ns,
             missing_bytes: 0,
             body_faults: BodyFaults::default(),
+            call: Some(Box::new(facts)),
         };
         out.push((command, operation));
     }
@@ -650,6 +643,7 @@ impl Streams {
             end_ns,
             missing_bytes: 0,
             body_faults: BodyFaults::default(),
+            call: None,
         };
         out.push((command, operation));
     }
