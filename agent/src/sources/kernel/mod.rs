@@ -5,20 +5,21 @@ mod preflight;
 pub mod procfs;
 pub mod records;
 pub mod safe_read;
+pub mod tables;
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, RingBuf},
     programs::TracePoint,
 };
 use mqtrace_common::{
-    COMM_LEN, COUNTER_SLOTS, Config, Counter, DEFAULT_MAX_BYTES_PER_SYSCALL,
-    MAX_BYTES_PER_SYSCALL_LIMIT, MAX_RULES, Selection, SocketKey, SocketState,
-    USER_CONNECTION_ID_BIT, maps,
+    COMM_LEN, Config, DEFAULT_MAX_BYTES_PER_SYSCALL, MAX_BYTES_PER_SYSCALL_LIMIT, Selection,
+    SocketKey, SocketState, USER_CONNECTION_ID_BIT, maps,
 };
+use tables::{EbpfTables, Host, KernelTables, ProcHost};
 use tokio::io::unix::AsyncFd;
 
 use crate::sources::{
@@ -87,10 +88,13 @@ impl Default for CaptureOptions {
     }
 }
 
-/// The loaded and attached probes. Dropping it detaches them.
-pub struct KernelCapture {
-    ebpf: Ebpf,
-    records: AsyncFd<RingBuf<MapData>>,
+/// The live capture: the loaded and attached probes (dropping it detaches them), and the
+/// policy over their tables: which processes and sockets the kernel follows, and when a
+/// connection ends for user space. The policy runs over the [`KernelTables`] and [`Host`]
+/// seams, so that tests run it without root.
+pub struct KernelCapture<T = EbpfTables, H = ProcHost> {
+    tables: T,
+    host: H,
     options: CaptureOptions,
     next_user_connection: u64,
     /// Events produced by user space itself (sockets found in /proc), delivered first.
@@ -102,6 +106,8 @@ pub struct KernelCapture {
     malformed_records: u64,
     /// Connected sockets let go of at once because they are not TCP (UDP).
     non_tcp_sockets: u64,
+    /// The last drain stopped at its bound: more records wait.
+    more_records: bool,
 }
 
 impl KernelCapture {
@@ -140,26 +146,39 @@ impl KernelCapture {
             ebpf.take_map(maps::RECORDS)
                 .context("RECORDS map missing")?,
         )?;
-        let mut capture = Self {
+        let tables = EbpfTables {
             ebpf,
             // SAFETY: the ring buffer owns its fd and keeps it open while the AsyncFd lives.
             records: unsafe { AsyncFd::register(records) }
                 .context("registering the ring buffer with tokio")?,
+        };
+        Ok(Self::over(tables, ProcHost, options))
+    }
+}
+
+impl<T: KernelTables, H: Host> KernelCapture<T, H> {
+    /// The policy over these tables and this host; in trace-all mode every process's open
+    /// connections are picked up at once.
+    pub fn over(tables: T, host: H, options: CaptureOptions) -> Self {
+        let mut capture = Self {
+            tables,
+            host,
             options,
             next_user_connection: 0,
             pending: Vec::new(),
             malformed_records: 0,
             non_tcp_sockets: 0,
             pids_with_sockets: std::collections::HashSet::new(),
+            more_records: false,
         };
         if capture.options.trace_all {
-            let me = std::process::id();
-            for pid in procfs::all_pids().into_iter().filter(|&pid| pid != me) {
+            let me = capture.host.own_pid();
+            for pid in capture.host.all_pids().into_iter().filter(|&pid| pid != me) {
                 // Processes may vanish while we look: that is not an error.
                 let _ = capture.register_existing_sockets(pid);
             }
         }
-        Ok(capture)
+        capture
     }
 
     pub fn options(&self) -> &CaptureOptions {
@@ -177,18 +196,14 @@ impl KernelCapture {
         &mut self,
         which: impl Fn(&SocketKey) -> bool,
     ) -> anyhow::Result<Vec<ConnectionId>> {
-        let mut sockets: HashMap<_, SocketKey, SocketState> = HashMap::try_from(
-            self.ebpf
-                .map_mut(maps::SOCKETS)
-                .context("SOCKETS map missing")?,
-        )?;
-        let entries: Vec<(SocketKey, SocketState)> = sockets
-            .iter()
-            .filter_map(Result::ok)
+        let entries: Vec<(SocketKey, SocketState)> = self
+            .tables
+            .sockets()?
+            .into_iter()
             .filter(|(key, _)| which(key))
             .collect();
         for (key, _) in &entries {
-            let _ = sockets.remove(key);
+            self.tables.remove_socket(key);
         }
         Ok(entries
             .into_iter()
@@ -196,61 +211,20 @@ impl KernelCapture {
             .collect())
     }
 
-    fn set_rule<K: aya::Pod>(
-        &mut self,
-        map: &str,
-        key: K,
-        selection: Option<Selection>,
-    ) -> anyhow::Result<()> {
-        let mut rules: HashMap<_, K, u8> = HashMap::try_from(
-            self.ebpf
-                .map_mut(map)
-                .with_context(|| format!("{map} map missing"))?,
-        )?;
-        match selection {
-            Some(selection) => rules
-                .insert(key, selection as u8, 0)
-                .with_context(|| format!("adding a rule to {map} (at most {MAX_RULES})"))?,
-            None => {
-                let _ = rules.remove(&key);
-            }
-        }
-        Ok(())
-    }
-
-    fn selected_map(&mut self) -> anyhow::Result<HashMap<&mut MapData, u32, u8>> {
-        Ok(HashMap::try_from(
-            self.ebpf
-                .map_mut(maps::SELECTED_PROCESSES)
-                .context("SELECTED_PROCESSES map missing")?,
-        )?)
-    }
-
-    /// Removes `pid`'s own entry (a no-op when it has none).
-    fn unselect(&mut self, pid: u32) -> anyhow::Result<()> {
-        let _ = self.selected_map()?.remove(&pid);
-        Ok(())
-    }
-
     /// Removes one connection's socket table entry, unless its fd holds a newer connection by
     /// now.
-    fn remove_socket(&mut self, connection: &Connection) -> anyhow::Result<()> {
-        let mut sockets: HashMap<_, SocketKey, SocketState> = HashMap::try_from(
-            self.ebpf
-                .map_mut(maps::SOCKETS)
-                .context("SOCKETS map missing")?,
-        )?;
+    fn remove_socket(&mut self, connection: &Connection) {
         let key = SocketKey {
             pid: connection.pid,
             fd: connection.fd,
         };
-        if sockets
-            .get(&key, 0)
-            .is_ok_and(|state| state.connection_id == connection.id.0)
+        if self
+            .tables
+            .socket(&key)
+            .is_some_and(|state| state.connection_id == connection.id.0)
         {
-            let _ = sockets.remove(&key);
+            self.tables.remove_socket(&key);
         }
-        Ok(())
     }
 
     /// Removes `pid`'s sockets from the kernel's table; returns their connection ids.
@@ -273,7 +247,7 @@ impl KernelCapture {
     fn end_connections(&mut self, closed: Vec<ConnectionId>, cause: EndCause) {
         let mut events = std::mem::take(&mut self.pending);
         self.drain_now(&mut events);
-        let timestamp_ns = monotonic_ns();
+        let timestamp_ns = self.host.now_ns();
         events.extend(closed.into_iter().map(|connection| SourceEvent::Closed {
             connection,
             final_positions: None,
@@ -285,13 +259,10 @@ impl KernelCapture {
 
     /// Adds the established TCP sockets `pid` has now to the kernel's socket table.
     fn register_existing_sockets(&mut self, pid: u32) -> anyhow::Result<()> {
-        let found = procfs::established_sockets(pid)
+        let found = self
+            .host
+            .established_sockets(pid)
             .with_context(|| format!("reading the open sockets of pid {pid} in /proc"))?;
-        let mut sockets: HashMap<_, SocketKey, SocketState> = HashMap::try_from(
-            self.ebpf
-                .map_mut(maps::SOCKETS)
-                .context("SOCKETS map missing")?,
-        )?;
         for socket in found {
             self.next_user_connection += 1;
             let id = USER_CONNECTION_ID_BIT | self.next_user_connection;
@@ -299,10 +270,9 @@ impl KernelCapture {
                 connection_id: id,
                 positions: [0, 0],
             };
-            const BPF_NOEXIST: u64 = 1;
-            if sockets
-                .insert(SocketKey { pid, fd: socket.fd }, state, BPF_NOEXIST)
-                .is_err()
+            if !self
+                .tables
+                .add_socket(SocketKey { pid, fd: socket.fd }, state)
             {
                 continue; // already tracked (connected during the scan) or table full
             }
@@ -314,7 +284,7 @@ impl KernelCapture {
                 origin: Origin::Existing,
                 local: Some(socket.local),
                 peer: Some(socket.peer),
-                timestamp_ns: monotonic_ns(),
+                timestamp_ns: self.host.now_ns(),
             }));
         }
         Ok(())
@@ -330,14 +300,13 @@ impl KernelCapture {
                 SourceEvent::Opened(ref connection) => {
                     self.pids_with_sockets.insert(connection.pid);
                     if connection.origin == Origin::Connect
-                        && procfs::is_stream_socket(connection.pid, connection.fd).ok()
-                            == Some(false)
+                        && self.host.is_stream_socket(connection.pid, connection.fd) == Some(false)
                     {
                         not_tcp.push(connection.clone());
                     }
                 }
                 SourceEvent::ProcessExited { pid } => {
-                    let _ = self.unselect(pid);
+                    self.tables.remove_selection(pid);
                     if self.pids_with_sockets.contains(&pid) {
                         let _ = self.forget_sockets(pid);
                     }
@@ -349,7 +318,7 @@ impl KernelCapture {
             return;
         }
         for connection in &not_tcp {
-            let _ = self.remove_socket(connection);
+            self.remove_socket(connection);
         }
         self.non_tcp_sockets += not_tcp.len() as u64;
         let ids: std::collections::HashSet<ConnectionId> = not_tcp.iter().map(|c| c.id).collect();
@@ -359,9 +328,23 @@ impl KernelCapture {
             index <= start || !event.connection().is_some_and(|id| ids.contains(&id))
         });
     }
+
+    /// Decodes up to MAX_RECORDS_PER_POLL waiting records into `out`; returns how many were
+    /// read.
+    fn drain_records(&mut self, out: &mut Vec<SourceEvent>) -> usize {
+        let cap = self.options.max_bytes_per_syscall as u64;
+        let malformed = &mut self.malformed_records;
+        let read = self.tables.drain(MAX_RECORDS_PER_POLL, &mut |record| {
+            if records::decode(record, cap, out).is_err() {
+                *malformed += 1;
+            }
+        });
+        self.more_records = read == MAX_RECORDS_PER_POLL;
+        read
+    }
 }
 
-impl Capture for KernelCapture {
+impl<T: KernelTables, H: Host> Capture for KernelCapture<T, H> {
     fn trace_all(&self) -> bool {
         self.options.trace_all
     }
@@ -369,14 +352,7 @@ impl Capture for KernelCapture {
     fn drain_now(&mut self, out: &mut Vec<SourceEvent>) {
         out.append(&mut self.pending);
         let start = out.len();
-        let cap = self.options.max_bytes_per_syscall as u64;
-        while drain_ring(
-            self.records.get_mut(),
-            cap,
-            out,
-            &mut self.malformed_records,
-        ) == MAX_RECORDS_PER_POLL
-        {}
+        while self.drain_records(out) == MAX_RECORDS_PER_POLL {}
         self.after_records(out, start);
     }
 
@@ -393,18 +369,16 @@ impl Capture for KernelCapture {
     /// stops has its sockets forgotten (their positions would be wrong after bytes moved
     /// unseen).
     fn set_selection(&mut self, pid: u32, selection: Selection) -> anyhow::Result<()> {
-        if pid == std::process::id() {
+        if pid == self.host.own_pid() {
             bail!("mqtrace does not trace itself (pid {pid})");
         }
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if !self.host.process_exists(pid) {
             bail!("no process with pid {pid}");
         }
         let was_traced = self.is_traced(pid)?;
         // Entered first, so that a connection opened during the scan is caught by the kernel;
         // the scan then leaves it alone.
-        self.selected_map()?
-            .insert(pid, selection as u8, 0)
-            .with_context(|| format!("selecting pid {pid}"))?;
+        self.tables.set_selection(pid, selection as u8)?;
         match (was_traced, selection != Selection::Excluded) {
             (false, true) => self.register_existing_sockets(pid),
             (true, false) => self.stop_following(pid),
@@ -417,47 +391,33 @@ impl Capture for KernelCapture {
         if self.options.trace_all {
             self.set_selection(pid, Selection::Excluded)
         } else {
-            self.unselect(pid)?;
+            self.tables.remove_selection(pid);
             self.stop_following(pid)
         }
     }
 
     /// Whether the kernel copies `pid`'s traffic now.
     fn is_traced(&self, pid: u32) -> anyhow::Result<bool> {
-        let selected: HashMap<_, u32, u8> = HashMap::try_from(
-            self.ebpf
-                .map(maps::SELECTED_PROCESSES)
-                .context("SELECTED_PROCESSES map missing")?,
-        )?;
-        Ok(match selected.get(&pid, 0) {
-            Ok(value) => value != Selection::Excluded as u8,
-            Err(_) => self.options.trace_all,
+        Ok(match self.tables.selection(pid)? {
+            Some(value) => value != Selection::Excluded as u8,
+            None => self.options.trace_all,
         })
     }
 
     /// Every process with its own entry (traced or excluded, and why), by pid.
     fn selections(&self) -> anyhow::Result<BTreeMap<u32, Selection>> {
-        let selected: HashMap<_, u32, u8> = HashMap::try_from(
-            self.ebpf
-                .map(maps::SELECTED_PROCESSES)
-                .context("SELECTED_PROCESSES map missing")?,
-        )?;
-        Ok(selected
-            .iter()
-            .filter_map(Result::ok)
+        Ok(self
+            .tables
+            .selections()?
+            .into_iter()
             .filter_map(|(pid, value)| Some((pid, Selection::from_u8(value)?)))
             .collect())
     }
 
     /// Sockets in the kernel's table now, per process.
     fn sockets_per_process(&self) -> anyhow::Result<BTreeMap<u32, usize>> {
-        let sockets: HashMap<_, SocketKey, SocketState> = HashMap::try_from(
-            self.ebpf
-                .map(maps::SOCKETS)
-                .context("SOCKETS map missing")?,
-        )?;
         let mut counts = BTreeMap::new();
-        for key in sockets.keys().filter_map(Result::ok) {
+        for (key, _) in self.tables.sockets()? {
             *counts.entry(key.pid).or_insert(0) += 1;
         }
         Ok(counts)
@@ -468,11 +428,14 @@ impl Capture for KernelCapture {
     /// the socket table has room again; their connections end for user space. Returns how
     /// many went.
     fn sweep_stale_sockets(&mut self) -> anyhow::Result<usize> {
-        let ended = self.remove_sockets(|key| {
-            std::fs::read_link(format!("/proc/{}/fd/{}", key.pid, key.fd)).map_or(true, |target| {
-                !target.to_string_lossy().starts_with("socket:")
-            })
-        })?;
+        let stale: Vec<SocketKey> = self
+            .tables
+            .sockets()?
+            .into_iter()
+            .map(|(key, _)| key)
+            .filter(|key| !self.host.holds_socket(key.pid, key.fd))
+            .collect();
+        let ended = self.remove_sockets(|key| stale.contains(key))?;
         let count = ended.len();
         self.end_connections(ended, EndCause::Closed);
         Ok(count)
@@ -484,20 +447,20 @@ impl Capture for KernelCapture {
         comm: [u8; COMM_LEN],
         selection: Option<Selection>,
     ) -> anyhow::Result<()> {
-        self.set_rule(maps::COMM_RULES, comm, selection)
+        self.tables.set_comm_rule(comm, selection.map(|s| s as u8))
     }
 
     /// Sets (or with `None` removes) the selection a process gets when it execs inside the
     /// cgroup `id` or below it.
     fn set_cgroup_rule(&mut self, id: u64, selection: Option<Selection>) -> anyhow::Result<()> {
-        self.set_rule(maps::CGROUP_RULES, id, selection)
+        self.tables.set_cgroup_rule(id, selection.map(|s| s as u8))
     }
 
     /// Stops copying one connection (not RocketMQ, or the broker's side) and ends it for user
     /// space after the records already captured; a later connection on the same fd is tracked
     /// anew at its connect or accept.
     fn stop_copying(&mut self, connection: &Connection) -> anyhow::Result<()> {
-        self.remove_socket(connection)?;
+        self.remove_socket(connection);
         self.end_connections(vec![connection.id], EndCause::NotFollowed);
         Ok(())
     }
@@ -509,27 +472,9 @@ impl Capture for KernelCapture {
             return Ok(());
         }
         let start = out.len();
-        let cap = self.options.max_bytes_per_syscall as u64;
         loop {
-            let read = match tokio::time::timeout(POLL_INTERVAL, self.records.readable_mut()).await
-            {
-                Ok(guard) => {
-                    let mut guard = guard?;
-                    let read =
-                        drain_ring(guard.get_inner_mut(), cap, out, &mut self.malformed_records);
-                    if read < MAX_RECORDS_PER_POLL {
-                        guard.clear_ready();
-                    }
-                    read
-                }
-                Err(_) => drain_ring(
-                    self.records.get_mut(),
-                    cap,
-                    out,
-                    &mut self.malformed_records,
-                ),
-            };
-            if read > 0 {
+            self.tables.wait(self.more_records).await?;
+            if self.drain_records(out) > 0 {
                 break;
             }
         }
@@ -538,37 +483,8 @@ impl Capture for KernelCapture {
     }
 
     fn counters(&self) -> anyhow::Result<KernelCounters> {
-        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map(maps::COUNTERS)
-                .context("COUNTERS map missing")?,
-        )?;
-        let mut out = BTreeMap::new();
-        for counter in Counter::ALL {
-            debug_assert!((counter as u32) < COUNTER_SLOTS);
-            let per_cpu = counters.get(&(counter as u32), 0)?;
-            out.insert(counter.name(), per_cpu.iter().sum());
-        }
-        Ok(KernelCounters(out))
+        Ok(KernelCounters(self.tables.counters()?))
     }
-}
-
-/// Decodes up to MAX_RECORDS_PER_POLL available records; returns how many were read.
-fn drain_ring(
-    ring: &mut RingBuf<MapData>,
-    cap: u64,
-    out: &mut Vec<SourceEvent>,
-    malformed: &mut u64,
-) -> usize {
-    let mut read = 0;
-    while read < MAX_RECORDS_PER_POLL {
-        let Some(record) = ring.next() else { break };
-        if records::decode(&record, cap, out).is_err() {
-            *malformed += 1;
-        }
-        read += 1;
-    }
-    read
 }
 
 /// A program that does nothing, on every tracepoint the capture uses: the cost floor the
@@ -649,3 +565,6 @@ pub fn monotonic_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,381 @@
+//! The seams under the live capture: the kernel's tables (the eBPF maps and the ring buffer)
+//! and the host (`/proc`, the clock). The capture's policy (`KernelCapture`: which processes
+//! and sockets are followed, and when connections end) runs over these two traits; the real
+//! implementations are [`EbpfTables`] and [`ProcHost`], and tests run the same policy, without
+//! root, over [`memory::MemoryTables`] and [`memory::FakeHost`].
+
+use std::{collections::BTreeMap, future::Future};
+
+use anyhow::Context;
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+};
+use mqtrace_common::{COMM_LEN, COUNTER_SLOTS, Counter, MAX_RULES, SocketKey, SocketState, maps};
+use tokio::io::unix::AsyncFd;
+
+use super::{POLL_INTERVAL, procfs};
+
+/// The kernel programs' tables, as the capture's policy reads and changes them.
+pub trait KernelTables {
+    /// The selection entry of `pid` (a `Selection` as its byte), if it has one.
+    fn selection(&self, pid: u32) -> anyhow::Result<Option<u8>>;
+    fn set_selection(&mut self, pid: u32, value: u8) -> anyhow::Result<()>;
+    /// Removes `pid`'s selection entry (a no-op when it has none).
+    fn remove_selection(&mut self, pid: u32);
+    fn selections(&self) -> anyhow::Result<Vec<(u32, u8)>>;
+    /// Every tracked socket.
+    fn sockets(&self) -> anyhow::Result<Vec<(SocketKey, SocketState)>>;
+    fn socket(&self, key: &SocketKey) -> Option<SocketState>;
+    /// Adds a socket unless its key has one already or the table is full; whether it did.
+    fn add_socket(&mut self, key: SocketKey, state: SocketState) -> bool;
+    fn remove_socket(&mut self, key: &SocketKey);
+    /// Sets (or with `None` removes) the selection byte of a command-name rule.
+    fn set_comm_rule(&mut self, comm: [u8; COMM_LEN], value: Option<u8>) -> anyhow::Result<()>;
+    /// Sets (or with `None` removes) the selection byte of a cgroup rule.
+    fn set_cgroup_rule(&mut self, id: u64, value: Option<u8>) -> anyhow::Result<()>;
+    /// The kernel's counters, summed over CPUs, by name.
+    fn counters(&self) -> anyhow::Result<BTreeMap<&'static str, u64>>;
+    /// Hands at most `max` of the records waiting in the ring to `each`; returns how many.
+    fn drain(&mut self, max: usize, each: &mut dyn FnMut(&[u8])) -> usize;
+    /// Returns once records may be waiting: at once when `more` (the last drain stopped at
+    /// its bound), else when the ring signals or after [`POLL_INTERVAL`].
+    fn wait(&mut self, more: bool) -> impl Future<Output = anyhow::Result<()>>;
+}
+
+/// What the capture asks of the host about its processes.
+pub trait Host {
+    fn own_pid(&self) -> u32;
+    fn process_exists(&self, pid: u32) -> bool;
+    fn all_pids(&self) -> Vec<u32>;
+    /// The established TCP sockets `pid` has open now.
+    fn established_sockets(&self, pid: u32) -> anyhow::Result<Vec<procfs::OpenSocket>>;
+    /// Whether `pid`'s `fd` is a stream (TCP) socket; None when that cannot be told.
+    fn is_stream_socket(&self, pid: u32, fd: i32) -> Option<bool>;
+    /// Whether `pid`'s `fd` still holds a socket.
+    fn holds_socket(&self, pid: u32, fd: i32) -> bool;
+    /// CLOCK_MONOTONIC, the clock of the kernel's records.
+    fn now_ns(&self) -> u64;
+}
+
+/// The loaded programs' maps and ring buffer.
+pub struct EbpfTables {
+    pub(super) ebpf: Ebpf,
+    pub(super) records: AsyncFd<RingBuf<MapData>>,
+}
+
+impl EbpfTables {
+    fn map<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> anyhow::Result<HashMap<&MapData, K, V>> {
+        Ok(HashMap::try_from(
+            self.ebpf
+                .map(name)
+                .with_context(|| format!("{name} map missing"))?,
+        )?)
+    }
+
+    fn map_mut<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &str,
+    ) -> anyhow::Result<HashMap<&mut MapData, K, V>> {
+        Ok(HashMap::try_from(
+            self.ebpf
+                .map_mut(name)
+                .with_context(|| format!("{name} map missing"))?,
+        )?)
+    }
+
+    fn set_rule<K: aya::Pod>(
+        &mut self,
+        map: &str,
+        key: K,
+        value: Option<u8>,
+    ) -> anyhow::Result<()> {
+        let mut rules = self.map_mut::<K, u8>(map)?;
+        match value {
+            Some(value) => rules
+                .insert(key, value, 0)
+                .with_context(|| format!("adding a rule to {map} (at most {MAX_RULES})"))?,
+            None => {
+                let _ = rules.remove(&key);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl KernelTables for EbpfTables {
+    fn selection(&self, pid: u32) -> anyhow::Result<Option<u8>> {
+        Ok(self
+            .map::<u32, u8>(maps::SELECTED_PROCESSES)?
+            .get(&pid, 0)
+            .ok())
+    }
+
+    fn set_selection(&mut self, pid: u32, value: u8) -> anyhow::Result<()> {
+        self.map_mut::<u32, u8>(maps::SELECTED_PROCESSES)?
+            .insert(pid, value, 0)
+            .with_context(|| format!("selecting pid {pid}"))
+    }
+
+    fn remove_selection(&mut self, pid: u32) {
+        if let Ok(mut selected) = self.map_mut::<u32, u8>(maps::SELECTED_PROCESSES) {
+            let _ = selected.remove(&pid);
+        }
+    }
+
+    fn selections(&self) -> anyhow::Result<Vec<(u32, u8)>> {
+        Ok(self
+            .map::<u32, u8>(maps::SELECTED_PROCESSES)?
+            .iter()
+            .filter_map(Result::ok)
+            .collect())
+    }
+
+    fn sockets(&self) -> anyhow::Result<Vec<(SocketKey, SocketState)>> {
+        Ok(self
+            .map::<SocketKey, SocketState>(maps::SOCKETS)?
+            .iter()
+            .filter_map(Result::ok)
+            .collect())
+    }
+
+    fn socket(&self, key: &SocketKey) -> Option<SocketState> {
+        self.map::<SocketKey, SocketState>(maps::SOCKETS)
+            .ok()?
+            .get(key, 0)
+            .ok()
+    }
+
+    fn add_socket(&mut self, key: SocketKey, state: SocketState) -> bool {
+        const BPF_NOEXIST: u64 = 1;
+        self.map_mut::<SocketKey, SocketState>(maps::SOCKETS)
+            .is_ok_and(|mut sockets| sockets.insert(key, state, BPF_NOEXIST).is_ok())
+    }
+
+    fn remove_socket(&mut self, key: &SocketKey) {
+        if let Ok(mut sockets) = self.map_mut::<SocketKey, SocketState>(maps::SOCKETS) {
+            let _ = sockets.remove(key);
+        }
+    }
+
+    fn set_comm_rule(&mut self, comm: [u8; COMM_LEN], value: Option<u8>) -> anyhow::Result<()> {
+        self.set_rule(maps::COMM_RULES, comm, value)
+    }
+
+    fn set_cgroup_rule(&mut self, id: u64, value: Option<u8>) -> anyhow::Result<()> {
+        self.set_rule(maps::CGROUP_RULES, id, value)
+    }
+
+    fn counters(&self) -> anyhow::Result<BTreeMap<&'static str, u64>> {
+        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map(maps::COUNTERS)
+                .context("COUNTERS map missing")?,
+        )?;
+        let mut out = BTreeMap::new();
+        for counter in Counter::ALL {
+            debug_assert!((counter as u32) < COUNTER_SLOTS);
+            let per_cpu = counters.get(&(counter as u32), 0)?;
+            out.insert(counter.name(), per_cpu.iter().sum());
+        }
+        Ok(out)
+    }
+
+    fn drain(&mut self, max: usize, each: &mut dyn FnMut(&[u8])) -> usize {
+        let ring = self.records.get_mut();
+        let mut read = 0;
+        while read < max {
+            let Some(record) = ring.next() else { break };
+            each(&record);
+            read += 1;
+        }
+        read
+    }
+
+    async fn wait(&mut self, more: bool) -> anyhow::Result<()> {
+        if more {
+            return Ok(());
+        }
+        // Readiness is cleared before the drain that follows, which reads all there is: a
+        // record arriving meanwhile is read now or signals anew.
+        if let Ok(guard) = tokio::time::timeout(POLL_INTERVAL, self.records.readable_mut()).await {
+            guard?.clear_ready();
+        }
+        Ok(())
+    }
+}
+
+/// The host the agent runs on, through `/proc`.
+pub struct ProcHost;
+
+impl Host for ProcHost {
+    fn own_pid(&self) -> u32 {
+        std::process::id()
+    }
+
+    fn process_exists(&self, pid: u32) -> bool {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    fn all_pids(&self) -> Vec<u32> {
+        procfs::all_pids()
+    }
+
+    fn established_sockets(&self, pid: u32) -> anyhow::Result<Vec<procfs::OpenSocket>> {
+        procfs::established_sockets(pid)
+    }
+
+    fn is_stream_socket(&self, pid: u32, fd: i32) -> Option<bool> {
+        procfs::is_stream_socket(pid, fd).ok()
+    }
+
+    fn holds_socket(&self, pid: u32, fd: i32) -> bool {
+        std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+    }
+
+    fn now_ns(&self) -> u64 {
+        super::monotonic_ns()
+    }
+}
+
+/// Tables and a host in memory, for the policy's tests.
+#[cfg(test)]
+pub mod memory {
+    use std::collections::{HashMap, VecDeque};
+
+    use super::*;
+
+    #[derive(Default)]
+    pub struct MemoryTables {
+        pub selected: BTreeMap<u32, u8>,
+        pub sockets: HashMap<SocketKey, SocketState>,
+        pub socket_capacity: Option<usize>,
+        pub comm_rules: HashMap<[u8; COMM_LEN], u8>,
+        pub cgroup_rules: HashMap<u64, u8>,
+        /// Raw records, as the kernel programs write them.
+        pub ring: VecDeque<Vec<u8>>,
+    }
+
+    impl KernelTables for MemoryTables {
+        fn selection(&self, pid: u32) -> anyhow::Result<Option<u8>> {
+            Ok(self.selected.get(&pid).copied())
+        }
+
+        fn set_selection(&mut self, pid: u32, value: u8) -> anyhow::Result<()> {
+            self.selected.insert(pid, value);
+            Ok(())
+        }
+
+        fn remove_selection(&mut self, pid: u32) {
+            self.selected.remove(&pid);
+        }
+
+        fn selections(&self) -> anyhow::Result<Vec<(u32, u8)>> {
+            Ok(self.selected.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+
+        fn sockets(&self) -> anyhow::Result<Vec<(SocketKey, SocketState)>> {
+            Ok(self.sockets.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+
+        fn socket(&self, key: &SocketKey) -> Option<SocketState> {
+            self.sockets.get(key).copied()
+        }
+
+        fn add_socket(&mut self, key: SocketKey, state: SocketState) -> bool {
+            let full = self
+                .socket_capacity
+                .is_some_and(|capacity| self.sockets.len() >= capacity);
+            if full || self.sockets.contains_key(&key) {
+                return false;
+            }
+            self.sockets.insert(key, state);
+            true
+        }
+
+        fn remove_socket(&mut self, key: &SocketKey) {
+            self.sockets.remove(key);
+        }
+
+        fn set_comm_rule(&mut self, comm: [u8; COMM_LEN], value: Option<u8>) -> anyhow::Result<()> {
+            match value {
+                Some(value) => self.comm_rules.insert(comm, value),
+                None => self.comm_rules.remove(&comm),
+            };
+            Ok(())
+        }
+
+        fn set_cgroup_rule(&mut self, id: u64, value: Option<u8>) -> anyhow::Result<()> {
+            match value {
+                Some(value) => self.cgroup_rules.insert(id, value),
+                None => self.cgroup_rules.remove(&id),
+            };
+            Ok(())
+        }
+
+        fn counters(&self) -> anyhow::Result<BTreeMap<&'static str, u64>> {
+            Ok(Counter::ALL.iter().map(|c| (c.name(), 0)).collect())
+        }
+
+        fn drain(&mut self, max: usize, each: &mut dyn FnMut(&[u8])) -> usize {
+            let mut read = 0;
+            while read < max {
+                let Some(record) = self.ring.pop_front() else {
+                    break;
+                };
+                each(&record);
+                read += 1;
+            }
+            read
+        }
+
+        async fn wait(&mut self, _more: bool) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Processes, their open sockets and what their fds hold, as a test sets them.
+    #[derive(Default)]
+    pub struct FakeHost {
+        pub own_pid: u32,
+        pub processes: BTreeMap<u32, Vec<procfs::OpenSocket>>,
+        /// (pid, fd) of connected sockets that are not TCP.
+        pub datagram_sockets: Vec<(u32, i32)>,
+        /// (pid, fd) whose fd no longer holds a socket (closed unseen).
+        pub closed_fds: Vec<(u32, i32)>,
+    }
+
+    impl Host for FakeHost {
+        fn own_pid(&self) -> u32 {
+            self.own_pid
+        }
+
+        fn process_exists(&self, pid: u32) -> bool {
+            self.processes.contains_key(&pid)
+        }
+
+        fn all_pids(&self) -> Vec<u32> {
+            self.processes.keys().copied().collect()
+        }
+
+        fn established_sockets(&self, pid: u32) -> anyhow::Result<Vec<procfs::OpenSocket>> {
+            self.processes
+                .get(&pid)
+                .cloned()
+                .with_context(|| format!("no process {pid}"))
+        }
+
+        fn is_stream_socket(&self, pid: u32, fd: i32) -> Option<bool> {
+            Some(!self.datagram_sockets.contains(&(pid, fd)))
+        }
+
+        fn holds_socket(&self, pid: u32, fd: i32) -> bool {
+            self.processes.contains_key(&pid) && !self.closed_fds.contains(&(pid, fd))
+        }
+
+        fn now_ns(&self) -> u64 {
+            1
+        }
+    }
+}

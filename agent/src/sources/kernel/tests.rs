@@ -1,0 +1,349 @@
+//! The capture's policy (selection, sockets, connection ends) over tables and a host in
+//! memory: the code the live capture runs, without root or eBPF. The kernel's side of it is
+//! tested for real in tests/tests/kernel_capture.rs.
+
+use std::mem::size_of;
+
+use mqtrace_common::{
+    ConnectionOpened, DataHeader, Origin as KernelOrigin, ProcessExited, RecordKind,
+};
+
+use super::{
+    tables::memory::{FakeHost, MemoryTables},
+    *,
+};
+use crate::sources::Direction;
+
+const AGENT: u32 = 1;
+const CLIENT: u32 = 10;
+
+/// A record as the kernel programs write it: the plain bytes of `value`, then `payload`.
+fn raw<R: Copy>(value: &R, payload: &[u8]) -> Vec<u8> {
+    // SAFETY: the record layouts are repr(C) plain data.
+    let bytes =
+        unsafe { std::slice::from_raw_parts((value as *const R).cast::<u8>(), size_of::<R>()) };
+    [bytes, payload].concat()
+}
+
+fn data(connection_id: u64, position: u64, payload: &[u8]) -> Vec<u8> {
+    raw(
+        &DataHeader {
+            kind: RecordKind::Data as u32,
+            direction: Direction::Egress as u8,
+            syscall: mqtrace_common::Syscall::Write as u8,
+            _pad: 0,
+            timestamp_ns: 5,
+            connection_id,
+            pid: CLIENT,
+            tid: CLIENT,
+            fd: 3,
+            copied_len: payload.len() as u32,
+            syscall_len: payload.len() as u64,
+            syscall_pos: position,
+            chunk_offset: 0,
+        },
+        payload,
+    )
+}
+
+fn connected(pid: u32, fd: i32, connection_id: u64) -> Vec<u8> {
+    raw(
+        &ConnectionOpened {
+            kind: RecordKind::ConnectionOpened as u32,
+            origin: KernelOrigin::Connect as u8,
+            _pad: 0,
+            family: 2,
+            timestamp_ns: 5,
+            connection_id,
+            pid,
+            tid: pid,
+            fd,
+            peer_port: 10911,
+            _pad2: 0,
+            peer_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        },
+        &[],
+    )
+}
+
+fn exited(pid: u32) -> Vec<u8> {
+    raw(
+        &ProcessExited {
+            kind: RecordKind::ProcessExited as u32,
+            pid,
+            timestamp_ns: 5,
+        },
+        &[],
+    )
+}
+
+fn open_socket(fd: i32) -> procfs::OpenSocket {
+    procfs::OpenSocket {
+        fd,
+        local: "127.0.0.1:40000".parse().unwrap(),
+        peer: "127.0.0.1:10911".parse().unwrap(),
+    }
+}
+
+/// A host with the agent and one client holding two established connections (fds 3 and 4).
+fn host() -> FakeHost {
+    let mut host = FakeHost {
+        own_pid: AGENT,
+        ..FakeHost::default()
+    };
+    host.processes.insert(AGENT, Vec::new());
+    host.processes
+        .insert(CLIENT, vec![open_socket(3), open_socket(4)]);
+    host
+}
+
+fn capture(trace_all: bool, host: FakeHost) -> KernelCapture<MemoryTables, FakeHost> {
+    KernelCapture::over(
+        MemoryTables::default(),
+        host,
+        CaptureOptions {
+            trace_all,
+            ..CaptureOptions::default()
+        },
+    )
+}
+
+fn events(capture: &mut KernelCapture<MemoryTables, FakeHost>) -> Vec<SourceEvent> {
+    let mut out = Vec::new();
+    capture.drain_now(&mut out);
+    out
+}
+
+fn opened_ids(events: &[SourceEvent]) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            SourceEvent::Opened(c) if c.origin == Origin::Existing => Some(c.id.0),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_selected_process_has_its_open_connections_picked_up_mid_stream() {
+    let mut capture = capture(false, host());
+    assert!(!capture.is_traced(CLIENT).unwrap());
+    capture.select(CLIENT).unwrap();
+    assert_eq!(
+        capture.tables.selected.get(&CLIENT),
+        Some(&(Selection::ByPid as u8))
+    );
+    let ids = opened_ids(&events(&mut capture));
+    assert_eq!(ids.len(), 2, "both established connections");
+    assert!(ids.iter().all(|id| id & USER_CONNECTION_ID_BIT != 0));
+    assert_eq!(
+        capture.sockets_per_process().unwrap().get(&CLIENT),
+        Some(&2)
+    );
+    // Selected again: nothing new.
+    capture.select(CLIENT).unwrap();
+    assert!(opened_ids(&events(&mut capture)).is_empty());
+    // Neither the agent nor a process that is not there.
+    let own = capture.select(AGENT).unwrap_err().to_string();
+    assert!(own.contains("does not trace itself"), "{own}");
+    let gone = capture.select(99).unwrap_err().to_string();
+    assert!(gone.contains("no process with pid 99"), "{gone}");
+}
+
+#[test]
+fn a_full_socket_table_leaves_the_rest_untracked() {
+    let mut capture = capture(false, host());
+    capture.tables.socket_capacity = Some(1);
+    capture.select(CLIENT).unwrap();
+    assert_eq!(opened_ids(&events(&mut capture)).len(), 1);
+}
+
+#[test]
+fn deselected_its_connections_end_after_the_records_already_captured() {
+    let mut capture = capture(false, host());
+    capture.select(CLIENT).unwrap();
+    let ids = opened_ids(&events(&mut capture));
+    capture.tables.ring.push_back(data(ids[0], 0, b"hello"));
+    capture.deselect(CLIENT).unwrap();
+    assert!(capture.tables.selected.is_empty());
+    assert!(capture.tables.sockets.is_empty());
+    let after = events(&mut capture);
+    assert!(
+        matches!(&after[0], SourceEvent::Data(chunk) if chunk.bytes.as_ref() == b"hello"),
+        "the record first: {after:?}"
+    );
+    let mut ended: Vec<u64> = after[1..]
+        .iter()
+        .map(|e| match e {
+            SourceEvent::Closed {
+                connection,
+                cause: EndCause::Deselected,
+                ..
+            } => connection.0,
+            other => panic!("not a deselected end: {other:?}"),
+        })
+        .collect();
+    ended.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(ended, want);
+}
+
+#[test]
+fn tracing_all_starts_with_every_process_but_the_agent_and_excludes_on_deselect() {
+    let mut capture = capture(true, host());
+    assert_eq!(opened_ids(&events(&mut capture)).len(), 2);
+    assert!(capture.is_traced(CLIENT).unwrap());
+    assert!(capture.tables.sockets.keys().all(|k| k.pid == CLIENT));
+    capture.deselect(CLIENT).unwrap();
+    assert!(!capture.is_traced(CLIENT).unwrap());
+    assert_eq!(
+        capture.selections().unwrap().get(&CLIENT),
+        Some(&Selection::Excluded)
+    );
+    assert!(capture.tables.sockets.is_empty());
+    // Enabled again: its connections are picked up anew.
+    capture.set_selection(CLIENT, Selection::ByPid).unwrap();
+    assert_eq!(
+        opened_ids(&events(&mut capture)).len(),
+        2,
+        "picked up again after the ends"
+    );
+}
+
+#[test]
+fn an_exiting_process_loses_its_selection_and_its_sockets() {
+    let mut capture = capture(false, host());
+    capture.select(CLIENT).unwrap();
+    events(&mut capture);
+    capture.tables.ring.push_back(exited(CLIENT));
+    let after = events(&mut capture);
+    assert_eq!(after, [SourceEvent::ProcessExited { pid: CLIENT }]);
+    assert!(capture.tables.selected.is_empty());
+    assert!(capture.tables.sockets.is_empty());
+}
+
+#[test]
+fn a_connected_socket_that_is_not_tcp_is_let_go_unseen() {
+    let mut host = host();
+    host.datagram_sockets.push((CLIENT, 7));
+    let mut capture = capture(false, host);
+    capture.select(CLIENT).unwrap();
+    events(&mut capture);
+    // The kernel tracked both connects; user space lets the UDP one go.
+    for (fd, id) in [(7, 70), (8, 80)] {
+        capture.tables.sockets.insert(
+            SocketKey { pid: CLIENT, fd },
+            SocketState {
+                connection_id: id,
+                positions: [0, 0],
+            },
+        );
+        capture.tables.ring.push_back(connected(CLIENT, fd, id));
+    }
+    capture.tables.ring.push_back(data(70, 0, b"datagram"));
+    let after = events(&mut capture);
+    assert_eq!(after.len(), 1, "only the TCP connection: {after:?}");
+    assert!(matches!(&after[0], SourceEvent::Opened(c) if c.id.0 == 80));
+    assert!(
+        !capture
+            .tables
+            .sockets
+            .contains_key(&SocketKey { pid: CLIENT, fd: 7 })
+    );
+    assert_eq!(capture.non_tcp_sockets(), 1);
+}
+
+#[test]
+fn sockets_closed_unseen_are_swept_and_their_connections_end() {
+    let mut host = host();
+    host.closed_fds.push((CLIENT, 4));
+    let mut capture = capture(false, host);
+    capture.select(CLIENT).unwrap();
+    events(&mut capture);
+    assert_eq!(capture.sweep_stale_sockets().unwrap(), 1);
+    let after = events(&mut capture);
+    assert!(
+        matches!(
+            after.as_slice(),
+            [SourceEvent::Closed {
+                cause: EndCause::Closed,
+                ..
+            }]
+        ),
+        "{after:?}"
+    );
+    assert_eq!(
+        capture.sockets_per_process().unwrap().get(&CLIENT),
+        Some(&1)
+    );
+}
+
+#[test]
+fn one_connection_stops_being_copied_unless_its_fd_holds_a_newer_one() {
+    let mut capture = capture(false, host());
+    capture.select(CLIENT).unwrap();
+    let opened: Vec<Connection> = events(&mut capture)
+        .into_iter()
+        .filter_map(|e| match e {
+            SourceEvent::Opened(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    // The fd of the first now holds a newer connection: its entry stays.
+    let newer = SocketState {
+        connection_id: 999,
+        positions: [0, 0],
+    };
+    capture.tables.sockets.insert(
+        SocketKey {
+            pid: CLIENT,
+            fd: opened[0].fd,
+        },
+        newer,
+    );
+    capture.stop_copying(&opened[0]).unwrap();
+    capture.stop_copying(&opened[1]).unwrap();
+    assert_eq!(capture.tables.sockets.len(), 1);
+    assert_eq!(
+        capture
+            .tables
+            .sockets
+            .values()
+            .next()
+            .unwrap()
+            .connection_id,
+        999
+    );
+    let ends: Vec<EndCause> = events(&mut capture)
+        .into_iter()
+        .filter_map(|e| match e {
+            SourceEvent::Closed { cause, .. } => Some(cause),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ends, [EndCause::NotFollowed, EndCause::NotFollowed]);
+}
+
+#[test]
+fn rules_reach_their_tables() {
+    let mut capture = capture(false, host());
+    let mut comm = [0u8; COMM_LEN];
+    comm[..4].copy_from_slice(b"java");
+    capture
+        .set_comm_rule(comm, Some(Selection::ByComm))
+        .unwrap();
+    capture
+        .set_cgroup_rule(42, Some(Selection::Excluded))
+        .unwrap();
+    assert_eq!(
+        capture.tables.comm_rules.get(&comm),
+        Some(&(Selection::ByComm as u8))
+    );
+    assert_eq!(
+        capture.tables.cgroup_rules.get(&42),
+        Some(&(Selection::Excluded as u8))
+    );
+    capture.set_comm_rule(comm, None).unwrap();
+    assert!(capture.tables.comm_rules.is_empty());
+}
