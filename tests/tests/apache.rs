@@ -801,6 +801,14 @@ async fn remoting_clients_on_apache_4_every_message_one_complete_trace() {
                 "transaction",
                 server,
             ),
+            // Clients are upgraded before brokers: the 5.5.0 client on the 4.9.7 broker.
+            remoting_run(
+                cluster,
+                &namesrv,
+                Client::JavaRemoting(Release::V5),
+                "sync",
+                server,
+            ),
             remoting_run(cluster, &namesrv, Client::GoRemoting, "sync", server),
             remoting_run(cluster, &namesrv, Client::Cpp, "sync", server),
             remoting_run(cluster, &namesrv, Client::AliOns, "sync", server),
