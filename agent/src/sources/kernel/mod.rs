@@ -190,27 +190,6 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
         self.set_selection(pid, Selection::ByPid)
     }
 
-    /// Removes the kernel's socket table entries that `which` picks; returns their connection
-    /// ids.
-    fn remove_sockets(
-        &mut self,
-        which: impl Fn(&SocketKey) -> bool,
-    ) -> anyhow::Result<Vec<ConnectionId>> {
-        let entries: Vec<(SocketKey, SocketState)> = self
-            .tables
-            .sockets()?
-            .into_iter()
-            .filter(|(key, _)| which(key))
-            .collect();
-        for (key, _) in &entries {
-            self.tables.remove_socket(key);
-        }
-        Ok(entries
-            .into_iter()
-            .map(|(_, state)| ConnectionId(state.connection_id))
-            .collect())
-    }
-
     /// Removes one connection's socket table entry, unless its fd holds a newer connection by
     /// now.
     fn remove_socket(&mut self, connection: &Connection) {
@@ -230,7 +209,7 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
     /// Removes `pid`'s sockets from the kernel's table; returns their connection ids.
     fn forget_sockets(&mut self, pid: u32) -> anyhow::Result<Vec<ConnectionId>> {
         self.pids_with_sockets.remove(&pid);
-        self.remove_sockets(|key| key.pid == pid)
+        remove_sockets(&mut self.tables, |key| key.pid == pid)
     }
 
     /// Stops following `pid`'s connections: the records already in the ring go first, then
@@ -428,14 +407,8 @@ impl<T: KernelTables, H: Host> Capture for KernelCapture<T, H> {
     /// the socket table has room again; their connections end for user space. Returns how
     /// many went.
     fn sweep_stale_sockets(&mut self) -> anyhow::Result<usize> {
-        let stale: Vec<SocketKey> = self
-            .tables
-            .sockets()?
-            .into_iter()
-            .map(|(key, _)| key)
-            .filter(|key| !self.host.holds_socket(key.pid, key.fd))
-            .collect();
-        let ended = self.remove_sockets(|key| stale.contains(key))?;
+        let host = &self.host;
+        let ended = remove_sockets(&mut self.tables, |key| !host.holds_socket(key.pid, key.fd))?;
         let count = ended.len();
         self.end_connections(ended, EndCause::Closed);
         Ok(count)
@@ -485,6 +458,25 @@ impl<T: KernelTables, H: Host> Capture for KernelCapture<T, H> {
     fn counters(&self) -> anyhow::Result<KernelCounters> {
         Ok(KernelCounters(self.tables.counters()?))
     }
+}
+
+/// Removes the socket table entries that `which` picks; returns their connection ids.
+fn remove_sockets(
+    tables: &mut impl KernelTables,
+    which: impl Fn(&SocketKey) -> bool,
+) -> anyhow::Result<Vec<ConnectionId>> {
+    let entries: Vec<(SocketKey, SocketState)> = tables
+        .sockets()?
+        .into_iter()
+        .filter(|(key, _)| which(key))
+        .collect();
+    for (key, _) in &entries {
+        tables.remove_socket(key);
+    }
+    Ok(entries
+        .into_iter()
+        .map(|(_, state)| ConnectionId(state.connection_id))
+        .collect())
 }
 
 /// A program that does nothing, on every tracepoint the capture uses: the cost floor the

@@ -118,6 +118,15 @@ pub fn decode(
     Ok(())
 }
 
+/// A record as the kernel programs write it: the plain bytes of `record`, then `payload`.
+#[cfg(test)]
+pub(crate) fn encoded<R: Copy>(record: &R, payload: &[u8]) -> Vec<u8> {
+    // SAFETY: the record layouts of mqtrace-common are repr(C) plain data without padding.
+    let bytes =
+        unsafe { std::slice::from_raw_parts((record as *const R).cast::<u8>(), size_of::<R>()) };
+    [bytes, payload].concat()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,14 +152,7 @@ mod tests {
             syscall_pos,
             chunk_offset,
         };
-        // SAFETY: DataHeader is plain repr(C) data without padding.
-        let raw = unsafe {
-            std::slice::from_raw_parts(
-                (&header as *const DataHeader).cast::<u8>(),
-                size_of::<DataHeader>(),
-            )
-        };
-        [raw, payload].concat()
+        encoded(&header, payload)
     }
 
     #[test]

@@ -2,13 +2,12 @@
 //! memory: the code the live capture runs, without root or eBPF. The kernel's side of it is
 //! tested for real in tests/tests/kernel_capture.rs.
 
-use std::mem::size_of;
-
 use mqtrace_common::{
     ConnectionOpened, DataHeader, Origin as KernelOrigin, ProcessExited, RecordKind,
 };
 
 use super::{
+    records::encoded,
     tables::memory::{FakeHost, MemoryTables},
     *,
 };
@@ -17,16 +16,8 @@ use crate::sources::Direction;
 const AGENT: u32 = 1;
 const CLIENT: u32 = 10;
 
-/// A record as the kernel programs write it: the plain bytes of `value`, then `payload`.
-fn raw<R: Copy>(value: &R, payload: &[u8]) -> Vec<u8> {
-    // SAFETY: the record layouts are repr(C) plain data.
-    let bytes =
-        unsafe { std::slice::from_raw_parts((value as *const R).cast::<u8>(), size_of::<R>()) };
-    [bytes, payload].concat()
-}
-
 fn data(connection_id: u64, position: u64, payload: &[u8]) -> Vec<u8> {
-    raw(
+    encoded(
         &DataHeader {
             kind: RecordKind::Data as u32,
             direction: Direction::Egress as u8,
@@ -47,7 +38,7 @@ fn data(connection_id: u64, position: u64, payload: &[u8]) -> Vec<u8> {
 }
 
 fn connected(pid: u32, fd: i32, connection_id: u64) -> Vec<u8> {
-    raw(
+    encoded(
         &ConnectionOpened {
             kind: RecordKind::ConnectionOpened as u32,
             origin: KernelOrigin::Connect as u8,
@@ -67,7 +58,7 @@ fn connected(pid: u32, fd: i32, connection_id: u64) -> Vec<u8> {
 }
 
 fn exited(pid: u32) -> Vec<u8> {
-    raw(
+    encoded(
         &ProcessExited {
             kind: RecordKind::ProcessExited as u32,
             pid,
