@@ -1,12 +1,14 @@
 //! One memory budget in bytes for what the agent keeps between events, shared out among the
 //! places that keep things: the connections' decoding buffers, requests waiting for their
 //! response, the indexes of messages received and sent, the journal, the OTLP export queue. Each keeps within its share by
-//! forgetting its oldest entries first, one by one, and counts what it forgot. Sizes are
+//! forgetting its oldest entries first, one by one, and counts what it forgot (a
+//! [`Bounded`] store). Sizes are
 //! estimated from what each entry holds (strings, maps, vectors), which producers choose
 //! (keys, tags, properties): entry counts alone would not bound memory.
 
 use serde::Serialize;
 
+pub use mqtrace_protocol::{Bounded, Held};
 use mqtrace_protocol::{Header, MessageMeta};
 
 /// The default budget: 256 MiB.
@@ -40,34 +42,6 @@ impl Shares {
 impl Default for Shares {
     fn default() -> Self {
         Self::of(DEFAULT_BUDGET_MIB << 20)
-    }
-}
-
-/// Bytes one store holds against its share, and the entries it forgot to stay within it.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Held {
-    pub bytes: usize,
-    pub limit: usize,
-    pub evicted: u64,
-}
-
-impl Held {
-    pub fn new(limit: usize) -> Self {
-        Self {
-            limit,
-            ..Self::default()
-        }
-    }
-
-    /// Whether `more` bytes fit besides what is held.
-    pub fn fits(&self, more: usize) -> bool {
-        self.bytes + more <= self.limit
-    }
-
-    /// An entry of `bytes` was forgotten to make room.
-    pub fn evicted(&mut self, bytes: usize) {
-        self.bytes -= bytes;
-        self.evicted += 1;
     }
 }
 

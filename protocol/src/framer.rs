@@ -2,7 +2,7 @@
 //! known size skipped in place and a scan for the next plausible header when the frame
 //! boundary is lost.
 
-use crate::FastMap;
+use crate::Awaiting;
 
 use bytes::{Buf, BytesMut};
 
@@ -143,7 +143,7 @@ impl Framer {
         position: u64,
         mut bytes: &[u8],
         timestamp_ns: u64,
-        pending: &FastMap<(Direction, i32), RequestCode>,
+        pending: &Awaiting,
         counters: &mut DecoderCounters,
         out: &mut Vec<Command>,
     ) {
@@ -176,7 +176,7 @@ impl Framer {
         direction: Direction,
         input: &mut &[u8],
         timestamp_ns: u64,
-        pending: &FastMap<(Direction, i32), RequestCode>,
+        pending: &Awaiting,
         counters: &mut DecoderCounters,
         out: &mut Vec<Command>,
     ) -> bool {
@@ -462,6 +462,7 @@ impl Framer {
             missing_bytes: missing,
             body_faults,
             call: None,
+            exchange: None,
         });
     }
 
@@ -583,15 +584,11 @@ pub(super) fn plausible(bytes: &[u8], max_frame: u32, budget: Option<&mut Budget
 }
 
 /// What to do with a frame's body, from its header and the request it answers.
-fn body_for(
-    header: &Header,
-    direction: Direction,
-    pending: &FastMap<(Direction, i32), RequestCode>,
-) -> Body {
+fn body_for(header: &Header, direction: Direction, pending: &Awaiting) -> Body {
     if header.is_response() {
         let found = ResponseCode::from_code(header.code) == ResponseCode::Success;
         return match pending.get(&(opposite(direction), header.opaque)) {
-            Some(code) if found && code.returns_messages() => {
+            Some(awaited) if found && awaited.code.returns_messages() => {
                 Body::Messages(Box::new(MessageWalker::new(Layout::Stored)))
             }
             // Its request not seen yet: it may still come (a client writing and reading on

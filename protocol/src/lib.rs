@@ -8,6 +8,7 @@
 //! pop and batch bodies) → typed operations (`operation.rs`). Message bodies are skipped, never
 //! kept: memory per connection is bounded by the largest header and message tail.
 
+pub mod bounded;
 pub mod codes;
 /// Frame encoders for tests, benchmarks and load generators (feature `encode`).
 #[cfg(any(test, feature = "encode"))]
@@ -22,8 +23,9 @@ mod recognize;
 
 use std::collections::VecDeque;
 
+pub use bounded::{Bounded, Held};
 pub use codes::{RequestCode, ResponseCode};
-pub use framer::Framer;
+use framer::Framer;
 pub use header::{Header, SerializeType};
 pub use message::{MessageMeta, Properties};
 pub use recognize::{Recognition, recognize};
@@ -149,6 +151,12 @@ pub struct Command {
     /// A gRPC request's facts that remoting carries in its header (None for remoting).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub call: Option<Box<CallFacts>>,
+    /// The exchange it belongs to, numbered by its connection's decoder, the one place
+    /// requests are paired with responses: a request awaiting its answer and that answer carry
+    /// the same number. None for a one-way request and for a response whose request was not
+    /// seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<u64>,
 }
 
 /// What a gRPC request says besides its message: its method, and the client it comes from
@@ -268,10 +276,10 @@ pub struct DecoderCounters {
 /// The decoder of one connection: two framers and the pairing of requests with responses.
 pub struct ConnectionDecoder {
     framers: [Framer; 2],
-    /// (direction the request was read from, opaque) → request code.
-    pending: FastMap<(Direction, i32), RequestCode>,
-    /// The keys of `pending` in arrival order (answered ones linger until compacted).
-    arrival: VecDeque<(Direction, i32)>,
+    /// (direction the request was read from, opaque) → its code and exchange, oldest first.
+    pending: Awaiting,
+    /// The number of the next exchange.
+    next_exchange: u64,
     /// Responses whose request has not been seen yet, oldest first.
     early: VecDeque<Command>,
     /// The commands being settled (kept for its allocation).
@@ -288,8 +296,8 @@ impl ConnectionDecoder {
                 Framer::new(config, mid_stream),
                 Framer::new(config, mid_stream),
             ],
-            pending: FastMap::default(),
-            arrival: VecDeque::new(),
+            pending: Bounded::with_capacity_limit(MAX_PENDING),
+            next_exchange: 0,
             early: VecDeque::new(),
             settling: Vec::new(),
             counters: DecoderCounters::default(),
@@ -299,10 +307,10 @@ impl ConnectionDecoder {
     /// Bytes held between events: both directions' buffers and the requests awaiting a
     /// response.
     pub fn held_bytes(&self) -> usize {
-        const PENDING_ENTRY: usize = std::mem::size_of::<((Direction, i32), RequestCode)>() + 8;
+        // The key, the value and the order's two links.
+        const PENDING_ENTRY: usize = std::mem::size_of::<((Direction, i32), Awaited)>() + 24;
         self.framers.iter().map(Framer::held_bytes).sum::<usize>()
             + self.pending.capacity() * PENDING_ENTRY
-            + self.arrival.capacity() * std::mem::size_of::<(Direction, i32)>()
             + self.early.capacity() * std::mem::size_of::<Command>()
             + self
                 .early
@@ -393,8 +401,9 @@ impl ConnectionDecoder {
             let opaque = command.header.opaque;
             if command.is_response() {
                 match self.pending.remove(&(opposite(command.direction), opaque)) {
-                    Some(code) => {
-                        command.request_code = Some(code);
+                    Some(awaited) => {
+                        command.request_code = Some(awaited.code);
+                        command.exchange = Some(awaited.exchange);
                         self.count_messages(&command);
                         out.push(command);
                     }
@@ -405,7 +414,8 @@ impl ConnectionDecoder {
             self.count_messages(&command);
             let (direction, answered) = (command.direction, !command.header.is_oneway());
             if answered {
-                self.await_response((direction, opaque), command.header.code);
+                command.exchange =
+                    Some(self.await_response((direction, opaque), command.header.code));
             }
             out.push(command);
             if answered && let Some(response) = self.take_early(direction, opaque) {
@@ -439,9 +449,10 @@ impl ConnectionDecoder {
             .early
             .iter()
             .position(|r| r.header.opaque == opaque && r.direction == opposite(direction))?;
-        let code = self.pending.remove(&(direction, opaque))?;
+        let Awaited { code, exchange } = self.pending.remove(&(direction, opaque))?;
         let mut response = self.early.remove(at)?;
         response.request_code = Some(code);
+        response.exchange = Some(exchange);
         if !code.returns_messages() {
             // Walked in case it held messages: it did not.
             response.messages = Vec::new();
@@ -463,30 +474,27 @@ impl ConnectionDecoder {
     }
 }
 
+/// A request awaiting its response.
+pub(crate) struct Awaited {
+    pub(crate) code: RequestCode,
+    exchange: u64,
+}
+
+/// (direction the request was read from, opaque) → the request awaiting its response.
+pub(crate) type Awaiting = Bounded<(Direction, i32), Awaited>;
+
 impl ConnectionDecoder {
-    /// Remembers a request until its response; beyond MAX_PENDING the oldest go, one each.
-    fn await_response(&mut self, key: (Direction, i32), code: i32) {
-        while self.pending.len() >= MAX_PENDING {
-            let Some(oldest) = self.arrival.pop_front() else {
-                break;
-            };
-            if self.pending.remove(&oldest).is_some() {
-                self.counters.pending_evicted += 1;
-            }
-        }
-        if self
-            .pending
-            .insert(key, RequestCode::from_code(code))
-            .is_none()
-        {
-            self.arrival.push_back(key);
-        }
-        // Answered requests leave their key behind in `arrival`: drop those now and then (the
-        // work is paid for by the inserts since the last time, and the queue stays small).
-        if self.arrival.len() > 2 * self.pending.len() + 16 {
-            let pending = &self.pending;
-            self.arrival.retain(|key| pending.contains_key(key));
-        }
+    /// Remembers a request until its response (beyond MAX_PENDING the oldest go); its exchange.
+    fn await_response(&mut self, key: (Direction, i32), code: i32) -> u64 {
+        self.next_exchange += 1;
+        let awaited = Awaited {
+            code: RequestCode::from_code(code),
+            exchange: self.next_exchange,
+        };
+        let counters = &mut self.counters;
+        self.pending
+            .insert_with(key, awaited, 0, |_, _| counters.pending_evicted += 1);
+        self.next_exchange
     }
 }
 

@@ -2,16 +2,13 @@
 //! that name a message by position (acks, offset commits) or by the broker's ID (send-backs),
 //! and those sent, to tell a client's retry of a send from the first one.
 
-use std::{
-    collections::{BTreeMap, VecDeque},
-    rc::Rc,
-};
+use std::{collections::BTreeMap, rc::Rc};
 
 use super::MessageLabels;
 use crate::{
     FastMap,
     decoder::MessageMeta,
-    memory::{HeapSize, Held},
+    memory::{Bounded, HeapSize, Held},
     shared_text,
 };
 
@@ -43,9 +40,10 @@ pub struct ReceivedIndex {
     by_id: FastMap<Rc<str>, Rc<Received>>,
     /// (group, topic, queue) → queue offset → reception, for messages no commit has passed.
     unsettled: FastMap<GroupQueue, BTreeMap<i64, Rc<Received>>>,
-    order: VecDeque<Entry>,
-    /// Bytes held against the share; receptions forgotten to stay within it or the count.
-    pub held: Held,
+    /// Each reception's keys in the maps above, by its number, oldest first: the store that
+    /// keeps within the share and the count.
+    order: Bounded<u64, Entry>,
+    next_entry: u64,
     /// The last topic and group, shared by the receptions that name them again.
     last_topic: Option<Rc<str>>,
     last_group: Option<Rc<str>>,
@@ -56,7 +54,6 @@ struct Entry {
     /// The key, and the offsetMsgId where there is one.
     ids: [Option<Rc<str>>; 2],
     group_position: Option<(GroupQueue, i64)>,
-    bytes: usize,
 }
 
 impl ReceivedIndex {
@@ -65,8 +62,8 @@ impl ReceivedIndex {
             by_position: FastMap::default(),
             by_id: FastMap::default(),
             unsettled: FastMap::default(),
-            order: VecDeque::new(),
-            held: Held::new(limit_bytes),
+            order: Bounded::new(CAPACITY, limit_bytes),
+            next_entry: 0,
             last_topic: None,
             last_group: None,
         }
@@ -81,9 +78,6 @@ impl ReceivedIndex {
             + group.map_or(0, str::len)
             + message.offset_msg_id.heap_bytes()
             + 256;
-        while !self.order.is_empty() && (self.order.len() >= CAPACITY || !self.held.fits(bytes)) {
-            self.evict();
-        }
         let key: Rc<str> = Rc::from(key);
         let received = Rc::new(Received {
             key: key.clone(),
@@ -94,52 +88,44 @@ impl ReceivedIndex {
             (Some(t), Some(q), Some(o)) => Some((shared_text(&mut self.last_topic, t), q, o)),
             _ => None,
         };
-        if let Some(p) = &position {
-            self.by_position.insert(p.clone(), received.clone());
-        }
-        let ids = [Some(key), message.offset_msg_id.as_deref().map(Rc::from)];
-        for id in ids.iter().flatten() {
-            self.by_id.insert(id.clone(), received.clone());
-        }
         let group_position = match (group, &position) {
             (Some(g), Some((t, q, o))) => {
-                let slot: GroupQueue = (shared_text(&mut self.last_group, g), t.clone(), *q);
-                self.unsettled
-                    .entry(slot.clone())
-                    .or_default()
-                    .insert(*o, received.clone());
-                Some((slot, *o))
+                Some(((shared_text(&mut self.last_group, g), t.clone(), *q), *o))
             }
             _ => None,
         };
-        self.held.bytes += bytes;
-        self.order.push_back(Entry {
-            position,
-            ids,
-            group_position,
-            bytes,
-        });
+        let entry = Entry {
+            position: position.clone(),
+            ids: [Some(key), message.offset_msg_id.as_deref().map(Rc::from)],
+            group_position: group_position.clone(),
+        };
+        let ids = entry.ids.clone();
+        // Room first, then the maps: the forgotten go by key, and the new reception may share
+        // a key with one of them.
+        self.next_entry += 1;
+        let (by_position, by_id, unsettled) =
+            (&mut self.by_position, &mut self.by_id, &mut self.unsettled);
+        self.order
+            .insert_with(self.next_entry, entry, bytes, |_, forgotten| {
+                forget(by_position, by_id, unsettled, forgotten)
+            });
+        if let Some(p) = position {
+            self.by_position.insert(p, received.clone());
+        }
+        for id in ids.into_iter().flatten() {
+            self.by_id.insert(id, received.clone());
+        }
+        if let Some((slot, offset)) = group_position {
+            self.unsettled
+                .entry(slot)
+                .or_default()
+                .insert(offset, received);
+        }
     }
 
-    fn evict(&mut self) {
-        let Some(entry) = self.order.pop_front() else {
-            return;
-        };
-        self.held.evicted(entry.bytes);
-        if let Some(p) = entry.position {
-            self.by_position.remove(&p);
-        }
-        for id in entry.ids.iter().flatten() {
-            self.by_id.remove(id);
-        }
-        if let Some((slot, offset)) = entry.group_position
-            && let Some(offsets) = self.unsettled.get_mut(&slot)
-        {
-            offsets.remove(&offset);
-            if offsets.is_empty() {
-                self.unsettled.remove(&slot);
-            }
-        }
+    /// Bytes held against the share; receptions forgotten to stay within it or the count.
+    pub fn held(&self) -> &Held {
+        self.order.held()
     }
 
     pub fn by_position(&self, topic: &str, queue: i32, offset: i64) -> Option<Rc<Received>> {
@@ -174,33 +160,55 @@ impl ReceivedIndex {
     }
 }
 
+/// Removes a forgotten reception from the maps.
+fn forget(
+    by_position: &mut FastMap<Position, Rc<Received>>,
+    by_id: &mut FastMap<Rc<str>, Rc<Received>>,
+    unsettled: &mut FastMap<GroupQueue, BTreeMap<i64, Rc<Received>>>,
+    entry: Entry,
+) {
+    if let Some(p) = entry.position {
+        by_position.remove(&p);
+    }
+    for id in entry.ids.iter().flatten() {
+        by_id.remove(id);
+    }
+    if let Some((slot, offset)) = entry.group_position
+        && let Some(offsets) = unsettled.get_mut(&slot)
+    {
+        offsets.remove(&offset);
+        if offsets.is_empty() {
+            unsettled.remove(&slot);
+        }
+    }
+}
+
 struct Sent {
     attempts: u32,
     labels: MessageLabels,
     /// The topic it was sent to, kept where its end may name another (a transaction's check-back
     /// names the broker's half topic).
     topic: Option<Rc<str>>,
-    bytes: usize,
 }
 
 /// The messages this agent saw sent, by key: how often, and their labels (for the end of a
 /// transaction, which names the message by ID only).
 pub struct SentIndex {
-    by_key: FastMap<String, Sent>,
-    order: VecDeque<String>,
+    by_key: Bounded<String, Sent>,
     last_topic: Option<Rc<str>>,
-    /// Bytes held against the share; sends forgotten to stay within it or the count.
-    pub held: Held,
 }
 
 impl SentIndex {
     pub fn new(limit_bytes: usize) -> Self {
         Self {
-            by_key: FastMap::default(),
-            order: VecDeque::new(),
+            by_key: Bounded::new(SENT_CAPACITY, limit_bytes),
             last_topic: None,
-            held: Held::new(limit_bytes),
         }
+    }
+
+    /// Bytes held against the share; sends forgotten to stay within it or the count.
+    pub fn held(&self) -> &Held {
+        self.by_key.held()
     }
 
     /// Counts a send of `key` (to `topic`, where its end must know it); returns which attempt
@@ -212,24 +220,12 @@ impl SentIndex {
         }
         let topic = topic.map(|topic| shared_text(&mut self.last_topic, topic));
         let bytes = 2 * key.len() + labels.heap_bytes() + 128;
-        while self.order.len() >= SENT_CAPACITY || !self.held.fits(bytes) {
-            let Some(oldest) = self.order.pop_front() else {
-                break;
-            };
-            let freed = self.by_key.remove(&oldest).map_or(0, |sent| sent.bytes);
-            self.held.evicted(freed);
-        }
-        self.held.bytes += bytes;
-        self.order.push_back(key.to_string());
-        self.by_key.insert(
-            key.to_string(),
-            Sent {
-                attempts: 1,
-                labels,
-                topic,
-                bytes,
-            },
-        );
+        let sent = Sent {
+            attempts: 1,
+            labels,
+            topic,
+        };
+        self.by_key.insert(key.to_string(), sent, bytes);
         1
     }
 

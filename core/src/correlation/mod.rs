@@ -1,6 +1,6 @@
 //! Correlation: decoded commands into message events keyed by message ID.
 //!
-//! Requests are paired with their responses on (connection, opaque). Each side of a
+//! A response finds its request by the exchange its decoder numbered both with. Each side of a
 //! connection makes events of its own: the client's (the process that sent the request:
 //! producer or consumer) and the broker's (the process that received it: the message stored,
 //! delivered, reported back). What a process that accepts RocketMQ connections sends on its own
@@ -17,7 +17,7 @@ mod index;
 pub mod lag;
 pub mod message_key;
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc};
 
 use serde::Serialize;
 
@@ -30,7 +30,7 @@ use crate::{
         DecodedCommand, MessageMeta, RequestCode, ResponseCode, Wire,
         operation::{Operation, SendResult},
     },
-    memory::{HeapSize, Shares},
+    memory::{Bounded, HeapSize, Shares},
     sources::{ConnectionId, Direction, EndCause},
 };
 use index::{Received, ReceivedIndex, SentIndex};
@@ -347,18 +347,15 @@ pub struct CorrelationMemory {
 
 struct Pending {
     request: DecodedCommand,
-    /// What it holds, counted against the memory share of requests waiting.
-    bytes: usize,
     deadline_ns: u64,
     /// The capture's lost-record count when the request was made.
     lost_at: u64,
     /// Something the agent missed since the request, that may have held its response.
     missed: Option<Unseen>,
-    /// Arrival order, for evicting the oldest first.
-    sequence: u64,
 }
 
-type PendingKey = (ConnectionId, i32);
+/// (connection, exchange): the decoder numbers a request and its response alike.
+type PendingKey = (ConnectionId, u64);
 
 /// What one side remembers of the messages it saw, so that a client's and a broker's views
 /// of one message never settle or retry each other's.
@@ -389,16 +386,10 @@ pub struct Correlator {
     /// Added to command timestamps to make them Unix time (0 for captures, which are).
     clock_offset_ns: i64,
     timeout_ns: u64,
-    /// Ordered by connection, so that one connection's requests are found together.
-    pending: BTreeMap<PendingKey, Pending>,
-    /// Arrival sequence → pending key: the eviction order.
-    arrival: BTreeMap<u64, PendingKey>,
-    next_sequence: u64,
+    /// Requests waiting for their response, oldest first, within their memory share.
+    pending: Bounded<PendingKey, Pending>,
     /// Records the capture has lost so far, as last told.
     capture_lost: u64,
-    /// Bytes held by the requests waiting, and the most they may hold.
-    pending_bytes: usize,
-    pending_limit: usize,
     clients: Seen,
     broker: Seen,
     /// Client ids the heartbeats on connections the traced process accepted gave.
@@ -421,12 +412,8 @@ impl Correlator {
         Self {
             clock_offset_ns,
             timeout_ns,
-            pending: BTreeMap::new(),
-            arrival: BTreeMap::new(),
-            next_sequence: 0,
+            pending: Bounded::new(MAX_PENDING, Shares::default().pending),
             capture_lost: 0,
-            pending_bytes: 0,
-            pending_limit: Shares::default().pending,
             clients: Seen::new(&Shares::default()),
             broker: Seen::new(&Shares::default()),
             client_ids: crate::FastMap::default(),
@@ -439,7 +426,7 @@ impl Correlator {
 
     /// Keeps within these shares of the memory budget.
     pub fn set_memory(&mut self, shares: &Shares) {
-        self.pending_limit = shares.pending;
+        self.pending = Bounded::new(MAX_PENDING, shares.pending);
         self.clients = Seen::new(shares);
         self.broker = Seen::new(shares);
     }
@@ -447,19 +434,19 @@ impl Correlator {
     /// Bytes held now.
     pub fn memory(&self) -> CorrelationMemory {
         CorrelationMemory {
-            pending_bytes: self.pending_bytes as u64,
-            received_bytes: (self.clients.received.held.bytes + self.broker.received.held.bytes)
+            pending_bytes: self.pending.held().bytes as u64,
+            received_bytes: (self.clients.received.held().bytes + self.broker.received.held().bytes)
                 as u64,
-            sent_bytes: (self.clients.sent.held.bytes + self.broker.sent.held.bytes) as u64,
+            sent_bytes: (self.clients.sent.held().bytes + self.broker.sent.held().bytes) as u64,
         }
     }
 
     /// Counters, with what the indexes forgot.
     pub fn counters(&self) -> CorrelationCounters {
         CorrelationCounters {
-            received_evicted: self.clients.received.held.evicted
-                + self.broker.received.held.evicted,
-            sent_evicted: self.clients.sent.held.evicted + self.broker.sent.held.evicted,
+            received_evicted: self.clients.received.held().evicted
+                + self.broker.received.held().evicted,
+            sent_evicted: self.clients.sent.held().evicted + self.broker.sent.held().evicted,
             lag_queues_dropped: self.lags.dropped,
             ..self.counters.clone()
         }
@@ -500,27 +487,21 @@ impl Correlator {
                 self.forwarders.insert(command.pid);
             }
         }
-        let key = (command.connection, command.command.header.opaque);
+        let key = command
+            .command
+            .exchange
+            .map(|exchange| (command.connection, exchange));
         if command.command.is_response() {
-            if let Some(pending) = self.take(&key) {
+            if let Some(pending) = key.and_then(|key| self.pending.remove(&key)) {
                 self.complete(pending.request, Some(command), Unanswered::TimedOut, out);
             }
             return;
         }
-        if command.command.header.is_oneway() {
+        // A one-way request is done once made (every other one has its exchange).
+        let Some(key) = key.filter(|_| !command.command.header.is_oneway()) else {
             return self.complete(command, None, Unanswered::TimedOut, out);
-        }
+        };
         let bytes = command.heap_bytes();
-        // The oldest go first, one by one, until the new one fits.
-        while self.pending.len() >= MAX_PENDING || self.pending_bytes + bytes > self.pending_limit {
-            let Some((_, oldest)) = self.arrival.pop_first() else {
-                break;
-            };
-            if let Some(evicted) = self.pending.remove(&oldest) {
-                self.pending_bytes -= evicted.bytes;
-            }
-            self.counters.pending_evicted += 1;
-        }
         // A long poll may rightly wait its suspend (pull) or poll (pop) time before answering.
         let suspend_ms = command.command.long_poll_ms();
         let deadline_ns = command
@@ -528,21 +509,16 @@ impl Correlator {
             .end_ns
             .saturating_add(self.timeout_ns)
             .saturating_add(suspend_ms.saturating_mul(1_000_000));
-        self.next_sequence += 1;
-        self.pending_bytes += bytes;
         let pending = Pending {
             request: command,
-            bytes,
             deadline_ns,
             lost_at: self.capture_lost,
             missed: None,
-            sequence: self.next_sequence,
         };
-        self.arrival.insert(pending.sequence, key);
-        if let Some(replaced) = self.pending.insert(key, pending) {
-            self.arrival.remove(&replaced.sequence);
-            self.pending_bytes -= replaced.bytes;
-        }
+        // The oldest go first, one by one, until the new one fits.
+        let counters = &mut self.counters;
+        self.pending
+            .insert_with(key, pending, bytes, |_, _| counters.pending_evicted += 1);
     }
 
     /// Requests waiting for their response.
@@ -550,18 +526,21 @@ impl Correlator {
         self.pending.len()
     }
 
-    fn take(&mut self, key: &PendingKey) -> Option<Pending> {
-        let pending = self.pending.remove(key)?;
-        self.arrival.remove(&pending.sequence);
-        self.pending_bytes -= pending.bytes;
-        Some(pending)
+    /// The keys of the requests waiting that `which` picks, by connection and then in the
+    /// order they were made there.
+    fn keys_where(&self, which: impl Fn(&PendingKey, &Pending) -> bool) -> Vec<PendingKey> {
+        let mut keys: Vec<PendingKey> = self
+            .pending
+            .iter()
+            .filter(|(key, pending)| which(key, pending))
+            .map(|(key, _)| *key)
+            .collect();
+        keys.sort_unstable();
+        keys
     }
 
     fn keys_of(&self, connection: ConnectionId) -> Vec<PendingKey> {
-        self.pending
-            .range((connection, i32::MIN)..=(connection, i32::MAX))
-            .map(|(k, _)| *k)
-            .collect()
+        self.keys_where(|(of, _), _| *of == connection)
     }
 
     /// Bytes of `connection` read in `direction` were not captured: the responses of requests
@@ -597,7 +576,7 @@ impl Correlator {
         self.client_ids.remove(&connection);
         self.served.remove(&connection);
         for key in self.keys_of(connection) {
-            let pending = self.take(&key).expect("listed");
+            let pending = self.pending.remove(&key).expect("listed");
             let end = match pending.missed.or(Unseen::of(cause)) {
                 Some(reason) => Unanswered::Unseen(reason),
                 None => {
@@ -622,14 +601,8 @@ impl Correlator {
     /// when the agent saw everything, else as unseen.
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<MessageEvent>) {
         self.lags.expire(now_ns);
-        let expired: Vec<PendingKey> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.deadline_ns <= now_ns)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in expired {
-            let pending = self.take(&key).expect("listed");
+        for key in self.keys_where(|_, p| p.deadline_ns <= now_ns) {
+            let pending = self.pending.remove(&key).expect("listed");
             let missed = pending
                 .missed
                 .or((self.capture_lost > pending.lost_at).then_some(Unseen::CaptureLost));
@@ -644,9 +617,7 @@ impl Correlator {
     /// Ends every request still waiting: the source is done (`reason`: the agent stopped, or
     /// the capture ended).
     pub fn finish(&mut self, reason: Unseen, out: &mut Vec<MessageEvent>) {
-        while let Some((_, key)) = self.arrival.pop_first() {
-            let pending = self.pending.remove(&key).expect("in arrival order");
-            self.pending_bytes -= pending.bytes;
+        while let Some((_, pending)) = self.pending.pop_oldest() {
             let reason = pending.missed.unwrap_or(reason);
             self.complete(pending.request, None, Unanswered::Unseen(reason), out);
         }

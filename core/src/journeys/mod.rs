@@ -2,15 +2,13 @@
 //! its steps (send, receive, settle), queried by message ID, key or topic like RocketMQ's own
 //! message-trace console. Fed with the same message events the spans are made of.
 
-use std::{borrow::Cow, collections::VecDeque, net::SocketAddr, sync::Arc};
-
-use crate::FastMap;
+use std::{borrow::Cow, net::SocketAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
     correlation::{Endpoint, MessageEvent, Outcome, ServedClient},
-    memory::HeapSize,
+    memory::{Bounded, HeapSize},
     spans::{
         Resource, Span, Status, Value,
         identity::TraceId,
@@ -42,9 +40,6 @@ pub struct Journey {
     pub steps: Vec<Step>,
     /// Steps not kept because the message had MAX_STEPS already.
     pub steps_dropped: u64,
-    /// What it holds, counted against the journal's memory share.
-    #[serde(skip)]
-    held_bytes: usize,
 }
 
 impl HeapSize for Step {
@@ -148,14 +143,8 @@ pub struct JournalCounters {
 }
 
 pub struct Journal {
-    max_messages: usize,
-    /// Bytes held, and the most that may be.
-    bytes: usize,
-    max_bytes: usize,
-    by_id: FastMap<Arc<str>, Journey>,
-    /// IDs by first sight, oldest first: the eviction order.
-    order: VecDeque<Arc<str>>,
-    evicted: u64,
+    /// By message ID, in order of first sight: the oldest are forgotten first.
+    by_id: Bounded<Arc<str>, Journey>,
     steps_dropped: u64,
     /// The process and host names the last span's resource gives, shared by the steps of
     /// that process.
@@ -208,12 +197,7 @@ impl Journal {
     /// kept).
     pub fn with_budget(max_messages: usize, max_bytes: usize) -> Self {
         Self {
-            bytes: 0,
-            max_bytes,
-            max_messages: max_messages.max(1),
-            by_id: FastMap::default(),
-            order: VecDeque::new(),
-            evicted: 0,
+            by_id: Bounded::new(max_messages.max(1), max_bytes),
             steps_dropped: 0,
             names: crate::FromLast::default(),
             texts: SharedTexts::default(),
@@ -226,11 +210,8 @@ impl Journal {
         let (process, host) = self.names(&span.resource);
         let key = event.key();
         if !self.by_id.contains_key(key) {
-            if self.by_id.len() >= self.max_messages {
-                self.evict_oldest();
-            }
             let id: Arc<str> = Arc::from(key);
-            self.order.push_back(id.clone());
+            // Its bytes are counted once it has its first step.
             self.by_id.insert(
                 id.clone(),
                 Journey {
@@ -245,11 +226,12 @@ impl Journal {
                     // vector's first growth) was most of the journal's memory.
                     steps: Vec::with_capacity(1),
                     steps_dropped: 0,
-                    held_bytes: 0,
                 },
+                0,
             );
         }
         let journey = self.by_id.get_mut(key).expect("inserted above");
+        let id = journey.message_id.clone();
         learn(journey, &event, &mut self.texts);
         let mut step = step_of(event, span, process, host, &mut self.texts);
         if span.trace_id != journey.trace_id {
@@ -266,12 +248,8 @@ impl Journal {
             journey.steps.insert(at, step);
         }
         let held = journey.heap_bytes();
-        self.bytes = self.bytes - journey.held_bytes + held;
-        journey.held_bytes = held;
         // Within the memory share: the oldest messages go first, one by one.
-        while self.bytes > self.max_bytes && self.order.len() > 1 {
-            self.evict_oldest();
-        }
+        self.by_id.resize(&*id, held);
     }
 
     /// The process and host names of `resource` (`service.name`, `host.name`).
@@ -286,15 +264,6 @@ impl Journal {
             (name(SERVICE_NAME), name(HOST_NAME))
         });
         (process.clone(), host.clone())
-    }
-
-    fn evict_oldest(&mut self) {
-        if let Some(oldest) = self.order.pop_front()
-            && let Some(journey) = self.by_id.remove(&oldest)
-        {
-            self.bytes -= journey.held_bytes;
-            self.evicted += 1;
-        }
     }
 
     /// The matching messages, most recent first (last seen, then first seen, then by message
@@ -329,8 +298,8 @@ impl Journal {
     pub fn counters(&self) -> JournalCounters {
         JournalCounters {
             messages: self.by_id.len() as u64,
-            bytes: self.bytes as u64,
-            messages_evicted: self.evicted,
+            bytes: self.by_id.held().bytes as u64,
+            messages_evicted: self.by_id.held().evicted,
             steps_dropped: self.steps_dropped,
         }
     }

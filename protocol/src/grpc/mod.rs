@@ -22,16 +22,13 @@ pub const SERVICE_NAME: &str = "apache.rocketmq.v2.MessagingService";
 pub mod http2;
 pub mod proto;
 
-use std::{
-    borrow::Cow,
-    collections::{HashMap, VecDeque},
-};
+use std::borrow::Cow;
 
 use http2::{CONTINUATION, DATA, Event, Frame, HEADERS, RST_STREAM, Reader};
 pub use http2::{Http2Counters, PREFACE};
 
 use super::{
-    BodyFaults, CallFacts, Command, DecoderCounters, Wire,
+    BodyFaults, Bounded, CallFacts, Command, DecoderCounters, Wire,
     header::{FLAG_RESPONSE, Header},
     operation::{Operation, PopRequest},
     opposite,
@@ -130,8 +127,8 @@ struct Streams {
     halves: [Half; 2],
     /// The direction requests travel in (the traced process's own when it is the client).
     client: Option<Direction>,
-    calls: HashMap<u32, Call>,
-    order: VecDeque<u32>,
+    /// By stream, oldest first.
+    calls: Bounded<u32, Call>,
     /// The connection carries MessagingService calls (Some(true)) or another service.
     service: Option<bool>,
 }
@@ -157,8 +154,7 @@ impl GrpcDecoder {
             streams: Streams {
                 halves: [Half::new(mid_stream), Half::new(mid_stream)],
                 client,
-                calls: HashMap::new(),
-                order: VecDeque::new(),
+                calls: Bounded::with_capacity_limit(MAX_CALLS),
                 service: None,
             },
         }
@@ -185,7 +181,7 @@ impl GrpcDecoder {
         self.readers.iter().map(Reader::held_bytes).sum::<usize>()
             + calls
             + blocks
-            + self.streams.calls.capacity() * std::mem::size_of::<(u32, Call)>()
+            + self.streams.calls.capacity() * (std::mem::size_of::<(u32, Call)>() + 24)
     }
 
     /// Lets go of partial frames and messages (memory is short).
@@ -283,7 +279,7 @@ impl Streams {
                 // Frames of any stream may have gone: every partial message and header block
                 // of this direction is suspect.
                 self.lose_headers(direction, counters);
-                let streams: Vec<u32> = self.calls.keys().copied().collect();
+                let streams: Vec<u32> = self.calls.iter().map(|(stream, _)| *stream).collect();
                 for stream in streams {
                     if let Some(messages) = self.messages_of(direction, stream) {
                         messages.broken = true;
@@ -458,20 +454,10 @@ impl Streams {
     }
 
     fn open(&mut self, stream: u32, start_ns: u64, counters: &mut DecoderCounters) {
-        while self.calls.len() >= MAX_CALLS {
-            let Some(oldest) = self.order.pop_front() else {
-                break;
-            };
-            if self.calls.remove(&oldest).is_some() {
-                counters.pending_evicted += 1;
-            }
-        }
-        self.calls.insert(stream, Call::new(start_ns));
-        self.order.push_back(stream);
-        if self.order.len() > 2 * self.calls.len() + 16 {
-            let calls = &self.calls;
-            self.order.retain(|s| calls.contains_key(s));
-        }
+        self.calls
+            .insert_with(stream, Call::new(start_ns), 0, |_, _| {
+                counters.pending_evicted += 1
+            });
     }
 
     /// DATA of a followed call: its gRPC messages, each handled once whole.
@@ -593,6 +579,8 @@ impl Streams {
             missing_bytes: 0,
             body_faults: BodyFaults::default(),
             call: Some(Box::new(facts)),
+            // A connection never reuses a stream id: the stream is the exchange.
+            exchange: Some(u64::from(stream)),
         };
         out.push((command, operation));
     }
@@ -644,6 +632,7 @@ impl Streams {
             missing_bytes: 0,
             body_faults: BodyFaults::default(),
             call: None,
+            exchange: Some(u64::from(stream)),
         };
         out.push((command, operation));
     }
