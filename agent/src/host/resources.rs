@@ -1,7 +1,7 @@
 //! The resource of a traced process: who sent or received, as OpenTelemetry resources say it.
 //! Read from /proc once per process and cached.
 
-use std::collections::HashMap;
+use mqtrace_core::memory::Bounded;
 
 use crate::{
     sources::kernel::safe_read::{read_capped, read_in_root},
@@ -46,14 +46,13 @@ fn bounded(mut value: String) -> String {
     value
 }
 
-/// Resources kept at most; beyond it the cache starts over.
+/// Resources kept at most; beyond it the oldest go (read again if their process speaks again).
 const MAX_CACHED: usize = 16_384;
 
 /// The resources of the live processes on this host.
-#[derive(Default)]
 pub struct HostResources {
     host_name: String,
-    cache: HashMap<u32, Resource>,
+    cache: Bounded<u32, Resource>,
     /// The resource of events with no process.
     unknown: Resource,
 }
@@ -65,8 +64,15 @@ impl HostResources {
             .unwrap_or_default();
         Self {
             host_name,
-            ..Self::default()
+            cache: Bounded::with_capacity_limit(MAX_CACHED),
+            unknown: Resource::default(),
         }
+    }
+}
+
+impl Default for HostResources {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -75,15 +81,11 @@ impl ProcessResources for HostResources {
         if pid == 0 {
             return &self.unknown;
         }
-        if self.cache.len() >= MAX_CACHED && !self.cache.contains_key(&pid) {
-            self.cache.clear();
+        if !self.cache.contains_key(&pid) {
+            let resource = Resource::new(process_resource(pid, &self.host_name));
+            self.cache.insert(pid, resource, 0);
         }
-        let Self {
-            cache, host_name, ..
-        } = self;
-        cache
-            .entry(pid)
-            .or_insert_with(|| Resource::new(process_resource(pid, host_name)))
+        self.cache.get(&pid).expect("just cached")
     }
 
     fn forget(&mut self, pid: u32) {
