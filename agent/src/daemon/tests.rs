@@ -1,5 +1,7 @@
-//! The daemon on a fake capture (see `sources::capture`): its control socket, rules, state
-//! file, pipeline and span output, tested without root or eBPF.
+//! The daemon over the live capture's own policy on tables and a host in memory (see
+//! `sources::kernel::tables::memory`): its control socket, rules, state file, pipeline and span
+//! output, tested without root or eBPF. The kernel's side is tested for real in
+//! tests/tests/kernel_capture.rs.
 
 use std::{
     path::{Path, PathBuf},
@@ -7,8 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-use mqtrace_common::Selection;
+use mqtrace_common::{Origin, Selection};
 
 use super::{DaemonOptions, serve};
 use crate::{
@@ -16,11 +17,14 @@ use crate::{
     decoder::encode::{json_frame, properties},
     memory::Shares,
     sources::{
-        Chunk, Connection, ConnectionId, Direction, Origin, SourceEvent,
-        capture::fake::{FakeCapture, FakeHandle},
-        kernel::monotonic_ns,
+        Direction,
+        kernel::{
+            CaptureOptions, KernelCapture,
+            tables::memory::{FakeHost, SharedTables},
+        },
     },
 };
+use mqtrace_common::SocketKey;
 
 fn options(dir: &Path) -> DaemonOptions {
     DaemonOptions {
@@ -72,27 +76,39 @@ fn get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
 
 /// A daemon serving on its own thread until dropped.
 struct Running {
-    capture: FakeHandle,
+    /// What the kernel's tables hold: the test writes records and reads the policy's changes.
+    tables: SharedTables,
     socket: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Running {
-    fn start(options: DaemonOptions) -> Self {
-        let (fake, capture) = FakeCapture::new(options.trace_all);
+    /// A daemon on a host where the processes `pids` run (the agent not among them).
+    fn start(options: DaemonOptions, pids: &[u32]) -> Self {
+        let tables = SharedTables::default();
+        let mut host = FakeHost::default();
+        for &pid in pids {
+            host.processes.insert(pid, Vec::new());
+        }
+        let capture_options = CaptureOptions {
+            trace_all: options.trace_all,
+            max_bytes_per_syscall: options.max_bytes_per_syscall,
+            ring_buffer_bytes: options.ring_buffer_bytes,
+        };
+        let capture = KernelCapture::over(tables.clone(), host, capture_options);
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let socket = options.control_socket.clone();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(serve(fake, &options, async {
+            runtime.block_on(serve(capture, &options, async {
                 let _ = stopped.await;
             }))
         });
         let running = Self {
-            capture,
+            tables,
             socket,
             stop: Some(stop),
             thread: Some(thread),
@@ -105,10 +121,6 @@ impl Running {
 
     fn ask(&self, request: Request) -> anyhow::Result<Response> {
         client::send(&self.socket, &request)
-    }
-
-    fn push(&self, event: SourceEvent) {
-        self.capture.events.send(event).expect("the daemon runs");
     }
 
     fn wait_for(&self, what: &str, done: impl Fn() -> bool) {
@@ -173,7 +185,8 @@ impl Drop for Sleeper {
 fn rules_reach_the_capture_and_are_applied_again_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let sleeper = Sleeper::start();
-    let daemon = Running::start(options(dir.path()));
+    let by_pid = Some(Selection::ByPid as u8);
+    let daemon = Running::start(options(dir.path()), &[sleeper.pid()]);
     daemon
         .ask(Request::Enable {
             target: Target::Pid(sleeper.pid()),
@@ -185,9 +198,9 @@ fn rules_reach_the_capture_and_are_applied_again_after_a_restart() {
         })
         .unwrap();
     {
-        let state = daemon.capture.state.lock().unwrap();
-        assert_eq!(state.selected.get(&sleeper.pid()), Some(&Selection::ByPid));
-        assert_eq!(state.comm_rules.len(), 1);
+        let tables = daemon.tables.lock();
+        assert_eq!(tables.selected.get(&sleeper.pid()).copied(), by_pid);
+        assert_eq!(tables.comm_rules.len(), 1);
     }
     let Response::Listing(listing) = daemon.ask(Request::List).unwrap() else {
         panic!("a listing")
@@ -196,15 +209,16 @@ fn rules_reach_the_capture_and_are_applied_again_after_a_restart() {
     assert_eq!(listing.processes.len(), 1, "{listing:?}");
     daemon.stop().unwrap();
 
-    // A new daemon on a new capture: the same rules from the state file.
-    let daemon = Running::start(options(dir.path()));
-    let state = daemon.capture.state.lock().unwrap();
-    assert_eq!(state.selected.get(&sleeper.pid()), Some(&Selection::ByPid));
-    assert_eq!(
-        state.comm_rules.values().collect::<Vec<_>>(),
-        [&Selection::ByComm]
-    );
-    drop(state);
+    // A new daemon on new tables: the same rules from the state file.
+    let daemon = Running::start(options(dir.path()), &[sleeper.pid()]);
+    {
+        let tables = daemon.tables.lock();
+        assert_eq!(tables.selected.get(&sleeper.pid()).copied(), by_pid);
+        assert_eq!(
+            tables.comm_rules.values().collect::<Vec<_>>(),
+            [&(Selection::ByComm as u8)]
+        );
+    }
 
     // A disable is kept as well: after the next restart the process is not selected.
     daemon
@@ -213,62 +227,46 @@ fn rules_reach_the_capture_and_are_applied_again_after_a_restart() {
         })
         .unwrap();
     daemon.stop().unwrap();
-    let daemon = Running::start(options(dir.path()));
-    assert_eq!(
-        daemon
-            .capture
-            .state
-            .lock()
-            .unwrap()
-            .selected
-            .get(&sleeper.pid()),
-        None
-    );
+    let daemon = Running::start(options(dir.path()), &[sleeper.pid()]);
+    assert_eq!(daemon.tables.lock().selected.get(&sleeper.pid()), None);
 }
 
-/// Chunks of one connection at advancing positions.
+/// One connection as the kernel programs report it, its bytes at advancing positions.
 struct Stream {
-    id: ConnectionId,
+    /// (pid, fd, connection id)
+    socket: (u32, i32, u64),
     positions: [u64; 2],
 }
 
 impl Stream {
-    /// A connection `pid` made to a broker.
-    fn open(daemon: &Running, id: u64, pid: u32) -> Self {
-        Self::with_origin(daemon, id, pid, Origin::Connect)
-    }
-
     /// A connection `pid` made (to a broker) or accepted (from a client: it is the broker).
-    fn with_origin(daemon: &Running, id: u64, pid: u32, origin: Origin) -> Self {
-        let mut ends = ["127.0.0.1:40000", "127.0.0.1:10911"].map(|a| Some(a.parse().unwrap()));
-        if origin == Origin::Accept {
-            ends.reverse();
-        }
-        daemon.push(SourceEvent::Opened(Connection {
-            id: ConnectionId(id),
-            pid,
-            fd: id as i32,
-            origin,
-            local: ends[0],
-            peer: ends[1],
-            timestamp_ns: monotonic_ns(),
-        }));
+    fn open(daemon: &Running, id: u64, pid: u32, origin: Origin) -> Self {
+        let fd = id as i32 + 10;
+        daemon.tables.lock().connect(pid, fd, id, origin);
         Self {
-            id: ConnectionId(id),
+            socket: (pid, fd, id),
             positions: [0, 0],
         }
     }
 
     fn bytes(&mut self, daemon: &Running, direction: Direction, bytes: &[u8]) {
         let position = &mut self.positions[direction as usize];
-        daemon.push(SourceEvent::Data(Chunk {
-            connection: self.id,
-            direction,
-            position: *position,
-            bytes: Bytes::copy_from_slice(bytes),
-            timestamp_ns: monotonic_ns(),
-        }));
+        daemon
+            .tables
+            .lock()
+            .transfer(self.socket, direction, *position, bytes);
         *position += bytes.len() as u64;
+    }
+
+    /// Whether the kernel still copies it.
+    fn copied(&self, daemon: &Running) -> bool {
+        let (pid, fd, id) = self.socket;
+        daemon
+            .tables
+            .lock()
+            .sockets
+            .get(&SocketKey { pid, fd })
+            .is_some_and(|state| state.connection_id == id)
     }
 }
 
@@ -306,15 +304,15 @@ fn rocketmq_traffic_becomes_spans_and_other_traffic_is_let_go() {
     let dir = tempfile::tempdir().unwrap();
     let options = options(dir.path());
     let output = options.output.clone().unwrap();
-    let daemon = Running::start(options);
     let pid = std::process::id();
+    let daemon = Running::start(options, &[pid]);
 
-    let mut rocketmq = Stream::open(&daemon, 1, pid);
+    let mut rocketmq = Stream::open(&daemon, 1, pid, Origin::Connect);
     let (send, answer) = send_and_answer();
     rocketmq.bytes(&daemon, Direction::Egress, &send);
     rocketmq.bytes(&daemon, Direction::Ingress, &answer);
 
-    let mut http = Stream::open(&daemon, 2, pid);
+    let mut http = Stream::open(&daemon, 2, pid, Origin::Connect);
     http.bytes(
         &daemon,
         Direction::Egress,
@@ -324,9 +322,11 @@ fn rocketmq_traffic_becomes_spans_and_other_traffic_is_let_go() {
     daemon.wait_for("the send span in the output file", || {
         std::fs::read_to_string(&output).is_ok_and(|text| text.contains("send orders"))
     });
-    daemon.wait_for("the HTTP connection to be let go", || {
-        daemon.capture.state.lock().unwrap().stopped == [ConnectionId(2)]
-    });
+    daemon.wait_for("the HTTP connection to be let go", || !http.copied(&daemon));
+    assert!(
+        rocketmq.copied(&daemon),
+        "RocketMQ's connection is followed"
+    );
     let spans = std::fs::read_to_string(&output).unwrap();
     assert_eq!(spans.lines().count(), 1, "{spans}");
     assert!(spans.contains("order-1"), "{spans}");
@@ -353,9 +353,10 @@ fn the_brokers_side_makes_spans_unless_turned_off() {
         let mut options = options(dir.path());
         options.broker_spans = broker_spans;
         let output = options.output.clone().unwrap();
-        let daemon = Running::start(options);
+        let pid = std::process::id();
+        let daemon = Running::start(options, &[pid]);
         // The traced process accepted a client's connection: it is the broker there.
-        let mut served = Stream::with_origin(&daemon, 1, std::process::id(), Origin::Accept);
+        let mut served = Stream::open(&daemon, 1, pid, Origin::Accept);
         let (send, answer) = send_and_answer();
         served.bytes(&daemon, Direction::Ingress, &send);
         served.bytes(&daemon, Direction::Egress, &answer);
@@ -364,9 +365,7 @@ fn the_brokers_side_makes_spans_unless_turned_off() {
                 std::fs::read_to_string(&output).is_ok_and(|text| text.contains("store orders"))
             });
         } else {
-            daemon.wait_for("the broker's side to be let go", || {
-                daemon.capture.state.lock().unwrap().stopped == [ConnectionId(1)]
-            });
+            daemon.wait_for("the broker's side to be let go", || !served.copied(&daemon));
         }
         let Response::Status(status) = daemon.ask(Request::Status).unwrap() else {
             panic!("a status")
@@ -393,12 +392,11 @@ fn healthz_fails_while_the_pipeline_is_stuck_and_recovers_after() {
     let mut options = options(dir.path());
     options.health_stall = Duration::from_secs(2);
     let metrics = options.metrics_address;
-    let daemon = Running::start(options);
+    let daemon = Running::start(options, &[]);
     assert_eq!(get(metrics, "/healthz"), (200, "ok\n".into()));
 
     // The daemon's thread blocks for 6 s; /healthz keeps answering, and says so.
-    daemon.capture.state.lock().unwrap().stall = Some(Duration::from_secs(6));
-    daemon.push(SourceEvent::ProcessExited { pid: 1 });
+    daemon.tables.lock().stall = Some(Duration::from_secs(6));
     let stalled_at = Instant::now();
     let (status, body) = loop {
         let (status, body) = get(metrics, "/healthz");

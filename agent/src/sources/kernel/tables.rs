@@ -239,12 +239,21 @@ impl Host for ProcHost {
     }
 }
 
-/// Tables and a host in memory, for the policy's tests.
+/// Tables and a host in memory, for the tests of the policy and of the daemon over it.
 #[cfg(test)]
 pub mod memory {
-    use std::collections::{HashMap, VecDeque};
+    use std::{
+        collections::{HashMap, VecDeque},
+        sync::{Arc, Mutex, MutexGuard},
+        time::Duration,
+    };
+
+    use mqtrace_common::{
+        ConnectionOpened, DataHeader, Origin as KernelOrigin, ProcessExited, RecordKind, Syscall,
+    };
 
     use super::*;
+    use crate::sources::{Direction, kernel::records::encoded};
 
     #[derive(Default)]
     pub struct MemoryTables {
@@ -255,6 +264,83 @@ pub mod memory {
         pub cgroup_rules: HashMap<u64, u8>,
         /// Raw records, as the kernel programs write them.
         pub ring: VecDeque<Vec<u8>>,
+        /// The next wait of [`SharedTables`] blocks the reader's thread this long: a stuck
+        /// pipeline.
+        pub stall: Option<Duration>,
+    }
+
+    /// What the kernel programs do, as records in the ring and entries in the tables.
+    impl MemoryTables {
+        /// `pid` connected (or accepted) on `fd`: the socket is tracked and the record written.
+        pub fn connect(&mut self, pid: u32, fd: i32, connection_id: u64, origin: KernelOrigin) {
+            let state = SocketState {
+                connection_id,
+                positions: [0, 0],
+            };
+            self.sockets.insert(SocketKey { pid, fd }, state);
+            self.ring.push_back(encoded(
+                &ConnectionOpened {
+                    kind: RecordKind::ConnectionOpened as u32,
+                    origin: origin as u8,
+                    _pad: 0,
+                    family: 2, // AF_INET
+                    timestamp_ns: super::super::monotonic_ns(),
+                    connection_id,
+                    pid,
+                    tid: pid,
+                    fd,
+                    peer_port: 10911,
+                    _pad2: 0,
+                    peer_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                },
+                &[],
+            ));
+        }
+
+        /// `pid` wrote or read `payload` on a connection, starting at `position` of that
+        /// direction's stream.
+        pub fn transfer(
+            &mut self,
+            (pid, fd, connection_id): (u32, i32, u64),
+            direction: Direction,
+            position: u64,
+            payload: &[u8],
+        ) {
+            let syscall = match direction {
+                Direction::Egress => Syscall::Write,
+                Direction::Ingress => Syscall::Read,
+            };
+            self.ring.push_back(encoded(
+                &DataHeader {
+                    kind: RecordKind::Data as u32,
+                    direction: direction as u8,
+                    syscall: syscall as u8,
+                    _pad: 0,
+                    timestamp_ns: super::super::monotonic_ns(),
+                    connection_id,
+                    pid,
+                    tid: pid,
+                    fd,
+                    copied_len: payload.len() as u32,
+                    syscall_len: payload.len() as u64,
+                    syscall_pos: position,
+                    chunk_offset: 0,
+                },
+                payload,
+            ));
+        }
+
+        /// `pid` exited.
+        pub fn exit(&mut self, pid: u32) {
+            self.ring.push_back(encoded(
+                &ProcessExited {
+                    kind: RecordKind::ProcessExited as u32,
+                    pid,
+                    timestamp_ns: super::super::monotonic_ns(),
+                },
+                &[],
+            ));
+        }
     }
 
     impl KernelTables for MemoryTables {
@@ -331,6 +417,79 @@ pub mod memory {
         }
 
         async fn wait(&mut self, _more: bool) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Memory tables that a test changes and reads while a daemon runs over them.
+    #[derive(Clone, Default)]
+    pub struct SharedTables(Arc<Mutex<MemoryTables>>);
+
+    impl SharedTables {
+        pub fn lock(&self) -> MutexGuard<'_, MemoryTables> {
+            self.0.lock().expect("memory tables")
+        }
+    }
+
+    impl KernelTables for SharedTables {
+        fn selection(&self, pid: u32) -> anyhow::Result<Option<u8>> {
+            self.lock().selection(pid)
+        }
+
+        fn set_selection(&mut self, pid: u32, value: u8) -> anyhow::Result<()> {
+            self.lock().set_selection(pid, value)
+        }
+
+        fn remove_selection(&mut self, pid: u32) {
+            self.lock().remove_selection(pid)
+        }
+
+        fn selections(&self) -> anyhow::Result<Vec<(u32, u8)>> {
+            self.lock().selections()
+        }
+
+        fn sockets(&self) -> anyhow::Result<Vec<(SocketKey, SocketState)>> {
+            self.lock().sockets()
+        }
+
+        fn socket(&self, key: &SocketKey) -> Option<SocketState> {
+            self.lock().socket(key)
+        }
+
+        fn add_socket(&mut self, key: SocketKey, state: SocketState) -> bool {
+            self.lock().add_socket(key, state)
+        }
+
+        fn remove_socket(&mut self, key: &SocketKey) {
+            self.lock().remove_socket(key)
+        }
+
+        fn set_comm_rule(&mut self, comm: [u8; COMM_LEN], value: Option<u8>) -> anyhow::Result<()> {
+            self.lock().set_comm_rule(comm, value)
+        }
+
+        fn set_cgroup_rule(&mut self, id: u64, value: Option<u8>) -> anyhow::Result<()> {
+            self.lock().set_cgroup_rule(id, value)
+        }
+
+        fn counters(&self) -> anyhow::Result<BTreeMap<&'static str, u64>> {
+            self.lock().counters()
+        }
+
+        fn drain(&mut self, max: usize, each: &mut dyn FnMut(&[u8])) -> usize {
+            self.lock().drain(max, each)
+        }
+
+        /// Stalls once if asked to; idles a poll interval while the ring is empty.
+        async fn wait(&mut self, more: bool) -> anyhow::Result<()> {
+            let stall = self.lock().stall.take();
+            if let Some(stall) = stall {
+                std::thread::sleep(stall);
+            }
+            let idle = !more && self.lock().ring.is_empty();
+            if idle {
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
             Ok(())
         }
     }

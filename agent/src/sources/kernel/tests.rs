@@ -2,12 +2,9 @@
 //! memory: the code the live capture runs, without root or eBPF. The kernel's side of it is
 //! tested for real in tests/tests/kernel_capture.rs.
 
-use mqtrace_common::{
-    ConnectionOpened, DataHeader, Origin as KernelOrigin, ProcessExited, RecordKind,
-};
+use mqtrace_common::Origin as KernelOrigin;
 
 use super::{
-    records::encoded,
     tables::memory::{FakeHost, MemoryTables},
     *,
 };
@@ -15,58 +12,6 @@ use crate::sources::Direction;
 
 const AGENT: u32 = 1;
 const CLIENT: u32 = 10;
-
-fn data(connection_id: u64, position: u64, payload: &[u8]) -> Vec<u8> {
-    encoded(
-        &DataHeader {
-            kind: RecordKind::Data as u32,
-            direction: Direction::Egress as u8,
-            syscall: mqtrace_common::Syscall::Write as u8,
-            _pad: 0,
-            timestamp_ns: 5,
-            connection_id,
-            pid: CLIENT,
-            tid: CLIENT,
-            fd: 3,
-            copied_len: payload.len() as u32,
-            syscall_len: payload.len() as u64,
-            syscall_pos: position,
-            chunk_offset: 0,
-        },
-        payload,
-    )
-}
-
-fn connected(pid: u32, fd: i32, connection_id: u64) -> Vec<u8> {
-    encoded(
-        &ConnectionOpened {
-            kind: RecordKind::ConnectionOpened as u32,
-            origin: KernelOrigin::Connect as u8,
-            _pad: 0,
-            family: 2,
-            timestamp_ns: 5,
-            connection_id,
-            pid,
-            tid: pid,
-            fd,
-            peer_port: 10911,
-            _pad2: 0,
-            peer_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-        },
-        &[],
-    )
-}
-
-fn exited(pid: u32) -> Vec<u8> {
-    encoded(
-        &ProcessExited {
-            kind: RecordKind::ProcessExited as u32,
-            pid,
-            timestamp_ns: 5,
-        },
-        &[],
-    )
-}
 
 fn open_socket(fd: i32) -> procfs::OpenSocket {
     procfs::OpenSocket {
@@ -154,7 +99,9 @@ fn deselected_its_connections_end_after_the_records_already_captured() {
     let mut capture = capture(false, host());
     capture.select(CLIENT).unwrap();
     let ids = opened_ids(&events(&mut capture));
-    capture.tables.ring.push_back(data(ids[0], 0, b"hello"));
+    capture
+        .tables
+        .transfer((CLIENT, 3, ids[0]), Direction::Egress, 0, b"hello");
     capture.deselect(CLIENT).unwrap();
     assert!(capture.tables.selected.is_empty());
     assert!(capture.tables.sockets.is_empty());
@@ -207,7 +154,7 @@ fn an_exiting_process_loses_its_selection_and_its_sockets() {
     let mut capture = capture(false, host());
     capture.select(CLIENT).unwrap();
     events(&mut capture);
-    capture.tables.ring.push_back(exited(CLIENT));
+    capture.tables.exit(CLIENT);
     let after = events(&mut capture);
     assert_eq!(after, [SourceEvent::ProcessExited { pid: CLIENT }]);
     assert!(capture.tables.selected.is_empty());
@@ -223,16 +170,13 @@ fn a_connected_socket_that_is_not_tcp_is_let_go_unseen() {
     events(&mut capture);
     // The kernel tracked both connects; user space lets the UDP one go.
     for (fd, id) in [(7, 70), (8, 80)] {
-        capture.tables.sockets.insert(
-            SocketKey { pid: CLIENT, fd },
-            SocketState {
-                connection_id: id,
-                positions: [0, 0],
-            },
-        );
-        capture.tables.ring.push_back(connected(CLIENT, fd, id));
+        capture
+            .tables
+            .connect(CLIENT, fd, id, KernelOrigin::Connect);
     }
-    capture.tables.ring.push_back(data(70, 0, b"datagram"));
+    capture
+        .tables
+        .transfer((CLIENT, 7, 70), Direction::Egress, 0, b"datagram");
     let after = events(&mut capture);
     assert_eq!(after.len(), 1, "only the TCP connection: {after:?}");
     assert!(matches!(&after[0], SourceEvent::Opened(c) if c.id.0 == 80));
