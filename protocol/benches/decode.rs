@@ -6,8 +6,8 @@
 use std::{hint::black_box, time::Instant};
 
 use mqtrace_protocol::{
-    ConnectionDecoder, DecoderConfig, DecoderCounters, Direction,
-    encode::{json_frame, properties, stored_message},
+    ConnectionDecoder, DecoderConfig, DecoderCounters, Direction, RequestCode, ResponseCode,
+    encode::{properties, request_frame, response_frame, stored_message},
     grpc::{
         GrpcDecoder,
         encode::{self as grpc, Conversation},
@@ -40,7 +40,7 @@ fn pull_responses() -> Workload {
             ("queueId", "1"),
             ("queueOffset", "0"),
         ];
-        egress.extend(json_frame(11, 0, opaque, &ext, b""));
+        egress.extend(request_frame(RequestCode::PullMessage, opaque, &ext, b""));
         let body: Vec<u8> = (0..32)
             .map(|i| {
                 let id = format!("7F0000010BB818B4AAC2{opaque:06X}{i:06X}");
@@ -57,9 +57,8 @@ fn pull_responses() -> Workload {
             })
             .collect::<Vec<_>>()
             .concat();
-        ingress.extend(json_frame(
-            0,
-            1,
+        ingress.extend(response_frame(
+            ResponseCode::Success,
             opaque,
             &[("nextBeginOffset", "32")],
             &body,
@@ -94,10 +93,14 @@ fn small_sends() -> Workload {
             ("g", "1700000000000"),
             ("i", props.as_str()),
         ];
-        egress.extend(json_frame(310, 0, opaque, &ext, &[7; 64]));
-        ingress.extend(json_frame(
-            0,
-            1,
+        egress.extend(request_frame(
+            RequestCode::SendMessageV2,
+            opaque,
+            &ext,
+            &[7; 64],
+        ));
+        ingress.extend(response_frame(
+            ResponseCode::Success,
             opaque,
             &[
                 ("msgId", "7F00000100002A9F0000000000000000"),
@@ -123,7 +126,12 @@ fn small_sends() -> Workload {
 /// header parse.
 fn crafted_resync() -> Workload {
     let props = properties(&[("UNIQ_KEY", "7F0000010BB818B4AAC2000000000001")]);
-    let mut egress = json_frame(10, 0, 1, &[("topic", "T"), ("properties", &props)], b"x");
+    let mut egress = request_frame(
+        RequestCode::SendMessage,
+        1,
+        &[("topic", "T"), ("properties", &props)],
+        b"x",
+    );
     egress.extend_from_slice(&[0xFF; 8]);
     let header_len: u32 = 65_000;
     let mut unit = Vec::new();

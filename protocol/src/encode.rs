@@ -3,9 +3,31 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::SerializeType;
+use super::{RequestCode, ResponseCode, SerializeType};
 
-/// A frame with a JSON header holding `ext` (values as strings, as RocketMQ writes them).
+/// A request for `code` that awaits its response.
+pub fn request_frame(code: RequestCode, opaque: i32, ext: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    json_frame(code.code(), 0, opaque, ext, body)
+}
+
+/// A one-way request for `code`: no response follows.
+pub fn oneway_frame(code: RequestCode, opaque: i32, ext: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    json_frame(code.code(), 2, opaque, ext, body)
+}
+
+/// The response, saying `code`, to the request numbered `opaque`.
+pub fn response_frame(
+    code: ResponseCode,
+    opaque: i32,
+    ext: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8> {
+    json_frame(code.code(), 1, opaque, ext, body)
+}
+
+/// A frame with a JSON header holding `ext` (values as strings, as RocketMQ writes them), its
+/// code and flag as given (for codes without a name and flags out of the ordinary; else
+/// [`request_frame`], [`oneway_frame`] or [`response_frame`]).
 pub fn json_frame(code: i32, flag: i32, opaque: i32, ext: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
     let ext: serde_json::Map<String, serde_json::Value> = ext
         .iter()

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use proptest::prelude::*;
 
 use super::{
-    encode::{batch_message, binary_frame, json_frame, properties, stored_message},
+    encode::{
+        batch_message, binary_frame, properties, request_frame, response_frame, stored_message,
+    },
     operation::Operation,
     *,
 };
@@ -40,9 +42,8 @@ const UP: Direction = Direction::Egress;
 const DOWN: Direction = Direction::Ingress;
 
 fn pull_pair(messages: &[Vec<u8>]) -> (Vec<u8>, Vec<u8>) {
-    let request = json_frame(
-        11,
-        0,
+    let request = request_frame(
+        RequestCode::PullMessage,
         7,
         &[
             ("consumerGroup", "g"),
@@ -53,7 +54,7 @@ fn pull_pair(messages: &[Vec<u8>]) -> (Vec<u8>, Vec<u8>) {
         b"",
     );
     let body = messages.concat();
-    let response = json_frame(0, 1, 7, &[("nextBeginOffset", "2")], &body);
+    let response = response_frame(ResponseCode::Success, 7, &[("nextBeginOffset", "2")], &body);
     (request, response)
 }
 
@@ -65,9 +66,8 @@ fn send_v2_with_one_letter_keys() {
         ("KEYS", "k1 k2"),
         ("DELAY", "3"),
     ]);
-    let frame = json_frame(
-        310,
-        0,
+    let frame = request_frame(
+        RequestCode::SendMessageV2,
         1,
         &[
             ("a", "pg"),
@@ -96,9 +96,8 @@ fn send_v2_with_one_letter_keys() {
 
 #[test]
 fn send_result_pairs_with_its_request() {
-    let request = json_frame(
-        10,
-        0,
+    let request = request_frame(
+        RequestCode::SendMessage,
         42,
         &[
             ("topic", "T"),
@@ -106,9 +105,8 @@ fn send_result_pairs_with_its_request() {
         ],
         b"b",
     );
-    let response = json_frame(
-        0,
-        1,
+    let response = response_frame(
+        ResponseCode::Success,
         42,
         &[
             ("msgId", "7F0000010000283F0000000000000010"),
@@ -145,7 +143,12 @@ fn batch_send_reports_every_inner_message() {
             )
         })
         .collect();
-    let frame = json_frame(320, 0, 5, &[("b", "T"), ("e", "1"), ("m", "true")], &body);
+    let frame = request_frame(
+        RequestCode::SendBatchMessage,
+        5,
+        &[("b", "T"), ("e", "1"), ("m", "true")],
+        &body,
+    );
     let (mut commands, _) = decode(&[(UP, &frame)]);
     let Operation::Send(send) = operation::interpret(&mut commands[0]) else {
         panic!()
@@ -326,8 +329,8 @@ fn gap_inside_a_body_keeps_the_message_metadata() {
 
 #[test]
 fn gap_in_a_header_skips_the_frame_by_its_length() {
-    let first = json_frame(34, 0, 1, &[("x", "y")], b"");
-    let second = json_frame(34, 0, 2, &[], b"");
+    let first = request_frame(RequestCode::HeartBeat, 1, &[("x", "y")], b"");
+    let second = request_frame(RequestCode::HeartBeat, 2, &[], b"");
     let mut decoder = ConnectionDecoder::new(DecoderConfig::default(), false);
     let mut out = Vec::new();
     decoder.data(UP, 0, &first[..12], 0, &mut out);
@@ -341,7 +344,7 @@ fn gap_in_a_header_skips_the_frame_by_its_length() {
 
 #[test]
 fn mid_stream_start_resynchronises_on_the_next_frame() {
-    let frame = json_frame(11, 0, 3, &[("topic", "T")], b"");
+    let frame = request_frame(RequestCode::PullMessage, 3, &[("topic", "T")], b"");
     let garbage = b"\x00garbage tail of an earlier frame";
     let stream = [&garbage[..], &frame, &frame].concat();
     let mut decoder = ConnectionDecoder::new(DecoderConfig::default(), true);
@@ -358,7 +361,7 @@ fn mid_stream_start_resynchronises_on_the_next_frame() {
 #[test]
 fn huge_length_is_refused_and_the_stream_recovers() {
     let mut bad = vec![0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 20];
-    bad.extend_from_slice(&json_frame(34, 0, 8, &[], b""));
+    bad.extend_from_slice(&request_frame(RequestCode::HeartBeat, 8, &[], b""));
     let (commands, counters) = decode(&[(UP, &bad)]);
     assert_eq!(commands.len(), 1);
     assert_eq!(commands[0].header.opaque, 8);
@@ -367,9 +370,8 @@ fn huge_length_is_refused_and_the_stream_recovers() {
 
 #[test]
 fn pop_ack_and_change_invisible_time_from_the_wire_reference() {
-    let pop = json_frame(
-        200050,
-        0,
+    let pop = request_frame(
+        RequestCode::PopMessage,
         1,
         &[
             ("consumerGroup", "g"),
@@ -380,9 +382,8 @@ fn pop_ack_and_change_invisible_time_from_the_wire_reference() {
         ],
         b"",
     );
-    let popped = json_frame(
-        0,
-        1,
+    let popped = response_frame(
+        ResponseCode::Success,
         1,
         &[],
         &stored_message(
@@ -395,9 +396,8 @@ fn pop_ack_and_change_invisible_time_from_the_wire_reference() {
             b"b",
         ),
     );
-    let ack = json_frame(
-        200051,
-        0,
+    let ack = request_frame(
+        RequestCode::AckMessage,
         2,
         &[
             ("consumerGroup", "g"),
@@ -408,9 +408,8 @@ fn pop_ack_and_change_invisible_time_from_the_wire_reference() {
         ],
         b"",
     );
-    let nack = json_frame(
-        200053,
-        0,
+    let nack = request_frame(
+        RequestCode::ChangeMessageInvisibletime,
         3,
         &[
             ("consumerGroup", "g"),
@@ -436,7 +435,12 @@ fn pop_ack_and_change_invisible_time_from_the_wire_reference() {
 #[test]
 fn recognition_by_first_bytes() {
     assert_eq!(
-        recognize(&json_frame(105, 0, 1, &[], b"")),
+        recognize(&request_frame(
+            RequestCode::GetRouteinfoByTopic,
+            1,
+            &[],
+            b""
+        )),
         Recognition::Remoting
     );
     assert_eq!(
@@ -531,7 +535,7 @@ fn crafted_heads(count: usize) -> Vec<u8> {
 
 #[test]
 fn crafted_heads_cost_bounded_work_and_real_frames_are_found_after_them() {
-    let frame = json_frame(11, 0, 3, &[("topic", "T")], b"");
+    let frame = request_frame(RequestCode::PullMessage, 3, &[("topic", "T")], b"");
     let hostile = crafted_heads(64 << 10); // 2 MiB
     // Real traffic goes on after the garbage (a candidate claiming a 65,000-byte header holds
     // the scan until that many bytes have come).
@@ -559,11 +563,11 @@ fn crafted_heads_cost_bounded_work_and_real_frames_are_found_after_them() {
 #[test]
 fn requests_awaiting_responses_beyond_the_bound_go_oldest_first() {
     let mut stream: Vec<(Direction, Vec<u8>)> = (0..=MAX_PENDING as i32)
-        .map(|opaque| (UP, json_frame(34, 0, opaque, &[], b"")))
+        .map(|opaque| (UP, request_frame(RequestCode::HeartBeat, opaque, &[], b"")))
         .collect();
     // Answers to the oldest (forgotten) and to the second oldest (kept).
-    stream.push((DOWN, json_frame(0, 1, 0, &[], b"")));
-    stream.push((DOWN, json_frame(0, 1, 1, &[], b"")));
+    stream.push((DOWN, response_frame(ResponseCode::Success, 0, &[], b"")));
+    stream.push((DOWN, response_frame(ResponseCode::Success, 1, &[], b"")));
     let borrowed: Vec<(Direction, &[u8])> = stream.iter().map(|(d, b)| (*d, &b[..])).collect();
     let (commands, counters) = decode(&borrowed);
     assert_eq!(counters.pending_evicted, 1);
@@ -597,8 +601,13 @@ fn a_response_read_before_its_request_is_paired_once_the_request_comes() {
     // A client that writes on one thread and reads on another: the read's record can come
     // out of the kernel before the write's.
     let (pull, pulled) = pull_pair(&two_stored_messages());
-    let send = json_frame(10, 0, 8, &[("topic", "T")], b"body");
-    let sent = json_frame(0, 1, 8, &[("msgId", "X"), ("queueId", "1")], b"");
+    let send = request_frame(RequestCode::SendMessage, 8, &[("topic", "T")], b"body");
+    let sent = response_frame(
+        ResponseCode::Success,
+        8,
+        &[("msgId", "X"), ("queueId", "1")],
+        b"",
+    );
     let (mut commands, counters) =
         decode(&[(DOWN, &pulled), (DOWN, &sent), (UP, &pull), (UP, &send)]);
     let order: Vec<_> = commands
@@ -638,8 +647,13 @@ fn a_response_read_before_its_request_is_paired_once_the_request_comes() {
 #[test]
 fn an_early_response_that_holds_no_messages_reports_none() {
     // A route query answered with JSON: walked in case it held messages, it did not.
-    let query = json_frame(105, 0, 9, &[("topic", "T")], b"");
-    let route = json_frame(0, 1, 9, &[], br#"{"queueDatas":[],"brokerDatas":[]}"#);
+    let query = request_frame(RequestCode::GetRouteinfoByTopic, 9, &[("topic", "T")], b"");
+    let route = response_frame(
+        ResponseCode::Success,
+        9,
+        &[],
+        br#"{"queueDatas":[],"brokerDatas":[]}"#,
+    );
     let (commands, counters) = decode(&[(DOWN, &route), (UP, &query)]);
     assert_eq!(
         commands[1].request_code,
@@ -652,7 +666,7 @@ fn an_early_response_that_holds_no_messages_reports_none() {
 #[test]
 fn a_response_whose_request_never_comes_goes_unpaired_after_a_second_or_at_the_bound() {
     let (_, pulled) = pull_pair(&two_stored_messages());
-    let heartbeat = json_frame(34, 0, 100, &[], b"{}");
+    let heartbeat = request_frame(RequestCode::HeartBeat, 100, &[], b"{}");
     // Held a second, then handed over unpaired by the next record after that.
     for (later, held) in [(EARLY_WAIT_NS, true), (EARLY_WAIT_NS + 1, false)] {
         let mut decoder = ConnectionDecoder::new(DecoderConfig::default(), false);
@@ -678,7 +692,7 @@ fn a_response_whose_request_never_comes_goes_unpaired_after_a_second_or_at_the_b
     let mut out = Vec::new();
     let mut position = 0;
     for opaque in 0..=MAX_EARLY as i32 {
-        let bytes = json_frame(0, 1, opaque, &[], b"");
+        let bytes = response_frame(ResponseCode::Success, opaque, &[], b"");
         decoder.data(DOWN, position, &bytes, 1, &mut out);
         position += bytes.len() as u64;
     }

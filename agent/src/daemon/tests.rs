@@ -9,12 +9,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mqtrace_common::{Origin, Selection};
+use mqtrace_common::{Origin, Selection, SocketKey};
 
 use super::{DaemonOptions, serve};
 use crate::{
     control::{Request, Response, Target, client},
-    decoder::encode::{json_frame, properties},
+    decoder::{
+        RequestCode, ResponseCode,
+        encode::{properties, request_frame, response_frame},
+    },
     memory::Shares,
     sources::{
         Direction,
@@ -24,7 +27,6 @@ use crate::{
         },
     },
 };
-use mqtrace_common::SocketKey;
 
 fn options(dir: &Path) -> DaemonOptions {
     DaemonOptions {
@@ -273,9 +275,8 @@ impl Stream {
 /// A send of one message to topic "orders" with key "order-1", and its answer.
 fn send_and_answer() -> (Vec<u8>, Vec<u8>) {
     let props = properties(&[("UNIQ_KEY", "7F0000010001"), ("KEYS", "order-1")]);
-    let send = json_frame(
-        10,
-        0,
+    let send = request_frame(
+        RequestCode::SendMessage,
         1,
         &[
             ("producerGroup", "pg"),
@@ -285,9 +286,8 @@ fn send_and_answer() -> (Vec<u8>, Vec<u8>) {
         ],
         b"body",
     );
-    let answer = json_frame(
-        0,
-        1,
+    let answer = response_frame(
+        ResponseCode::Success,
         1,
         &[
             ("msgId", "OFFSETID"),

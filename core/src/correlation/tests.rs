@@ -7,8 +7,10 @@ use bytes::Bytes;
 use crate::{
     correlation::Unseen,
     decoder::{
-        DecoderConfig,
-        encode::{json_frame, properties, stored_message},
+        DecoderConfig, RequestCode, ResponseCode,
+        encode::{
+            json_frame, oneway_frame, properties, request_frame, response_frame, stored_message,
+        },
     },
     pipeline::{Output, Pipeline},
     sources::{Chunk, Connection, ConnectionId, Direction, EndCause, Origin, SourceEvent},
@@ -165,9 +167,8 @@ fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
 }
 
 fn pull(opaque: i32, topic: &str, queue: &str, commit: &str) -> Vec<u8> {
-    json_frame(
-        11,
-        0,
+    request_frame(
+        RequestCode::PullMessage,
         opaque,
         &[
             ("consumerGroup", "g"),
@@ -182,9 +183,8 @@ fn pull(opaque: i32, topic: &str, queue: &str, commit: &str) -> Vec<u8> {
 
 /// UPDATE_CONSUMER_OFFSET: group "g" committed `commit` on topic "T", queue 3.
 fn offset_commit(opaque: i32, commit: &str) -> Vec<u8> {
-    json_frame(
-        15,
-        0,
+    request_frame(
+        RequestCode::UpdateConsumerOffset,
         opaque,
         &[
             ("consumerGroup", "g"),
@@ -206,9 +206,8 @@ fn send_and_receive_join_one_trace_keyed_by_uniq_key() {
     let produced = spans(&[
         (
             UP,
-            json_frame(
-                10,
-                0,
+            request_frame(
+                RequestCode::SendMessage,
                 1,
                 &[
                     ("producerGroup", "pg"),
@@ -221,9 +220,8 @@ fn send_and_receive_join_one_trace_keyed_by_uniq_key() {
         ),
         (
             DOWN,
-            json_frame(
-                0,
-                1,
+            response_frame(
+                ResponseCode::Success,
                 1,
                 &[
                     ("msgId", "OFFSETID"),
@@ -238,9 +236,8 @@ fn send_and_receive_join_one_trace_keyed_by_uniq_key() {
         (UP, pull(7, "T", "2", "-1")),
         (
             DOWN,
-            json_frame(
-                0,
-                1,
+            response_frame(
+                ResponseCode::Success,
                 7,
                 &[],
                 &stored_message(false, store, 5, 64, "T", &props, b"body"),
@@ -289,9 +286,8 @@ fn without_uniq_key_both_sides_use_the_offset_msg_id() {
     let produced = spans(&[
         (
             UP,
-            json_frame(
-                310,
-                0,
+            request_frame(
+                RequestCode::SendMessageV2,
                 1,
                 &[
                     ("a", "pg"),
@@ -304,9 +300,8 @@ fn without_uniq_key_both_sides_use_the_offset_msg_id() {
         ),
         (
             DOWN,
-            json_frame(
-                0,
-                1,
+            response_frame(
+                ResponseCode::Success,
                 1,
                 &[
                     ("msgId", &offset_id),
@@ -321,9 +316,8 @@ fn without_uniq_key_both_sides_use_the_offset_msg_id() {
         (UP, pull(2, "T", "0", "-1")),
         (
             DOWN,
-            json_frame(
-                0,
-                1,
+            response_frame(
+                ResponseCode::Success,
                 2,
                 &[],
                 &stored_message(
@@ -360,9 +354,8 @@ fn without_uniq_key_a_retry_copy_joins_the_original_trace() {
         (UP, pull(2, "%RETRY%g", "0", "-1")),
         (
             DOWN,
-            json_frame(
-                0,
-                1,
+            response_frame(
+                ResponseCode::Success,
                 2,
                 &[],
                 &stored_message(true, store, 0, 8192, "%RETRY%g", &copy_props, b"b"),
@@ -386,9 +379,17 @@ fn failed_send_is_an_error_span() {
     let out = spans(&[
         (
             UP,
-            json_frame(10, 0, 3, &[("topic", "T"), ("properties", &props)], b"b"),
+            request_frame(
+                RequestCode::SendMessage,
+                3,
+                &[("topic", "T"), ("properties", &props)],
+                b"b",
+            ),
         ),
-        (DOWN, json_frame(16, 1, 3, &[], b"")),
+        (
+            DOWN,
+            response_frame(ResponseCode::NoPermission, 3, &[], b""),
+        ),
     ]);
     assert_eq!(out[0].status, Status::Error);
     assert_eq!(
@@ -434,9 +435,8 @@ fn a_dual_stack_sockets_ipv4_peer_is_named_as_ipv4() {
 }
 
 fn single_send(opaque: i32, uniq_key: &str) -> Vec<u8> {
-    json_frame(
-        10,
-        0,
+    request_frame(
+        RequestCode::SendMessage,
         opaque,
         &[
             ("topic", "T"),
@@ -454,17 +454,21 @@ fn traceparent_makes_the_send_a_child_of_the_application_span() {
     let produced = spans(&[
         (
             UP,
-            json_frame(10, 0, 1, &[("topic", "T"), ("properties", &props)], b"b"),
+            request_frame(
+                RequestCode::SendMessage,
+                1,
+                &[("topic", "T"), ("properties", &props)],
+                b"b",
+            ),
         ),
-        (DOWN, json_frame(0, 1, 1, &[], b"")),
+        (DOWN, response_frame(ResponseCode::Success, 1, &[], b"")),
     ]);
     let consumed = spans(&[
         (UP, pull(2, "T", "0", "-1")),
         (
             DOWN,
-            json_frame(
-                0,
-                1,
+            response_frame(
+                ResponseCode::Success,
                 2,
                 &[],
                 &stored_message(false, store, 0, 1, "T", &props, b"b"),
@@ -525,9 +529,8 @@ fn pop_then_ack_and_nack_settle_in_the_message_trace() {
     let frames = [
         (
             UP,
-            json_frame(
-                200050,
-                0,
+            request_frame(
+                RequestCode::PopMessage,
                 1,
                 &[
                     ("consumerGroup", "g"),
@@ -538,11 +541,11 @@ fn pop_then_ack_and_nack_settle_in_the_message_trace() {
                 b"",
             ),
         ),
-        (DOWN, json_frame(0, 1, 1, &[], &body)),
+        (DOWN, response_frame(ResponseCode::Success, 1, &[], &body)),
         (UP, ack(2, 200051, "4")),
-        (DOWN, json_frame(0, 1, 2, &[], b"")),
+        (DOWN, response_frame(ResponseCode::Success, 2, &[], b"")),
         (UP, ack(3, 200053, "5")),
-        (DOWN, json_frame(0, 1, 3, &[], b"")),
+        (DOWN, response_frame(ResponseCode::Success, 3, &[], b"")),
     ];
     let out = spans(&frames);
     let names: Vec<&str> = out.iter().map(|s| s.name.as_str()).collect();
@@ -600,13 +603,12 @@ fn send_back_and_offset_commit_settle_pulled_messages() {
     let out = spans(&[
         // stored_message puts every message in queue 3.
         (UP, pull(1, "T", "3", "-1")),
-        (DOWN, json_frame(0, 1, 1, &[], &body)),
+        (DOWN, response_frame(ResponseCode::Success, 1, &[], &body)),
         // The consumer failed C1 (named by its offsetMsgId) and sends it back for a retry ...
         (
             UP,
-            json_frame(
-                36,
-                0,
+            request_frame(
+                RequestCode::ConsumerSendMsgBack,
                 2,
                 &[
                     ("group", "g"),
@@ -618,10 +620,10 @@ fn send_back_and_offset_commit_settle_pulled_messages() {
                 b"",
             ),
         ),
-        (DOWN, json_frame(0, 1, 2, &[], b"")),
+        (DOWN, response_frame(ResponseCode::Success, 2, &[], b"")),
         // ... and commits offset 2, which passes both.
         (UP, offset_commit(3, "2")),
-        (DOWN, json_frame(0, 1, 3, &[], b"")),
+        (DOWN, response_frame(ResponseCode::Success, 3, &[], b"")),
     ]);
     let settled: Vec<(String, String)> = out[2..]
         .iter()
@@ -646,7 +648,7 @@ fn send_back_and_offset_commit_settle_pulled_messages() {
 }
 
 fn ok_response(opaque: i32, ext: &[(&str, &str)]) -> Vec<u8> {
-    json_frame(0, 1, opaque, ext, b"")
+    response_frame(ResponseCode::Success, opaque, ext, b"")
 }
 
 /// The unanswered request of `harness` ends as UNSET, its reason said and counted.
@@ -780,9 +782,8 @@ fn without_uniq_key_the_broker_assigned_one_joins_producer_and_consumer() {
     let produced = spans(&[
         (
             UP,
-            json_frame(
-                10,
-                0,
+            request_frame(
+                RequestCode::SendMessage,
                 1,
                 &[
                     ("topic", "T"),
@@ -801,9 +802,8 @@ fn without_uniq_key_the_broker_assigned_one_joins_producer_and_consumer() {
         (UP, pull(2, "T", "3", "-1")),
         (
             DOWN,
-            json_frame(
-                0,
-                1,
+            response_frame(
+                ResponseCode::Success,
                 2,
                 &[],
                 &stored_message(false, store, 0, 4096, "T", &stored, b"b"),
@@ -843,9 +843,8 @@ fn past_its_reconsume_times_a_sent_back_message_goes_to_the_dead_letter_queue() 
     let props = properties(&[("UNIQ_KEY", "Z1"), ("KEYS", "k1 k2"), ("TAGS", "t")]);
     let id = crate::decoder::message::offset_msg_id(store, 700);
     let send_back = |opaque: i32, max: &str| {
-        json_frame(
-            36,
-            0,
+        request_frame(
+            RequestCode::ConsumerSendMsgBack,
             opaque,
             &[
                 ("group", "g"),
@@ -862,9 +861,8 @@ fn past_its_reconsume_times_a_sent_back_message_goes_to_the_dead_letter_queue() 
         (UP, pull(1, "%RETRY%g", "3", "-1")),
         (
             DOWN,
-            json_frame(
-                0,
-                1,
+            response_frame(
+                ResponseCode::Success,
                 1,
                 &[],
                 &stored_message(false, store, 0, 700, "%RETRY%g", &props, b"b"),
@@ -877,9 +875,8 @@ fn past_its_reconsume_times_a_sent_back_message_goes_to_the_dead_letter_queue() 
         // A consumer that sends the message to the retry topic itself settles it too.
         (
             UP,
-            json_frame(
-                10,
-                0,
+            request_frame(
+                RequestCode::SendMessage,
                 4,
                 &[("topic", "%RETRY%g"), ("properties", &props)],
                 b"b",
@@ -921,9 +918,8 @@ fn past_its_reconsume_times_a_sent_back_message_goes_to_the_dead_letter_queue() 
 fn a_huge_suspend_time_does_not_overflow_the_deadline() {
     let mut harness = Harness::new(DecoderConfig::default());
     let id = harness.open(1, 0, Origin::Connect);
-    let request = json_frame(
-        11,
-        0,
+    let request = request_frame(
+        RequestCode::PullMessage,
         1,
         &[
             ("consumerGroup", "g"),
@@ -947,9 +943,8 @@ fn requests_waiting_keep_within_their_bytes_forgetting_the_oldest() {
     let keys = "k".repeat(30_000);
     for opaque in 0..300 {
         let props = properties(&[("UNIQ_KEY", &format!("B{opaque}")), ("KEYS", &keys)]);
-        let request = json_frame(
-            10,
-            0,
+        let request = request_frame(
+            RequestCode::SendMessage,
             opaque,
             &[("topic", "T"), ("properties", &props)],
             b"",
@@ -981,7 +976,11 @@ fn a_long_poll_is_neither_timed_out_within_its_poll_time_nor_an_error_when_its_c
         ("topic", "T"),
         ("pollTime", "40000"),
     ];
-    harness.frame(id, UP, &json_frame(200050, 0, 1, &pop, b""));
+    harness.frame(
+        id,
+        UP,
+        &request_frame(RequestCode::PopMessage, 1, &pop, b""),
+    );
     let sent_at = harness.clock_ns;
     harness
         .pipeline
@@ -1000,7 +999,11 @@ fn a_long_poll_is_neither_timed_out_within_its_poll_time_nor_an_error_when_its_c
         ("queueOffset", "3"),
         ("suspendTimeoutMillis", "15000"),
     ];
-    harness.frame(id, UP, &json_frame(11, 0, 1, &pull, b""));
+    harness.frame(
+        id,
+        UP,
+        &request_frame(RequestCode::PullMessage, 1, &pull, b""),
+    );
     harness.end(id, EndCause::Closed);
     let (spans, pipeline) = harness.finish();
     assert!(spans.is_empty(), "{spans:?}");
@@ -1035,9 +1038,8 @@ fn the_broker_sees_each_message_stored_delivered_and_reported_naming_its_client(
     let store: SocketAddr = BROKER.parse().unwrap();
     let props = properties(&[("UNIQ_KEY", "B1"), ("KEYS", "order-9")]);
     let heartbeat = |client: &str, set: &str, group: &str| {
-        json_frame(
-            34,
-            0,
+        request_frame(
+            RequestCode::HeartBeat,
             90,
             &[],
             serde_json::json!({ "clientID": client, set: [{ "groupName": group }] })
@@ -1054,9 +1056,8 @@ fn the_broker_sees_each_message_stored_delivered_and_reported_naming_its_client(
             (DOWN, ok_response(90, &[])),
             (
                 UP,
-                json_frame(
-                    10,
-                    0,
+                request_frame(
+                    RequestCode::SendMessage,
                     1,
                     &[
                         ("producerGroup", "pg"),
@@ -1085,9 +1086,8 @@ fn the_broker_sees_each_message_stored_delivered_and_reported_naming_its_client(
             (UP, pull(1, "T", "3", "-1")),
             (
                 DOWN,
-                json_frame(
-                    0,
-                    1,
+                response_frame(
+                    ResponseCode::Success,
                     1,
                     &[("maxOffset", "5")],
                     &stored_message(false, store, 0, 64, "T", &props, b"body"),
@@ -1272,7 +1272,11 @@ fn a_grpc_send_through_a_proxy_joins_remoting_and_grpc_consumers() {
     let puller = harness.open(4, 11, Origin::Connect);
     harness.frame(puller, UP, &pull(2, "orders", "0", "-1"));
     let stored = stored_message(false, store, 5, 64, "orders", &props, b"hello");
-    harness.frame(puller, DOWN, &json_frame(0, 1, 2, &[], &stored));
+    harness.frame(
+        puller,
+        DOWN,
+        &response_frame(ResponseCode::Success, 2, &[], &stored),
+    );
 
     // A gRPC consumer receives and acks it through the proxy.
     let mut consumer = Conversation::new();
@@ -1359,9 +1363,8 @@ fn a_grpc_send_through_a_proxy_joins_remoting_and_grpc_consumers() {
 #[test]
 fn a_transaction_ended_on_check_back_settles_under_the_topic_it_was_sent_to() {
     let props = properties(&[("UNIQ_KEY", "X1"), ("TRAN_MSG", "true")]);
-    let send = json_frame(
-        10,
-        0,
+    let send = request_frame(
+        RequestCode::SendMessage,
         1,
         &[
             ("topic", "T"),
@@ -1372,9 +1375,8 @@ fn a_transaction_ended_on_check_back_settles_under_the_topic_it_was_sent_to() {
     );
     // The broker asks (CHECK_TRANSACTION_STATE) with the half message, which it keeps in its
     // half topic; the producer's END_TRANSACTION (oneway) then names that topic.
-    let end = json_frame(
-        37,
-        2,
+    let end = oneway_frame(
+        RequestCode::EndTransaction,
         2,
         &[
             ("topic", "RMQ_SYS_TRANS_HALF_TOPIC"),

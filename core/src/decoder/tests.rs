@@ -1,7 +1,10 @@
 //! The decoder stage over connections: recognition, the server's side let go, memory shares.
 //! The protocol's own tests are in the protocol crate.
 
-use mqtrace_protocol::encode::json_frame;
+use mqtrace_protocol::{
+    RequestCode,
+    encode::{json_frame, request_frame},
+};
 
 use super::*;
 use crate::{
@@ -95,7 +98,12 @@ fn connection_buffers_stay_within_their_share_and_decoding_goes_on_after() {
     head.extend_from_slice(&(HEADER as u32).to_be_bytes());
     for id in 0..20 {
         decoders.push(&opened(id as u64, Origin::Connect), &mut out);
-        data(&mut decoders, id, json_frame(34, 0, 1, &[], b""), &mut out);
+        data(
+            &mut decoders,
+            id,
+            request_frame(RequestCode::HeartBeat, 1, &[], b""),
+            &mut out,
+        );
         data(&mut decoders, id, head.clone(), &mut out);
         for _ in 0..SENT / (60 << 10) {
             data(&mut decoders, id, vec![b' '; 60 << 10], &mut out);
@@ -118,7 +126,12 @@ fn connection_buffers_stay_within_their_share_and_decoding_goes_on_after() {
     // next frame too.
     for id in 0..20 {
         data(&mut decoders, id, vec![b' '; HEADER - SENT], &mut out);
-        data(&mut decoders, id, json_frame(34, 0, 2, &[], b""), &mut out);
+        data(
+            &mut decoders,
+            id,
+            request_frame(RequestCode::HeartBeat, 2, &[], b""),
+            &mut out,
+        );
     }
     assert_eq!(out.len(), 40);
     let after = decoders.counters();

@@ -18,7 +18,10 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use mqtrace_protocol::encode::{json_frame, properties};
+use mqtrace_protocol::{
+    RequestCode,
+    encode::{properties, request_frame},
+};
 use serde_json::{Value, json};
 
 /// One frame's JSON header (the body is read and dropped).
@@ -67,9 +70,8 @@ fn main() -> anyhow::Result<()> {
             .to_string();
         let props = properties(&[("KEYS", &key), ("TAGS", "TagRaw"), ("WAIT", "true")]);
         let opaque = i as i32 + 1;
-        let frame = json_frame(
-            10,
-            0,
+        let frame = request_frame(
+            RequestCode::SendMessage,
             opaque,
             &[
                 ("producerGroup", "raw_producer"),
