@@ -419,7 +419,10 @@ fn rust_5x_client_grpc_sends() {
         "5.0.0"
     );
     assert!(send.command.client_id().is_some_and(|id| id.contains('@')));
-    assert_eq!(send.command.rpc_method(), Some("SendMessage"));
+    assert_eq!(
+        send.command.rpc().map(|rpc| rpc.method),
+        Some("SendMessage")
+    );
 }
 
 /// The simple consumer's receives and acks: every message received is acked by its id.

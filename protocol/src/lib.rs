@@ -20,6 +20,7 @@ pub mod header;
 pub mod message;
 pub mod operation;
 mod recognize;
+mod verdict;
 
 use std::collections::VecDeque;
 
@@ -30,6 +31,7 @@ pub use header::{Header, SerializeType};
 pub use message::{MessageMeta, Properties};
 pub use recognize::{Recognition, recognize};
 use serde::Serialize;
+pub use verdict::{Rpc, Verdict};
 
 pub use mqtrace_common::Direction;
 
@@ -216,11 +218,6 @@ impl Command {
             Some(call) => call.client_version.as_deref().unwrap_or_default(),
             None => digits.format(self.header.version),
         }
-    }
-
-    /// The gRPC method of a call's request (None for remoting).
-    pub fn rpc_method(&self) -> Option<&'static str> {
-        self.call.as_ref().map(|call| call.method)
     }
 }
 

@@ -21,7 +21,7 @@ fn endpoint(pid: u32) -> Endpoint {
         local: Some("127.0.0.1:40000".parse().unwrap()),
         peer: Some("127.0.0.1:10911".parse().unwrap()),
         client: None,
-        grpc_method: None,
+        rpc: None,
     }
 }
 

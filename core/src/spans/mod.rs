@@ -302,13 +302,10 @@ fn peer(attributes: &mut Attributes, endpoint: &crate::correlation::Endpoint) {
         attributes.push_new(address.into(), ip_text(peer.ip()).into());
         attributes.push_new(port.into(), i64::from(peer.port()).into());
     }
-    if let Some(method) = endpoint.grpc_method {
+    if let Some(rpc) = endpoint.rpc {
         attributes.push_new(RPC_SYSTEM.into(), Value::fixed("grpc"));
-        attributes.push_new(
-            RPC_SERVICE.into(),
-            Value::fixed(crate::decoder::grpc::SERVICE_NAME),
-        );
-        attributes.push_new(RPC_METHOD.into(), Value::fixed(method));
+        attributes.push_new(RPC_SERVICE.into(), Value::fixed(rpc.service));
+        attributes.push_new(RPC_METHOD.into(), Value::fixed(rpc.method));
     }
     if let Some(client) = &endpoint.client {
         attributes.push_new(MQTRACE_OBSERVER.into(), Value::fixed("broker"));

@@ -62,7 +62,7 @@ fn a_send_call_is_a_send_request_and_its_result() {
         assert_eq!(request.header.language, "RUST");
         assert_eq!(request.client_id(), Some("host@1234#5678"));
         assert_eq!(request.client_version(&mut itoa::Buffer::new()), "5.0.0");
-        assert_eq!(request.rpc_method(), Some("SendMessage"));
+        assert_eq!(request.rpc().map(|rpc| rpc.method), Some("SendMessage"));
         let Operation::Send(send) = operation else {
             panic!("not a send: {operation:?}");
         };
@@ -115,7 +115,7 @@ fn a_receive_stream_gives_every_message_and_the_long_poll() {
     };
     assert_eq!(request.request(), Some(RequestCode::PopMessage));
     assert_eq!(request.long_poll_ms(), 20_000);
-    assert_eq!(request.rpc_method(), Some("ReceiveMessage"));
+    assert_eq!(request.rpc().map(|rpc| rpc.method), Some("ReceiveMessage"));
     assert_eq!(pop.consumer_group.as_deref(), Some("workers"));
     assert_eq!(pop.topic.as_deref(), Some("orders"));
     assert_eq!(pop.queue_id, Some(2));
