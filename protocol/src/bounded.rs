@@ -104,15 +104,24 @@ impl<K: Hash + Eq, V> Bounded<K, V> {
         bytes: usize,
         mut forgotten: impl FnMut(K, V),
     ) -> Option<V> {
-        let replaced = self.remove(&key);
-        while !self.entries.is_empty()
-            && (self.entries.len() >= self.max_entries || !self.held.fits(bytes))
-        {
-            let (key, value) = self.evict_oldest().expect("not empty");
-            forgotten(key, value);
+        let full = |store: &Self| {
+            !store.entries.is_empty()
+                && (store.entries.len() >= store.max_entries || !store.held.fits(bytes))
+        };
+        // Looked up first only when something must go (the entry replaced may free the room).
+        let mut replaced = None;
+        if full(self) {
+            replaced = self.remove(&key);
+            while full(self) {
+                let (key, value) = self.evict_oldest().expect("not empty");
+                forgotten(key, value);
+            }
         }
         self.held.bytes += bytes;
-        self.entries.insert(key, Slot { value, bytes });
+        if let Some(old) = self.entries.insert(key, Slot { value, bytes }) {
+            self.held.bytes -= old.bytes;
+            replaced = Some(old.value);
+        }
         replaced
     }
 
