@@ -1,7 +1,7 @@
 //! What each operation means for the messages it names: a request, with its response or how
 //! it ended without one, made into send, receive and settle events.
 
-use std::sync::Arc;
+use std::{rc::Rc, sync::Arc};
 
 use super::{
     Correlator, Counted, MessageEvent, MessageLabels, Outcome, ReceiveEvent, SendEvent,
@@ -178,36 +178,23 @@ impl Correlator {
         step: Step,
         out: &mut Vec<MessageEvent>,
     ) {
-        let (group, topic) = (&ack.consumer_group, &ack.topic);
-        for id in &ack.message_ids {
-            let found = self.seen(&step).received.by_any_id(id);
-            let step = step.clone();
-            self.settle(
-                found.as_deref(),
-                settlement,
-                group.clone(),
-                topic.clone(),
-                step,
-                out,
-            );
-        }
-        if !ack.message_ids.is_empty() {
-            return;
-        }
-        let found = match (topic, ack.queue_id, ack.offset) {
+        let received = &self.seen(&step).received;
+        let found: Vec<Option<Rc<Received>>> = match (&ack.topic, ack.queue_id, ack.offset) {
+            _ if !ack.message_ids.is_empty() => ack
+                .message_ids
+                .iter()
+                .map(|id| received.by_any_id(id))
+                .collect(),
             (Some(topic), Some(queue), Some(offset)) => {
-                self.seen(&step).received.by_position(topic, queue, offset)
+                vec![received.by_position(topic, queue, offset)]
             }
-            _ => None,
+            _ => vec![None],
         };
-        self.settle(
-            found.as_deref(),
-            settlement,
-            group.clone(),
-            topic.clone(),
-            step,
-            out,
-        );
+        for received in found {
+            let (group, topic) = (ack.consumer_group.clone(), ack.topic.clone());
+            let step = step.clone();
+            self.settle(received.as_deref(), settlement, group, topic, step, out);
+        }
     }
 
     fn sent_back(&mut self, back: &SendBack, step: Step, out: &mut Vec<MessageEvent>) {
