@@ -136,8 +136,8 @@ const ROOT_TESTS: &str = "mqtrace-tests";
 const UNPRIVILEGED_ID: &str = "65534"; // nobody
 
 /// Builds the tests of every package but ROOT_TESTS and runs them first, as `nobody` when
-/// xtask runs as root: they must not depend on privilege (the decoder, pipeline, daemon on a
-/// fake capture, replay).
+/// xtask runs as root: they must not depend on privilege (the decoder, pipeline, the daemon and
+/// the capture's policy over tables in memory, replay).
 fn unprivileged_tests() -> anyhow::Result<()> {
     step("building the tests that need no privilege");
     let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
