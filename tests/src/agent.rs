@@ -6,10 +6,10 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     process::{Command, Output, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use crate::rocketmq::Owned;
+use crate::{rocketmq::Owned, wait};
 
 /// The `mqtrace` binary of the same build as the running executable: beside it (benchmark
 /// binaries) or one level up (tests, which run from `deps/`).
@@ -99,31 +99,32 @@ impl Agent {
     /// Waits until the daemon answers on its control socket, which it does once its probes
     /// are attached and its loop runs; returns where it serves its metrics.
     fn await_ready(&mut self) -> SocketAddr {
-        let started = Instant::now();
-        loop {
-            let exited = self.process.as_mut().unwrap().0.try_wait().unwrap();
-            assert!(
-                exited.is_none(),
-                "agent exited ({exited:?}): {}",
-                self.log_text()
-            );
-            if self.socket.exists() {
-                let out = self.control(&["status", "--json"]);
-                if out.status.success() {
-                    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-                    return status["metrics_address"]
-                        .as_str()
-                        .and_then(|a| a.parse().ok())
-                        .unwrap_or_else(|| panic!("no metrics address in {status}"));
+        let answered = wait::until(
+            "the agent to answer on its control socket",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                let exited = self.process.as_mut().unwrap().0.try_wait().unwrap();
+                assert!(
+                    exited.is_none(),
+                    "agent exited ({exited:?}): {}",
+                    self.log_text()
+                );
+                if !self.socket.exists() {
+                    return Err("no control socket yet".into());
                 }
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "agent did not answer on its control socket: {}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+                let out = self.control(&["status", "--json"]);
+                if !out.status.success() {
+                    return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+                }
+                let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                Ok(status["metrics_address"]
+                    .as_str()
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or_else(|| panic!("no metrics address in {status}")))
+            },
+        );
+        answered.unwrap_or_else(|e| panic!("{e:#}\n{}", self.log_text()))
     }
 
     pub fn pid(&self) -> u32 {
@@ -180,10 +181,9 @@ impl Agent {
     /// settlement the consumer sent as it stopped may still be in the pipeline); fails the test
     /// with the last timeline after `timeout`, else returns it.
     pub fn await_timeline(&self, args: &[&str], steps: &[&str], timeout: Duration) -> String {
-        let started = Instant::now();
         let mut query = vec!["trace"];
         query.extend_from_slice(args);
-        loop {
+        let every_step = || {
             let timeline = self.control_ok(&query);
             let missing: Vec<&str> = steps
                 .iter()
@@ -191,14 +191,18 @@ impl Agent {
                 .filter(|step| !timeline.contains(&format!("  {step} ")))
                 .collect();
             if missing.is_empty() {
-                return timeline;
+                Ok(timeline)
+            } else {
+                Err(format!("{missing:?} not in the timeline: {timeline}"))
             }
-            assert!(
-                started.elapsed() < timeout,
-                "{missing:?} not in the timeline after {timeout:?}: {timeline}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        };
+        wait::until(
+            "every step",
+            timeout,
+            Duration::from_millis(200),
+            every_step,
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// `GET /metrics`: the Prometheus text as served.
@@ -212,16 +216,17 @@ impl Agent {
     /// Waits until the metric `name` reaches `at_least`; fails the test with the metrics and
     /// the agent's log after `timeout`.
     pub fn await_metric(&self, name: &str, at_least: f64, timeout: Duration) {
-        let started = Instant::now();
-        while self.scrape().get(name).copied().unwrap_or(0.0) < at_least {
-            assert!(
-                started.elapsed() < timeout,
-                "{name} below {at_least} after {timeout:?}: {:?}\n{}",
-                self.scrape(),
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let reached = || {
+            let value = self.scrape().get(name).copied().unwrap_or(0.0);
+            if value >= at_least {
+                Ok(())
+            } else {
+                Err(format!("{name} is {value}"))
+            }
+        };
+        let what = format!("{name} to reach {at_least}");
+        wait::until(&what, timeout, Duration::from_millis(200), reached)
+            .unwrap_or_else(|e| panic!("{e:#}: {:?}\n{}", self.scrape(), self.log_text()));
     }
 
     /// `GET /metrics`, as name → value.
@@ -241,14 +246,18 @@ impl Agent {
         let mut process = self.process.take().unwrap();
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(process.0.id() as i32, libc::SIGTERM) };
-        let started = Instant::now();
-        while process.0.try_wait().unwrap().is_none() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "agent did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let exited = || match process.0.try_wait().unwrap() {
+            Some(_) => Ok(()),
+            None => Err("still running".into()),
+        };
+        let every = Duration::from_millis(100);
+        wait::until(
+            "the agent to stop on SIGTERM",
+            Duration::from_secs(30),
+            every,
+            exited,
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
         self.log_text()
     }
 }

@@ -6,12 +6,14 @@
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, bail};
 
-use crate::rocketmq::{Owned, peers_root, refuse_a_full_disk, remoting_call, route_known, tail};
+use mqtrace_protocol::RequestCode;
+
+use crate::rocketmq::{Owned, await_route, peers_root, refuse_a_full_disk, remoting_call, tail};
 
 /// Which Apache RocketMQ: the servers' release, and the remoting client's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -325,7 +327,6 @@ impl Cluster {
     /// (NORMAL, FIFO, DELAY, TRANSACTION), by the admin request the tools send
     /// (UPDATE_AND_CREATE_TOPIC to the broker); then waits for its route.
     pub fn make_topic(&self, topic: &str, message_type: &str) -> anyhow::Result<()> {
-        const UPDATE_AND_CREATE_TOPIC: i32 = 17;
         let attributes = format!("+message.type={message_type}");
         let mut ext = vec![
             ("topic", topic),
@@ -340,7 +341,12 @@ impl Cluster {
         if self.release == Release::V5 {
             ext.push(("attributes", &attributes));
         }
-        let answer = remoting_call(&self.broker_addr(), UPDATE_AND_CREATE_TOPIC, &ext, &[])?;
+        let answer = remoting_call(
+            &self.broker_addr(),
+            RequestCode::UpdateAndCreateTopic,
+            &ext,
+            &[],
+        )?;
         anyhow::ensure!(
             answer["code"] == 0,
             "the broker refused to make topic {topic}: {answer}"
@@ -354,7 +360,6 @@ impl Cluster {
     /// retry topic, so that a remoting consumer finds that route at its start rather than at
     /// its next route refresh, 30 s later.
     pub fn make_group(&self, group: &str, orderly: bool) -> anyhow::Result<()> {
-        const UPDATE_AND_CREATE_SUBSCRIPTIONGROUP: i32 = 200;
         let config = serde_json::json!({
             "groupName": group,
             "consumeEnable": true,
@@ -369,7 +374,7 @@ impl Cluster {
         });
         let answer = remoting_call(
             &self.broker_addr(),
-            UPDATE_AND_CREATE_SUBSCRIPTIONGROUP,
+            RequestCode::UpdateAndCreateSubscriptiongroup,
             &[],
             config.to_string().as_bytes(),
         )?;
@@ -381,19 +386,8 @@ impl Cluster {
     }
 
     fn await_route(&self, topic: &str, timeout: Duration) -> anyhow::Result<()> {
-        let started = Instant::now();
-        loop {
-            if route_known(&self.namesrv(), topic).unwrap_or(false) {
-                return Ok(());
-            }
-            if started.elapsed() > timeout {
-                bail!(
-                    "no route for {topic} after {timeout:?}; the logs end:\n{}",
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        await_route(&self.namesrv(), topic, timeout)
+            .with_context(|| format!("the logs end:\n{}", self.logs()))
     }
 
     fn log_tail(&self, name: &str) -> String {

@@ -12,6 +12,7 @@ pub mod process;
 pub mod relay;
 pub mod rocketmq;
 pub mod spancheck;
+pub mod wait;
 
 /// Deterministic pseudo-random bytes (xorshift64*), so that a test and the helper program it
 /// starts agree on what was sent without passing it around.

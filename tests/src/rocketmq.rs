@@ -8,11 +8,13 @@ use std::{
     net::{SocketAddr, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, bail};
-use mqtrace_protocol::encode;
+use mqtrace_protocol::{RequestCode, encode};
+
+use crate::wait;
 
 /// Where the peers are installed (`bin/` inside); tests fail loudly without them.
 pub fn peers_dir() -> PathBuf {
@@ -189,17 +191,8 @@ impl Broker {
 
     /// Waits until the name server has a route for `topic`.
     fn await_route(&self, topic: &str) -> anyhow::Result<()> {
-        let started = Instant::now();
-        while !route_known(&self.namesrv(), topic)? {
-            if started.elapsed() > Duration::from_secs(20) {
-                bail!(
-                    "no route for {topic} after 20 s; the broker's log ends: {}",
-                    tail(self.log().as_bytes())
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
+        await_route(&self.namesrv(), topic, Duration::from_secs(20))
+            .with_context(|| format!("the broker's log ends: {}", tail(self.log().as_bytes())))
     }
 
     /// The broker process's pid.
@@ -316,28 +309,40 @@ impl Drop for Proxy {
     }
 }
 
-/// Whether the name server at `namesrv` has a route for `topic` (GET_ROUTEINFO_BY_TOPIC
+/// Waits until the name server at `namesrv` has a route for `topic` (GET_ROUTEINFO_BY_TOPIC
 /// answered with SUCCESS rather than TOPIC_NOT_EXIST).
-pub fn route_known(namesrv: &str, topic: &str) -> anyhow::Result<bool> {
-    const GET_ROUTEINFO_BY_TOPIC: i32 = 105;
-    let header = remoting_call(namesrv, GET_ROUTEINFO_BY_TOPIC, &[("topic", topic)], &[])?;
-    Ok(header["code"] == 0)
+pub fn await_route(namesrv: &str, topic: &str, timeout: Duration) -> anyhow::Result<()> {
+    let routed = || {
+        let header = remoting_call(
+            namesrv,
+            RequestCode::GetRouteinfoByTopic,
+            &[("topic", topic)],
+            &[],
+        )
+        .map_err(|e| format!("{e:#}"))?;
+        match header["code"].as_i64() {
+            Some(0) => Ok(()),
+            _ => Err(format!("answered {header}")),
+        }
+    };
+    let what = format!("a route for {topic} at {namesrv}");
+    wait::until(&what, timeout, Duration::from_millis(100), routed)
 }
 
 /// Sends one remoting request (JSON header) to `addr` and returns the response's header.
 pub fn remoting_call(
     addr: &str,
-    code: i32,
+    code: RequestCode,
     ext: &[(&str, &str)],
     body: &[u8],
 ) -> anyhow::Result<serde_json::Value> {
     let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(&encode::json_frame(code, 0, 1, ext, body))?;
+    stream.write_all(&encode::request_frame(code, 1, ext, body))?;
     let mut head = [0u8; 8];
     stream
         .read_exact(&mut head)
-        .with_context(|| format!("{addr} did not answer request code {code}"))?;
+        .with_context(|| format!("{addr} did not answer {code:?}"))?;
     let header_len = u32::from_be_bytes([0, head[5], head[6], head[7]]) as usize;
     let mut header = vec![0u8; header_len];
     stream.read_exact(&mut header)?;
@@ -368,12 +373,15 @@ pub fn refuse_a_full_disk(dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 pub fn wait_for_port(addr: &SocketAddr, timeout: Duration) -> anyhow::Result<()> {
-    let started = Instant::now();
-    while started.elapsed() < timeout {
-        if TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("nothing listens on {addr} after {timeout:?}")
+    let listening = || {
+        TcpStream::connect_timeout(addr, Duration::from_millis(200))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    wait::until(
+        &format!("a listener on {addr}"),
+        timeout,
+        Duration::from_millis(100),
+        listening,
+    )
 }

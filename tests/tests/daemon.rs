@@ -14,6 +14,7 @@ use mqtrace_tests::{
     process::{Driven, ScratchFile},
     rocketmq::{Broker, Owned, client, client_path},
     spancheck::read_span_file,
+    wait,
 };
 
 /// The tests share fixed broker ports: they take turns.
@@ -48,20 +49,22 @@ fn sent_ids_in(output: &Path) -> BTreeSet<String> {
 
 /// Waits until every id in `expected` has a send span in `output`.
 fn wait_for_sends(output: &Path, expected: &[String], agent: &Agent) {
-    let started = Instant::now();
-    loop {
+    let every_send = || {
         let seen = sent_ids_in(output);
         let missing: Vec<&String> = expected.iter().filter(|id| !seen.contains(*id)).collect();
         if missing.is_empty() {
-            return;
+            Ok(())
+        } else {
+            Err(format!("no send span for {missing:?}"))
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "no send span for {missing:?}\n{}",
-            agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    };
+    wait::until(
+        "every send span",
+        Duration::from_secs(15),
+        wait::POLL,
+        every_send,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log_text()));
 }
 
 /// A producer of `count` messages that pauses before every `every`, driven over stdin.
@@ -388,18 +391,19 @@ fn idle_connections_to_the_metrics_port_stop_nothing() {
         started.elapsed()
     );
     // The idle ones get their deadline; /metrics answers again while they are still open.
-    let started = Instant::now();
-    let counters = loop {
+    let answered = || {
         let counters = std::panic::catch_unwind(|| agent.scrape()).unwrap_or_default();
-        if !counters.is_empty() {
-            break counters;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "/metrics never answered again"
-        );
-        std::thread::sleep(Duration::from_millis(200));
+        (!counters.is_empty())
+            .then_some(counters)
+            .ok_or_else(|| "no answer".to_string())
     };
+    let counters = wait::until(
+        "/metrics to answer again",
+        Duration::from_secs(15),
+        wait::POLL,
+        answered,
+    )
+    .unwrap();
     assert!(counters.contains_key("mqtrace_agent_uptime_seconds"));
     drop(idle);
 }
@@ -500,12 +504,11 @@ fn status_metrics_and_trace_agree_with_a_known_run() {
     assert!(consumed.status.success(), "consumer failed");
 
     // Every message's journey: sent, received, and settled (the consumer commits its offsets).
-    let started = Instant::now();
     let journey = |id: &str| -> serde_json::Value {
         serde_json::from_str(&agent.control_ok(&["trace", "--msg-id", id, "--json"])).unwrap()
     };
-    for id in &produced {
-        loop {
+    let settled = || {
+        for id in &produced {
             let found = journey(id);
             let actions: Vec<String> = found[0]["steps"]
                 .as_array()
@@ -513,20 +516,23 @@ fn status_metrics_and_trace_agree_with_a_known_run() {
                 .iter()
                 .map(|s| s["action"].as_str().unwrap().to_string())
                 .collect();
-            if actions.iter().any(|a| a.starts_with("settle")) {
-                assert_eq!(actions[0], "send", "{id}: {actions:?}");
-                assert!(actions.contains(&"receive".to_string()), "{actions:?}");
-                assert_eq!(found[0]["topic"], "DaemonTrace");
-                break;
+            if !actions.iter().any(|a| a.starts_with("settle")) {
+                return Err(format!("{id}: no settle step: {found}"));
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "{id}: no settle step: {found}\n{}",
-                agent.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(500));
+            assert_eq!(actions[0], "send", "{id}: {actions:?}");
+            assert!(actions.contains(&"receive".to_string()), "{actions:?}");
+            assert_eq!(found[0]["topic"], "DaemonTrace");
         }
-    }
+        Ok(())
+    };
+    let every = Duration::from_millis(500);
+    wait::until(
+        "every journey settled",
+        Duration::from_secs(20),
+        every,
+        settled,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log_text()));
     let timeline = agent.control_ok(&["trace", "--msg-id", &produced[7]]);
     assert!(
         timeline.starts_with(&format!(
@@ -571,8 +577,7 @@ fn status_metrics_and_trace_agree_with_a_known_run() {
 
     // status and /metrics: the same counters, and the known counts. The metrics snapshot is
     // renewed every second: wait until one renewal after the traffic shows them alike.
-    let started = Instant::now();
-    let (status, compared) = loop {
+    let alike = || {
         let status: serde_json::Value =
             serde_json::from_str(&agent.control_ok(&["status", "--json"])).unwrap();
         let metrics = agent.scrape();
@@ -598,14 +603,18 @@ fn status_metrics_and_trace_agree_with_a_known_run() {
             }
         }
         if differing.is_empty() {
-            break (status, compared);
+            Ok((status, compared))
+        } else {
+            Err(format!("they differ: {differing:#?}"))
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "status and /metrics differ: {differing:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
     };
+    let (status, compared) = wait::until(
+        "status and /metrics alike",
+        Duration::from_secs(10),
+        wait::POLL,
+        alike,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
     let counters = &status["counters"];
     assert!(compared > 30, "only {compared} counters compared");
     let count = |pointer: &str| counters.pointer(pointer).and_then(|v| v.as_u64()).unwrap();
@@ -707,16 +716,11 @@ fn thirty_kilobyte_keys_stay_within_the_memory_budget() {
         String::from_utf8_lossy(&out.stdout).lines().count(),
         messages
     );
-    let started = Instant::now();
-    let counters = loop {
-        let counters = agent.scrape();
-        if counters["mqtrace_pipeline_correlation_sends_total"] >= (messages + 1) as f64
-            || started.elapsed() > Duration::from_secs(30)
-        {
-            break counters;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let sends = || agent.scrape()["mqtrace_pipeline_correlation_sends_total"];
+    wait::holds(Duration::from_secs(30), wait::POLL, || {
+        sends() >= (messages + 1) as f64
+    });
+    let counters = agent.scrape();
     let peak_mib = agent.peak_rss_mib();
     drop(broker);
     assert_eq!(
@@ -773,25 +777,31 @@ print("replaced", flush=True); sys.stdin.readline()
     let agent = Agent::start("daemon-sweep", &["--pid", &pid.to_string()]);
     process.say("go").unwrap();
     process.expect_line("connected").unwrap();
-    let started = Instant::now();
-    while listed_connections(&agent, pid) != Some(2) {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "both ends tracked"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let agent = &agent;
+    let tracked = |want: usize| {
+        move || match listed_connections(agent, pid) {
+            Some(n) if n == want => Ok(()),
+            other => Err(format!("listed {other:?}")),
+        }
+    };
+    let every = Duration::from_millis(100);
+    wait::until(
+        "both ends tracked",
+        Duration::from_secs(10),
+        every,
+        tracked(2),
+    )
+    .unwrap();
     process.say("go").unwrap();
     process.expect_line("replaced").unwrap();
-    let started = Instant::now();
-    while listed_connections(&agent, pid) != Some(0) {
-        assert!(
-            started.elapsed() < Duration::from_secs(25),
-            "the stale sockets were swept: {:?}",
-            listed_connections(&agent, pid)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let every = Duration::from_millis(500);
+    wait::until(
+        "the stale sockets swept",
+        Duration::from_secs(25),
+        every,
+        tracked(0),
+    )
+    .unwrap();
     assert!(agent.scrape()["mqtrace_agent_stale_sockets_swept_total"] >= 2.0);
     process.say("go").unwrap();
 }
@@ -982,21 +992,24 @@ fn pods_with_a_fifo_or_a_symlink_at_the_namespace_path_neither_stall_nor_leak_ho
         .map(|(i, pod)| Owned(pod.producer(&hostname(i), topic, per_pod)))
         .collect();
     // /healthz answers within a second, and healthy, all the while.
-    let started = Instant::now();
     let mut probes = 0;
-    while sent_ids_in(output).len() < pods.len() * per_pod {
+    let every_send_while_healthy = || {
         let status = healthz(&agent).expect("/healthz answered within a second");
         assert_eq!(status, 200, "{}", agent.log_text());
         probes += 1;
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{} of {} sends traced\n{}",
-            sent_ids_in(output).len(),
-            pods.len() * per_pod,
-            agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        let (traced, sent) = (sent_ids_in(output).len(), pods.len() * per_pod);
+        (traced >= sent)
+            .then_some(())
+            .ok_or_else(|| format!("{traced} of {sent} sends traced"))
+    };
+    let every = Duration::from_millis(100);
+    wait::until(
+        "every send",
+        Duration::from_secs(30),
+        every,
+        every_send_while_healthy,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log_text()));
     for mut producer in producers {
         drop(producer.0.stdin.take());
         let status = producer.0.wait().unwrap();
@@ -1123,16 +1136,19 @@ fn a_jvm_is_named_by_its_main_class_or_jar_without_otel_service_name() {
                 .spawn()
                 .unwrap(),
         );
-        let started = Instant::now();
-        while sent_ids_in(output).len() < (run + 1) * per_run {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "{} sends traced\n{}",
-                sent_ids_in(output).len(),
-                agent.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let this_run_traced = || {
+            let traced = sent_ids_in(output).len();
+            (traced >= (run + 1) * per_run)
+                .then_some(())
+                .ok_or_else(|| format!("{traced} sends traced"))
+        };
+        wait::until(
+            "this run's sends",
+            Duration::from_secs(20),
+            wait::POLL,
+            this_run_traced,
+        )
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log_text()));
         drop(java.0.stdin.take());
         let status = java.0.wait().unwrap();
         let mut printed = String::new();
@@ -1209,22 +1225,26 @@ fn a_tls_connection_is_reported_as_encrypted_once_and_not_traced() {
     let _server = Owned(server.spawn().expect("openssl s_server"));
     // Two clients, each a full handshake, then end of input.
     for _ in 0..2 {
-        let started = Instant::now();
-        loop {
+        let handshake = || {
             let client = Command::new("openssl")
                 .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
                 .stdin(Stdio::null())
                 .output()
                 .unwrap();
-            if client.status.success() {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "s_server never answered"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            client
+                .status
+                .success()
+                .then_some(())
+                .ok_or_else(|| String::from_utf8_lossy(&client.stderr).into_owned())
+        };
+        let every = Duration::from_millis(100);
+        wait::until(
+            "s_server to answer",
+            Duration::from_secs(10),
+            every,
+            handshake,
+        )
+        .unwrap();
     }
     // Each handshake from both of its ends: s_client's socket and the one s_server accepted
     // (both `openssl`, both traced).

@@ -6,12 +6,13 @@
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use mqtrace_tests::{
     agent::{Agent, mqtrace_bin},
     rocketmq::{Broker, client},
+    wait,
 };
 
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
@@ -224,18 +225,15 @@ fn the_agent_traces_with_only_the_granted_capabilities() {
     assert!(out.status.success(), "producer failed");
     let produced = String::from_utf8_lossy(&out.stdout).lines().count();
     assert_eq!(produced, 10);
-    let started = Instant::now();
-    let sends = loop {
-        let sends = std::fs::read_to_string(&output)
+    let sends = || {
+        std::fs::read_to_string(&output)
             .unwrap_or_default()
             .lines()
             .filter(|l| l.contains("\"kind\":\"PRODUCER\""))
-            .count();
-        if sends == produced || started.elapsed() > Duration::from_secs(15) {
-            break sends;
-        }
-        std::thread::sleep(Duration::from_millis(200));
+            .count()
     };
+    wait::holds(Duration::from_secs(15), wait::POLL, || sends() == produced);
+    let sends = sends();
     let log = agent.stop();
     mqtrace_tests::spancheck::read_span_file(&output);
     let _ = std::fs::remove_file(&output);
@@ -402,8 +400,7 @@ fn a_real_prometheus_scrapes_the_agent_and_the_rules_and_dashboard_name_real_met
 
     // A real Prometheus scrapes it, and loads and evaluates the rules.
     let prometheus = Prometheus::start(agent.metrics);
-    let started = Instant::now();
-    loop {
+    let scraped = || {
         let up = prometheus.query("up{job=\"mqtrace\"}");
         let build = prometheus.query("mqtrace_build_info");
         let uptime = prometheus.query("mqtrace_agent_uptime_seconds > 0");
@@ -413,17 +410,20 @@ fn a_real_prometheus_scrapes_the_agent_and_the_rules_and_dashboard_name_real_met
                 .is_some_and(|s| s["metric"]["version"] == env!("CARGO_PKG_VERSION"))
             && !uptime.is_empty()
         {
-            break;
+            Ok(())
+        } else {
+            Err(format!("up {up:?}"))
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "Prometheus never scraped the agent: up {up:?}\n{}",
-            prometheus.log()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let started = Instant::now();
-    loop {
+    };
+    let every = Duration::from_millis(500);
+    wait::until(
+        "Prometheus to scrape the agent",
+        Duration::from_secs(60),
+        every,
+        scraped,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", prometheus.log()));
+    let evaluated = || {
         let (_, body) =
             mqtrace_tests::http::get(prometheus.address, "/api/v1/rules", Duration::from_secs(5))
                 .unwrap();
@@ -437,13 +437,17 @@ fn a_real_prometheus_scrapes_the_agent_and_the_rules_and_dashboard_name_real_met
             .filter(|rule| rule["health"] == "ok")
             .count();
         if healthy == 6 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{healthy} of 6 healthy: {body}"))
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the rules were not all evaluated: {body}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    };
+    wait::until(
+        "every rule evaluated",
+        Duration::from_secs(30),
+        every,
+        evaluated,
+    )
+    .unwrap();
     agent.stop();
 }

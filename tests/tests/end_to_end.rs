@@ -16,6 +16,7 @@ use mqtrace_tests::{
     relay::Relay,
     rocketmq::{Broker, client, client_path, json_lines, tail},
     spancheck::{assert_complete_traces, read_span_file},
+    wait,
 };
 
 const MESSAGES: usize = 200;
@@ -80,15 +81,11 @@ async fn two_hundred_messages_one_trace_each_over_otlp() {
     // The agent's own counters agree with what the run is known to have done (once the last
     // events have made their way through).
     let (agent, counters) = tokio::task::spawn_blocking(move || {
-        let started = std::time::Instant::now();
-        let counters = loop {
-            let counters = agent.scrape();
-            let receives = counters["mqtrace_pipeline_correlation_receives_total"];
-            if receives >= MESSAGES as f64 || started.elapsed() > Duration::from_secs(20) {
-                break counters;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
+        let receives = || agent.scrape()["mqtrace_pipeline_correlation_receives_total"];
+        wait::holds(Duration::from_secs(20), wait::POLL, || {
+            receives() >= MESSAGES as f64
+        });
+        let counters = agent.scrape();
         (agent, counters)
     })
     .await

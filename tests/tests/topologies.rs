@@ -21,6 +21,7 @@ use mqtrace_tests::{
     relay::Relay,
     rocketmq::{Broker, Proxy, client, client5, json_lines, tail},
     spancheck::{assert_complete_traces, read_span_file},
+    wait,
 };
 use serde_json::Value;
 
@@ -569,29 +570,24 @@ fn a_request_the_agent_stopped_watching_is_not_an_error() {
     // The broker freezes; the message goes out and waits for an answer ...
     broker.pause();
     producer.say("go").unwrap();
-    let started = Instant::now();
-    while waiting(&agent) <= before {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the send never waited"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let sent = || {
+        let now = waiting(&agent);
+        (now > before)
+            .then_some(())
+            .ok_or_else(|| format!("{now} waiting"))
+    };
+    let every = Duration::from_millis(50);
+    wait::until("the send to wait", Duration::from_secs(10), every, sent).unwrap();
     // ... when the producer is disabled: the agent stops watching it mid-request.
     agent.control_ok(&["disable", "--pid", &producer.pid().to_string()]);
     broker.resume();
     producer.finish().unwrap();
     // The request ended when the agent stopped watching: nothing is left to time out.
-    let started = Instant::now();
-    let counters = loop {
-        let counters = agent.scrape();
-        if counters["mqtrace_pipeline_correlation_unseen_responses_deselected_total"] >= 1.0
-            || started.elapsed() > Duration::from_secs(10)
-        {
-            break counters;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let deselected =
+        || agent.scrape()["mqtrace_pipeline_correlation_unseen_responses_deselected_total"];
+    let every = Duration::from_millis(100);
+    wait::holds(Duration::from_secs(10), every, || deselected() >= 1.0);
+    let counters = agent.scrape();
     agent.stop();
     drop(broker);
 
@@ -1062,10 +1058,9 @@ fn a_5x_client_with_tls_on_is_reported_as_encrypted_and_the_agent_goes_on() {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut client = mqtrace_tests::rocketmq::Owned(encrypted.spawn().expect("start mq5-client"));
-    let started = Instant::now();
-    while client.0.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait::holds(Duration::from_secs(30), wait::POLL, || {
+        client.0.try_wait().unwrap().is_some()
+    });
     drop(client);
     // The client's connection and the one the server accepted: both began with a ClientHello.
     agent.await_metric(
