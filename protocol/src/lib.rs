@@ -8,15 +8,15 @@
 //! pop and batch bodies) → typed operations (`operation.rs`). Message bodies are skipped, never
 //! kept: memory per connection is bounded by the largest header and message tail.
 
-pub mod bounded;
-pub mod codes;
+mod bounded;
+mod codes;
 /// Frame encoders for tests, benchmarks and load generators (feature `encode`).
 #[cfg(any(test, feature = "encode"))]
 pub mod encode;
-pub mod fields;
+mod fields;
 mod framer;
 pub mod grpc;
-pub mod header;
+mod header;
 pub mod message;
 pub mod operation;
 mod recognize;
