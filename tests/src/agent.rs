@@ -218,11 +218,7 @@ impl Agent {
     pub fn await_metric(&self, name: &str, at_least: f64, timeout: Duration) {
         let reached = || {
             let value = self.scrape().get(name).copied().unwrap_or(0.0);
-            if value >= at_least {
-                Ok(())
-            } else {
-                Err(format!("{name} is {value}"))
-            }
+            wait::done_or(value >= at_least, || format!("{name} is {value}"))
         };
         let what = format!("{name} to reach {at_least}");
         wait::until(&what, timeout, Duration::from_millis(200), reached)

@@ -26,10 +26,15 @@ pub fn until<T>(
     }
 }
 
+/// A check's answer for [`until`]: done, or what is still missing.
+pub fn done_or(done: bool, missing: impl FnOnce() -> String) -> Result<(), String> {
+    if done { Ok(()) } else { Err(missing()) }
+}
+
 /// Waits until `done` holds, polling every `every`; false after `timeout` (the caller then
 /// asserts on what it finds, with its own message).
 pub fn holds(timeout: Duration, every: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let check = || if done() { Ok(()) } else { Err(String::new()) };
+    let check = || done_or(done(), String::new);
     until("", timeout, every, check).is_ok()
 }
 

@@ -52,11 +52,9 @@ fn wait_for_sends(output: &Path, expected: &[String], agent: &Agent) {
     let every_send = || {
         let seen = sent_ids_in(output);
         let missing: Vec<&String> = expected.iter().filter(|id| !seen.contains(*id)).collect();
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("no send span for {missing:?}"))
-        }
+        wait::done_or(missing.is_empty(), || {
+            format!("no send span for {missing:?}")
+        })
     };
     wait::until(
         "every send span",
@@ -998,9 +996,9 @@ fn pods_with_a_fifo_or_a_symlink_at_the_namespace_path_neither_stall_nor_leak_ho
         assert_eq!(status, 200, "{}", agent.log_text());
         probes += 1;
         let (traced, sent) = (sent_ids_in(output).len(), pods.len() * per_pod);
-        (traced >= sent)
-            .then_some(())
-            .ok_or_else(|| format!("{traced} of {sent} sends traced"))
+        wait::done_or(traced >= sent, || {
+            format!("{traced} of {sent} sends traced")
+        })
     };
     let every = Duration::from_millis(100);
     wait::until(
@@ -1138,9 +1136,9 @@ fn a_jvm_is_named_by_its_main_class_or_jar_without_otel_service_name() {
         );
         let this_run_traced = || {
             let traced = sent_ids_in(output).len();
-            (traced >= (run + 1) * per_run)
-                .then_some(())
-                .ok_or_else(|| format!("{traced} sends traced"))
+            wait::done_or(traced >= (run + 1) * per_run, || {
+                format!("{traced} sends traced")
+            })
         };
         wait::until(
             "this run's sends",

@@ -404,16 +404,12 @@ fn a_real_prometheus_scrapes_the_agent_and_the_rules_and_dashboard_name_real_met
         let up = prometheus.query("up{job=\"mqtrace\"}");
         let build = prometheus.query("mqtrace_build_info");
         let uptime = prometheus.query("mqtrace_agent_uptime_seconds > 0");
-        if up.first().is_some_and(|s| s["value"][1] == "1")
+        let scraped = up.first().is_some_and(|s| s["value"][1] == "1")
             && build
                 .first()
                 .is_some_and(|s| s["metric"]["version"] == env!("CARGO_PKG_VERSION"))
-            && !uptime.is_empty()
-        {
-            Ok(())
-        } else {
-            Err(format!("up {up:?}"))
-        }
+            && !uptime.is_empty();
+        wait::done_or(scraped, || format!("up {up:?}"))
     };
     let every = Duration::from_millis(500);
     wait::until(
@@ -436,11 +432,7 @@ fn a_real_prometheus_scrapes_the_agent_and_the_rules_and_dashboard_name_real_met
             .flatten()
             .filter(|rule| rule["health"] == "ok")
             .count();
-        if healthy == 6 {
-            Ok(())
-        } else {
-            Err(format!("{healthy} of 6 healthy: {body}"))
-        }
+        wait::done_or(healthy == 6, || format!("{healthy} of 6 healthy: {body}"))
     };
     wait::until(
         "every rule evaluated",

@@ -572,9 +572,7 @@ fn a_request_the_agent_stopped_watching_is_not_an_error() {
     producer.say("go").unwrap();
     let sent = || {
         let now = waiting(&agent);
-        (now > before)
-            .then_some(())
-            .ok_or_else(|| format!("{now} waiting"))
+        wait::done_or(now > before, || format!("{now} waiting"))
     };
     let every = Duration::from_millis(50);
     wait::until("the send to wait", Duration::from_secs(10), every, sent).unwrap();
