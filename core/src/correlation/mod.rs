@@ -125,8 +125,8 @@ struct Pending {
     deadline_ns: u64,
     /// The capture's lost-record count when the request was made.
     lost_at: u64,
-    /// Something the agent missed since the request, that may have held its response.
-    missed: Option<Unseen>,
+    /// Its connection's gaps in the response's direction when the request was made.
+    gaps_at: u64,
 }
 
 /// (connection, exchange): the decoder numbers a request and its response alike.
@@ -165,6 +165,10 @@ pub struct Correlator {
     pending: Bounded<PendingKey, Pending>,
     /// Records the capture has lost so far, as last told.
     capture_lost: u64,
+    /// Gaps so far per connection and direction: a request made before a gap in its
+    /// response's direction may have lost its response in it (counted here, O(1) per gap,
+    /// and compared with the request's own count when it ends).
+    gaps: crate::FastMap<(ConnectionId, Direction), u64>,
     clients: Seen,
     broker: Seen,
     /// Client ids the heartbeats on connections the traced process accepted gave.
@@ -189,6 +193,7 @@ impl Correlator {
             timeout_ns,
             pending: Bounded::new(MAX_PENDING, Shares::default().pending),
             capture_lost: 0,
+            gaps: crate::FastMap::default(),
             clients: Seen::new(&Shares::default()),
             broker: Seen::new(&Shares::default()),
             client_ids: crate::FastMap::default(),
@@ -284,11 +289,12 @@ impl Correlator {
             .end_ns
             .saturating_add(self.timeout_ns)
             .saturating_add(suspend_ms.saturating_mul(1_000_000));
+        let gaps_at = self.gaps_of(command.connection, command.command.direction);
         let pending = Pending {
             request: command,
             deadline_ns,
             lost_at: self.capture_lost,
-            missed: None,
+            gaps_at,
         };
         // The oldest go first, one by one, until the new one fits.
         let counters = &mut self.counters;
@@ -321,13 +327,24 @@ impl Correlator {
     /// Bytes of `connection` read in `direction` were not captured: the responses of requests
     /// waiting on it in that direction may have been among them.
     pub fn gap(&mut self, connection: ConnectionId, direction: Direction) {
-        for key in self.keys_of(connection) {
-            if let Some(p) = self.pending.get_mut(&key)
-                && crate::decoder::opposite(p.request.command.direction) == direction
-            {
-                p.missed.get_or_insert(Unseen::CaptureGap);
-            }
-        }
+        *self.gaps.entry((connection, direction)).or_default() += 1;
+    }
+
+    /// The gaps so far in the direction of the responses to requests read in
+    /// `request_direction` on `connection`.
+    fn gaps_of(&self, connection: ConnectionId, request_direction: Direction) -> u64 {
+        let response_direction = crate::decoder::opposite(request_direction);
+        self.gaps
+            .get(&(connection, response_direction))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Why the agent may have missed `pending`'s response: a gap since the request.
+    fn missed(&self, pending: &Pending) -> Option<Unseen> {
+        let request = &pending.request;
+        let gaps = self.gaps_of(request.connection, request.command.direction);
+        (gaps > pending.gaps_at).then_some(Unseen::CaptureGap)
     }
 
     /// Consumer lag per group and queue, where known.
@@ -352,7 +369,7 @@ impl Correlator {
         self.served.remove(&connection);
         for key in self.keys_of(connection) {
             let pending = self.pending.remove(&key).expect("listed");
-            let end = match pending.missed.or(Unseen::of(cause)) {
+            let end = match self.missed(&pending).or(Unseen::of(cause)) {
                 Some(reason) => Unanswered::Unseen(reason),
                 None => {
                     let long_poll = pending
@@ -370,6 +387,9 @@ impl Correlator {
             };
             self.complete(pending.request, None, end, out);
         }
+        for direction in [Direction::Egress, Direction::Ingress] {
+            self.gaps.remove(&(connection, direction));
+        }
     }
 
     /// Ends requests whose response did not come by `now_ns` (the sources' clock): as errors
@@ -378,8 +398,8 @@ impl Correlator {
         self.lags.expire(now_ns);
         for key in self.keys_where(|_, p| p.deadline_ns <= now_ns) {
             let pending = self.pending.remove(&key).expect("listed");
-            let missed = pending
-                .missed
+            let missed = self
+                .missed(&pending)
                 .or((self.capture_lost > pending.lost_at).then_some(Unseen::CaptureLost));
             if missed.is_none() {
                 self.counters.timeouts += 1;
@@ -393,7 +413,7 @@ impl Correlator {
     /// the capture ended).
     pub fn finish(&mut self, reason: Unseen, out: &mut Vec<MessageEvent>) {
         while let Some((_, pending)) = self.pending.pop_oldest() {
-            let reason = pending.missed.unwrap_or(reason);
+            let reason = self.missed(&pending).unwrap_or(reason);
             self.complete(pending.request, None, Unanswered::Unseen(reason), out);
         }
     }
