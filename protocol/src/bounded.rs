@@ -68,9 +68,10 @@ impl<K: Hash + Eq, V> Bounded<K, V> {
         self.entries.is_empty()
     }
 
-    /// Slots allocated (for estimates of the store's own size).
-    pub fn capacity(&self) -> usize {
-        self.entries.capacity()
+    /// Bytes of the slots allocated, for estimates of the store's own size: each a key, a
+    /// value, its two links in the order and the bytes it is counted for.
+    pub fn slots_bytes(&self) -> usize {
+        self.entries.capacity() * (std::mem::size_of::<(K, V)>() + 3 * std::mem::size_of::<usize>())
     }
 
     pub fn contains_key<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> bool

@@ -304,10 +304,8 @@ impl ConnectionDecoder {
     /// Bytes held between events: both directions' buffers and the requests awaiting a
     /// response.
     pub fn held_bytes(&self) -> usize {
-        // The key, the value and the order's two links.
-        const PENDING_ENTRY: usize = std::mem::size_of::<((Direction, i32), Awaited)>() + 24;
         self.framers.iter().map(Framer::held_bytes).sum::<usize>()
-            + self.pending.capacity() * PENDING_ENTRY
+            + self.pending.slots_bytes()
             + self.early.capacity() * std::mem::size_of::<Command>()
             + self
                 .early

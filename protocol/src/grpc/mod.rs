@@ -181,7 +181,7 @@ impl GrpcDecoder {
         self.readers.iter().map(Reader::held_bytes).sum::<usize>()
             + calls
             + blocks
-            + self.streams.calls.capacity() * (std::mem::size_of::<(u32, Call)>() + 24)
+            + self.streams.calls.slots_bytes()
     }
 
     /// Lets go of partial frames and messages (memory is short).
