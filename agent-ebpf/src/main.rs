@@ -14,6 +14,7 @@
 mod maps;
 mod rules;
 mod sockets;
+mod tls;
 mod transfer;
 
 use aya_ebpf::{
@@ -32,10 +33,14 @@ const ARGS_OFFSET: usize = 16;
 const MSG_PEEK: u64 = 2;
 
 #[inline(always)]
-fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+pub(crate) fn arg(ctx: &TracePointContext, n: usize) -> u64 {
     // SAFETY: syscall tracepoint records hold six u64 arguments after ARGS_OFFSET; the verifier
     // checks context accesses.
-    unsafe { *(ctx.as_ptr() as *const u8).add(ARGS_OFFSET + n * 8).cast::<u64>() }
+    unsafe {
+        *(ctx.as_ptr() as *const u8)
+            .add(ARGS_OFFSET + n * 8)
+            .cast::<u64>()
+    }
 }
 
 #[inline(always)]
@@ -48,12 +53,12 @@ fn current_pid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
-/// Whether a data syscall on `fd` is to be copied: a tracked socket of a selected process. For
+/// Whether a data syscall on `fd` is to be copied: a copied socket of a selected process. For
 /// every other fd this is one hash lookup.
 #[inline(always)]
 fn wanted(fd: u64) -> bool {
     let pid = current_pid();
-    sockets::is_tracked(pid, fd as i32) && process_selected(pid)
+    sockets::is_copied(pid, fd as i32) && process_selected(pid)
 }
 
 #[inline(always)]
@@ -96,31 +101,61 @@ fn stash_msghdr(syscall: Syscall, fd: u64, msghdr: u64) {
 
 #[tracepoint]
 pub fn enter_write(ctx: TracePointContext) -> u32 {
-    stash_transfer(Syscall::Write, arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2), false);
+    stash_transfer(
+        Syscall::Write,
+        arg(&ctx, 0),
+        arg(&ctx, 1),
+        arg(&ctx, 2),
+        false,
+    );
     0
 }
 
 #[tracepoint]
 pub fn enter_read(ctx: TracePointContext) -> u32 {
-    stash_transfer(Syscall::Read, arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2), false);
+    stash_transfer(
+        Syscall::Read,
+        arg(&ctx, 0),
+        arg(&ctx, 1),
+        arg(&ctx, 2),
+        false,
+    );
     0
 }
 
 #[tracepoint]
 pub fn enter_writev(ctx: TracePointContext) -> u32 {
-    stash_transfer(Syscall::Writev, arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2), true);
+    stash_transfer(
+        Syscall::Writev,
+        arg(&ctx, 0),
+        arg(&ctx, 1),
+        arg(&ctx, 2),
+        true,
+    );
     0
 }
 
 #[tracepoint]
 pub fn enter_readv(ctx: TracePointContext) -> u32 {
-    stash_transfer(Syscall::Readv, arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2), true);
+    stash_transfer(
+        Syscall::Readv,
+        arg(&ctx, 0),
+        arg(&ctx, 1),
+        arg(&ctx, 2),
+        true,
+    );
     0
 }
 
 #[tracepoint]
 pub fn enter_sendto(ctx: TracePointContext) -> u32 {
-    stash_transfer(Syscall::Sendto, arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2), false);
+    stash_transfer(
+        Syscall::Sendto,
+        arg(&ctx, 0),
+        arg(&ctx, 1),
+        arg(&ctx, 2),
+        false,
+    );
     0
 }
 
@@ -128,7 +163,13 @@ pub fn enter_sendto(ctx: TracePointContext) -> u32 {
 pub fn enter_recvfrom(ctx: TracePointContext) -> u32 {
     // A peek leaves the bytes in the socket: they are copied when really read.
     if arg(&ctx, 3) & MSG_PEEK == 0 {
-        stash_transfer(Syscall::Recvfrom, arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2), false);
+        stash_transfer(
+            Syscall::Recvfrom,
+            arg(&ctx, 0),
+            arg(&ctx, 1),
+            arg(&ctx, 2),
+            false,
+        );
     }
     0
 }

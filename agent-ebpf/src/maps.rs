@@ -107,7 +107,9 @@ pub fn process_selected(pid: u32) -> bool {
 #[inline(always)]
 pub fn selection(pid: u32) -> Option<u8> {
     // SAFETY: a u8 read from a live map value.
-    SELECTED_PROCESSES.get_ptr(pid).map(|value| unsafe { *value })
+    SELECTED_PROCESSES
+        .get_ptr(pid)
+        .map(|value| unsafe { *value })
 }
 
 #[inline(always)]

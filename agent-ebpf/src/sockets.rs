@@ -6,13 +6,12 @@ use aya_ebpf::{
     maps::ring_buf::RingBufEntry,
 };
 use mqtrace_common::{
-    ConnectionClosed, ConnectionOpened, Counter, Origin, ProcessExited, RecordKind, SocketKey,
-    SocketState, Syscall,
+    ConnectionClosed, ConnectionOpened, Counter, Origin, ProcessExited, RecordKind,
+    SOCKET_PAYLOAD_IGNORED, SocketKey, SocketState, Syscall,
 };
 
 use crate::maps::{
-    ActiveSyscall, NEXT_CONNECTION_ID, RECORDS, SOCKETS, count, fetch_add,
-    process_selected,
+    ActiveSyscall, NEXT_CONNECTION_ID, RECORDS, SOCKETS, count, fetch_add, process_selected,
 };
 
 const AF_UNIX: u16 = 1;
@@ -20,9 +19,13 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const EINPROGRESS: i64 = 115;
 
+/// Whether the socket's payload is copied: tracked, and not left to its TLS library's probes.
 #[inline(always)]
-pub fn is_tracked(pid: u32, fd: i32) -> bool {
-    SOCKETS.get_ptr(SocketKey { pid, fd }).is_some()
+pub fn is_copied(pid: u32, fd: i32) -> bool {
+    // SAFETY: a field read from a live map value.
+    SOCKETS
+        .get_ptr(SocketKey { pid, fd })
+        .is_some_and(|state| unsafe { (*state).flags } & SOCKET_PAYLOAD_IGNORED == 0)
 }
 
 /// At connect/accept enter: remember the sockaddr pointer, for selected processes only.
@@ -94,6 +97,7 @@ pub fn on_open_exit(active: &ActiveSyscall, ret: i64) {
     let state = SocketState {
         connection_id,
         positions: [0, 0],
+        flags: 0,
     };
     if SOCKETS.insert(SocketKey { pid, fd }, state, 0).is_err() {
         count(Counter::SocketTableFull, 1);

@@ -32,16 +32,44 @@ pub fn copy_out(active: &ActiveSyscall, moved: u64) {
         return;
     };
     let direction = syscall.direction() as usize;
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let pid = (pid_tgid >> 32) as u32;
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let Some(state) = SOCKETS.get_ptr_mut(SocketKey { pid, fd: active.fd }) else {
         return; // closed by another thread meanwhile
     };
     // SAFETY: a live map value; positions are shared with other threads using the same socket.
-    let (syscall_pos, connection_id) = unsafe {
-        let position = &raw mut (*state).positions[direction & 1];
-        (fetch_add(position, moved), (*state).connection_id)
+    let (position, connection_id) = unsafe {
+        (
+            &raw mut (*state).positions[direction & 1],
+            (*state).connection_id,
+        )
     };
+    let stream = Stream {
+        kind: RecordKind::Data,
+        syscall,
+        fd: active.fd,
+        connection_id,
+        position,
+    };
+    copy_stream(&stream, active.buf, active.len, active.vectored != 0, moved);
+}
+
+/// Where copied bytes belong: a socket (by fd), or a TLS library's connection object.
+pub struct Stream {
+    pub kind: RecordKind,
+    pub syscall: Syscall,
+    pub fd: i32,
+    pub connection_id: u64,
+    /// The stream position of this direction, in a live map value, advanced by every call.
+    pub position: *mut u64,
+}
+
+/// Emits the `moved` bytes at `buf` (or, `vectored`, in the `len` iovec entries at `buf`) as
+/// records of `stream`, up to the per-syscall cap, and advances its position by all of them.
+#[inline(always)]
+pub fn copy_stream(stream: &Stream, buf: u64, len: u64, vectored: bool, moved: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the caller's live map value; shared with other threads, hence the atomic add.
+    let syscall_pos = unsafe { fetch_add(stream.position, moved) };
     let cap = config().map_or(0, |c| c.max_bytes_per_syscall as u64);
     let wanted = if moved < cap { moved } else { cap };
     let Some(record) = SCRATCH.get_ptr_mut(0) else {
@@ -49,15 +77,15 @@ pub fn copy_out(active: &ActiveSyscall, moved: u64) {
     };
     // SAFETY: this CPU's scratch value; nothing else runs on it until this program returns.
     unsafe { &mut *record }.header = DataHeader {
-        kind: RecordKind::Data as u32,
-        direction: direction as u8,
-        syscall: active.syscall,
+        kind: stream.kind as u32,
+        direction: stream.syscall.direction() as u8,
+        syscall: stream.syscall as u8,
         _pad: 0,
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
-        connection_id,
-        pid,
+        connection_id: stream.connection_id,
+        pid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
-        fd: active.fd,
+        fd: stream.fd,
         copied_len: 0,
         syscall_len: moved,
         syscall_pos,
@@ -68,18 +96,25 @@ pub fn copy_out(active: &ActiveSyscall, moved: u64) {
     // iteration. The per-chunk step only reads its context and derives everything from the
     // loop index: with state carried from step to step the verifier, which simulates the
     // callback until its state converges, never converged.
-    if active.vectored != 0 {
+    if vectored {
         let mut walk = IovWalk {
-            iov_array: active.buf,
-            iov_count: active.len,
+            iov_array: buf,
+            iov_count: len,
             wanted,
             done: 0,
         };
         // SAFETY: the callback only touches `walk`, which outlives the call.
-        unsafe { bpf_loop(MAX_IOVECS, copy_iovec as *mut c_void, (&raw mut walk).cast(), 0) };
+        unsafe {
+            bpf_loop(
+                MAX_IOVECS,
+                copy_iovec as *mut c_void,
+                (&raw mut walk).cast(),
+                0,
+            )
+        };
     } else {
         let mut segment = Segment {
-            base: active.buf,
+            base: buf,
             len: moved,
             stream_offset: 0,
             wanted,
@@ -135,7 +170,11 @@ extern "C" fn copy_chunk(index: u64, segment: *mut c_void) -> i64 {
     if piece > CHUNK_SIZE as u64 {
         piece = CHUNK_SIZE as u64;
     }
-    if emit(segment.base + offset, piece as usize, at) { 0 } else { 1 }
+    if emit(segment.base + offset, piece as usize, at) {
+        0
+    } else {
+        1
+    }
 }
 
 /// Progress through a vectored call's iovec array.
@@ -177,7 +216,7 @@ extern "C" fn copy_iovec(index: u64, walk: *mut c_void) -> i64 {
 const WAKEUP_BACKLOG: u64 = 256 * 1024;
 
 #[inline(always)]
-fn wakeup_flags() -> u64 {
+pub fn wakeup_flags() -> u64 {
     if RECORDS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BACKLOG {
         BPF_RB_FORCE_WAKEUP as u64
     } else {

@@ -29,6 +29,19 @@ pub struct AgentCounters {
     pub stale_sockets_swept: u64,
     pub malformed_records: u64,
     pub non_tcp_sockets: u64,
+    pub tls: TlsCounters,
+}
+
+/// TLS plaintext capture: the probes on processes' TLS libraries and the binding of their
+/// plaintext to connections.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TlsCounters {
+    /// Probes attached now, over all processes.
+    pub probes: usize,
+    #[serde(flatten)]
+    pub capture: crate::sources::kernel::TlsCaptureCounters,
+    #[serde(flatten)]
+    pub binding: crate::sources::tls::TlsCounters,
 }
 
 /// How a value moves, as Prometheus types it.
@@ -158,13 +171,49 @@ pub const COUNTERS: &[Declared] = &[
         "/agent/non_tcp_sockets",
         "Connected sockets let go of at once because they are not TCP (UDP).",
     ),
+    gauge(
+        "/agent/tls/probes",
+        "Probes attached now to the TLS libraries of traced processes (each costs a trap per call).",
+    )
+    .status("TLS probes"),
+    counter(
+        "/agent/tls/libraries_probed",
+        "TLS libraries of traced processes whose plaintext is probed (system libssl, statically linked copies, netty-tcnative).",
+    ),
+    counter(
+        "/agent/tls/libraries_without_symbols",
+        "Libraries named like TLS ones without SSL_write and SSL_read among their symbols (stripped): their connections stay dark.",
+    )
+    .said_once("TLS libraries without symbols: their encrypted connections are not traced"),
+    counter(
+        "/agent/tls/attach_failures",
+        "TLS libraries whose file could not be read or whose probes the kernel refused.",
+    )
+    .problem("TLS libraries not probed (unreadable, or probes refused; see the log)"),
+    counter(
+        "/agent/tls/connections_bound",
+        "Encrypted connections whose plaintext, from their TLS library, is traced.",
+    )
+    .status("TLS connections traced"),
+    counter(
+        "/agent/tls/plaintext_bytes",
+        "Plaintext bytes from TLS libraries handed to the pipeline.",
+    ),
+    counter(
+        "/agent/tls/objects_unbound",
+        "TLS connection objects whose plaintext was dropped because no traced connection was found for it (the socket is not traced, or its ciphertext was missed).",
+    ),
+    counter(
+        "/agent/tls/prefixes_forgotten",
+        "Ciphertext prefixes forgotten before the socket write carrying them was seen.",
+    ),
     counter(
         "/pipeline/connections_tls",
-        "Connections that began with a TLS ClientHello: encrypted, not traced.",
+        "Connections that began with a TLS ClientHello and whose plaintext was not captured: encrypted, not traced (Java's own TLS, JSSE; stripped or unsupported libraries).",
     )
     .said_once(
-        "connections began TLS: encrypted traffic is not traced; if they are RocketMQ clients, \
-         turn TLS off between them and their brokers (see the README, Not traced yet)",
+        "encrypted connections not traced: their TLS library is not one the agent probes \
+         (Java's JSSE, a stripped library; see the README, TLS)",
     )
     .status("TLS, not traced"),
     // The kernel's capture.

@@ -31,6 +31,7 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     pub const COMM_RULES: &str = "COMM_RULES";
     pub const CGROUP_RULES: &str = "CGROUP_RULES";
+    pub const TLS_STREAMS: &str = "TLS_STREAMS";
 }
 
 /// Value of a SELECTED_PROCESSES entry, and of a rule in COMM_RULES or CGROUP_RULES: whether
@@ -82,6 +83,14 @@ pub enum RecordKind {
     ConnectionOpened = 2,
     ConnectionClosed = 3,
     ProcessExited = 4,
+    /// Plaintext a TLS library encrypted or decrypted: a [`DataHeader`] whose
+    /// `connection_id` is the library's connection object (`SSL *`) and whose `fd` is -1,
+    /// for user space to bind to its socket.
+    TlsData = 5,
+    /// The first bytes of ciphertext a TLS library handed to its BIO: a [`TlsCiphertext`].
+    TlsCiphertext = 6,
+    /// A selected process mapped an executable file (a TLS library, maybe): [`LibraryMapped`].
+    LibraryMapped = 7,
 }
 
 /// Which way the bytes went, seen from the traced process.
@@ -112,14 +121,20 @@ pub enum Syscall {
     Connect = 9,
     Accept = 10,
     Accept4 = 11,
+    /// `SSL_write` of a TLS library (plaintext in).
+    SslWrite = 12,
+    /// `SSL_read` of a TLS library (plaintext out).
+    SslRead = 13,
 }
 
 impl Syscall {
     pub const fn direction(self) -> Direction {
         match self {
-            Syscall::Write | Syscall::Writev | Syscall::Sendto | Syscall::Sendmsg => {
-                Direction::Egress
-            }
+            Syscall::Write
+            | Syscall::Writev
+            | Syscall::Sendto
+            | Syscall::Sendmsg
+            | Syscall::SslWrite => Direction::Egress,
             _ => Direction::Ingress,
         }
     }
@@ -137,6 +152,8 @@ impl Syscall {
             9 => Syscall::Connect,
             10 => Syscall::Accept,
             11 => Syscall::Accept4,
+            12 => Syscall::SslWrite,
+            13 => Syscall::SslRead,
             _ => return None,
         })
     }
@@ -228,6 +245,46 @@ pub struct ProcessExited {
     pub timestamp_ns: u64,
 }
 
+/// Bytes of ciphertext a [`TlsCiphertext`] record keeps: the record header and enough of the
+/// (random-looking) record body to find it again among the bytes the process writes.
+pub const CIPHERTEXT_PREFIX: usize = 32;
+
+/// The start of ciphertext that a TLS library wrote into its BIO for the connection object
+/// `ssl`. The same bytes then leave through a write syscall on the socket: that write names
+/// the socket the plaintext of `ssl` belongs to, whether the library writes the socket itself
+/// or hands buffers to its caller (memory BIOs: netty-tcnative, gRPC C core, .NET).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TlsCiphertext {
+    pub kind: u32,
+    pub pid: u32,
+    pub timestamp_ns: u64,
+    pub ssl: u64,
+    /// Bytes the BIO was given.
+    pub len: u32,
+    /// Of them, copied into `prefix`.
+    pub prefix_len: u32,
+    pub prefix: [u8; CIPHERTEXT_PREFIX],
+}
+
+/// A selected process mapped an executable file: user space looks for TLS libraries in it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LibraryMapped {
+    pub kind: u32,
+    pub pid: u32,
+    pub timestamp_ns: u64,
+}
+
+/// Key of the TLS stream table: one connection object of a TLS library in one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TlsKey {
+    pub pid: u32,
+    pub _pad: u32,
+    pub ssl: u64,
+}
+
 /// Key of the socket table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -243,7 +300,13 @@ pub struct SocketKey {
 pub struct SocketState {
     pub connection_id: u64,
     pub positions: [u64; 2],
+    /// [`SOCKET_PAYLOAD_IGNORED`] or 0.
+    pub flags: u64,
 }
+
+/// [`SocketState::flags`]: the socket's payload is not copied (its plaintext is, from its TLS
+/// library); it stays in the table so that its close is still reported.
+pub const SOCKET_PAYLOAD_IGNORED: u64 = 1;
 
 /// Runtime configuration, the single entry of the CONFIG array.
 #[repr(C)]
@@ -316,4 +379,5 @@ mod user {
     unsafe impl aya::Pod for SocketKey {}
     unsafe impl aya::Pod for SocketState {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for TlsKey {}
 }

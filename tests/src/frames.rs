@@ -275,7 +275,7 @@ mod tests {
             decoder::DecoderConfig,
             host::resources::HostResources,
             pipeline::{Output, Pipeline},
-            sources::{Chunk, Connection, Origin},
+            sources::{Chunk, Connection, Origin, SeenAs},
         };
         let captures = Path::new(env!("CARGO_MANIFEST_DIR")).join("captures/rust-client");
         let mut spans = Vec::new();
@@ -296,6 +296,7 @@ mod tests {
                     local: Some("127.0.0.1:40000".parse().unwrap()),
                     peer: Some("127.0.0.1:10911".parse().unwrap()),
                     timestamp_ns: 1,
+                    seen_as: SeenAs::Plain,
                 }),
                 &mut out,
             );

@@ -483,6 +483,26 @@ fn remoting_run_with(
 /// messages) and a consumer (`simple`, acking each message, or with `--change-invisible` first;
 /// or the Java `push` consumer) on a new topic, through `cluster`'s proxy.
 fn grpc_run(cluster: &Cluster, client: Client, mode: &str, consumer: &str, server: &str) -> Run {
+    grpc_run_over(cluster, client, mode, consumer, server, Transport::Plain)
+}
+
+/// How a gRPC client reaches the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    Plain,
+    /// TLS, the 5.x clients' default.
+    Tls,
+}
+
+/// As [`grpc_run`], over `transport`.
+fn grpc_run_over(
+    cluster: &Cluster,
+    client: Client,
+    mode: &str,
+    consumer: &str,
+    server: &str,
+    transport: Transport,
+) -> Run {
     let message_type = match mode {
         "normal" => "NORMAL",
         "fifo" => "FIFO",
@@ -491,11 +511,16 @@ fn grpc_run(cluster: &Cluster, client: Client, mode: &str, consumer: &str, serve
         other => panic!("no message type for {other}"),
     };
     let topic = format!(
-        "Grpc{}{mode}{}",
+        "Grpc{}{mode}{}{}",
         client
             .name()
             .replace(|c: char| !c.is_ascii_alphanumeric(), ""),
-        consumer.replace('-', "")
+        consumer.replace('-', ""),
+        if transport == Transport::Tls {
+            "Tls"
+        } else {
+            ""
+        }
     );
     cluster.make_topic(&topic, message_type).unwrap();
     let group = format!("{topic}Group");
@@ -513,6 +538,9 @@ fn grpc_run(cluster: &Cluster, client: Client, mode: &str, consumer: &str, serve
     ]);
     if let Client::JavaGrpc = client {
         producer.args(["--mode", mode]);
+    }
+    if transport == Transport::Tls {
+        producer.arg("--tls");
     }
     let produced = run_client(producer);
     let sent = ids(&produced);
@@ -536,14 +564,25 @@ fn grpc_run(cluster: &Cluster, client: Client, mode: &str, consumer: &str, serve
     if consumer == "simple-change-invisible" {
         command.arg("--change-invisible");
     }
+    if transport == Transport::Tls {
+        command.arg("--tls");
+    }
     let consumed = run_client(command);
     let each_message_also = if mode == "transaction" {
         vec![format!("commit {topic}")]
     } else {
         Vec::new()
     };
+    let over = if transport == Transport::Tls {
+        " over TLS"
+    } else {
+        ""
+    };
     Run {
-        name: format!("{} {mode}, {consumer} consumer × {server}", client.name()),
+        name: format!(
+            "{} {mode}, {consumer} consumer{over} × {server}",
+            client.name()
+        ),
         deliveries: group_deliveries(consumed.iter().map(|line| {
             let mut line = line.clone();
             if consumer == "push" {
@@ -888,6 +927,76 @@ async fn clients_through_the_cluster_mode_proxy_every_message_one_complete_trace
         },
     )
     .await;
+}
+
+/// The 5.x Java client with TLS on (its default) through the cluster-mode proxy: its plaintext
+/// read from the BoringSSL of its netty-tcnative (a library unpacked to /tmp and deleted once
+/// loaded), every message traced as over plaintext, each client span saying so; the same
+/// client over plaintext beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_clients_through_the_cluster_mode_proxy_traced_as_in_plaintext() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    tokio::task::spawn_blocking(|| {
+        let cluster = Cluster::start(Release::V5, Topology::ProxyCluster).unwrap();
+        let (agent, output) = tracing_agent("apache5-tls");
+        let server = "Apache 5.5.0 proxy, cluster mode";
+        let runs = vec![
+            grpc_run_over(
+                &cluster,
+                Client::JavaGrpc,
+                "normal",
+                "simple",
+                server,
+                Transport::Tls,
+            ),
+            grpc_run_over(
+                &cluster,
+                Client::JavaGrpc,
+                "normal",
+                "simple",
+                server,
+                Transport::Plain,
+            ),
+        ];
+        let status = agent.control_ok(&["status", "--json"]);
+        let agent_log = agent.stop();
+        let spans = read_span_file(&output.0);
+        assert_traced(&runs, &spans, &agent_log, cluster.broker_pid());
+        // Each client span says how its connection was seen.
+        for (run, seen_as) in runs.iter().zip(["tls-uprobe", "plain"]) {
+            let client_spans: Vec<&Value> = spans
+                .iter()
+                .filter(|s| {
+                    s["kind"] != "SERVER" && attr(s, "messaging.destination.name") == run.topic
+                })
+                .collect();
+            assert!(!client_spans.is_empty(), "{}: no client spans", run.name);
+            for span in client_spans {
+                assert_eq!(
+                    attr(span, "mqtrace.capture"),
+                    seen_as,
+                    "{}: {span}",
+                    run.name
+                );
+            }
+        }
+        let status: Value = serde_json::from_str(&status).unwrap();
+        let tls = &status["counters"]["agent"]["tls"];
+        println!("TLS counters: {tls}");
+        // The producer's, the consumer's and the proxy's libraries (the proxy's gRPC port
+        // serves TLS with its own tcnative): each process's connections bound.
+        assert!(
+            tls["libraries_probed"].as_u64() >= Some(3),
+            "{tls}\n{agent_log}"
+        );
+        assert!(
+            tls["connections_bound"].as_u64() >= Some(2),
+            "{tls}\n{agent_log}"
+        );
+        assert_eq!(tls["attach_failures"], 0, "{tls}\n{agent_log}");
+    })
+    .await
+    .unwrap();
 }
 
 /// The broker's own spans on Apache's broker: every message stored once, each broker span

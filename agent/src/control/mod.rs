@@ -90,6 +90,9 @@ pub struct ListedProcess {
     pub selection: Selection,
     /// Sockets of it the kernel copies now.
     pub connections: usize,
+    /// Probes on its TLS libraries now.
+    #[serde(default)]
+    pub tls_probes: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

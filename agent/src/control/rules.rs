@@ -155,6 +155,7 @@ impl Rules {
 
     pub fn listing(&self, capture: &impl Capture) -> anyhow::Result<Listing> {
         let connections = capture.sockets_per_process()?;
+        let tls_probes = capture.tls_probes_per_process();
         let processes = capture
             .selections()?
             .into_iter()
@@ -163,6 +164,7 @@ impl Rules {
                 comm: procfs::comm(pid).unwrap_or_default(),
                 selection,
                 connections: connections.get(&pid).copied().unwrap_or(0),
+                tls_probes: tls_probes.get(&pid).copied().unwrap_or(0),
             })
             .collect();
         Ok(Listing {

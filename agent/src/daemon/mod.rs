@@ -298,6 +298,7 @@ impl<C: Capture> Daemon<C> {
                 stale_sockets_swept: self.stale_sockets_swept,
                 malformed_records: self.capture.malformed_records(),
                 non_tcp_sockets: self.capture.non_tcp_sockets(),
+                tls: self.capture.tls_counters(),
             },
             kernel: self.capture.counters()?.0,
             pipeline,

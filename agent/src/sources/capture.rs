@@ -77,4 +77,10 @@ pub trait Capture {
 
     /// Records that could not be decoded.
     fn malformed_records(&self) -> u64;
+
+    /// TLS probes held now, per process.
+    fn tls_probes_per_process(&self) -> BTreeMap<u32, usize>;
+
+    /// The TLS capture's counters (probes now, libraries, binding).
+    fn tls_counters(&self) -> crate::counters::TlsCounters;
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::{
     decoder::{MessageMeta, RequestCode, Rpc, Verdict},
     memory::HeapSize,
-    sources::EndCause,
+    sources::{EndCause, SeenAs},
 };
 
 /// Where an event was seen: the traced process and its peer.
@@ -17,6 +17,8 @@ pub struct Endpoint {
     pub pid: u32,
     pub local: Option<SocketAddr>,
     pub peer: Option<SocketAddr>,
+    /// How the connection's bytes were seen.
+    pub seen_as: SeenAs,
     /// Set when the traced process is the broker of the connection (it received the
     /// request): the client it served, whose address is `peer`.
     #[serde(skip_serializing_if = "Option::is_none")]

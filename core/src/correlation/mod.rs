@@ -453,6 +453,7 @@ impl Correlator {
             pid: request.pid,
             local: request.local.map(canonical),
             peer: request.peer.map(canonical),
+            seen_as: request.seen_as,
             client,
             rpc: request.command.rpc(),
         }

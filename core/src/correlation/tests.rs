@@ -13,7 +13,7 @@ use crate::{
         },
     },
     pipeline::{Output, Pipeline},
-    sources::{Chunk, Connection, ConnectionId, Direction, EndCause, Origin, SourceEvent},
+    sources::{Chunk, Connection, ConnectionId, Direction, EndCause, Origin, SeenAs, SourceEvent},
     spans::{
         Attributes, Resource, Span, SpanKind, Status, Value,
         identity::{SpanId, TraceId},
@@ -76,6 +76,7 @@ impl Harness {
             local: ends[0],
             peer: ends[1],
             timestamp_ns: 0,
+            seen_as: SeenAs::Plain,
         }));
         id
     }
@@ -424,6 +425,7 @@ fn a_dual_stack_sockets_ipv4_peer_is_named_as_ipv4() {
         local: Some("[::ffff:127.0.0.1]:40000".parse().unwrap()),
         peer: Some("[::ffff:127.0.0.1]:10911".parse().unwrap()),
         timestamp_ns: 0,
+        seen_as: SeenAs::Plain,
     }));
     harness.frame(id, UP, &single_send(4, "M1"));
     harness.frame(id, DOWN, &ok_response(4, &[]));

@@ -14,7 +14,7 @@ use super::{
 use crate::{
     FastMap,
     memory::HeapSize,
-    sources::{Connection, ConnectionId, Direction, Origin},
+    sources::{Connection, ConnectionId, Direction, Origin, SeenAs},
     streams::StreamEvent,
 };
 
@@ -25,6 +25,8 @@ pub struct DecodedCommand {
     pub pid: u32,
     pub local: Option<SocketAddr>,
     pub peer: Option<SocketAddr>,
+    /// How the connection's bytes were seen (plain, or TLS plaintext from its library).
+    pub seen_as: SeenAs,
     /// The process also accepts RocketMQ connections (a broker, proxy, sidecar or relay): what
     /// it sends on its own connections is forwarded or internal, never a client's own message.
     pub serving_process: bool,
@@ -111,6 +113,7 @@ impl Tracked {
                 pid: self.connection.pid,
                 local: self.connection.local,
                 peer: self.connection.peer,
+                seen_as: self.connection.seen_as,
                 serving_process,
                 operation,
                 command,

@@ -8,7 +8,7 @@ use mqtrace_protocol::{
 
 use super::*;
 use crate::{
-    sources::{Connection, ConnectionId, Origin},
+    sources::{Connection, ConnectionId, Origin, SeenAs},
     streams::StreamEvent,
 };
 
@@ -25,6 +25,7 @@ fn opened(id: u64, origin: Origin) -> StreamEvent {
         local: None,
         peer: None,
         timestamp_ns: 0,
+        seen_as: SeenAs::Plain,
     })
 }
 

@@ -2,6 +2,7 @@ use super::*;
 use crate::{
     correlation::{Endpoint, MessageLabels, ReceiveEvent, SendEvent, SettleEvent, Settlement},
     decoder::{MessageMeta, RequestCode, message::Properties},
+    sources::SeenAs,
     spans::{Attributes, identity::TraceId, span},
 };
 
@@ -20,6 +21,7 @@ fn endpoint(pid: u32) -> Endpoint {
         pid,
         local: Some("127.0.0.1:40000".parse().unwrap()),
         peer: Some("127.0.0.1:10911".parse().unwrap()),
+        seen_as: SeenAs::Plain,
         client: None,
         rpc: None,
     }

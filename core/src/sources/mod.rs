@@ -3,6 +3,7 @@
 //! cannot tell them apart.
 
 pub mod pcap;
+pub mod tls;
 
 use std::net::SocketAddr;
 
@@ -26,6 +27,27 @@ pub enum Origin {
     Existing,
 }
 
+/// How a connection's bytes were seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum SeenAs {
+    /// As they crossed the socket, unencrypted.
+    #[default]
+    #[serde(rename = "plain")]
+    Plain,
+    /// Encrypted on the socket; the plaintext from probes on its TLS library.
+    #[serde(rename = "tls-uprobe")]
+    TlsUprobe,
+}
+
+impl SeenAs {
+    pub const fn name(self) -> &'static str {
+        match self {
+            SeenAs::Plain => "plain",
+            SeenAs::TlsUprobe => "tls-uprobe",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Connection {
     pub id: ConnectionId,
@@ -36,6 +58,7 @@ pub struct Connection {
     pub local: Option<SocketAddr>,
     pub peer: Option<SocketAddr>,
     pub timestamp_ns: u64,
+    pub seen_as: SeenAs,
 }
 
 /// Bytes that moved on a connection, placed at their stream position.

@@ -22,7 +22,7 @@ use pcap_file::{
     pcapng::{Block, PcapNgReader},
 };
 
-use super::{Chunk, Connection, ConnectionId, Direction, EndCause, Origin, SourceEvent};
+use super::{Chunk, Connection, ConnectionId, Direction, EndCause, Origin, SeenAs, SourceEvent};
 
 /// Out-of-order bytes held per direction at most before the hole is declared a gap.
 const MAX_HELD_BYTES: usize = 8 << 20;
@@ -136,6 +136,7 @@ impl TcpReassembler {
                 local: Some(client),
                 peer: Some(server),
                 timestamp_ns: s.timestamp_ns,
+                seen_as: SeenAs::Plain,
             }));
             self.connections.insert(
                 key,

@@ -302,6 +302,10 @@ fn peer(attributes: &mut Attributes, endpoint: &crate::correlation::Endpoint) {
         attributes.push_new(address.into(), ip_text(peer.ip()).into());
         attributes.push_new(port.into(), i64::from(peer.port()).into());
     }
+    attributes.push_new(
+        MQTRACE_CAPTURE.into(),
+        Value::fixed(endpoint.seen_as.name()),
+    );
     if let Some(rpc) = endpoint.rpc {
         attributes.push_new(RPC_SYSTEM.into(), Value::fixed("grpc"));
         attributes.push_new(RPC_SERVICE.into(), Value::fixed(rpc.service));

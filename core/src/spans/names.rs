@@ -46,6 +46,9 @@ pub const MQTRACE_CAPTURE_FILE: &str = "mqtrace.capture.file";
 pub const MQTRACE_CLIENT_LANGUAGE: &str = "mqtrace.client.language";
 pub const MQTRACE_CLIENT_VERSION: &str = "mqtrace.client.version";
 pub const MQTRACE_OBSERVER: &str = "mqtrace.observer";
+/// How the agent saw the connection's bytes: `plain`, or `tls-uprobe` (the plaintext from
+/// probes on the process's TLS library).
+pub const MQTRACE_CAPTURE: &str = "mqtrace.capture";
 pub const MQTRACE_OFFSET_MSG_ID: &str = "mqtrace.offset_msg_id";
 pub const MQTRACE_ORIGIN_MESSAGE_ID: &str = "mqtrace.origin_message_id";
 pub const MQTRACE_QUEUE_OFFSET: &str = "mqtrace.queue_offset";

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use crate::sources::{Connection, ConnectionId, Direction, EndCause, Origin, SourceEvent};
+use crate::sources::{Connection, ConnectionId, Direction, EndCause, Origin, SeenAs, SourceEvent};
 
 /// Connections followed at once; beyond it new ones are counted and ignored.
 pub const MAX_CONNECTIONS: usize = 131_072;
@@ -189,6 +189,7 @@ impl Streams {
                 local: None,
                 peer: None,
                 timestamp_ns: 0,
+                seen_as: SeenAs::Plain,
             }));
         }
         self.connections.get_mut(&id)

@@ -1,5 +1,5 @@
 use super::*;
-use crate::sources::Chunk;
+use crate::sources::{Chunk, SeenAs};
 
 const C: ConnectionId = ConnectionId(1);
 
@@ -103,6 +103,7 @@ fn process_exit_closes_its_connections() {
         local: None,
         peer: None,
         timestamp_ns: 0,
+        seen_as: SeenAs::Plain,
     });
     let (out, _) = run(vec![
         opened,

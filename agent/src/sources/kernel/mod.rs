@@ -6,8 +6,9 @@ pub mod procfs;
 pub mod records;
 pub mod safe_read;
 pub mod tables;
+pub mod tls;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{Context, bail};
 use aya::{
@@ -16,15 +17,16 @@ use aya::{
     programs::TracePoint,
 };
 use mqtrace_common::{
-    COMM_LEN, Config, DEFAULT_MAX_BYTES_PER_SYSCALL, MAX_BYTES_PER_SYSCALL_LIMIT, Selection,
-    SocketKey, SocketState, USER_CONNECTION_ID_BIT, maps,
+    COMM_LEN, Config, DEFAULT_MAX_BYTES_PER_SYSCALL, MAX_BYTES_PER_SYSCALL_LIMIT,
+    SOCKET_PAYLOAD_IGNORED, Selection, SocketKey, SocketState, USER_CONNECTION_ID_BIT, maps,
 };
 use tables::{EbpfTables, Host, KernelTables, ProcHost};
 use tokio::io::unix::AsyncFd;
 
 use crate::sources::{
-    Connection, ConnectionId, EndCause, Origin, SourceEvent,
+    Connection, ConnectionId, EndCause, Origin, SeenAs, SourceEvent,
     capture::{Capture, KernelCounters},
+    tls::TlsBinder,
 };
 
 /// The compiled kernel programs, built by build.rs from `agent-ebpf`.
@@ -59,6 +61,7 @@ const ATTACHMENTS: &[(&str, &str, &str)] = &[
     ("enter_close", "syscalls", "sys_enter_close"),
     ("process_exit", "sched", "sched_process_exit"),
     ("process_exec", "sched", "sched_process_exec"),
+    ("enter_mmap", "syscalls", "sys_enter_mmap"),
 ];
 
 /// Records read per wake-up at most, so that one busy ring cannot starve the rest.
@@ -92,7 +95,7 @@ impl Default for CaptureOptions {
 /// policy over their tables: which processes and sockets the kernel follows, and when a
 /// connection ends for user space. The policy runs over the [`KernelTables`] and [`Host`]
 /// seams, so that tests run it without root.
-pub struct KernelCapture<T = EbpfTables, H = ProcHost> {
+pub struct KernelCapture<T: KernelTables = EbpfTables, H = ProcHost> {
     tables: T,
     host: H,
     options: CaptureOptions,
@@ -108,6 +111,43 @@ pub struct KernelCapture<T = EbpfTables, H = ProcHost> {
     non_tcp_sockets: u64,
     /// The last drain stopped at its bound: more records wait.
     more_records: bool,
+    /// TLS libraries' records read with the events, and the processes that mapped a file.
+    side: records::SideRecords,
+    /// Binds TLS plaintext to its connections.
+    binder: TlsBinder,
+    /// The TLS probes held for each process.
+    tls_probes: HashMap<u32, ProcessProbes<T::TlsLink>>,
+    /// Processes whose library is to be looked at again, with the attempts made.
+    tls_retries: HashMap<u32, u8>,
+    tls: TlsCaptureCounters,
+}
+
+/// What the capture attached to one process's TLS libraries.
+struct ProcessProbes<L> {
+    /// Files looked at already (device, inode), probed or not.
+    inspected: HashSet<(String, u64)>,
+    links: Vec<L>,
+}
+
+impl<L> Default for ProcessProbes<L> {
+    fn default() -> Self {
+        Self {
+            inspected: HashSet::new(),
+            links: Vec::new(),
+        }
+    }
+}
+
+/// The capture's TLS counters; the binder's are beside them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TlsCaptureCounters {
+    /// Libraries of selected processes with their TLS plaintext probed.
+    pub libraries_probed: u64,
+    /// Libraries named like TLS ones without the functions probed (stripped: their
+    /// connections stay dark).
+    pub libraries_without_symbols: u64,
+    /// Libraries whose probes the kernel refused, or whose file could not be read.
+    pub attach_failures: u64,
 }
 
 impl KernelCapture {
@@ -170,12 +210,18 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
             non_tcp_sockets: 0,
             pids_with_sockets: std::collections::HashSet::new(),
             more_records: false,
+            side: records::SideRecords::default(),
+            binder: TlsBinder::new(),
+            tls_probes: HashMap::new(),
+            tls_retries: HashMap::new(),
+            tls: TlsCaptureCounters::default(),
         };
         if capture.options.trace_all {
             let me = capture.host.own_pid();
             for pid in capture.host.all_pids().into_iter().filter(|&pid| pid != me) {
                 // Processes may vanish while we look: that is not an error.
                 let _ = capture.register_existing_sockets(pid);
+                capture.probe_tls_libraries(pid);
             }
         }
         capture
@@ -216,6 +262,7 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
     /// each connection ends, so that user space lets go of it (a later selection picks the
     /// sockets up anew, mid-stream).
     fn stop_following(&mut self, pid: u32) -> anyhow::Result<()> {
+        self.unprobe(pid);
         let closed = self.forget_sockets(pid)?;
         self.end_connections(closed, EndCause::Deselected);
         Ok(())
@@ -248,6 +295,7 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
             let state = SocketState {
                 connection_id: id,
                 positions: [0, 0],
+                flags: 0,
             };
             if !self
                 .tables
@@ -264,15 +312,120 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
                 local: Some(socket.local),
                 peer: Some(socket.peer),
                 timestamp_ns: self.host.now_ns(),
+                seen_as: SeenAs::Plain,
             }));
         }
         Ok(())
+    }
+
+    /// Attaches the TLS probes to the libraries `pid` maps that were not looked at yet.
+    fn probe_tls_libraries(&mut self, pid: u32) {
+        let files = self.host.mapped_files(pid);
+        let probes = self.tls_probes.entry(pid).or_default();
+        let mut found = Vec::new();
+        for file in files {
+            if probes.inspected.insert(file.identity.clone()) && tls::may_be_tls(&file.name) {
+                found.push(file);
+            }
+        }
+        let retries_before = self.tls_retries.get(&pid).copied();
+        for file in found {
+            let functions = match self.host.tls_functions(&file) {
+                Ok(functions) => functions,
+                Err(error) => {
+                    self.attach_failed(pid, &file, error);
+                    continue;
+                }
+            };
+            if functions.is_empty() {
+                self.tls.libraries_without_symbols += u64::from(!file.name.contains("libcrypto"));
+                continue;
+            }
+            let library = tls::TlsLibrary { file, functions };
+            match self.tables.attach_tls(pid, &library) {
+                Ok(links) => {
+                    self.tls.libraries_probed += 1;
+                    self.binder.set_probed(pid, true);
+                    tracing::info!(
+                        pid,
+                        library = library.file.name,
+                        deleted = library.file.deleted,
+                        functions = ?library.functions.iter().map(|(f, _)| f.symbol()).collect::<Vec<_>>(),
+                        "TLS library probed"
+                    );
+                    if let Some(probes) = self.tls_probes.get_mut(&pid) {
+                        probes.links.extend(links);
+                    }
+                }
+                Err(error) => self.attach_failed(pid, &library.file, error),
+            }
+        }
+        // Nothing failed this time: no more looking again.
+        if self.tls_retries.get(&pid).copied() == retries_before {
+            self.tls_retries.remove(&pid);
+        }
+    }
+
+    /// A library being loaded is mapped in steps (the whole file, then each segment over it):
+    /// the mapping looked at may be gone a moment later. The file is looked at again at the
+    /// next read of the ring, a few times, before the failure counts.
+    fn attach_failed(&mut self, pid: u32, file: &tls::MappedFile, error: anyhow::Error) {
+        const ATTEMPTS: u8 = 4;
+        let attempts = self.tls_retries.entry(pid).or_insert(0);
+        *attempts += 1;
+        if *attempts < ATTEMPTS {
+            if let Some(probes) = self.tls_probes.get_mut(&pid) {
+                probes.inspected.remove(&file.identity);
+            }
+            return;
+        }
+        self.tls_retries.remove(&pid);
+        self.tls.attach_failures += 1;
+        tracing::warn!(pid, error = format!("{error:#}"), "TLS library not probed");
+    }
+
+    /// Detaches `pid`'s TLS probes.
+    fn unprobe(&mut self, pid: u32) {
+        if let Some(probes) = self.tls_probes.remove(&pid) {
+            self.tables.detach_tls(probes.links);
+        }
+        self.tls_retries.remove(&pid);
+        self.binder.set_probed(pid, false);
+    }
+
+    /// The TLS records read with `out[start..]`: new libraries probed, plaintext bound to
+    /// its connections, and the connections bound no longer copied (only their close is).
+    fn after_tls_records(&mut self, out: &mut Vec<SourceEvent>, start: usize) {
+        let side = std::mem::take(&mut self.side);
+        let mut mapped = side.mapped;
+        mapped.extend(self.tls_retries.keys().copied());
+        mapped.sort_unstable();
+        mapped.dedup();
+        for pid in mapped {
+            self.probe_tls_libraries(pid);
+        }
+        let mut bound = Vec::new();
+        self.binder.bind(out, start, side.tls, &mut bound);
+        for connection in bound {
+            let key = SocketKey {
+                pid: connection.pid,
+                fd: connection.fd,
+            };
+            if self
+                .tables
+                .socket(&key)
+                .is_some_and(|state| state.connection_id == connection.id.0)
+            {
+                self.tables.set_socket_flags(&key, SOCKET_PAYLOAD_IGNORED);
+            }
+        }
     }
 
     /// What the records just read ask of the tables: an exiting process closes its fds without
     /// close(2), so its kernel state goes here; a connected socket that is not TCP leaves the
     /// socket table at once, unseen by the pipeline.
     fn after_records(&mut self, out: &mut Vec<SourceEvent>, start: usize) {
+        self.after_tls_records(out, start);
         let mut not_tcp = Vec::new();
         for event in &out[start..] {
             match *event {
@@ -286,6 +439,7 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
                 }
                 SourceEvent::ProcessExited { pid } => {
                     self.tables.remove_selection(pid);
+                    self.unprobe(pid);
                     if self.pids_with_sockets.contains(&pid) {
                         let _ = self.forget_sockets(pid);
                     }
@@ -313,8 +467,9 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
     fn drain_records(&mut self, out: &mut Vec<SourceEvent>) -> usize {
         let cap = self.options.max_bytes_per_syscall as u64;
         let malformed = &mut self.malformed_records;
+        let side = &mut self.side;
         let read = self.tables.drain(MAX_RECORDS_PER_POLL, &mut |record| {
-            if records::decode(record, cap, out).is_err() {
+            if records::decode(record, cap, out, side).is_err() {
                 *malformed += 1;
             }
         });
@@ -343,6 +498,22 @@ impl<T: KernelTables, H: Host> Capture for KernelCapture<T, H> {
         self.malformed_records
     }
 
+    fn tls_probes_per_process(&self) -> BTreeMap<u32, usize> {
+        self.tls_probes
+            .iter()
+            .filter(|(_, probes)| !probes.links.is_empty())
+            .map(|(&pid, probes)| (pid, probes.links.len()))
+            .collect()
+    }
+
+    fn tls_counters(&self) -> crate::counters::TlsCounters {
+        crate::counters::TlsCounters {
+            probes: self.tls_probes.values().map(|p| p.links.len()).sum(),
+            capture: self.tls,
+            binding: self.binder.counters(),
+        }
+    }
+
     /// Traces `pid` from now on for the reason given, or stops (`Excluded`), whatever the
     /// mode. A process that starts being traced has its open connections picked up; one that
     /// stops has its sockets forgotten (their positions would be wrong after bytes moved
@@ -359,7 +530,10 @@ impl<T: KernelTables, H: Host> Capture for KernelCapture<T, H> {
         // the scan then leaves it alone.
         self.tables.set_selection(pid, selection as u8)?;
         match (was_traced, selection != Selection::Excluded) {
-            (false, true) => self.register_existing_sockets(pid),
+            (false, true) => {
+                self.probe_tls_libraries(pid);
+                self.register_existing_sockets(pid)
+            }
             (true, false) => self.stop_following(pid),
             _ => Ok(()),
         }

@@ -8,11 +8,14 @@ use std::{
 
 use bytes::Bytes;
 use mqtrace_common::{
-    ConnectionClosed, ConnectionOpened, DataHeader, Direction, Origin as KernelOrigin,
-    ProcessExited, RecordKind,
+    CIPHERTEXT_PREFIX, ConnectionClosed, ConnectionOpened, DataHeader, Direction, LibraryMapped,
+    Origin as KernelOrigin, ProcessExited, RecordKind, TlsCiphertext,
 };
 
-use crate::sources::{Chunk, Connection, ConnectionId, EndCause, Origin, SourceEvent};
+use crate::sources::{
+    Chunk, Connection, ConnectionId, EndCause, Origin, SeenAs, SourceEvent,
+    tls::{Placed, TlsRecord},
+};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -34,46 +37,63 @@ fn read<T: Copy>(bytes: &[u8]) -> Result<T, RecordError> {
     Ok(unsafe { ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-/// Appends the events one record stands for. `max_bytes_per_syscall` is the cap the kernel was
-/// given: with it the last record of a capped syscall also reports the bytes left out.
+/// What records say besides source events: TLS libraries' records, placed among the events,
+/// and the processes that mapped an executable file.
+#[derive(Debug, Default)]
+pub struct SideRecords {
+    pub tls: Vec<Placed>,
+    pub mapped: Vec<u32>,
+}
+
+impl SideRecords {
+    pub fn is_empty(&self) -> bool {
+        self.tls.is_empty() && self.mapped.is_empty()
+    }
+}
+
+/// Appends the events one record stands for (TLS records and mappings to `side`).
+/// `max_bytes_per_syscall` is the cap the kernel was given: with it the last record of a
+/// capped syscall also reports the bytes left out.
 pub fn decode(
     record: &[u8],
     max_bytes_per_syscall: u64,
     out: &mut Vec<SourceEvent>,
+    side: &mut SideRecords,
 ) -> Result<(), RecordError> {
     let kind: u32 = read(record)?;
     match kind {
         k if k == RecordKind::Data as u32 => {
+            data_events(record, max_bytes_per_syscall, &mut |event| out.push(event))?;
+        }
+        k if k == RecordKind::TlsData as u32 => {
             let header: DataHeader = read(record)?;
-            let payload = &record[size_of::<DataHeader>()..];
-            let copied = header.copied_len as usize;
-            if payload.len() < copied {
-                return Err(RecordError::Truncated(record.len()));
-            }
-            let direction = if header.direction == Direction::Egress as u8 {
-                Direction::Egress
-            } else {
-                Direction::Ingress
-            };
-            let connection = ConnectionId(header.connection_id);
-            out.push(SourceEvent::Data(Chunk {
-                connection,
-                direction,
-                position: header.syscall_pos + header.chunk_offset,
-                bytes: Bytes::copy_from_slice(&payload[..copied]),
-                timestamp_ns: header.timestamp_ns,
-            }));
-            let copy_target = header.syscall_len.min(max_bytes_per_syscall);
-            if header.chunk_offset + copied as u64 == copy_target
-                && copy_target < header.syscall_len
-            {
-                out.push(SourceEvent::Gap {
-                    connection,
-                    direction,
-                    position: header.syscall_pos + copy_target,
-                    length: header.syscall_len - copy_target,
-                });
-            }
+            let before = out.len();
+            data_events(record, max_bytes_per_syscall, &mut |event| {
+                side.tls.push(Placed {
+                    before,
+                    record: TlsRecord::Plaintext {
+                        pid: header.pid,
+                        ssl: header.connection_id,
+                        event,
+                    },
+                })
+            })?;
+        }
+        k if k == RecordKind::TlsCiphertext as u32 => {
+            let ciphertext: TlsCiphertext = read(record)?;
+            let length = (ciphertext.prefix_len as usize).min(CIPHERTEXT_PREFIX);
+            side.tls.push(Placed {
+                before: out.len(),
+                record: TlsRecord::Ciphertext {
+                    pid: ciphertext.pid,
+                    ssl: ciphertext.ssl,
+                    prefix: Bytes::copy_from_slice(&ciphertext.prefix[..length]),
+                },
+            });
+        }
+        k if k == RecordKind::LibraryMapped as u32 => {
+            let mapped: LibraryMapped = read(record)?;
+            side.mapped.push(mapped.pid);
         }
         k if k == RecordKind::ConnectionOpened as u32 => {
             let opened: ConnectionOpened = read(record)?;
@@ -98,6 +118,7 @@ pub fn decode(
                 local: None,
                 peer: ip.map(|ip| SocketAddr::new(ip, opened.peer_port)),
                 timestamp_ns: opened.timestamp_ns,
+                seen_as: SeenAs::Plain,
             }));
         }
         k if k == RecordKind::ConnectionClosed as u32 => {
@@ -114,6 +135,44 @@ pub fn decode(
             out.push(SourceEvent::ProcessExited { pid: exited.pid });
         }
         other => return Err(RecordError::UnknownKind(other)),
+    }
+    Ok(())
+}
+
+/// The events of a data record (a socket's, or a TLS library's plaintext): its bytes, and the
+/// gap of a capped syscall's bytes left out after the last one copied.
+fn data_events(
+    record: &[u8],
+    max_bytes_per_syscall: u64,
+    push: &mut impl FnMut(SourceEvent),
+) -> Result<(), RecordError> {
+    let header: DataHeader = read(record)?;
+    let payload = &record[size_of::<DataHeader>()..];
+    let copied = header.copied_len as usize;
+    if payload.len() < copied {
+        return Err(RecordError::Truncated(record.len()));
+    }
+    let direction = if header.direction == Direction::Egress as u8 {
+        Direction::Egress
+    } else {
+        Direction::Ingress
+    };
+    let connection = ConnectionId(header.connection_id);
+    push(SourceEvent::Data(Chunk {
+        connection,
+        direction,
+        position: header.syscall_pos + header.chunk_offset,
+        bytes: Bytes::copy_from_slice(&payload[..copied]),
+        timestamp_ns: header.timestamp_ns,
+    }));
+    let copy_target = header.syscall_len.min(max_bytes_per_syscall);
+    if header.chunk_offset + copied as u64 == copy_target && copy_target < header.syscall_len {
+        push(SourceEvent::Gap {
+            connection,
+            direction,
+            position: header.syscall_pos + copy_target,
+            length: header.syscall_len - copy_target,
+        });
     }
     Ok(())
 }
@@ -158,7 +217,13 @@ mod tests {
     #[test]
     fn data_record_places_bytes_at_stream_position() {
         let mut out = Vec::new();
-        decode(&data_record(100, 5, 0, b"hello"), 1024, &mut out).unwrap();
+        decode(
+            &data_record(100, 5, 0, b"hello"),
+            1024,
+            &mut out,
+            &mut SideRecords::default(),
+        )
+        .unwrap();
         assert_eq!(
             out,
             vec![SourceEvent::Data(Chunk {
@@ -175,7 +240,13 @@ mod tests {
     fn last_record_of_a_capped_syscall_reports_the_gap() {
         let mut out = Vec::new();
         // 10 bytes moved, cap 4: the record covering [0,4) is the last one copied.
-        decode(&data_record(50, 10, 0, b"abcd"), 4, &mut out).unwrap();
+        decode(
+            &data_record(50, 10, 0, b"abcd"),
+            4,
+            &mut out,
+            &mut SideRecords::default(),
+        )
+        .unwrap();
         assert_eq!(
             out[1],
             SourceEvent::Gap {
@@ -190,14 +261,17 @@ mod tests {
     #[test]
     fn short_and_unknown_records_are_errors() {
         let mut out = Vec::new();
-        assert_eq!(decode(&[1, 0], 4, &mut out), Err(RecordError::Truncated(2)));
         assert_eq!(
-            decode(&[9, 0, 0, 0], 4, &mut out),
+            decode(&[1, 0], 4, &mut out, &mut SideRecords::default()),
+            Err(RecordError::Truncated(2))
+        );
+        assert_eq!(
+            decode(&[9, 0, 0, 0], 4, &mut out, &mut SideRecords::default()),
             Err(RecordError::UnknownKind(9))
         );
         let mut short_payload = data_record(0, 5, 0, b"hello");
         short_payload.truncate(short_payload.len() - 1);
-        assert!(decode(&short_payload, 4, &mut out).is_err());
+        assert!(decode(&short_payload, 4, &mut out, &mut SideRecords::default()).is_err());
         assert!(out.is_empty());
     }
 }

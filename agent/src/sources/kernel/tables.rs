@@ -10,11 +10,18 @@ use anyhow::Context;
 use aya::{
     Ebpf,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+    },
 };
 use mqtrace_common::{COMM_LEN, COUNTER_SLOTS, Counter, MAX_RULES, SocketKey, SocketState, maps};
 use tokio::io::unix::AsyncFd;
 
-use super::{POLL_INTERVAL, procfs};
+use super::{
+    POLL_INTERVAL, procfs,
+    tls::{MappedFile, TlsFunction, TlsLibrary},
+};
 
 /// The kernel programs' tables, as the capture's policy reads and changes them.
 pub trait KernelTables {
@@ -30,6 +37,14 @@ pub trait KernelTables {
     /// Adds a socket unless its key has one already or the table is full; whether it did.
     fn add_socket(&mut self, key: SocketKey, state: SocketState) -> bool;
     fn remove_socket(&mut self, key: &SocketKey);
+    /// Sets a tracked socket's flags (`SOCKET_PAYLOAD_IGNORED`); a no-op when it is not
+    /// tracked.
+    fn set_socket_flags(&mut self, key: &SocketKey, flags: u64);
+    /// A probe attached to a TLS library for one process; detached by `detach_tls`.
+    type TlsLink;
+    /// Attaches the TLS probes at `library`'s functions, firing for `pid` only.
+    fn attach_tls(&mut self, pid: u32, library: &TlsLibrary) -> anyhow::Result<Vec<Self::TlsLink>>;
+    fn detach_tls(&mut self, links: Vec<Self::TlsLink>);
     /// Sets (or with `None` removes) the selection byte of a command-name rule.
     fn set_comm_rule(&mut self, comm: [u8; COMM_LEN], value: Option<u8>) -> anyhow::Result<()>;
     /// Sets (or with `None` removes) the selection byte of a cgroup rule.
@@ -56,6 +71,10 @@ pub trait Host {
     fn holds_socket(&self, pid: u32, fd: i32) -> bool;
     /// CLOCK_MONOTONIC, the clock of the kernel's records.
     fn now_ns(&self) -> u64;
+    /// The executable files `pid` maps now.
+    fn mapped_files(&self, pid: u32) -> Vec<MappedFile>;
+    /// The TLS functions `file` defines, with their file offsets.
+    fn tls_functions(&self, file: &MappedFile) -> anyhow::Result<Vec<(TlsFunction, u64)>>;
 }
 
 /// The loaded programs' maps and ring buffer.
@@ -158,6 +177,69 @@ impl KernelTables for EbpfTables {
         }
     }
 
+    fn set_socket_flags(&mut self, key: &SocketKey, flags: u64) {
+        const BPF_EXIST: u64 = 2;
+        if let Ok(mut sockets) = self.map_mut::<SocketKey, SocketState>(maps::SOCKETS)
+            && let Ok(state) = sockets.get(key, 0)
+        {
+            // The positions written back may lag the kernel's by a syscall in flight: the
+            // socket's payload is not followed from here on, only its close.
+            let _ = sockets.insert(key, SocketState { flags, ..state }, BPF_EXIST);
+        }
+    }
+
+    type TlsLink = (&'static str, UProbeLinkId);
+
+    fn attach_tls(&mut self, pid: u32, library: &TlsLibrary) -> anyhow::Result<Vec<Self::TlsLink>> {
+        let scope = UProbeScope::OneProcess(
+            std::num::NonZeroU32::new(pid).context("pid 0 has no TLS library")?,
+        );
+        let mut links = Vec::new();
+        for &(function, offset) in &library.functions {
+            for &(program, _) in function.programs() {
+                let probe: &mut UProbe = self
+                    .ebpf
+                    .program_mut(program)
+                    .with_context(|| format!("program {program} missing from the eBPF object"))?
+                    .try_into()?;
+                if probe.fd().is_err() {
+                    probe.load().map_err(|e| super::rejected(program, &e))?;
+                }
+                let attached = probe
+                    .attach(
+                        UProbeAttachLocation::AbsoluteOffset(offset),
+                        &library.file.path,
+                        scope,
+                    )
+                    .with_context(|| {
+                        format!(
+                            "attaching {program} at {} of {} for pid {pid}",
+                            function.symbol(),
+                            library.file.name
+                        )
+                    });
+                match attached {
+                    Ok(link) => links.push((program, link)),
+                    Err(error) => {
+                        self.detach_tls(links);
+                        return Err(error);
+                    }
+                }
+            }
+        }
+        Ok(links)
+    }
+
+    fn detach_tls(&mut self, links: Vec<Self::TlsLink>) {
+        for (program, link) in links {
+            if let Some(probe) = self.ebpf.program_mut(program)
+                && let Ok(probe) = <&mut UProbe>::try_from(probe)
+            {
+                let _ = probe.detach(link);
+            }
+        }
+    }
+
     fn set_comm_rule(&mut self, comm: [u8; COMM_LEN], value: Option<u8>) -> anyhow::Result<()> {
         self.set_rule(maps::COMM_RULES, comm, value)
     }
@@ -237,6 +319,19 @@ impl Host for ProcHost {
     fn now_ns(&self) -> u64 {
         super::monotonic_ns()
     }
+
+    fn mapped_files(&self, pid: u32) -> Vec<MappedFile> {
+        std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .map(|maps| super::tls::executable_files(pid, &maps))
+            .unwrap_or_default()
+    }
+
+    fn tls_functions(&self, file: &MappedFile) -> anyhow::Result<Vec<(TlsFunction, u64)>> {
+        let elf = std::fs::read(&file.path)
+            .with_context(|| format!("reading {} ({})", file.name, file.path.display()))?;
+        super::tls::tls_functions(&elf)
+            .with_context(|| format!("reading the symbols of {}", file.name))
+    }
 }
 
 /// Tables and a host in memory, for the tests of the policy and of the daemon over it.
@@ -249,7 +344,8 @@ pub mod memory {
     };
 
     use mqtrace_common::{
-        ConnectionOpened, DataHeader, Origin as KernelOrigin, ProcessExited, RecordKind, Syscall,
+        CIPHERTEXT_PREFIX, ConnectionOpened, DataHeader, LibraryMapped, Origin as KernelOrigin,
+        ProcessExited, RecordKind, Syscall, TlsCiphertext,
     };
 
     use super::*;
@@ -267,6 +363,8 @@ pub mod memory {
         /// The next wait of [`SharedTables`] blocks the reader's thread this long: a stuck
         /// pipeline.
         pub stall: Option<Duration>,
+        /// TLS probes attached: (pid, file name, function).
+        pub tls_probes: Vec<(u32, String, TlsFunction)>,
     }
 
     /// What the kernel programs do, as records in the ring and entries in the tables.
@@ -276,6 +374,7 @@ pub mod memory {
             let state = SocketState {
                 connection_id,
                 positions: [0, 0],
+                flags: 0,
             };
             self.sockets.insert(SocketKey { pid, fd }, state);
             self.ring.push_back(encoded(
@@ -327,6 +426,67 @@ pub mod memory {
                     chunk_offset: 0,
                 },
                 payload,
+            ));
+        }
+
+        /// `pid` mapped an executable file.
+        pub fn map_library(&mut self, pid: u32) {
+            self.ring.push_back(encoded(
+                &LibraryMapped {
+                    kind: RecordKind::LibraryMapped as u32,
+                    pid,
+                    timestamp_ns: super::super::monotonic_ns(),
+                },
+                &[],
+            ));
+        }
+
+        /// `pid`'s TLS library handed ciphertext starting with `prefix` to its BIO for `ssl`.
+        pub fn tls_ciphertext(&mut self, pid: u32, ssl: u64, prefix: &[u8]) {
+            let mut record = TlsCiphertext {
+                kind: RecordKind::TlsCiphertext as u32,
+                pid,
+                timestamp_ns: super::super::monotonic_ns(),
+                ssl,
+                len: prefix.len() as u32,
+                prefix_len: prefix.len().min(CIPHERTEXT_PREFIX) as u32,
+                prefix: [0; CIPHERTEXT_PREFIX],
+            };
+            let length = record.prefix_len as usize;
+            record.prefix[..length].copy_from_slice(&prefix[..length]);
+            self.ring.push_back(encoded(&record, &[]));
+        }
+
+        /// `pid`'s TLS library took in (egress) or gave out (ingress) `plaintext` for `ssl`,
+        /// at `position` of that direction.
+        pub fn tls_plaintext(
+            &mut self,
+            (pid, ssl): (u32, u64),
+            direction: Direction,
+            position: u64,
+            plaintext: &[u8],
+        ) {
+            let syscall = match direction {
+                Direction::Egress => Syscall::SslWrite,
+                Direction::Ingress => Syscall::SslRead,
+            };
+            self.ring.push_back(encoded(
+                &DataHeader {
+                    kind: RecordKind::TlsData as u32,
+                    direction: direction as u8,
+                    syscall: syscall as u8,
+                    _pad: 0,
+                    timestamp_ns: super::super::monotonic_ns(),
+                    connection_id: ssl,
+                    pid,
+                    tid: pid,
+                    fd: -1,
+                    copied_len: plaintext.len() as u32,
+                    syscall_len: plaintext.len() as u64,
+                    syscall_pos: position,
+                    chunk_offset: 0,
+                },
+                plaintext,
             ));
         }
 
@@ -398,6 +558,32 @@ pub mod memory {
                 None => self.cgroup_rules.remove(&id),
             };
             Ok(())
+        }
+
+        fn set_socket_flags(&mut self, key: &SocketKey, flags: u64) {
+            if let Some(state) = self.sockets.get_mut(key) {
+                state.flags = flags;
+            }
+        }
+
+        type TlsLink = (u32, String, TlsFunction);
+
+        fn attach_tls(
+            &mut self,
+            pid: u32,
+            library: &TlsLibrary,
+        ) -> anyhow::Result<Vec<Self::TlsLink>> {
+            let links: Vec<Self::TlsLink> = library
+                .functions
+                .iter()
+                .map(|&(function, _)| (pid, library.file.name.clone(), function))
+                .collect();
+            self.tls_probes.extend(links.iter().cloned());
+            Ok(links)
+        }
+
+        fn detach_tls(&mut self, links: Vec<Self::TlsLink>) {
+            self.tls_probes.retain(|probe| !links.contains(probe));
         }
 
         fn counters(&self) -> anyhow::Result<BTreeMap<&'static str, u64>> {
@@ -472,6 +658,24 @@ pub mod memory {
             self.lock().set_cgroup_rule(id, value)
         }
 
+        fn set_socket_flags(&mut self, key: &SocketKey, flags: u64) {
+            self.lock().set_socket_flags(key, flags)
+        }
+
+        type TlsLink = (u32, String, TlsFunction);
+
+        fn attach_tls(
+            &mut self,
+            pid: u32,
+            library: &TlsLibrary,
+        ) -> anyhow::Result<Vec<Self::TlsLink>> {
+            self.lock().attach_tls(pid, library)
+        }
+
+        fn detach_tls(&mut self, links: Vec<Self::TlsLink>) {
+            self.lock().detach_tls(links)
+        }
+
         fn counters(&self) -> anyhow::Result<BTreeMap<&'static str, u64>> {
             self.lock().counters()
         }
@@ -503,6 +707,8 @@ pub mod memory {
         pub datagram_sockets: Vec<(u32, i32)>,
         /// (pid, fd) whose fd no longer holds a socket (closed unseen).
         pub closed_fds: Vec<(u32, i32)>,
+        /// Executable files each process maps, with the TLS functions each defines.
+        pub libraries: BTreeMap<u32, Vec<TlsLibrary>>,
     }
 
     impl Host for FakeHost {
@@ -535,6 +741,22 @@ pub mod memory {
 
         fn now_ns(&self) -> u64 {
             1
+        }
+
+        fn mapped_files(&self, pid: u32) -> Vec<MappedFile> {
+            self.libraries
+                .get(&pid)
+                .map(|libraries| libraries.iter().map(|l| l.file.clone()).collect())
+                .unwrap_or_default()
+        }
+
+        fn tls_functions(&self, file: &MappedFile) -> anyhow::Result<Vec<(TlsFunction, u64)>> {
+            self.libraries
+                .values()
+                .flatten()
+                .find(|library| library.file == *file)
+                .map(|library| library.functions.clone())
+                .context("no such file")
         }
     }
 }

@@ -229,6 +229,7 @@ fn one_connection_stops_being_copied_unless_its_fd_holds_a_newer_one() {
     let newer = SocketState {
         connection_id: 999,
         positions: [0, 0],
+        flags: 0,
     };
     capture.tables.sockets.insert(
         SocketKey {
@@ -281,4 +282,84 @@ fn rules_reach_their_tables() {
     );
     capture.set_comm_rule(comm, None).unwrap();
     assert!(capture.tables.comm_rules.is_empty());
+}
+
+/// A client's TLS library, as `/proc` and its symbols show it.
+fn tls_library(name: &str) -> tls::TlsLibrary {
+    tls::TlsLibrary {
+        file: tls::MappedFile {
+            identity: ("00:2a".into(), 77),
+            name: name.into(),
+            deleted: true,
+            path: format!("/proc/{CLIENT}/map_files/7f00-7f10").into(),
+        },
+        functions: tls::TlsFunction::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, &f)| (f, 0x1000 * (i as u64 + 1)))
+            .collect(),
+    }
+}
+
+/// A process loads its TLS library after it was selected: probed at the mapping, once; its
+/// TLS connection bound by the ciphertext it writes, the plaintext handed on as the
+/// connection's, the socket's own bytes no longer copied; detached when the process ends.
+#[test]
+fn a_tls_library_loaded_later_is_probed_and_its_plaintext_bound_to_the_socket() {
+    let mut capture = capture(true, host());
+    assert!(capture.tables.tls_probes.is_empty());
+    capture.host.libraries.insert(
+        CLIENT,
+        vec![tls_library("/tmp/libnetty_tcnative_linux_x86_64123.so")],
+    );
+    capture.tables.map_library(CLIENT);
+    capture.tables.map_library(CLIENT);
+    events(&mut capture);
+    assert_eq!(capture.tables.tls_probes.len(), 4, "each function once");
+    assert_eq!(capture.tls_probes_per_process().get(&CLIENT), Some(&4));
+
+    let ssl = 0x7f55_0000_1000;
+    let hello = [&[0x16, 0x03, 0x01, 0x01, 0x00][..], &[0xa5; 40]].concat();
+    capture.tables.connect(CLIENT, 7, 21, KernelOrigin::Connect);
+    capture.tables.tls_ciphertext(CLIENT, ssl, &hello);
+    capture
+        .tables
+        .transfer((CLIENT, 7, 21), Direction::Egress, 0, &hello);
+    capture
+        .tables
+        .tls_plaintext((CLIENT, ssl), Direction::Egress, 0, b"PRI * HTTP/2.0\r\n");
+    let out = events(&mut capture);
+    let plaintext = crate::sources::tls::plaintext_id(ConnectionId(21));
+    let opened: Vec<(ConnectionId, SeenAs)> = out
+        .iter()
+        .filter_map(|e| match e {
+            SourceEvent::Opened(c) => Some((c.id, c.seen_as)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        opened,
+        [
+            (ConnectionId(21), SeenAs::Plain),
+            (plaintext, SeenAs::TlsUprobe)
+        ]
+    );
+    let data: Vec<&SourceEvent> = out
+        .iter()
+        .filter(|e| matches!(e, SourceEvent::Data(_)))
+        .collect();
+    assert!(
+        matches!(data.as_slice(), [SourceEvent::Data(chunk)] if chunk.connection == plaintext && chunk.bytes.as_ref() == b"PRI * HTTP/2.0\r\n"),
+        "{out:?}"
+    );
+    assert_eq!(
+        capture.tables.sockets[&SocketKey { pid: CLIENT, fd: 7 }].flags,
+        SOCKET_PAYLOAD_IGNORED
+    );
+    assert_eq!(capture.tls_counters().binding.connections_bound, 1);
+
+    capture.tables.exit(CLIENT);
+    events(&mut capture);
+    assert!(capture.tables.tls_probes.is_empty());
+    assert_eq!(capture.tls_counters().probes, 0);
 }
