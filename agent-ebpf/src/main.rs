@@ -66,6 +66,9 @@ fn stash_transfer(syscall: Syscall, fd: u64, buf: u64, len: u64, vectored: bool)
     if !wanted(fd) {
         return;
     }
+    if syscall.direction() == mqtrace_common::Direction::Egress {
+        tls::nested_write(buf, len, vectored);
+    }
     stash(syscall, fd, buf, len, vectored);
 }
 
@@ -93,6 +96,9 @@ fn stash_msghdr(syscall: Syscall, fd: u64, msghdr: u64) {
     let iov = unsafe { bpf_probe_read_user((msghdr + 16) as *const u64) };
     let iovlen = unsafe { bpf_probe_read_user((msghdr + 24) as *const u64) };
     if let (Ok(iov), Ok(iovlen)) = (iov, iovlen) {
+        if syscall.direction() == mqtrace_common::Direction::Egress {
+            tls::nested_write(iov, iovlen, true);
+        }
         stash(syscall, fd, iov, iovlen, true);
     } else {
         maps::count(mqtrace_common::Counter::UserReadFailures, 1);
@@ -272,11 +278,16 @@ pub fn process_exit(_ctx: TracePointContext) -> u32 {
 }
 
 /// `sched:sched_process_exec`: a process starts a program. Rules on command names and cgroups
-/// select (or exclude) it here, before it can open a connection.
+/// select (or exclude) it here, before it can open a connection; a selected one has its
+/// program looked at for TLS (a Go program carries its own).
 #[tracepoint]
 pub fn process_exec(_ctx: TracePointContext) -> u32 {
+    let pid = current_pid();
     if let Some(selection) = rules::matching() {
-        let _ = maps::SELECTED_PROCESSES.insert(current_pid(), selection, 0);
+        let _ = maps::SELECTED_PROCESSES.insert(pid, selection, 0);
+    }
+    if process_selected(pid) {
+        tls::report_mapped(pid);
     }
     0
 }

@@ -7,7 +7,9 @@
 //! socket itself or hands its buffers to the caller (memory BIOs).
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
+    },
     macros::{map, tracepoint, uprobe, uretprobe},
     maps::{HashMap, LruHashMap, ring_buf::RingBufEntry},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
@@ -36,11 +38,18 @@ static TLS_STREAMS: LruHashMap<TlsKey, [u64; 2]> = LruHashMap::with_max_entries(
 #[map(name = "BIO_OWNERS")]
 static BIO_OWNERS: LruHashMap<TlsKey, u64> = LruHashMap::with_max_entries(65_536, 0);
 
+/// Go's `crypto/tls` calls, keyed by (pid, goroutine): a goroutine may resume on another
+/// thread, and returns are seen by probes on each RET instruction (a return probe would
+/// rewrite a return address on a stack that Go moves).
+#[map(name = "GO_TLS_CALLS")]
+static GO_TLS_CALLS: HashMap<TlsKey, TlsCall> = HashMap::with_max_entries(16_384, 0);
+
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct TlsCall {
     ssl: u64,
     buf: u64,
+    started_ns: u64,
     syscall: u8,
     _pad: [u8; 7],
 }
@@ -54,15 +63,62 @@ fn enter(ctx: &ProbeContext, syscall: Syscall) {
     let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
         return;
     };
-    let call = TlsCall {
+    stash_thread_call(pid_tgid, call(ssl, buf, syscall));
+}
+
+#[inline(always)]
+fn call(ssl: u64, buf: u64, syscall: Syscall) -> TlsCall {
+    TlsCall {
         ssl,
         buf,
+        // SAFETY: a helper without arguments.
+        started_ns: unsafe { bpf_ktime_get_ns() },
         syscall: syscall as u8,
         _pad: [0; 7],
-    };
+    }
+}
+
+#[inline(always)]
+fn stash_thread_call(pid_tgid: u64, call: TlsCall) {
     if TLS_CALLS.insert(pid_tgid, call, 0).is_err() {
         count(Counter::SyscallTableFull, 1);
     }
+}
+
+/// A socket write made within a TLS write (the library writes the socket itself: OpenSSL's
+/// socket BIO, Go's `crypto/tls`) carries that object's ciphertext: its first bytes are
+/// reported as the object's, for user space to find in the write's record. Only a call begun
+/// within the last millisecond counts: a Go goroutine parked in its write leaves its thread
+/// to others.
+#[inline(always)]
+pub fn nested_write(buf: u64, len: u64, vectored: bool) {
+    const RECENT_NS: u64 = 1_000_000;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the entry is read by value.
+    let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if call.syscall != Syscall::SslWrite as u8 || now.wrapping_sub(call.started_ns) > RECENT_NS {
+        return;
+    }
+    let (data, length) = if vectored {
+        // The first iovec entry: { base, len }.
+        // SAFETY: user pointers read through the helper.
+        match unsafe {
+            (
+                bpf_probe_read_user(buf as *const u64),
+                bpf_probe_read_user((buf + 8) as *const u64),
+            )
+        } {
+            (Ok(base), Ok(len)) => (base, len),
+            _ => return,
+        }
+    } else {
+        (buf, len)
+    };
+    report_ciphertext((pid_tgid >> 32) as u32, call.ssl, data, length as i64);
 }
 
 /// `int SSL_write(SSL *ssl, const void *buf, int num)`.
@@ -89,15 +145,94 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let _ = TLS_CALLS.remove(&pid_tgid);
-    let moved = ctx.ret::<u64>() as u32 as i32;
-    let Some(syscall) = Syscall::from_u8(call.syscall) else {
+    copy_plaintext(
+        (pid_tgid >> 32) as u32,
+        &call,
+        ctx.ret::<u64>() as u32 as i32 as i64,
+    );
+    0
+}
+
+/// The goroutine running: Go's register ABI keeps it in R14.
+#[inline(always)]
+fn goroutine(ctx: &ProbeContext) -> u64 {
+    // SAFETY: the probe's registers, read through its context.
+    unsafe { (*ctx.regs).r14 }
+}
+
+/// `func (c *Conn) Write(b []byte) (int, error)` of `crypto/tls`, register ABI: c in RAX,
+/// b's pointer in RBX.
+#[uprobe]
+pub fn go_tls_write(ctx: ProbeContext) -> u32 {
+    go_enter(&ctx, Syscall::SslWrite);
+    0
+}
+
+/// `func (c *Conn) Read(b []byte) (int, error)`.
+#[uprobe]
+pub fn go_tls_read(ctx: ProbeContext) -> u32 {
+    go_enter(&ctx, Syscall::SslRead);
+    0
+}
+
+#[inline(always)]
+fn go_enter(ctx: &ProbeContext, syscall: Syscall) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = (pid_tgid >> 32) as u32;
+    if !process_selected(pid) {
+        return;
+    }
+    // SAFETY: the probe's registers, read through its context.
+    let (conn, buf) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx) };
+    let key = TlsKey {
+        pid,
+        _pad: 0,
+        ssl: goroutine(ctx),
+    };
+    let entry = call(conn, buf, syscall);
+    if GO_TLS_CALLS.insert(&key, &entry, 0).is_err() {
+        count(Counter::SyscallTableFull, 1);
+    }
+    if syscall == Syscall::SslWrite {
+        stash_thread_call(pid_tgid, entry);
+    }
+}
+
+/// At each RET instruction of Go's `(*Conn).Write` and `(*Conn).Read`: n in RAX.
+#[uprobe]
+pub fn go_tls_return(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = (pid_tgid >> 32) as u32;
+    let key = TlsKey {
+        pid,
+        _pad: 0,
+        ssl: goroutine(&ctx),
+    };
+    // SAFETY: the entry is read by value.
+    let Some(call) = (unsafe { GO_TLS_CALLS.get(&key) }).copied() else {
         return 0;
     };
+    let _ = GO_TLS_CALLS.remove(&key);
+    // SAFETY: the entry is read by value.
+    if unsafe { TLS_CALLS.get(&pid_tgid) }.is_some_and(|c| c.ssl == call.ssl) {
+        let _ = TLS_CALLS.remove(&pid_tgid);
+    }
+    // SAFETY: the probe's registers, read through its context.
+    copy_plaintext(pid, &call, unsafe { (*ctx.regs).rax } as i64);
+    0
+}
+
+/// Copies the `moved` plaintext bytes of a finished call into the ring as the object's.
+#[inline(always)]
+fn copy_plaintext(pid: u32, call: &TlsCall, moved: i64) {
+    let Some(syscall) = Syscall::from_u8(call.syscall) else {
+        return;
+    };
     if moved <= 0 {
-        return 0;
+        return;
     }
     let key = TlsKey {
-        pid: (pid_tgid >> 32) as u32,
+        pid,
         _pad: 0,
         ssl: call.ssl,
     };
@@ -105,7 +240,7 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
         let _ = TLS_STREAMS.insert(&key, &[0, 0], 0);
     }
     let Some(positions) = TLS_STREAMS.get_ptr_mut(&key) else {
-        return 0;
+        return;
     };
     let direction = syscall.direction() as usize;
     let stream = Stream {
@@ -117,7 +252,6 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
         position: unsafe { &raw mut (*positions)[direction & 1] },
     };
     copy_stream(&stream, call.buf, 0, false, moved as u64);
-    0
 }
 
 /// `void SSL_set_bio(SSL *ssl, BIO *rbio, BIO *wbio)`: remembers whose the write BIO is.
@@ -155,9 +289,6 @@ pub fn bio_write(ctx: ProbeContext) -> u32 {
     ) else {
         return 0;
     };
-    if len <= 0 {
-        return 0;
-    }
     // SAFETY: entries read by value.
     let ssl = match unsafe { TLS_CALLS.get(&pid_tgid) } {
         Some(call) => call.ssl,
@@ -172,13 +303,23 @@ pub fn bio_write(ctx: ProbeContext) -> u32 {
             None => return 0,
         },
     };
+    report_ciphertext(pid, ssl, data, len as i64);
+    0
+}
+
+/// Reports the first bytes of `length` bytes of ciphertext at `data` as `ssl`'s.
+#[inline(always)]
+fn report_ciphertext(pid: u32, ssl: u64, data: u64, length: i64) {
+    if length <= 0 {
+        return;
+    }
     let Some(mut entry): Option<RingBufEntry<TlsCiphertext>> = RECORDS.reserve(0) else {
         count(Counter::RecordsLost, 1);
-        return 0;
+        return;
     };
     let record = entry.as_mut_ptr();
-    let n = if (len as usize) < CIPHERTEXT_PREFIX {
-        len as usize
+    let n = if (length as usize) < CIPHERTEXT_PREFIX {
+        length as usize
     } else {
         CIPHERTEXT_PREFIX
     };
@@ -189,7 +330,7 @@ pub fn bio_write(ctx: ProbeContext) -> u32 {
         (*record).pid = pid;
         (*record).timestamp_ns = bpf_ktime_get_ns();
         (*record).ssl = ssl;
-        (*record).len = len as u32;
+        (*record).len = length as u32;
         (*record).prefix = [0; CIPHERTEXT_PREFIX];
         let copied = match (*record).prefix.get_mut(..n) {
             Some(prefix) => bpf_probe_read_user_buf(data as *const u8, prefix).is_ok(),
@@ -198,7 +339,6 @@ pub fn bio_write(ctx: ProbeContext) -> u32 {
         (*record).prefix_len = if copied { n as u32 } else { 0 };
     }
     entry.submit(wakeup_flags());
-    0
 }
 
 const PROT_EXEC: u64 = 4;
@@ -213,19 +353,25 @@ pub fn enter_mmap(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !process_selected(pid) {
-        return 0;
+    if process_selected(pid) {
+        report_mapped(pid);
     }
+    0
+}
+
+/// Tells user space that `pid` mapped an executable file (a library, or at exec its program).
+#[inline(always)]
+pub fn report_mapped(pid: u32) {
     let Some(mut entry): Option<RingBufEntry<LibraryMapped>> = RECORDS.reserve(0) else {
         count(Counter::RecordsLost, 1);
-        return 0;
+        return;
     };
     entry.write(LibraryMapped {
         kind: RecordKind::LibraryMapped as u32,
         pid,
+        // SAFETY: a helper without arguments.
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
     });
-    // The library's first connection may follow within milliseconds: wake the reader now.
+    // The first connection may follow within milliseconds: wake the reader now.
     entry.submit(aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64);
-    0
 }

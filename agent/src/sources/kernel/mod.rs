@@ -20,6 +20,7 @@ use mqtrace_common::{
     COMM_LEN, Config, DEFAULT_MAX_BYTES_PER_SYSCALL, MAX_BYTES_PER_SYSCALL_LIMIT,
     SOCKET_PAYLOAD_IGNORED, Selection, SocketKey, SocketState, USER_CONNECTION_ID_BIT, maps,
 };
+use mqtrace_protocol::Bounded;
 use tables::{EbpfTables, Host, KernelTables, ProcHost};
 use tokio::io::unix::AsyncFd;
 
@@ -117,8 +118,13 @@ pub struct KernelCapture<T: KernelTables = EbpfTables, H = ProcHost> {
     binder: TlsBinder,
     /// The TLS probes held for each process.
     tls_probes: HashMap<u32, ProcessProbes<T::TlsLink>>,
+    /// Probes serving every process that maps their file, by (device, inode).
+    shared_probes: HashMap<(String, u64), Vec<T::TlsLink>>,
     /// Processes whose library is to be looked at again, with the attempts made.
     tls_retries: HashMap<u32, u8>,
+    /// The TLS functions of files looked at, by (device, inode): a program run again and
+    /// again is read once.
+    tls_files: Bounded<(String, u64), Vec<(tls::TlsFunction, u64)>>,
     tls: TlsCaptureCounters,
 }
 
@@ -126,7 +132,10 @@ pub struct KernelCapture<T: KernelTables = EbpfTables, H = ProcHost> {
 struct ProcessProbes<L> {
     /// Files looked at already (device, inode), probed or not.
     inspected: HashSet<(String, u64)>,
+    /// Probes for this process alone.
     links: Vec<L>,
+    /// Its files whose probes serve every process.
+    shared: Vec<(String, u64)>,
 }
 
 impl<L> Default for ProcessProbes<L> {
@@ -134,6 +143,7 @@ impl<L> Default for ProcessProbes<L> {
         Self {
             inspected: HashSet::new(),
             links: Vec::new(),
+            shared: Vec::new(),
         }
     }
 }
@@ -213,7 +223,9 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
             side: records::SideRecords::default(),
             binder: TlsBinder::new(),
             tls_probes: HashMap::new(),
+            shared_probes: HashMap::new(),
             tls_retries: HashMap::new(),
+            tls_files: Bounded::new(1024, 1 << 20),
             tls: TlsCaptureCounters::default(),
         };
         if capture.options.trace_all {
@@ -324,36 +336,81 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
         let probes = self.tls_probes.entry(pid).or_default();
         let mut found = Vec::new();
         for file in files {
-            if probes.inspected.insert(file.identity.clone()) && tls::may_be_tls(&file.name) {
+            if probes.inspected.insert(file.identity.clone())
+                && (file.executable || tls::may_be_tls(&file.name))
+            {
                 found.push(file);
             }
         }
         let retries_before = self.tls_retries.get(&pid).copied();
+        // Tracing every process, a program's or library's probes serve every process that
+        // maps it, from its exec on (the kernel places them in each new mapping): only the
+        // first process of a program after the agent starts waits for them. Deleted files
+        // (netty unpacks its library anew in every process) are probed per process.
+        let shared = self.options.trace_all;
         for file in found {
-            let functions = match self.host.tls_functions(&file) {
-                Ok(functions) => functions,
-                Err(error) => {
-                    self.attach_failed(pid, &file, error);
-                    continue;
+            if shared && self.shared_probes.contains_key(&file.identity) {
+                self.binder.set_probed(pid, true);
+                if let Some(probes) = self.tls_probes.get_mut(&pid) {
+                    probes.shared.push(file.identity.clone());
                 }
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let functions = match self.tls_files.get(&file.identity) {
+                Some(functions) => functions.clone(),
+                None => match self.host.tls_functions(&file) {
+                    Ok(functions) => {
+                        // Deleted files (netty's) are unpacked anew by every process.
+                        if !file.deleted {
+                            self.tls_files.insert(
+                                file.identity.clone(),
+                                functions.clone(),
+                                functions.len() * 16,
+                            );
+                        }
+                        functions
+                    }
+                    Err(error) => {
+                        self.attach_failed(pid, &file, error);
+                        continue;
+                    }
+                },
             };
             if functions.is_empty() {
-                self.tls.libraries_without_symbols += u64::from(!file.name.contains("libcrypto"));
+                // A program without TLS inside is no news; libcrypto alone has no SSL_write.
+                self.tls.libraries_without_symbols +=
+                    u64::from(tls::may_be_tls(&file.name) && !file.name.contains("libcrypto"));
                 continue;
             }
             let library = tls::TlsLibrary { file, functions };
-            match self.tables.attach_tls(pid, &library) {
+            let for_every_process = shared && !library.file.deleted;
+            match self
+                .tables
+                .attach_tls((!for_every_process).then_some(pid), &library)
+            {
                 Ok(links) => {
                     self.tls.libraries_probed += 1;
                     self.binder.set_probed(pid, true);
+                    let mut functions: Vec<&str> =
+                        library.functions.iter().map(|(f, _)| f.symbol()).collect();
+                    functions.dedup();
                     tracing::info!(
                         pid,
                         library = library.file.name,
                         deleted = library.file.deleted,
-                        functions = ?library.functions.iter().map(|(f, _)| f.symbol()).collect::<Vec<_>>(),
+                        probes = links.len(),
+                        took_ms = started.elapsed().as_secs_f64() * 1e3,
+                        ?functions,
                         "TLS library probed"
                     );
-                    if let Some(probes) = self.tls_probes.get_mut(&pid) {
+                    let Some(probes) = self.tls_probes.get_mut(&pid) else {
+                        continue;
+                    };
+                    if for_every_process {
+                        probes.shared.push(library.file.identity.clone());
+                        self.shared_probes.insert(library.file.identity, links);
+                    } else {
                         probes.links.extend(links);
                     }
                 }
@@ -373,6 +430,12 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
         const ATTEMPTS: u8 = 4;
         let attempts = self.tls_retries.entry(pid).or_insert(0);
         *attempts += 1;
+        tracing::debug!(
+            pid,
+            attempt = *attempts,
+            error = format!("{error:#}"),
+            "TLS library not probed yet"
+        );
         if *attempts < ATTEMPTS {
             if let Some(probes) = self.tls_probes.get_mut(&pid) {
                 probes.inspected.remove(&file.identity);
@@ -501,14 +564,27 @@ impl<T: KernelTables, H: Host> Capture for KernelCapture<T, H> {
     fn tls_probes_per_process(&self) -> BTreeMap<u32, usize> {
         self.tls_probes
             .iter()
-            .filter(|(_, probes)| !probes.links.is_empty())
-            .map(|(&pid, probes)| (pid, probes.links.len()))
+            .map(|(&pid, probes)| {
+                let shared: usize = probes
+                    .shared
+                    .iter()
+                    .filter_map(|file| self.shared_probes.get(file))
+                    .map(Vec::len)
+                    .sum();
+                (pid, probes.links.len() + shared)
+            })
+            .filter(|&(_, probes)| probes > 0)
             .collect()
     }
 
     fn tls_counters(&self) -> crate::counters::TlsCounters {
         crate::counters::TlsCounters {
-            probes: self.tls_probes.values().map(|p| p.links.len()).sum(),
+            probes: self
+                .tls_probes
+                .values()
+                .map(|p| p.links.len())
+                .sum::<usize>()
+                + self.shared_probes.values().map(Vec::len).sum::<usize>(),
             capture: self.tls,
             binding: self.binder.counters(),
         }
@@ -607,6 +683,16 @@ impl<T: KernelTables, H: Host> Capture for KernelCapture<T, H> {
     /// space after the records already captured; a later connection on the same fd is tracked
     /// anew at its connect or accept.
     fn stop_copying(&mut self, connection: &Connection) -> anyhow::Result<()> {
+        // A plaintext stream: its TLS object's records are dropped, its socket let go.
+        if let Some(cipher) = self.binder.stop_following(connection.id) {
+            let socket = Connection {
+                id: cipher,
+                ..connection.clone()
+            };
+            self.remove_socket(&socket);
+            self.end_connections(vec![connection.id, cipher], EndCause::NotFollowed);
+            return Ok(());
+        }
         self.remove_socket(connection);
         self.end_connections(vec![connection.id], EndCause::NotFollowed);
         Ok(())

@@ -42,8 +42,13 @@ pub trait KernelTables {
     fn set_socket_flags(&mut self, key: &SocketKey, flags: u64);
     /// A probe attached to a TLS library for one process; detached by `detach_tls`.
     type TlsLink;
-    /// Attaches the TLS probes at `library`'s functions, firing for `pid` only.
-    fn attach_tls(&mut self, pid: u32, library: &TlsLibrary) -> anyhow::Result<Vec<Self::TlsLink>>;
+    /// Attaches the TLS probes at `library`'s functions, firing for `pid` only, or (None) for
+    /// every process that maps the file, now or later.
+    fn attach_tls(
+        &mut self,
+        pid: Option<u32>,
+        library: &TlsLibrary,
+    ) -> anyhow::Result<Vec<Self::TlsLink>>;
     fn detach_tls(&mut self, links: Vec<Self::TlsLink>);
     /// Sets (or with `None` removes) the selection byte of a command-name rule.
     fn set_comm_rule(&mut self, comm: [u8; COMM_LEN], value: Option<u8>) -> anyhow::Result<()>;
@@ -190,10 +195,15 @@ impl KernelTables for EbpfTables {
 
     type TlsLink = (&'static str, UProbeLinkId);
 
-    fn attach_tls(&mut self, pid: u32, library: &TlsLibrary) -> anyhow::Result<Vec<Self::TlsLink>> {
-        let scope = UProbeScope::OneProcess(
-            std::num::NonZeroU32::new(pid).context("pid 0 has no TLS library")?,
-        );
+    fn attach_tls(
+        &mut self,
+        pid: Option<u32>,
+        library: &TlsLibrary,
+    ) -> anyhow::Result<Vec<Self::TlsLink>> {
+        let scope = match pid.and_then(std::num::NonZeroU32::new) {
+            Some(pid) => UProbeScope::OneProcess(pid),
+            None => UProbeScope::AllProcesses,
+        };
         let mut links = Vec::new();
         for &(function, offset) in &library.functions {
             for &(program, _) in function.programs() {
@@ -213,9 +223,10 @@ impl KernelTables for EbpfTables {
                     )
                     .with_context(|| {
                         format!(
-                            "attaching {program} at {} of {} for pid {pid}",
+                            "attaching {program} at {} of {} for {}",
                             function.symbol(),
-                            library.file.name
+                            library.file.name,
+                            pid.map_or("every process".into(), |pid| format!("pid {pid}"))
                         )
                     });
                 match attached {
@@ -321,16 +332,21 @@ impl Host for ProcHost {
     }
 
     fn mapped_files(&self, pid: u32) -> Vec<MappedFile> {
+        let program = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let program = program.as_ref().and_then(|p| p.to_str());
         std::fs::read_to_string(format!("/proc/{pid}/maps"))
-            .map(|maps| super::tls::executable_files(pid, &maps))
+            .map(|maps| super::tls::executable_files(pid, &maps, program))
             .unwrap_or_default()
     }
 
     fn tls_functions(&self, file: &MappedFile) -> anyhow::Result<Vec<(TlsFunction, u64)>> {
-        let elf = std::fs::read(&file.path)
-            .with_context(|| format!("reading {} ({})", file.name, file.path.display()))?;
-        super::tls::tls_functions(&elf)
-            .with_context(|| format!("reading the symbols of {}", file.name))
+        super::tls::tls_functions_of(&file.path).with_context(|| {
+            format!(
+                "reading the symbols of {} ({})",
+                file.name,
+                file.path.display()
+            )
+        })
     }
 }
 
@@ -363,7 +379,7 @@ pub mod memory {
         /// The next wait of [`SharedTables`] blocks the reader's thread this long: a stuck
         /// pipeline.
         pub stall: Option<Duration>,
-        /// TLS probes attached: (pid, file name, function).
+        /// TLS probes attached: (pid, or 0 for every process, file name, function).
         pub tls_probes: Vec<(u32, String, TlsFunction)>,
     }
 
@@ -570,13 +586,13 @@ pub mod memory {
 
         fn attach_tls(
             &mut self,
-            pid: u32,
+            pid: Option<u32>,
             library: &TlsLibrary,
         ) -> anyhow::Result<Vec<Self::TlsLink>> {
             let links: Vec<Self::TlsLink> = library
                 .functions
                 .iter()
-                .map(|&(function, _)| (pid, library.file.name.clone(), function))
+                .map(|&(function, _)| (pid.unwrap_or(0), library.file.name.clone(), function))
                 .collect();
             self.tls_probes.extend(links.iter().cloned());
             Ok(links)
@@ -666,7 +682,7 @@ pub mod memory {
 
         fn attach_tls(
             &mut self,
-            pid: u32,
+            pid: Option<u32>,
             library: &TlsLibrary,
         ) -> anyhow::Result<Vec<Self::TlsLink>> {
             self.lock().attach_tls(pid, library)

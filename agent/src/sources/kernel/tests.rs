@@ -291,9 +291,10 @@ fn tls_library(name: &str) -> tls::TlsLibrary {
             identity: ("00:2a".into(), 77),
             name: name.into(),
             deleted: true,
+            executable: false,
             path: format!("/proc/{CLIENT}/map_files/7f00-7f10").into(),
         },
-        functions: tls::TlsFunction::ALL
+        functions: tls::TlsFunction::ALL[..4]
             .iter()
             .enumerate()
             .map(|(i, &f)| (f, 0x1000 * (i as u64 + 1)))
@@ -362,4 +363,31 @@ fn a_tls_library_loaded_later_is_probed_and_its_plaintext_bound_to_the_socket() 
     events(&mut capture);
     assert!(capture.tables.tls_probes.is_empty());
     assert_eq!(capture.tls_counters().probes, 0);
+}
+
+/// Tracing every process, a program's probes serve each process that runs it: attached once,
+/// counted for each.
+#[test]
+fn tracing_all_a_programs_probes_serve_every_process_that_runs_it() {
+    let mut host = host();
+    let other = CLIENT + 1;
+    host.processes.insert(other, Vec::new());
+    let mut program = tls_library("/usr/local/bin/go-producer");
+    program.file.deleted = false;
+    program.file.executable = true;
+    host.libraries.insert(CLIENT, vec![program.clone()]);
+    host.libraries.insert(other, vec![program]);
+    let mut capture = capture(true, host);
+    let probes = capture.tables.tls_probes.clone();
+    assert_eq!(probes.len(), 4, "attached once, at start: {probes:?}");
+    assert!(
+        probes.iter().all(|(pid, _, _)| *pid == 0),
+        "for every process"
+    );
+    assert_eq!(capture.tls_probes_per_process().get(&CLIENT), Some(&4));
+    assert_eq!(capture.tls_probes_per_process().get(&other), Some(&4));
+    capture.tables.map_library(other);
+    events(&mut capture);
+    assert_eq!(capture.tables.tls_probes.len(), 4);
+    assert_eq!(capture.tls_counters().probes, 4);
 }

@@ -1,13 +1,16 @@
 //! Finding the TLS libraries a process has mapped and where their plaintext boundary is: the
 //! file offsets of `SSL_write`, `SSL_read`, `SSL_set_bio` and `BIO_write`, from the dynamic
 //! symbols or, for statically linked copies that keep them, the full symbol table (netty's
-//! tcnative BoringSSL exports none of them; its `.symtab` has them all). A library unpacked to
-//! a temporary file and deleted once loaded (netty does this) is still reached through
-//! `/proc/PID/map_files`.
+//! tcnative BoringSSL exports none of them; its `.symtab` has them all); in a Go program, of
+//! `crypto/tls.(*Conn).Write` and `Read` and of each of their RET instructions (Go moves
+//! goroutine stacks, so a return probe's rewritten return address would break it). A library
+//! unpacked to a temporary file and deleted once loaded (netty does this) is still reached
+//! through `/proc/PID/map_files`.
 
-use std::path::PathBuf;
+use std::{fs::File, path::PathBuf};
 
-use object::{Object, ObjectSegment, ObjectSymbol};
+use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadRef};
 
 /// The functions probed, and the programs attached to each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -16,14 +19,21 @@ pub enum TlsFunction {
     SslRead,
     SslSetBio,
     BioWrite,
+    GoWrite,
+    GoRead,
+    /// A RET instruction of Go's `Write` or `Read`.
+    GoReturn,
 }
 
 impl TlsFunction {
-    pub const ALL: [TlsFunction; 4] = [
+    /// The functions looked up by name.
+    pub const ALL: [TlsFunction; 6] = [
         TlsFunction::SslWrite,
         TlsFunction::SslRead,
         TlsFunction::SslSetBio,
         TlsFunction::BioWrite,
+        TlsFunction::GoWrite,
+        TlsFunction::GoRead,
     ];
 
     pub const fn symbol(self) -> &'static str {
@@ -32,6 +42,9 @@ impl TlsFunction {
             TlsFunction::SslRead => "SSL_read",
             TlsFunction::SslSetBio => "SSL_set_bio",
             TlsFunction::BioWrite => "BIO_write",
+            TlsFunction::GoWrite => "crypto/tls.(*Conn).Write",
+            TlsFunction::GoRead => "crypto/tls.(*Conn).Read",
+            TlsFunction::GoReturn => "crypto/tls.(*Conn) RET",
         }
     }
 
@@ -42,6 +55,9 @@ impl TlsFunction {
             TlsFunction::SslRead => &[("ssl_read", false), ("ssl_return", true)],
             TlsFunction::SslSetBio => &[("ssl_set_bio", false)],
             TlsFunction::BioWrite => &[("bio_write", false)],
+            TlsFunction::GoWrite => &[("go_tls_write", false)],
+            TlsFunction::GoRead => &[("go_tls_read", false)],
+            TlsFunction::GoReturn => &[("go_tls_return", false)],
         }
     }
 }
@@ -54,6 +70,8 @@ pub struct MappedFile {
     /// As the process names it (` (deleted)` removed).
     pub name: String,
     pub deleted: bool,
+    /// It is the process's program (a Go program carries its TLS inside).
+    pub executable: bool,
     /// A path that reaches the file from here: `/proc/PID/map_files/START-END`, which works
     /// for deleted files and inside containers alike.
     pub path: PathBuf,
@@ -74,8 +92,9 @@ pub fn may_be_tls(name: &str) -> bool {
     file.contains("ssl") || file.contains("libcrypto") || file.contains("tcnative")
 }
 
-/// The executable file mappings of a `/proc/PID/maps` text, one per file.
-pub fn executable_files(pid: u32, maps: &str) -> Vec<MappedFile> {
+/// The executable file mappings of a `/proc/PID/maps` text, one per file; `program` is the
+/// path of the process's program (`/proc/PID/exe`).
+pub fn executable_files(pid: u32, maps: &str, program: Option<&str>) -> Vec<MappedFile> {
     let mut files: Vec<MappedFile> = Vec::new();
     for line in maps.lines() {
         let mut fields = line.split_ascii_whitespace();
@@ -103,6 +122,14 @@ pub fn executable_files(pid: u32, maps: &str) -> Vec<MappedFile> {
             Some(name) => (name, true),
             None => (path, false),
         };
+        // map_files names its entries without the zero padding maps uses.
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        else {
+            continue;
+        };
         let identity = (device.to_string(), inode);
         if files.iter().any(|f| f.identity == identity) {
             continue;
@@ -111,15 +138,70 @@ pub fn executable_files(pid: u32, maps: &str) -> Vec<MappedFile> {
             identity,
             name: name.to_string(),
             deleted,
-            path: PathBuf::from(format!("/proc/{pid}/map_files/{range}")),
+            executable: program == Some(path),
+            path: PathBuf::from(format!("/proc/{pid}/map_files/{start:x}-{end:x}")),
         });
     }
     files
 }
 
+/// The probed functions of the ELF file at `path`. The file is mapped, not read: a Go program
+/// runs to tens of megabytes, of which the symbols are a small part, and a process waits for
+/// its probes in the meantime (reading it whole took 20 ms, reading the parts 90 ms).
+pub fn tls_functions_of(path: &std::path::Path) -> anyhow::Result<Vec<(TlsFunction, u64)>> {
+    let file = File::open(path)?;
+    let length = file.metadata()?.len() as usize;
+    if length == 0 {
+        anyhow::bail!("empty file");
+    }
+    let mapped = MappedFileBytes::map(&file, length)?;
+    tls_functions(mapped.bytes())
+}
+
+/// A file mapped read-only, unmapped when dropped.
+struct MappedFileBytes {
+    address: *mut libc::c_void,
+    length: usize,
+}
+
+impl MappedFileBytes {
+    fn map(file: &File, length: usize) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh private read-only mapping of an open file; checked for failure.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                length,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self { address, length })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `length` readable bytes and lives as long as `self`. A file
+        // truncated meanwhile would fault: the files mapped are libraries and programs that
+        // processes run.
+        unsafe { std::slice::from_raw_parts(self.address.cast::<u8>(), self.length) }
+    }
+}
+
+impl Drop for MappedFileBytes {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe { libc::munmap(self.address, self.length) };
+    }
+}
+
 /// The probed functions an ELF file defines, with their file offsets: from `.dynsym`, then
-/// `.symtab` (local symbols included).
-pub fn tls_functions(elf: &[u8]) -> anyhow::Result<Vec<(TlsFunction, u64)>> {
+/// `.symtab` (local symbols included); for Go's, their RET instructions too.
+pub fn tls_functions<'data>(elf: impl ReadRef<'data>) -> anyhow::Result<Vec<(TlsFunction, u64)>> {
     let file = object::File::parse(elf)?;
     let mut found = Vec::new();
     for symbol in file.dynamic_symbols().chain(file.symbols()) {
@@ -133,16 +215,48 @@ pub fn tls_functions(elf: &[u8]) -> anyhow::Result<Vec<(TlsFunction, u64)>> {
         if found.iter().any(|&(f, _)| f == function) {
             continue;
         }
-        if let Some(offset) = file_offset(&file, symbol.address()) {
-            found.push((function, offset));
+        let Some(offset) = file_offset(&file, symbol.address()) else {
+            continue;
+        };
+        found.push((function, offset));
+        if matches!(function, TlsFunction::GoWrite | TlsFunction::GoRead) {
+            for ret in returns(&file, symbol.address(), symbol.size()) {
+                if let Some(offset) = file_offset(&file, ret) {
+                    found.push((TlsFunction::GoReturn, offset));
+                }
+            }
         }
     }
     found.sort();
     Ok(found)
 }
 
+/// The addresses of the RET instructions of the function at `address`, `size` bytes long.
+fn returns<'data, R: ReadRef<'data>>(
+    file: &object::File<'data, R>,
+    address: u64,
+    size: u64,
+) -> Vec<u64> {
+    let Some(code) = file
+        .sections()
+        .find(|s| s.address() <= address && address + size <= s.address() + s.size())
+        .and_then(|section| section.data_range(address, size).ok().flatten())
+    else {
+        return Vec::new();
+    };
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    decoder
+        .iter()
+        .filter(|instruction| matches!(instruction.mnemonic(), Mnemonic::Ret | Mnemonic::Retf))
+        .map(|instruction| instruction.ip())
+        .collect()
+}
+
 /// The file offset of a virtual address: through the loadable segment that holds it.
-fn file_offset(file: &object::File, address: u64) -> Option<u64> {
+fn file_offset<'data, R: ReadRef<'data>>(
+    file: &object::File<'data, R>,
+    address: u64,
+) -> Option<u64> {
     file.segments().find_map(|segment| {
         let start = segment.address();
         let (offset, size) = segment.file_range();
@@ -150,13 +264,13 @@ fn file_offset(file: &object::File, address: u64) -> Option<u64> {
     })
 }
 
-/// What a library's functions allow: plaintext needs both `SSL_write` and `SSL_read`, and
-/// binding it to a socket needs `BIO_write` (in this file or in another the process maps,
-/// libcrypto beside libssl).
+/// What a library's functions allow: plaintext needs both `SSL_write` and `SSL_read` (or Go's
+/// `Write` and `Read`); binding it to a socket needs `BIO_write` (in this file or in another
+/// the process maps, libcrypto beside libssl) or a library that writes its socket itself.
 pub fn has_plaintext(functions: &[(TlsFunction, u64)]) -> bool {
-    [TlsFunction::SslWrite, TlsFunction::SslRead]
-        .iter()
-        .all(|wanted| functions.iter().any(|(f, _)| f == wanted))
+    let has = |wanted: TlsFunction| functions.iter().any(|&(f, _)| f == wanted);
+    (has(TlsFunction::SslWrite) && has(TlsFunction::SslRead))
+        || (has(TlsFunction::GoWrite) && has(TlsFunction::GoRead))
 }
 
 #[cfg(test)]
@@ -172,9 +286,10 @@ mod tests {
 7f1000000000-7f1000100000 r-xp 00000000 00:2a 77 /tmp/liborg_apache_rocketmq_shaded_io_grpc_netty_shaded_netty_tcnative_linux_x86_6412345.so (deleted)
 7f2000000000-7f2000001000 rw-p 00000000 00:00 0 [heap]
 7f3000000000-7f3000001000 r-xp 00000000 00:00 0 
+00400000-00a2c000 r-xp 00000000 08:01 300 /usr/bin/other
 ";
-        let files = executable_files(42, maps);
-        assert_eq!(files.len(), 2, "{files:#?}");
+        let files = executable_files(42, maps, Some("/usr/bin/other"));
+        assert_eq!(files.len(), 3, "{files:#?}");
         assert_eq!(files[0].name, "/usr/lib/x86_64-linux-gnu/libssl.so.3");
         assert!(!files[0].deleted);
         assert_eq!(
@@ -183,7 +298,17 @@ mod tests {
         );
         assert!(files[1].deleted);
         assert!(files[1].name.ends_with("tcnative_linux_x86_6412345.so"));
-        assert!(files.iter().all(|f| may_be_tls(&f.name)));
+        assert!(
+            files[..2]
+                .iter()
+                .all(|f| may_be_tls(&f.name) && !f.executable)
+        );
+        // The program, its entry named as map_files names it.
+        assert!(files[2].executable);
+        assert_eq!(
+            files[2].path,
+            PathBuf::from("/proc/42/map_files/400000-a2c000")
+        );
         assert!(!may_be_tls("/usr/lib/jvm/java-17/lib/server/libjvm.so"));
         assert!(may_be_tls("/usr/lib/x86_64-linux-gnu/libcrypto.so.3"));
     }
@@ -200,7 +325,11 @@ mod tests {
             panic!("libssl3 is not installed (Debian's libssl3 is a dependency of the test setup)");
         };
         let elf = std::fs::read(path).unwrap();
-        let functions = tls_functions(&elf).unwrap();
+        let functions = tls_functions(elf.as_slice()).unwrap();
+        assert_eq!(
+            tls_functions_of(std::path::Path::new(path)).unwrap(),
+            functions
+        );
         let names: Vec<TlsFunction> = functions.iter().map(|(f, _)| *f).collect();
         assert_eq!(
             names,

@@ -103,6 +103,9 @@ pub struct TlsBinder {
     probed: HashSet<u32>,
     /// Connections kept back: their events so far, and their bytes.
     withheld: HashMap<ConnectionId, (Vec<SourceEvent>, usize)>,
+    /// Objects whose plaintext is no longer followed (the stages after this one let their
+    /// connection go): their records are dropped.
+    ignored: HashSet<ObjectKey>,
     counters: TlsCounters,
 }
 
@@ -116,6 +119,7 @@ impl Default for TlsBinder {
             held: Bounded::new(MAX_HELD_OBJECTS, MAX_HELD_BYTES),
             probed: HashSet::new(),
             withheld: HashMap::new(),
+            ignored: HashSet::new(),
             counters: TlsCounters::default(),
         }
     }
@@ -146,6 +150,19 @@ impl TlsBinder {
         } else {
             self.probed.remove(&pid);
         }
+    }
+
+    /// The stages after this one let go of plaintext stream `id`: its object's records are
+    /// dropped from now on. Returns its ciphertext connection, which is not followed either.
+    pub fn stop_following(&mut self, id: ConnectionId) -> Option<ConnectionId> {
+        let cipher = ConnectionId(id.0 & !PLAINTEXT_CONNECTION_ID_BIT);
+        if cipher == id {
+            return None;
+        }
+        let object = self.by_connection.remove(&cipher)?;
+        self.bound.remove(&object);
+        self.ignored.insert(object);
+        Some(cipher)
     }
 
     /// Rewrites `events[start..]` with the `records` placed among them: plaintext becomes the
@@ -200,7 +217,10 @@ impl TlsBinder {
     fn record(&mut self, record: TlsRecord, out: &mut Vec<SourceEvent>) {
         match record {
             TlsRecord::Ciphertext { pid, ssl, prefix } => {
-                if prefix.len() < MIN_PREFIX || self.bound.contains_key(&(pid, ssl)) {
+                if prefix.len() < MIN_PREFIX
+                    || self.bound.contains_key(&(pid, ssl))
+                    || self.ignored.contains(&(pid, ssl))
+                {
                     return;
                 }
                 let queue = self.prefixes.entry(pid).or_default();
@@ -212,6 +232,7 @@ impl TlsBinder {
             }
             TlsRecord::Plaintext { pid, ssl, event } => match self.bound.get(&(pid, ssl)) {
                 Some(&connection) => self.hand_on(plaintext_id(connection), event, out),
+                None if self.ignored.contains(&(pid, ssl)) => {}
                 None => {
                     let key = (pid, ssl);
                     let bytes = payload_len(&event);
@@ -392,6 +413,7 @@ impl TlsBinder {
         self.probed.remove(&pid);
         self.connections.retain(|_, c| c.pid != pid);
         self.bound.retain(|&(p, _), _| p != pid);
+        self.ignored.retain(|&(p, _)| p != pid);
         self.by_connection.retain(|_, &mut (p, _)| p != pid);
         let held: Vec<ObjectKey> = self
             .held

@@ -289,3 +289,33 @@ fn a_servers_connection_waits_for_its_binding() {
     let (out, _) = run(&mut binder, vec![closed.clone()], vec![]);
     assert_eq!(out, vec![hello, closed]);
 }
+
+/// The stages after the binder let a plaintext stream go (the server's side of a connection,
+/// say): its object's later records are dropped, not handed on for a connection already
+/// ended, and its ciphertext connection is named to be let go too.
+#[test]
+fn a_plaintext_stream_let_go_drops_its_objects_records() {
+    let mut binder = TlsBinder::new();
+    let record = ciphertext(8);
+    run(
+        &mut binder,
+        vec![opened(CIPHER), data(CIPHER, Direction::Egress, 0, &record)],
+        vec![placed_before(prefix_of(SSL, &record), 1)],
+    );
+    assert_eq!(binder.stop_following(plaintext_id(CIPHER)), Some(CIPHER));
+    assert_eq!(
+        binder.stop_following(CIPHER),
+        None,
+        "not a plaintext stream"
+    );
+    let (out, bound) = run(
+        &mut binder,
+        vec![],
+        vec![
+            plaintext(SSL, Direction::Ingress, 0, b"more"),
+            prefix_of(SSL, &ciphertext(9)),
+        ],
+    );
+    assert!(out.is_empty() && bound.is_empty(), "{out:?}");
+    assert!(binder.held.is_empty());
+}
