@@ -15,7 +15,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use mqtrace_common::{
-    CIPHERTEXT_PREFIX, Counter, LibraryMapped, RecordKind, Syscall, TlsCiphertext, TlsKey,
+    CIPHERTEXT_PREFIX, Counter, LibraryMapped, RecordKind, Syscall, TLS_STREAM_IGNORED,
+    TlsCiphertext, TlsKey, TlsStream,
 };
 
 use crate::{
@@ -31,7 +32,7 @@ static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(16_384, 0);
 /// Stream positions (egress, ingress) of each connection object. LRU: a library frees its
 /// objects without telling, and a forgotten one only restarts its positions.
 #[map(name = "TLS_STREAMS")]
-static TLS_STREAMS: LruHashMap<TlsKey, [u64; 2]> = LruHashMap::with_max_entries(65_536, 0);
+static TLS_STREAMS: LruHashMap<TlsKey, TlsStream> = LruHashMap::with_max_entries(65_536, 0);
 
 /// The connection object a write BIO belongs to (`SSL_set_bio`), keyed by (pid, BIO): the
 /// handshake writes through it outside any `SSL_write`.
@@ -237,11 +238,19 @@ fn copy_plaintext(pid: u32, call: &TlsCall, moved: i64) {
         ssl: call.ssl,
     };
     if TLS_STREAMS.get_ptr_mut(&key).is_none() {
-        let _ = TLS_STREAMS.insert(&key, &[0, 0], 0);
+        let fresh = TlsStream {
+            positions: [0, 0],
+            flags: 0,
+        };
+        let _ = TLS_STREAMS.insert(&key, &fresh, 0);
     }
-    let Some(positions) = TLS_STREAMS.get_ptr_mut(&key) else {
+    let Some(stream_state) = TLS_STREAMS.get_ptr_mut(&key) else {
         return;
     };
+    // SAFETY: a field of a live map value.
+    if unsafe { (*stream_state).flags } & TLS_STREAM_IGNORED != 0 {
+        return;
+    }
     let direction = syscall.direction() as usize;
     let stream = Stream {
         kind: RecordKind::TlsData,
@@ -249,7 +258,7 @@ fn copy_plaintext(pid: u32, call: &TlsCall, moved: i64) {
         fd: -1,
         connection_id: call.ssl,
         // SAFETY: a live map value.
-        position: unsafe { &raw mut (*positions)[direction & 1] },
+        position: unsafe { &raw mut (*stream_state).positions[direction & 1] },
     };
     copy_stream(&stream, call.buf, 0, false, moved as u64);
 }

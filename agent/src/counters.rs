@@ -204,12 +204,17 @@ pub const COUNTERS: &[Declared] = &[
         "TLS connection objects whose plaintext was dropped because no traced connection was found for it (the socket is not traced, or its ciphertext was missed).",
     ),
     counter(
+        "/agent/tls/connections_unbound",
+        "Encrypted connections of processes with TLS probes whose plaintext was never bound to them (a library version that binds differently, or probes placed after the connection began): not traced.",
+    )
+    .problem("encrypted connections of probed processes not bound to their plaintext: not traced"),
+    counter(
         "/agent/tls/prefixes_forgotten",
         "Ciphertext prefixes forgotten before the socket write carrying them was seen.",
     ),
     counter(
         "/pipeline/connections_tls",
-        "Connections that began with a TLS ClientHello and whose plaintext was not captured: encrypted, not traced (Java's own TLS, JSSE; stripped or unsupported libraries).",
+        "Connections that began with a TLS ClientHello and whose plaintext was not captured: encrypted, not traced (Java's own TLS, JSSE; rustls; stripped libraries; of them, /agent/tls/connections_unbound in processes with TLS probes).",
     )
     .said_once(
         "encrypted connections not traced: their TLS library is not one the agent probes \

@@ -276,6 +276,18 @@ pub struct LibraryMapped {
     pub timestamp_ns: u64,
 }
 
+/// Value of the TLS stream table: the stream positions of one connection object, indexed by
+/// [`Direction`], and [`TLS_STREAM_IGNORED`] or 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsStream {
+    pub positions: [u64; 2],
+    pub flags: u64,
+}
+
+/// [`TlsStream::flags`]: the object's plaintext is not copied (its connection was let go).
+pub const TLS_STREAM_IGNORED: u64 = 1;
+
 /// Key of the TLS stream table: one connection object of a TLS library in one process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -380,4 +392,5 @@ mod user {
     unsafe impl aya::Pod for SocketState {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for TlsKey {}
+    unsafe impl aya::Pod for TlsStream {}
 }

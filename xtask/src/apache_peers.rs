@@ -4,7 +4,8 @@
 //! C++ client (in the `rocketmq` package) under `tests/python/cpp-client`, from npm the ali-ons
 //! client under `tests/node/ali-ons`. Maven resolves each pom under `tests/java` to a classpath
 //! file in `<peers>/java` (`<name>.classpath`, jars in `~/.m2`); the Java applications are built
-//! into `<peers>/java/apps.jar`, the Go ones into `<peers>/bin/mq-go-remoting` and `mq-go-grpc`;
+//! into `<peers>/java/apps.jar`, the Go ones into `<peers>/bin/mq-go-remoting`, `mq-go-grpc` and
+//! `mq-go-tlsecho` (a TLS echo for the TLS capture benchmark);
 //! the Python application gets a virtual environment in `<peers>/python/cpp-client`, the Node.js
 //! one its locked packages in `<peers>/node/ali-ons`. Redone when a source under them is newer
 //! than its output, reused otherwise.
@@ -37,7 +38,11 @@ const CLASSPATHS: &[(&str, &str)] = &[
 ];
 
 /// The Go test applications: their module folder under `tests/go`, and the binary's name.
-const GO_APPS: &[(&str, &str)] = &[("remoting", "mq-go-remoting"), ("grpc", "mq-go-grpc")];
+const GO_APPS: &[(&str, &str)] = &[
+    ("remoting", "mq-go-remoting"),
+    ("grpc", "mq-go-grpc"),
+    ("tlsecho", "mq-go-tlsecho"),
+];
 
 /// Resolves and builds whatever of Apache's peers is missing or stale.
 pub fn ensure(peers: &Path) -> anyhow::Result<()> {

@@ -51,6 +51,11 @@ pub fn run() -> anyhow::Result<()> {
     );
     lines.extend(json_lines(bin("java-bench").env("MQTRACE_PEERS", &peers))?);
 
+    step(
+        "TLS capture cost: a TLS echo's round trip and Apache's Java producer with TLS on, untraced vs traced",
+    );
+    lines.extend(json_lines(bin("tls-bench").env("MQTRACE_PEERS", &peers))?);
+
     step("ceiling: frame-load at rising rates, single sends and pulls of 32 x 1 KiB");
     lines.extend(json_lines(&mut bin("ceiling-bench"))?);
 
@@ -112,6 +117,26 @@ pub fn run() -> anyhow::Result<()> {
                     &none,
                 );
             }
+            Some("tls_echo") => {
+                row(
+                    "TLS echo round trip, traced".into(),
+                    &v["traced_ns_per_round_trip"],
+                    "ns",
+                    &v["ratio"],
+                );
+                row(
+                    "  added per probed TLS call".into(),
+                    &v["ns_added_per_tls_call"],
+                    "ns/call",
+                    &none,
+                );
+            }
+            Some("tls_producer") => row(
+                "Java gRPC producer with TLS, traced".into(),
+                &v["traced_msgs_per_s"],
+                "msgs/s",
+                &v["throughput_ratio"],
+            ),
             Some("capture_echo") => row(
                 format!("echo syscall, {}", text("setup")),
                 &v["ns_per_syscall"],

@@ -18,7 +18,8 @@ use aya::{
 };
 use mqtrace_common::{
     COMM_LEN, Config, DEFAULT_MAX_BYTES_PER_SYSCALL, MAX_BYTES_PER_SYSCALL_LIMIT,
-    SOCKET_PAYLOAD_IGNORED, Selection, SocketKey, SocketState, USER_CONNECTION_ID_BIT, maps,
+    SOCKET_PAYLOAD_IGNORED, Selection, SocketKey, SocketState, TlsKey, USER_CONNECTION_ID_BIT,
+    maps,
 };
 use mqtrace_protocol::Bounded;
 use tables::{EbpfTables, Host, KernelTables, ProcHost};
@@ -684,12 +685,13 @@ impl<T: KernelTables, H: Host> Capture for KernelCapture<T, H> {
     /// anew at its connect or accept.
     fn stop_copying(&mut self, connection: &Connection) -> anyhow::Result<()> {
         // A plaintext stream: its TLS object's records are dropped, its socket let go.
-        if let Some(cipher) = self.binder.stop_following(connection.id) {
+        if let Some((cipher, (pid, ssl))) = self.binder.stop_following(connection.id) {
             let socket = Connection {
                 id: cipher,
                 ..connection.clone()
             };
             self.remove_socket(&socket);
+            self.tables.ignore_tls_object(TlsKey { pid, _pad: 0, ssl });
             self.end_connections(vec![connection.id, cipher], EndCause::NotFollowed);
             return Ok(());
         }

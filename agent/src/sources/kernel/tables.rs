@@ -15,7 +15,10 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
     },
 };
-use mqtrace_common::{COMM_LEN, COUNTER_SLOTS, Counter, MAX_RULES, SocketKey, SocketState, maps};
+use mqtrace_common::{
+    COMM_LEN, COUNTER_SLOTS, Counter, MAX_RULES, SocketKey, SocketState, TLS_STREAM_IGNORED,
+    TlsKey, TlsStream, maps,
+};
 use tokio::io::unix::AsyncFd;
 
 use super::{
@@ -40,6 +43,8 @@ pub trait KernelTables {
     /// Sets a tracked socket's flags (`SOCKET_PAYLOAD_IGNORED`); a no-op when it is not
     /// tracked.
     fn set_socket_flags(&mut self, key: &SocketKey, flags: u64);
+    /// Stops the copying of a TLS connection object's plaintext (its connection was let go).
+    fn ignore_tls_object(&mut self, key: TlsKey);
     /// A probe attached to a TLS library for one process; detached by `detach_tls`.
     type TlsLink;
     /// Attaches the TLS probes at `library`'s functions, firing for `pid` only, or (None) for
@@ -190,6 +195,17 @@ impl KernelTables for EbpfTables {
             // The positions written back may lag the kernel's by a syscall in flight: the
             // socket's payload is not followed from here on, only its close.
             let _ = sockets.insert(key, SocketState { flags, ..state }, BPF_EXIST);
+        }
+    }
+
+    fn ignore_tls_object(&mut self, key: TlsKey) {
+        if let Ok(mut streams) = self.map_mut::<TlsKey, TlsStream>(maps::TLS_STREAMS) {
+            let positions = streams.get(&key, 0).map_or([0, 0], |s| s.positions);
+            let ignored = TlsStream {
+                positions,
+                flags: TLS_STREAM_IGNORED,
+            };
+            let _ = streams.insert(key, ignored, 0);
         }
     }
 
@@ -381,6 +397,8 @@ pub mod memory {
         pub stall: Option<Duration>,
         /// TLS probes attached: (pid, or 0 for every process, file name, function).
         pub tls_probes: Vec<(u32, String, TlsFunction)>,
+        /// TLS connection objects whose plaintext is no longer copied.
+        pub ignored_tls_objects: Vec<TlsKey>,
     }
 
     /// What the kernel programs do, as records in the ring and entries in the tables.
@@ -582,6 +600,10 @@ pub mod memory {
             }
         }
 
+        fn ignore_tls_object(&mut self, key: TlsKey) {
+            self.ignored_tls_objects.push(key);
+        }
+
         type TlsLink = (u32, String, TlsFunction);
 
         fn attach_tls(
@@ -676,6 +698,10 @@ pub mod memory {
 
         fn set_socket_flags(&mut self, key: &SocketKey, flags: u64) {
             self.lock().set_socket_flags(key, flags)
+        }
+
+        fn ignore_tls_object(&mut self, key: TlsKey) {
+            self.lock().ignore_tls_object(key)
         }
 
         type TlsLink = (u32, String, TlsFunction);

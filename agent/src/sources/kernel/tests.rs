@@ -359,6 +359,39 @@ fn a_tls_library_loaded_later_is_probed_and_its_plaintext_bound_to_the_socket() 
     );
     assert_eq!(capture.tls_counters().binding.connections_bound, 1);
 
+    // The pipeline lets the plaintext stream go: the object's plaintext is no longer copied,
+    // the socket leaves the table, both end.
+    let plaintext_connection = out
+        .iter()
+        .find_map(|e| match e {
+            SourceEvent::Opened(c) if c.id == plaintext => Some(c.clone()),
+            _ => None,
+        })
+        .unwrap();
+    capture.stop_copying(&plaintext_connection).unwrap();
+    assert_eq!(
+        capture.tables.ignored_tls_objects,
+        [TlsKey {
+            pid: CLIENT,
+            _pad: 0,
+            ssl
+        }]
+    );
+    assert!(
+        !capture
+            .tables
+            .sockets
+            .contains_key(&SocketKey { pid: CLIENT, fd: 7 })
+    );
+    let ended: Vec<ConnectionId> = events(&mut capture)
+        .iter()
+        .filter_map(|e| match e {
+            SourceEvent::Closed { connection, .. } => Some(*connection),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ended, [plaintext, ConnectionId(21)]);
+
     capture.tables.exit(CLIENT);
     events(&mut capture);
     assert!(capture.tables.tls_probes.is_empty());

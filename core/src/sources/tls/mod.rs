@@ -76,6 +76,10 @@ pub struct TlsCounters {
     pub objects_unbound: u64,
     /// Ciphertext prefixes forgotten before their write was seen.
     pub prefixes_forgotten: u64,
+    /// Encrypted connections of processes with TLS probes that were never bound (their
+    /// library's version binds differently, or its probes came too late): handed on to be
+    /// counted as encrypted and not traced.
+    pub connections_unbound: u64,
 }
 
 type ObjectKey = (u32, u64);
@@ -153,8 +157,9 @@ impl TlsBinder {
     }
 
     /// The stages after this one let go of plaintext stream `id`: its object's records are
-    /// dropped from now on. Returns its ciphertext connection, which is not followed either.
-    pub fn stop_following(&mut self, id: ConnectionId) -> Option<ConnectionId> {
+    /// dropped from now on. Returns its ciphertext connection, which is not followed either,
+    /// and the object (pid, `SSL *`), whose plaintext need not be copied any more.
+    pub fn stop_following(&mut self, id: ConnectionId) -> Option<(ConnectionId, (u32, u64))> {
         let cipher = ConnectionId(id.0 & !PLAINTEXT_CONNECTION_ID_BIT);
         if cipher == id {
             return None;
@@ -162,7 +167,7 @@ impl TlsBinder {
         let object = self.by_connection.remove(&cipher)?;
         self.bound.remove(&object);
         self.ignored.insert(object);
-        Some(cipher)
+        Some((cipher, object))
     }
 
     /// Rewrites `events[start..]` with the `records` placed among them: plaintext becomes the
@@ -299,6 +304,7 @@ impl TlsBinder {
                 self.connections.remove(connection);
                 // Never bound: what was kept back goes on, before its end.
                 if let Some((kept, _)) = self.withheld.remove(connection) {
+                    self.counters.connections_unbound += 1;
                     out.extend(kept);
                 }
                 if let Some(object) = self.by_connection.remove(connection) {
@@ -330,6 +336,7 @@ impl TlsBinder {
                     .collect();
                 for id in kept {
                     if let Some((events, _)) = self.withheld.remove(&id) {
+                        self.counters.connections_unbound += 1;
                         out.extend(events);
                     }
                 }
@@ -402,6 +409,7 @@ impl TlsBinder {
         if *kept_bytes > MAX_WITHHELD_BYTES
             && let Some((kept, _)) = self.withheld.remove(&connection)
         {
+            self.counters.connections_unbound += 1;
             out.extend(kept);
         }
     }

@@ -288,6 +288,7 @@ fn a_servers_connection_waits_for_its_binding() {
     assert_eq!(out, vec![opened(other)]);
     let (out, _) = run(&mut binder, vec![closed.clone()], vec![]);
     assert_eq!(out, vec![hello, closed]);
+    assert_eq!(binder.counters().connections_unbound, 1);
 }
 
 /// The stages after the binder let a plaintext stream go (the server's side of a connection,
@@ -302,7 +303,10 @@ fn a_plaintext_stream_let_go_drops_its_objects_records() {
         vec![opened(CIPHER), data(CIPHER, Direction::Egress, 0, &record)],
         vec![placed_before(prefix_of(SSL, &record), 1)],
     );
-    assert_eq!(binder.stop_following(plaintext_id(CIPHER)), Some(CIPHER));
+    assert_eq!(
+        binder.stop_following(plaintext_id(CIPHER)),
+        Some((CIPHER, (PID, SSL)))
+    );
     assert_eq!(
         binder.stop_following(CIPHER),
         None,

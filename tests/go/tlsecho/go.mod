@@ -1,0 +1,3 @@
+module mqtrace-tests/tlsecho
+
+go 1.24
