@@ -272,7 +272,7 @@ pub fn process_exit(_ctx: TracePointContext) -> u32 {
     if pid == pid_tgid as u32
         && (maps::config().is_some_and(|c| c.trace_all != 0) || maps::selection(pid).is_some())
     {
-        sockets::emit_process_exit(pid);
+        sockets::emit_process_record(mqtrace_common::RecordKind::ProcessExited, pid, 0);
     }
     0
 }

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::ring_buf::RingBufEntry,
 };
 use mqtrace_common::{
-    ConnectionClosed, ConnectionOpened, Counter, Origin, ProcessExited, RecordKind,
+    ConnectionClosed, ConnectionOpened, Counter, Origin, ProcessRecord, RecordKind,
     SOCKET_PAYLOAD_IGNORED, SocketKey, SocketState, Syscall,
 };
 
@@ -150,16 +150,19 @@ pub fn on_close(pid: u32, fd: i32) {
     entry.submit(0);
 }
 
+/// Tells user space of a process's exit (`RecordKind::ProcessExited`) or of a file it mapped
+/// (`RecordKind::LibraryMapped`); `flags` say whether to wake the reader.
 #[inline(always)]
-pub fn emit_process_exit(pid: u32) {
-    let Some(mut entry): Option<RingBufEntry<ProcessExited>> = RECORDS.reserve(0) else {
+pub fn emit_process_record(kind: RecordKind, pid: u32, flags: u64) {
+    let Some(mut entry): Option<RingBufEntry<ProcessRecord>> = RECORDS.reserve(0) else {
         count(Counter::RecordsLost, 1);
         return;
     };
-    entry.write(ProcessExited {
-        kind: RecordKind::ProcessExited as u32,
+    entry.write(ProcessRecord {
+        kind: kind as u32,
         pid,
+        // SAFETY: a helper without arguments.
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
     });
-    entry.submit(0);
+    entry.submit(flags);
 }

@@ -15,8 +15,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use mqtrace_common::{
-    CIPHERTEXT_PREFIX, Counter, LibraryMapped, RecordKind, Syscall, TLS_STREAM_IGNORED,
-    TlsCiphertext, TlsKey, TlsStream,
+    CIPHERTEXT_PREFIX, Counter, RecordKind, Syscall, TLS_STREAM_IGNORED, TlsCiphertext, TlsKey,
+    TlsStream,
 };
 
 use crate::{
@@ -369,18 +369,12 @@ pub fn enter_mmap(ctx: TracePointContext) -> u32 {
 }
 
 /// Tells user space that `pid` mapped an executable file (a library, or at exec its program).
+/// The first connection may follow within milliseconds: the reader is woken now.
 #[inline(always)]
 pub fn report_mapped(pid: u32) {
-    let Some(mut entry): Option<RingBufEntry<LibraryMapped>> = RECORDS.reserve(0) else {
-        count(Counter::RecordsLost, 1);
-        return;
-    };
-    entry.write(LibraryMapped {
-        kind: RecordKind::LibraryMapped as u32,
+    crate::sockets::emit_process_record(
+        RecordKind::LibraryMapped,
         pid,
-        // SAFETY: a helper without arguments.
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
-    });
-    // The first connection may follow within milliseconds: wake the reader now.
-    entry.submit(aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64);
+        aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64,
+    );
 }

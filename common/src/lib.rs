@@ -82,6 +82,7 @@ pub enum RecordKind {
     Data = 1,
     ConnectionOpened = 2,
     ConnectionClosed = 3,
+    /// A [`ProcessRecord`].
     ProcessExited = 4,
     /// Plaintext a TLS library encrypted or decrypted: a [`DataHeader`] whose
     /// `connection_id` is the library's connection object (`SSL *`) and whose `fd` is -1,
@@ -89,7 +90,8 @@ pub enum RecordKind {
     TlsData = 5,
     /// The first bytes of ciphertext a TLS library handed to its BIO: a [`TlsCiphertext`].
     TlsCiphertext = 6,
-    /// A selected process mapped an executable file (a TLS library, maybe): [`LibraryMapped`].
+    /// A selected process mapped an executable file (a TLS library, maybe) or exec'd a
+    /// program: a [`ProcessRecord`].
     LibraryMapped = 7,
 }
 
@@ -236,10 +238,12 @@ pub struct ConnectionClosed {
     pub ingress_pos: u64,
 }
 
-/// A selected process ended: user space forgets its sockets.
+/// Something happened to a selected process: [`RecordKind::ProcessExited`] (user space
+/// forgets its sockets) or [`RecordKind::LibraryMapped`] (it mapped an executable file, or
+/// exec'd a program: user space looks for TLS libraries in it).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct ProcessExited {
+pub struct ProcessRecord {
     pub kind: u32,
     pub pid: u32,
     pub timestamp_ns: u64,
@@ -265,15 +269,6 @@ pub struct TlsCiphertext {
     /// Of them, copied into `prefix`.
     pub prefix_len: u32,
     pub prefix: [u8; CIPHERTEXT_PREFIX],
-}
-
-/// A selected process mapped an executable file: user space looks for TLS libraries in it.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct LibraryMapped {
-    pub kind: u32,
-    pub pid: u32,
-    pub timestamp_ns: u64,
 }
 
 /// Value of the TLS stream table: the stream positions of one connection object, indexed by

@@ -22,6 +22,7 @@ const CAPABILITIES: &[&str] = &[
     "perfmon",
     "sys_ptrace",
     "dac_read_search",
+    "checkpoint_restore",
     "sys_resource",
 ];
 
@@ -205,8 +206,9 @@ fn the_agent_traces_with_only_the_granted_capabilities() {
             .unwrap()
     };
     // CAP_DAC_READ_SEARCH 2, CAP_SYS_PTRACE 19, CAP_SYS_RESOURCE 24, CAP_PERFMON 38, CAP_BPF 39,
-    // as far as this machine itself has them (some VMs run without CAP_SYS_RESOURCE).
-    let listed = [2u32, 19, 24, 38, 39]
+    // CAP_CHECKPOINT_RESTORE 40, as far as this machine itself has them (some VMs run without
+    // CAP_SYS_RESOURCE).
+    let listed = [2u32, 19, 24, 38, 39, 40]
         .iter()
         .map(|b| 1u64 << b)
         .sum::<u64>();

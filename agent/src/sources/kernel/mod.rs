@@ -249,18 +249,22 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
         self.set_selection(pid, Selection::ByPid)
     }
 
-    /// Removes one connection's socket table entry, unless its fd holds a newer connection by
-    /// now.
-    fn remove_socket(&mut self, connection: &Connection) {
+    /// The socket table entry of a connection, unless its fd holds a newer connection by now.
+    fn socket_of(&self, connection: &Connection) -> Option<SocketKey> {
         let key = SocketKey {
             pid: connection.pid,
             fd: connection.fd,
         };
-        if self
-            .tables
+        self.tables
             .socket(&key)
             .is_some_and(|state| state.connection_id == connection.id.0)
-        {
+            .then_some(key)
+    }
+
+    /// Removes one connection's socket table entry, unless its fd holds a newer connection by
+    /// now.
+    fn remove_socket(&mut self, connection: &Connection) {
+        if let Some(key) = self.socket_of(connection) {
             self.tables.remove_socket(&key);
         }
     }
@@ -471,15 +475,7 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
         let mut bound = Vec::new();
         self.binder.bind(out, start, side.tls, &mut bound);
         for connection in bound {
-            let key = SocketKey {
-                pid: connection.pid,
-                fd: connection.fd,
-            };
-            if self
-                .tables
-                .socket(&key)
-                .is_some_and(|state| state.connection_id == connection.id.0)
-            {
+            if let Some(key) = self.socket_of(&connection) {
                 self.tables.set_socket_flags(&key, SOCKET_PAYLOAD_IGNORED);
             }
         }

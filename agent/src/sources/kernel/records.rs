@@ -8,8 +8,8 @@ use std::{
 
 use bytes::Bytes;
 use mqtrace_common::{
-    CIPHERTEXT_PREFIX, ConnectionClosed, ConnectionOpened, DataHeader, Direction, LibraryMapped,
-    Origin as KernelOrigin, ProcessExited, RecordKind, TlsCiphertext,
+    CIPHERTEXT_PREFIX, ConnectionClosed, ConnectionOpened, DataHeader, Direction,
+    Origin as KernelOrigin, ProcessRecord, RecordKind, TlsCiphertext,
 };
 
 use crate::sources::{
@@ -92,7 +92,7 @@ pub fn decode(
             });
         }
         k if k == RecordKind::LibraryMapped as u32 => {
-            let mapped: LibraryMapped = read(record)?;
+            let mapped: ProcessRecord = read(record)?;
             side.mapped.push(mapped.pid);
         }
         k if k == RecordKind::ConnectionOpened as u32 => {
@@ -131,7 +131,7 @@ pub fn decode(
             });
         }
         k if k == RecordKind::ProcessExited as u32 => {
-            let exited: ProcessExited = read(record)?;
+            let exited: ProcessRecord = read(record)?;
             out.push(SourceEvent::ProcessExited { pid: exited.pid });
         }
         other => return Err(RecordError::UnknownKind(other)),

@@ -376,8 +376,8 @@ pub mod memory {
     };
 
     use mqtrace_common::{
-        CIPHERTEXT_PREFIX, ConnectionOpened, DataHeader, LibraryMapped, Origin as KernelOrigin,
-        ProcessExited, RecordKind, Syscall, TlsCiphertext,
+        CIPHERTEXT_PREFIX, ConnectionOpened, DataHeader, Origin as KernelOrigin, ProcessRecord,
+        RecordKind, Syscall, TlsCiphertext,
     };
 
     use super::*;
@@ -443,36 +443,18 @@ pub mod memory {
                 Direction::Egress => Syscall::Write,
                 Direction::Ingress => Syscall::Read,
             };
-            self.ring.push_back(encoded(
-                &DataHeader {
-                    kind: RecordKind::Data as u32,
-                    direction: direction as u8,
-                    syscall: syscall as u8,
-                    _pad: 0,
-                    timestamp_ns: super::super::monotonic_ns(),
-                    connection_id,
-                    pid,
-                    tid: pid,
-                    fd,
-                    copied_len: payload.len() as u32,
-                    syscall_len: payload.len() as u64,
-                    syscall_pos: position,
-                    chunk_offset: 0,
-                },
+            self.data_record(
+                RecordKind::Data,
+                syscall,
+                (pid, fd, connection_id),
+                position,
                 payload,
-            ));
+            );
         }
 
         /// `pid` mapped an executable file.
         pub fn map_library(&mut self, pid: u32) {
-            self.ring.push_back(encoded(
-                &LibraryMapped {
-                    kind: RecordKind::LibraryMapped as u32,
-                    pid,
-                    timestamp_ns: super::super::monotonic_ns(),
-                },
-                &[],
-            ));
+            self.process_record(RecordKind::LibraryMapped, pid);
         }
 
         /// `pid`'s TLS library handed ciphertext starting with `prefix` to its BIO for `ssl`.
@@ -504,31 +486,53 @@ pub mod memory {
                 Direction::Egress => Syscall::SslWrite,
                 Direction::Ingress => Syscall::SslRead,
             };
+            self.data_record(
+                RecordKind::TlsData,
+                syscall,
+                (pid, -1, ssl),
+                position,
+                plaintext,
+            );
+        }
+
+        /// A data record as the kernel writes it: `payload` moved by one call at `position`.
+        fn data_record(
+            &mut self,
+            kind: RecordKind,
+            syscall: Syscall,
+            (pid, fd, connection_id): (u32, i32, u64),
+            position: u64,
+            payload: &[u8],
+        ) {
             self.ring.push_back(encoded(
                 &DataHeader {
-                    kind: RecordKind::TlsData as u32,
-                    direction: direction as u8,
+                    kind: kind as u32,
+                    direction: syscall.direction() as u8,
                     syscall: syscall as u8,
                     _pad: 0,
                     timestamp_ns: super::super::monotonic_ns(),
-                    connection_id: ssl,
+                    connection_id,
                     pid,
                     tid: pid,
-                    fd: -1,
-                    copied_len: plaintext.len() as u32,
-                    syscall_len: plaintext.len() as u64,
+                    fd,
+                    copied_len: payload.len() as u32,
+                    syscall_len: payload.len() as u64,
                     syscall_pos: position,
                     chunk_offset: 0,
                 },
-                plaintext,
+                payload,
             ));
         }
 
         /// `pid` exited.
         pub fn exit(&mut self, pid: u32) {
+            self.process_record(RecordKind::ProcessExited, pid);
+        }
+
+        fn process_record(&mut self, kind: RecordKind, pid: u32) {
             self.ring.push_back(encoded(
-                &ProcessExited {
-                    kind: RecordKind::ProcessExited as u32,
+                &ProcessRecord {
+                    kind: kind as u32,
                     pid,
                     timestamp_ns: super::super::monotonic_ns(),
                 },

@@ -72,8 +72,9 @@ pub struct MappedFile {
     pub deleted: bool,
     /// It is the process's program (a Go program carries its TLS inside).
     pub executable: bool,
-    /// A path that reaches the file from here: `/proc/PID/map_files/START-END`, which works
-    /// for deleted files and inside containers alike.
+    /// A path that reaches the file from here, inside containers too: `/proc/PID/root/NAME`,
+    /// or for a deleted file `/proc/PID/map_files/START-END` (which needs
+    /// CAP_CHECKPOINT_RESTORE).
     pub path: PathBuf,
 }
 
@@ -139,7 +140,11 @@ pub fn executable_files(pid: u32, maps: &str, program: Option<&str>) -> Vec<Mapp
             name: name.to_string(),
             deleted,
             executable: program == Some(path),
-            path: PathBuf::from(format!("/proc/{pid}/map_files/{start:x}-{end:x}")),
+            path: if deleted {
+                PathBuf::from(format!("/proc/{pid}/map_files/{start:x}-{end:x}"))
+            } else {
+                PathBuf::from(format!("/proc/{pid}/root{name}"))
+            },
         });
     }
     files
@@ -286,25 +291,33 @@ mod tests {
 7f1000000000-7f1000100000 r-xp 00000000 00:2a 77 /tmp/liborg_apache_rocketmq_shaded_io_grpc_netty_shaded_netty_tcnative_linux_x86_6412345.so (deleted)
 7f2000000000-7f2000001000 rw-p 00000000 00:00 0 [heap]
 7f3000000000-7f3000001000 r-xp 00000000 00:00 0 
-00400000-00a2c000 r-xp 00000000 08:01 300 /usr/bin/other
+00400000-00a2c000 r-xp 00000000 08:01 300 /usr/bin/other (deleted)
 ";
-        let files = executable_files(42, maps, Some("/usr/bin/other"));
+        let files = executable_files(42, maps, Some("/usr/bin/other (deleted)"));
         assert_eq!(files.len(), 3, "{files:#?}");
         assert_eq!(files[0].name, "/usr/lib/x86_64-linux-gnu/libssl.so.3");
         assert!(!files[0].deleted);
         assert_eq!(
             files[0].path,
-            PathBuf::from("/proc/42/map_files/7f0000001000-7f0000050000")
+            PathBuf::from("/proc/42/root/usr/lib/x86_64-linux-gnu/libssl.so.3")
         );
         assert!(files[1].deleted);
+        assert_eq!(
+            files[1].path,
+            PathBuf::from("/proc/42/map_files/7f1000000000-7f1000100000")
+        );
         assert!(files[1].name.ends_with("tcnative_linux_x86_6412345.so"));
         assert!(
             files[..2]
                 .iter()
                 .all(|f| may_be_tls(&f.name) && !f.executable)
         );
-        // The program, its entry named as map_files names it.
-        assert!(files[2].executable);
+        // The program, replaced on disk while it runs; its entry named as map_files names it.
+        assert!(files[2].executable && files[2].deleted);
+        assert_eq!(
+            files[2].path,
+            PathBuf::from("/proc/42/map_files/400000-a2c000")
+        );
         assert_eq!(
             files[2].path,
             PathBuf::from("/proc/42/map_files/400000-a2c000")
