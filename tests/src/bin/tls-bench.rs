@@ -35,11 +35,11 @@ fn agent(output: &ScratchFile) -> Agent {
 
 /// One echo run: nanoseconds per round trip.
 fn echo(round_trips: usize) -> anyhow::Result<f64> {
-    let mut command = Command::new(peers_root().join("bin/mq-go-tlsecho"));
-    command.args(["--count", &round_trips.to_string()]);
-    let line = run_to_end(&mut command)
-        .pop()
-        .ok_or_else(|| anyhow::anyhow!("tlsecho printed nothing"))?;
+    let out = Command::new(peers_root().join("bin/mq-go-tlsecho"))
+        .args(["--count", &round_trips.to_string()])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "tlsecho: {out:?}");
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     line["ns_per_round_trip"]
         .as_f64()
         .ok_or_else(|| anyhow::anyhow!("tlsecho: {line}"))
