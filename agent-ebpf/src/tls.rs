@@ -50,6 +50,9 @@ static GO_TLS_CALLS: HashMap<TlsKey, TlsCall> = HashMap::with_max_entries(16_384
 struct TlsCall {
     ssl: u64,
     buf: u64,
+    /// `SSL_write_ex` and `SSL_read_ex`: where the call stores the bytes it moved (0 for the
+    /// calls that return them).
+    moved_at: u64,
     started_ns: u64,
     syscall: u8,
     _pad: [u8; 7],
@@ -67,11 +70,34 @@ fn enter(ctx: &ProbeContext, syscall: Syscall) {
     stash_thread_call(pid_tgid, call(ssl, buf, syscall));
 }
 
+/// `int SSL_write_ex(SSL *s, const void *buf, size_t num, size_t *written)` and its read twin:
+/// 1 on success, the bytes moved stored at the fourth argument.
+#[inline(always)]
+fn enter_ex(ctx: &ProbeContext, syscall: Syscall) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !process_selected((pid_tgid >> 32) as u32) {
+        return;
+    }
+    let (Some(ssl), Some(buf), Some(moved_at)) =
+        (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(3))
+    else {
+        return;
+    };
+    stash_thread_call(
+        pid_tgid,
+        TlsCall {
+            moved_at,
+            ..call(ssl, buf, syscall)
+        },
+    );
+}
+
 #[inline(always)]
 fn call(ssl: u64, buf: u64, syscall: Syscall) -> TlsCall {
     TlsCall {
         ssl,
         buf,
+        moved_at: 0,
         // SAFETY: a helper without arguments.
         started_ns: unsafe { bpf_ktime_get_ns() },
         syscall: syscall as u8,
@@ -136,8 +162,23 @@ pub fn ssl_read(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// The return of `SSL_write` and `SSL_read`: as many plaintext bytes as the call returned
-/// (an `int`: the upper half of the register is not part of it).
+/// `SSL_write_ex`.
+#[uprobe]
+pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
+    enter_ex(&ctx, Syscall::SslWrite);
+    0
+}
+
+/// `SSL_read_ex`.
+#[uprobe]
+pub fn ssl_read_ex(ctx: ProbeContext) -> u32 {
+    enter_ex(&ctx, Syscall::SslRead);
+    0
+}
+
+/// The return of `SSL_write`, `SSL_read` and their `_ex` twins: as many plaintext bytes as the
+/// call returned (an `int`: the upper half of the register is not part of it), or for an
+/// `_ex` call that succeeded (1), as many as it stored.
 #[uretprobe]
 pub fn ssl_return(ctx: RetProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -146,11 +187,16 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let _ = TLS_CALLS.remove(&pid_tgid);
-    copy_plaintext(
-        (pid_tgid >> 32) as u32,
-        &call,
-        ctx.ret::<u64>() as u32 as i32 as i64,
-    );
+    let returned = ctx.ret::<u64>() as u32 as i32 as i64;
+    let moved = if call.moved_at == 0 {
+        returned
+    } else if returned == 1 {
+        // SAFETY: a user pointer read through the helper.
+        unsafe { bpf_probe_read_user(call.moved_at as *const u64) }.map_or(0, |n| n as i64)
+    } else {
+        0
+    };
+    copy_plaintext((pid_tgid >> 32) as u32, &call, moved);
     0
 }
 

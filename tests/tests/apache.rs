@@ -14,7 +14,7 @@ use std::{
 use mqtrace::spans::identity::{SpanId, TraceId};
 use mqtrace_tests::{
     agent::Agent,
-    apache::{Cluster, REMOTING_SEND_MODES, Release, Topology, app, run_to_end},
+    apache::{Cluster, REMOTING_SEND_MODES, Release, Topology, app, app_with, run_to_end},
     process::ScratchFile,
     rocketmq::{Broker, client, client5, json_lines, peers_root, tail},
     spancheck::{assert_complete_traces, read_span_file},
@@ -1290,4 +1290,81 @@ fn compare_with_trace_records(
         );
     }
     rows.into_values().collect()
+}
+
+/// Apache's Java remoting client with TLS on (`-Dtls.enable=true`): its TLS is the JDK's own
+/// (JSSE, Java code: nothing a uprobe reaches), so its connections stay dark and are counted;
+/// the broker and name server answer TLS (their default `tls.server.mode` is permissive) through
+/// netty-tcnative's BoringSSL, which is probed: the broker's view of every message is traced,
+/// from its plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jsse_client_stays_dark_and_the_brokers_side_is_traced() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    tokio::task::spawn_blocking(|| {
+        let cluster = Cluster::start(Release::V5, Topology::Direct).unwrap();
+        let (agent, output) = tracing_agent("apache5-jsse");
+        let topic = "JsseTlsTopic";
+        cluster.make_topic(topic, "NORMAL").unwrap();
+        let mut producer = app_with(
+            Release::V5,
+            "RemotingProducer",
+            &["-Dtls.enable=true".to_string()],
+        );
+        producer
+            .args(["--namesrv", &cluster.namesrv(), "--topic", topic])
+            .args([
+                "--group",
+                "mqtrace_producer",
+                "--count",
+                &MESSAGES.to_string(),
+            ])
+            .args(["--mode", "sync"]);
+        let produced = run_client(producer);
+        let sent = ids(&produced);
+        assert_eq!(sent.len(), MESSAGES, "{produced:?}");
+        let status: Value = serde_json::from_str(&agent.control_ok(&["status", "--json"])).unwrap();
+        let agent_log = agent.stop();
+        let spans = read_span_file(&output.0);
+        let counters = &status["counters"];
+        println!(
+            "JSSE client: connections_tls {}, TLS counters {}",
+            counters["pipeline"]["connections_tls"], counters["agent"]["tls"]
+        );
+        // The client's side: nothing.
+        let client_spans: Vec<&Value> = spans
+            .iter()
+            .filter(|s| {
+                s["kind"] == "PRODUCER"
+                    && sent.contains(&attr(s, "messaging.message.id").to_string())
+            })
+            .collect();
+        assert!(client_spans.is_empty(), "{client_spans:?}");
+        assert!(
+            counters["pipeline"]["connections_tls"].as_u64() >= Some(2),
+            "the client's connections to the name server and the broker are dark: {counters}"
+        );
+        // The broker's: every message stored, seen through its TLS library.
+        let stores: Vec<&Value> = spans
+            .iter()
+            .filter(|s| {
+                s["kind"] == "SERVER"
+                    && text(s, "name") == format!("store {topic}")
+                    && s["resource"]["process.pid"] == cluster.broker_pid()
+            })
+            .collect();
+        let stored: BTreeSet<&str> = stores
+            .iter()
+            .map(|s| attr(s, "messaging.message.id"))
+            .collect();
+        let missing: Vec<&String> = sent
+            .iter()
+            .filter(|id| !stored.contains(id.as_str()))
+            .collect();
+        assert!(missing.is_empty(), "not stored: {missing:?}\n{agent_log}");
+        for span in &stores {
+            assert_eq!(attr(span, "mqtrace.capture"), "tls-uprobe", "{span}");
+        }
+    })
+    .await
+    .unwrap();
 }

@@ -13,11 +13,12 @@ use std::{
 };
 
 use mqtrace::spans::identity::{SpanId, TraceId};
+use mqtrace_protocol::hex_string;
 use mqtrace_tests::{
     agent::Agent,
     grpc_broker::GrpcBroker,
     netns::NetNs,
-    process::Driven,
+    process::{Driven, ScratchFile},
     relay::Relay,
     rocketmq::{Broker, Proxy, client, client5, json_lines, tail},
     spancheck::{assert_complete_traces, read_span_file},
@@ -1083,4 +1084,86 @@ fn a_5x_client_with_tls_on_is_reported_as_encrypted_and_the_agent_goes_on() {
         .map(|p| p["message_id"].as_str().unwrap())
         .collect();
     assert_eq!(sends, ids, "{counters:?}");
+}
+
+/// A client over the system's libssl (Python's ssl module on Debian's libssl3: SSL_write_ex and
+/// SSL_read_ex over a socket BIO), speaking real remoting frames to a server process over the
+/// same, TLS on: every send traced as over plaintext, `mqtrace.capture` `tls-uprobe`, both ends
+/// of the connection bound to their plaintext.
+#[test]
+fn a_client_over_the_system_libssl_is_traced_through_tls() {
+    const SENDS: u64 = 20;
+    let _turn = turn();
+    let (cert, key, frames) = (
+        ScratchFile::new("mqtrace-tls-cert.pem"),
+        ScratchFile::new("mqtrace-tls-key.pem"),
+        ScratchFile::new("mqtrace-tls-frames.hex"),
+    );
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(&cert.0, certified.cert.pem()).unwrap();
+    std::fs::write(&key.0, certified.key_pair.serialize_pem()).unwrap();
+    let captures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("captures/rust-client");
+    let exchange = mqtrace_tests::frames::send_exchange(&captures).unwrap();
+    let run = std::process::id() as u64;
+    let mut lines = String::new();
+    let mut ids = Vec::new();
+    for n in 0..SENDS {
+        let id = mqtrace_tests::frames::message_id(run, n);
+        ids.push(String::from_utf8(id.to_vec()).unwrap());
+        let opaque = mqtrace_tests::frames::FIRST_OPAQUE + n as u32;
+        lines += &hex_string(&exchange.request.render(opaque, |_| id));
+        lines += "\n";
+        lines += &hex_string(&exchange.response.render(opaque, |_| id));
+        lines += "\n";
+    }
+    std::fs::write(&frames.0, lines).unwrap();
+
+    let file = SpanFile::new("system-libssl");
+    let agent = Agent::start("topo-system-libssl", &["--all", "--output", file.arg()]);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/tls-remoting/exchange.py");
+    let python = |args: &[&std::ffi::OsStr]| {
+        let mut command = Command::new("/usr/bin/python3");
+        command.arg(&script).args(args);
+        command
+    };
+    let mut server = Driven::spawn(python(&[
+        "server".as_ref(),
+        cert.0.as_os_str(),
+        key.0.as_os_str(),
+        frames.0.as_os_str(),
+    ]))
+    .unwrap();
+    let port = server.read_value("port").unwrap();
+    let out = python(&["client".as_ref(), port.as_ref(), frames.0.as_os_str()])
+        .output()
+        .expect("Debian's python3");
+    assert!(out.status.success(), "{out:?}");
+    server.finish().unwrap();
+    let file_sends = || {
+        file.spans()
+            .into_iter()
+            .filter(|s| s["kind"] == "PRODUCER")
+            .collect::<Vec<Value>>()
+    };
+    wait::holds(Duration::from_secs(15), wait::POLL, || {
+        file_sends().len() as u64 >= SENDS
+    });
+    let status: Value = serde_json::from_str(&agent.control_ok(&["status", "--json"])).unwrap();
+    let log = agent.stop();
+    let sends = file_sends();
+    let traced: Vec<&str> = sends
+        .iter()
+        .map(|s| text(&s["attributes"], "messaging.message.id"))
+        .collect();
+    assert_eq!(traced, ids, "{log}");
+    for send in &sends {
+        assert_eq!(
+            text(&send["attributes"], "mqtrace.capture"),
+            "tls-uprobe",
+            "{send}"
+        );
+        assert_ne!(send["status"], "ERROR", "{send}");
+    }
+    let tls = &status["counters"]["agent"]["tls"];
+    assert!(tls["connections_bound"].as_u64() >= Some(2), "{tls}\n{log}");
 }

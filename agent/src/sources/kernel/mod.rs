@@ -383,9 +383,7 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
                 },
             };
             if functions.is_empty() {
-                // A program without TLS inside is no news; libcrypto alone has no SSL_write.
-                self.tls.libraries_without_symbols +=
-                    u64::from(tls::may_be_tls(&file.name) && !file.name.contains("libcrypto"));
+                self.tls.libraries_without_symbols += u64::from(tls::stripped_library(&file));
                 continue;
             }
             let library = tls::TlsLibrary { file, functions };

@@ -1,5 +1,6 @@
 //! Finding the TLS libraries a process has mapped and where their plaintext boundary is: the
-//! file offsets of `SSL_write`, `SSL_read`, `SSL_set_bio` and `BIO_write`, from the dynamic
+//! file offsets of `SSL_write`, `SSL_read` (and their `_ex` twins), `SSL_set_bio` and
+//! `BIO_write`, from the dynamic
 //! symbols or, for statically linked copies that keep them, the full symbol table (netty's
 //! tcnative BoringSSL exports none of them; its `.symtab` has them all); in a Go program, of
 //! `crypto/tls.(*Conn).Write` and `Read` and of each of their RET instructions (Go moves
@@ -17,6 +18,8 @@ use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadRef};
 pub enum TlsFunction {
     SslWrite,
     SslRead,
+    SslWriteEx,
+    SslReadEx,
     SslSetBio,
     BioWrite,
     GoWrite,
@@ -27,9 +30,11 @@ pub enum TlsFunction {
 
 impl TlsFunction {
     /// The functions looked up by name.
-    pub const ALL: [TlsFunction; 6] = [
+    pub const ALL: [TlsFunction; 8] = [
         TlsFunction::SslWrite,
         TlsFunction::SslRead,
+        TlsFunction::SslWriteEx,
+        TlsFunction::SslReadEx,
         TlsFunction::SslSetBio,
         TlsFunction::BioWrite,
         TlsFunction::GoWrite,
@@ -40,6 +45,8 @@ impl TlsFunction {
         match self {
             TlsFunction::SslWrite => "SSL_write",
             TlsFunction::SslRead => "SSL_read",
+            TlsFunction::SslWriteEx => "SSL_write_ex",
+            TlsFunction::SslReadEx => "SSL_read_ex",
             TlsFunction::SslSetBio => "SSL_set_bio",
             TlsFunction::BioWrite => "BIO_write",
             TlsFunction::GoWrite => "crypto/tls.(*Conn).Write",
@@ -53,6 +60,8 @@ impl TlsFunction {
         match self {
             TlsFunction::SslWrite => &[("ssl_write", false), ("ssl_return", true)],
             TlsFunction::SslRead => &[("ssl_read", false), ("ssl_return", true)],
+            TlsFunction::SslWriteEx => &[("ssl_write_ex", false), ("ssl_return", true)],
+            TlsFunction::SslReadEx => &[("ssl_read_ex", false), ("ssl_return", true)],
             TlsFunction::SslSetBio => &[("ssl_set_bio", false)],
             TlsFunction::BioWrite => &[("bio_write", false)],
             TlsFunction::GoWrite => &[("go_tls_write", false)],
@@ -91,6 +100,16 @@ pub struct TlsLibrary {
 pub fn may_be_tls(name: &str) -> bool {
     let file = name.rsplit('/').next().unwrap_or(name).to_ascii_lowercase();
     file.contains("ssl") || file.contains("libcrypto") || file.contains("tcnative")
+}
+
+/// Whether a file without any probed function is a TLS library stripped of its symbols: a
+/// shared library named as libssl or netty-tcnative are (not libcrypto, which has no
+/// `SSL_write`; not a module that calls them, as CPython's `_ssl`; not a program).
+pub fn stripped_library(file: &MappedFile) -> bool {
+    let name = file.name.rsplit('/').next().unwrap_or(&file.name);
+    !file.executable
+        && name.contains(".so")
+        && (name.starts_with("libssl") || name.contains("tcnative") || name.contains("boringssl"))
 }
 
 /// The executable file mappings of a `/proc/PID/maps` text, one per file; `program` is the
@@ -275,6 +294,7 @@ fn file_offset<'data, R: ReadRef<'data>>(
 pub fn has_plaintext(functions: &[(TlsFunction, u64)]) -> bool {
     let has = |wanted: TlsFunction| functions.iter().any(|&(f, _)| f == wanted);
     (has(TlsFunction::SslWrite) && has(TlsFunction::SslRead))
+        || (has(TlsFunction::SslWriteEx) && has(TlsFunction::SslReadEx))
         || (has(TlsFunction::GoWrite) && has(TlsFunction::GoRead))
 }
 
@@ -324,6 +344,7 @@ mod tests {
         );
         assert!(!may_be_tls("/usr/lib/jvm/java-17/lib/server/libjvm.so"));
         assert!(may_be_tls("/usr/lib/x86_64-linux-gnu/libcrypto.so.3"));
+        assert!(stripped_library(&files[0]) && !stripped_library(&files[2]));
     }
 
     /// The system's libssl exports its functions: found with offsets inside the file.
@@ -349,6 +370,8 @@ mod tests {
             [
                 TlsFunction::SslWrite,
                 TlsFunction::SslRead,
+                TlsFunction::SslWriteEx,
+                TlsFunction::SslReadEx,
                 TlsFunction::SslSetBio
             ]
         );
