@@ -10,7 +10,7 @@ use mqtrace_core::{
     decoder::DecoderConfig,
     journeys::Query,
     pipeline::{Output, Pipeline},
-    sources::{Chunk, Connection, ConnectionId, Direction, EndCause, Origin, SourceEvent},
+    sources::{Chunk, Connection, ConnectionId, Direction, EndCause, Origin, SeenAs, SourceEvent},
     spans::resource::CaptureResources,
 };
 
@@ -45,10 +45,16 @@ fuzz_target!(|data: &[u8]| {
                 id: ConnectionId(id),
                 pid,
                 fd: id as i32,
-                origin: [Origin::Connect, Origin::Accept, Origin::Existing][usize::from(op & 3) % 3],
+                origin: [Origin::Connect, Origin::Accept, Origin::Existing]
+                    [usize::from(op & 3) % 3],
                 local: None,
                 peer: None,
                 timestamp_ns: clock,
+                seen_as: if op & 4 == 0 {
+                    SeenAs::Plain
+                } else {
+                    SeenAs::TlsUprobe
+                },
             }),
             3 => {
                 let length = u64::from(rest.first().copied().unwrap_or(0));
@@ -65,8 +71,11 @@ fuzz_target!(|data: &[u8]| {
                 connection: ConnectionId(id),
                 final_positions: None,
                 timestamp_ns: clock,
-                cause: [EndCause::Closed, EndCause::Deselected, EndCause::NotFollowed]
-                    [usize::from(op >> 5) % 3],
+                cause: [
+                    EndCause::Closed,
+                    EndCause::Deselected,
+                    EndCause::NotFollowed,
+                ][usize::from(op >> 5) % 3],
             },
             5 => SourceEvent::ProcessExited { pid },
             6 => {
@@ -100,7 +109,11 @@ fuzz_target!(|data: &[u8]| {
             std::hint::black_box(rendered_len(&span));
         }
     }
-    std::hint::black_box(pipeline.journal().map(|journal| journal.query(&Query::default())));
+    std::hint::black_box(
+        pipeline
+            .journal()
+            .map(|journal| journal.query(&Query::default())),
+    );
     std::hint::black_box(pipeline.counters());
 });
 
