@@ -29,13 +29,13 @@ pub struct AgentCounters {
     pub stale_sockets_swept: u64,
     pub malformed_records: u64,
     pub non_tcp_sockets: u64,
-    pub tls: TlsCounters,
+    pub tls: TlsCounterTree,
 }
 
 /// TLS plaintext capture: the probes on processes' TLS libraries and the binding of their
 /// plaintext to connections.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct TlsCounters {
+pub struct TlsCounterTree {
     /// Probes attached now, over all processes.
     pub probes: usize,
     #[serde(flatten)]

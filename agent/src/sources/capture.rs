@@ -82,5 +82,5 @@ pub trait Capture {
     fn tls_probes_per_process(&self) -> BTreeMap<u32, usize>;
 
     /// The TLS capture's counters (probes now, libraries, binding).
-    fn tls_counters(&self) -> crate::counters::TlsCounters;
+    fn tls_counters(&self) -> crate::counters::TlsCounterTree;
 }

@@ -347,7 +347,7 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
                 found.push(file);
             }
         }
-        let retries_before = self.tls_retries.get(&pid).copied();
+        let mut failed = false;
         // Tracing every process, a program's or library's probes serve every process that
         // maps it, from its exec on (the kernel places them in each new mapping): only the
         // first process of a program after the agent starts waits for them. Deleted files
@@ -377,6 +377,7 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
                         functions
                     }
                     Err(error) => {
+                        failed = true;
                         self.attach_failed(pid, &file, error);
                         continue;
                     }
@@ -417,11 +418,14 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
                         probes.links.extend(links);
                     }
                 }
-                Err(error) => self.attach_failed(pid, &library.file, error),
+                Err(error) => {
+                    failed = true;
+                    self.attach_failed(pid, &library.file, error);
+                }
             }
         }
         // Nothing failed this time: no more looking again.
-        if self.tls_retries.get(&pid).copied() == retries_before {
+        if !failed {
             self.tls_retries.remove(&pid);
         }
     }
@@ -572,8 +576,8 @@ impl<T: KernelTables, H: Host> Capture for KernelCapture<T, H> {
             .collect()
     }
 
-    fn tls_counters(&self) -> crate::counters::TlsCounters {
-        crate::counters::TlsCounters {
+    fn tls_counters(&self) -> crate::counters::TlsCounterTree {
+        crate::counters::TlsCounterTree {
             probes: self
                 .tls_probes
                 .values()

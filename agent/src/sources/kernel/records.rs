@@ -45,12 +45,6 @@ pub struct SideRecords {
     pub mapped: Vec<u32>,
 }
 
-impl SideRecords {
-    pub fn is_empty(&self) -> bool {
-        self.tls.is_empty() && self.mapped.is_empty()
-    }
-}
-
 /// Appends the events one record stands for (TLS records and mappings to `side`).
 /// `max_bytes_per_syscall` is the cap the kernel was given: with it the last record of a
 /// capped syscall also reports the bytes left out.
