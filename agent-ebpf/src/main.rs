@@ -11,6 +11,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod hold;
 mod maps;
 mod rules;
 mod sockets;
@@ -272,22 +273,27 @@ pub fn process_exit(_ctx: TracePointContext) -> u32 {
     if pid == pid_tgid as u32
         && (maps::config().is_some_and(|c| c.trace_all != 0) || maps::selection(pid).is_some())
     {
-        sockets::emit_process_record(mqtrace_common::RecordKind::ProcessExited, pid, 0);
+        sockets::emit_process_record(mqtrace_common::RecordKind::ProcessExited, pid, false, 0);
     }
     0
 }
 
 /// `sched:sched_process_exec`: a process starts a program. Rules on command names and cgroups
 /// select (or exclude) it here, before it can open a connection; a selected one has its
-/// program looked at for TLS (a Go program carries its own).
+/// program looked at for TLS (a Go program carries its own), held until then if need be.
 #[tracepoint]
-pub fn process_exec(_ctx: TracePointContext) -> u32 {
+pub fn process_exec(ctx: TracePointContext) -> u32 {
     let pid = current_pid();
     if let Some(selection) = rules::matching() {
         let _ = maps::SELECTED_PROCESSES.insert(pid, selection, 0);
     }
     if process_selected(pid) {
-        tls::report_mapped(pid);
+        let held = hold::wanted(&ctx);
+        // Stopped only once user space is sure to hear of it: a record lost to a full ring
+        // would leave the process stopped for good.
+        if tls::report_mapped(pid, held) && held {
+            hold::stop_current();
+        }
     }
     0
 }

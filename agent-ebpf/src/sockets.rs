@@ -151,18 +151,22 @@ pub fn on_close(pid: u32, fd: i32) {
 }
 
 /// Tells user space of a process's exit (`RecordKind::ProcessExited`) or of a file it mapped
-/// (`RecordKind::LibraryMapped`); `flags` say whether to wake the reader.
+/// (`RecordKind::LibraryMapped`), `held` at exec or not; `flags` say whether to wake the
+/// reader. False when the ring had no room (counted).
 #[inline(always)]
-pub fn emit_process_record(kind: RecordKind, pid: u32, flags: u64) {
+pub fn emit_process_record(kind: RecordKind, pid: u32, held: bool, flags: u64) -> bool {
     let Some(mut entry): Option<RingBufEntry<ProcessRecord>> = RECORDS.reserve(0) else {
         count(Counter::RecordsLost, 1);
-        return;
+        return false;
     };
     entry.write(ProcessRecord {
         kind: kind as u32,
         pid,
         // SAFETY: a helper without arguments.
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        held: held as u32,
+        _pad: 0,
     });
     entry.submit(flags);
+    true
 }

@@ -409,18 +409,20 @@ pub fn enter_mmap(ctx: TracePointContext) -> u32 {
     }
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if process_selected(pid) {
-        report_mapped(pid);
+        report_mapped(pid, false);
     }
     0
 }
 
-/// Tells user space that `pid` mapped an executable file (a library, or at exec its program).
-/// The first connection may follow within milliseconds: the reader is woken now.
+/// Tells user space that `pid` mapped an executable file (a library, or at exec its program),
+/// and whether it is `held` until probed; false when the ring had no room. The first
+/// connection may follow within milliseconds: the reader is woken now.
 #[inline(always)]
-pub fn report_mapped(pid: u32) {
+pub fn report_mapped(pid: u32, held: bool) -> bool {
     crate::sockets::emit_process_record(
         RecordKind::LibraryMapped,
         pid,
+        held,
         aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64,
-    );
+    )
 }

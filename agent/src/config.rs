@@ -21,6 +21,7 @@
 //! memory_budget_mib = 256          # what the agent keeps between events, oldest forgotten first
 //! health_stall_seconds = 30        # /healthz fails once the pipeline is stuck this long
 //! no_broker_spans = false          # true: a broker's side of its connections is not decoded
+//! no_hold_at_exec = false          # true: a new program is not stopped until its TLS probes
 //! ```
 
 use std::{
@@ -56,6 +57,7 @@ pub struct FileConfig {
     pub memory_budget_mib: Option<usize>,
     pub health_stall_seconds: Option<u64>,
     pub no_broker_spans: Option<bool>,
+    pub no_hold_at_exec: Option<bool>,
 }
 
 impl FileConfig {

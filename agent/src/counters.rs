@@ -186,6 +186,14 @@ pub const COUNTERS: &[Declared] = &[
     )
     .said_once("TLS libraries without symbols: their encrypted connections are not traced"),
     counter(
+        "/agent/tls/processes_held",
+        "Processes stopped as they exec'd a program new to the agent, until their TLS probes were placed.",
+    ),
+    counter(
+        "/agent/tls/held_microseconds",
+        "Time those processes waited for their probes, summed.",
+    ),
+    counter(
         "/agent/tls/attach_failures",
         "TLS libraries whose file could not be read or whose probes the kernel refused.",
     )

@@ -247,6 +247,10 @@ pub struct ProcessRecord {
     pub kind: u32,
     pub pid: u32,
     pub timestamp_ns: u64,
+    /// 1: the process was stopped at exec ([`Config::hold_at_exec`]) and waits for user space
+    /// to probe it and continue it.
+    pub held: u32,
+    pub _pad: u32,
 }
 
 /// Bytes of ciphertext a [`TlsCiphertext`] record keeps: the record header and enough of the
@@ -325,7 +329,15 @@ pub struct Config {
     pub agent_pid: u32,
     /// Bytes copied at most per syscall; the rest is counted in `BytesNotCopied`.
     pub max_bytes_per_syscall: u32,
-    pub _pad: u32,
+    /// 1: a selected process that execs a program not yet looked at (in its cgroup, tracing
+    /// every process; else every exec) is stopped (SIGSTOP) until user space has placed its TLS
+    /// probes and continues it: a program that begins TLS at once loses no plaintext.
+    pub hold_at_exec: u32,
+    /// Byte offsets of `task_struct.signal` and `signal_struct.tty` on this kernel (from its
+    /// BTF): a process with a controlling terminal is never held, since an interactive shell
+    /// would take the stop as the user's Ctrl-Z.
+    pub task_signal_offset: u32,
+    pub signal_tty_offset: u32,
 }
 
 /// Slots of the per-CPU COUNTERS array.

@@ -941,15 +941,14 @@ async fn tls_clients_through_the_cluster_mode_proxy_traced_as_in_plaintext() {
         let cluster = Cluster::start(Release::V5, Topology::ProxyCluster).unwrap();
         let (agent, output) = tracing_agent("apache5-tls");
         let server = "Apache 5.5.0 proxy, cluster mode";
-        // Each client over plaintext first. A program's probes serve every later process of
-        // it from its exec on; the first process of a program after the agent started is
-        // probed only once the agent has read its symbols (tens of milliseconds; the Go
-        // program here begins TLS sooner), which the README says.
+        // Each client with TLS first: the first process of each program since the agent
+        // started, which begins TLS within milliseconds (the Go program) and is traced because
+        // it is held at exec until its probes are placed.
         let cases = [
-            (Client::JavaGrpc, Transport::Plain),
             (Client::JavaGrpc, Transport::Tls),
-            (Client::GoGrpc, Transport::Plain),
+            (Client::JavaGrpc, Transport::Plain),
             (Client::GoGrpc, Transport::Tls),
+            (Client::GoGrpc, Transport::Plain),
         ];
         let runs: Vec<Run> = cases
             .iter()
@@ -1000,6 +999,10 @@ async fn tls_clients_through_the_cluster_mode_proxy_traced_as_in_plaintext() {
             "{tls}\n{agent_log}"
         );
         assert_eq!(tls["attach_failures"], 0, "{tls}\n{agent_log}");
+        assert!(
+            tls["processes_held"].as_u64() >= Some(2),
+            "the Go producer's and consumer's first processes held: {tls}"
+        );
     })
     .await
     .unwrap();

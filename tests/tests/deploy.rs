@@ -24,6 +24,7 @@ const CAPABILITIES: &[&str] = &[
     "dac_read_search",
     "checkpoint_restore",
     "sys_resource",
+    "kill",
 ];
 
 fn repo() -> PathBuf {
@@ -205,10 +206,10 @@ fn the_agent_traces_with_only_the_granted_capabilities() {
             .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
             .unwrap()
     };
-    // CAP_DAC_READ_SEARCH 2, CAP_SYS_PTRACE 19, CAP_SYS_RESOURCE 24, CAP_PERFMON 38, CAP_BPF 39,
-    // CAP_CHECKPOINT_RESTORE 40, as far as this machine itself has them (some VMs run without
-    // CAP_SYS_RESOURCE).
-    let listed = [2u32, 19, 24, 38, 39, 40]
+    // CAP_DAC_READ_SEARCH 2, CAP_KILL 5, CAP_SYS_PTRACE 19, CAP_SYS_RESOURCE 24, CAP_PERFMON 38,
+    // CAP_BPF 39, CAP_CHECKPOINT_RESTORE 40, as far as this machine itself has them (some VMs
+    // run without CAP_SYS_RESOURCE).
+    let listed = [2u32, 5, 19, 24, 38, 39, 40]
         .iter()
         .map(|b| 1u64 << b)
         .sum::<u64>();
@@ -241,6 +242,15 @@ fn the_agent_traces_with_only_the_granted_capabilities() {
     let _ = std::fs::remove_file(&output);
     drop(broker);
     assert_eq!(sends, produced, "a send span per message\n{log}");
+    // The client, selected by its command name, was held at exec until looked at, and
+    // continued: CAP_KILL is among the capabilities.
+    let held: u64 = log
+        .rsplit("\"processes_held\":")
+        .next()
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(held >= 1, "the client held at exec\n{log}");
 }
 
 /// promtool from Debian's prometheus package (`cargo xtask test` installs it).

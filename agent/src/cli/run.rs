@@ -124,6 +124,11 @@ pub struct RunArgs {
     /// those connections: for hosts where only the clients matter and a busy broker runs too.
     #[arg(long)]
     no_broker_spans: bool,
+    /// Let a process that starts a program new to the agent run at once, instead of stopping
+    /// it (SIGSTOP, once per program and cgroup; milliseconds) until its TLS probes are placed:
+    /// the TLS it begins meanwhile is then not seen.
+    #[arg(long)]
+    no_hold_at_exec: bool,
 }
 
 /// Resolves the options in force: flag (or environment) over file over default.
@@ -176,6 +181,7 @@ fn resolve(args: RunArgs) -> anyhow::Result<DaemonOptions> {
     Ok(DaemonOptions {
         memory,
         broker_spans: !(args.no_broker_spans || file.no_broker_spans.unwrap_or(false)),
+        hold_at_exec: !(args.no_hold_at_exec || file.no_hold_at_exec.unwrap_or(false)),
         health_stall: Duration::from_secs(
             args.health_stall_seconds
                 .or(file.health_stall_seconds)

@@ -67,6 +67,8 @@ pub struct DaemonOptions {
     pub health_stall: Duration,
     /// Spans from the broker's side of its connections (else not decoded nor copied).
     pub broker_spans: bool,
+    /// Stop a process at exec until its TLS probes are placed.
+    pub hold_at_exec: bool,
 }
 
 struct Daemon<C> {
@@ -89,6 +91,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         trace_all: options.trace_all,
         max_bytes_per_syscall: options.max_bytes_per_syscall,
         ring_buffer_bytes: options.ring_buffer_bytes,
+        hold_at_exec: options.hold_at_exec,
     })?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let stop = async move {

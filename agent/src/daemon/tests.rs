@@ -47,6 +47,7 @@ fn options(dir: &Path) -> DaemonOptions {
         memory: Shares::of(64 << 20),
         health_stall: Duration::from_secs(30),
         broker_spans: true,
+        hold_at_exec: true,
     }
 }
 
@@ -97,6 +98,7 @@ impl Running {
             trace_all: options.trace_all,
             max_bytes_per_syscall: options.max_bytes_per_syscall,
             ring_buffer_bytes: options.ring_buffer_bytes,
+            hold_at_exec: options.hold_at_exec,
         };
         let capture = KernelCapture::over(tables.clone(), host, capture_options);
         let (stop, stopped) = tokio::sync::oneshot::channel();

@@ -81,6 +81,9 @@ pub struct CaptureOptions {
     pub max_bytes_per_syscall: u32,
     /// Ring buffer size in bytes: a power of two, a multiple of the page size.
     pub ring_buffer_bytes: u32,
+    /// Stop a selected process at exec until its program's TLS probes are placed (once per
+    /// program and cgroup when tracing every process).
+    pub hold_at_exec: bool,
 }
 
 impl Default for CaptureOptions {
@@ -89,6 +92,7 @@ impl Default for CaptureOptions {
             trace_all: false,
             max_bytes_per_syscall: DEFAULT_MAX_BYTES_PER_SYSCALL,
             ring_buffer_bytes: 16 << 20,
+            hold_at_exec: true,
         }
     }
 }
@@ -97,7 +101,7 @@ impl Default for CaptureOptions {
 /// policy over their tables: which processes and sockets the kernel follows, and when a
 /// connection ends for user space. The policy runs over the [`KernelTables`] and [`Host`]
 /// seams, so that tests run it without root.
-pub struct KernelCapture<T: KernelTables = EbpfTables, H = ProcHost> {
+pub struct KernelCapture<T: KernelTables = EbpfTables, H: Host = ProcHost> {
     tables: T,
     host: H,
     options: CaptureOptions,
@@ -159,6 +163,10 @@ pub struct TlsCaptureCounters {
     pub libraries_without_symbols: u64,
     /// Libraries whose probes the kernel refused, or whose file could not be read.
     pub attach_failures: u64,
+    /// Processes stopped at exec until probed ([`CaptureOptions::hold_at_exec`]).
+    pub processes_held: u64,
+    /// How long they waited, summed.
+    pub held_microseconds: u64,
 }
 
 impl KernelCapture {
@@ -183,11 +191,26 @@ impl KernelCapture {
             .map_max_entries(maps::RECORDS, ring)
             .load(EBPF_OBJECT)
             .context("loading the mqtrace eBPF object")?;
+        let terminal = options
+            .hold_at_exec
+            .then(|| {
+                preflight::check_hold_at_exec()
+                    .inspect_err(|error| {
+                        tracing::warn!(
+                            "processes are not held at exec until probed ({error:#}): a \
+                             program that begins TLS at once may do so unseen"
+                        )
+                    })
+                    .ok()
+            })
+            .flatten();
         let config = Config {
             trace_all: options.trace_all as u32,
             agent_pid: std::process::id(),
             max_bytes_per_syscall: options.max_bytes_per_syscall,
-            _pad: 0,
+            hold_at_exec: terminal.is_some() as u32,
+            task_signal_offset: terminal.map_or(0, |t| t.task_signal),
+            signal_tty_offset: terminal.map_or(0, |t| t.signal_tty),
         };
         let mut config_map: Array<_, Config> =
             Array::try_from(ebpf.map_mut(maps::CONFIG).context("CONFIG map missing")?)?;
@@ -474,6 +497,7 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
         for pid in mapped {
             self.probe_tls_libraries(pid);
         }
+        self.resume_held(&side.held);
         let mut bound = Vec::new();
         self.binder.bind(out, start, side.tls, &mut bound);
         for connection in bound {
@@ -481,6 +505,47 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
                 self.tables.set_socket_flags(&key, SOCKET_PAYLOAD_IGNORED);
             }
         }
+    }
+
+    /// Continues the processes stopped at exec, now that they have been looked at (probed, or
+    /// found without TLS, or failed: they never wait longer).
+    fn resume_held(&mut self, held: &[(u32, u64)]) {
+        let now = self.host.now_ns();
+        for &(pid, since) in held {
+            self.host.resume(pid);
+            let waited = now.saturating_sub(since) / 1000;
+            self.tls.processes_held += 1;
+            self.tls.held_microseconds += waited;
+            tracing::debug!(pid, waited_us = waited, "process held at exec continued");
+        }
+    }
+
+    /// At shutdown: holds no more processes at exec, and continues those whose records still
+    /// wait in the ring (nobody else would).
+    fn release_held(&mut self) {
+        if let Err(error) = self.tables.stop_holding() {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "processes may still be held at exec"
+            );
+        }
+        let mut events = Vec::new();
+        let mut side = records::SideRecords::default();
+        let cap = self.options.max_bytes_per_syscall as u64;
+        // What the ring holds now, at most (the smallest record is 16 bytes); traced processes
+        // keep writing meanwhile.
+        let mut left = self.options.ring_buffer_bytes as usize / 16;
+        while left > 0 {
+            let read = self.tables.drain(MAX_RECORDS_PER_POLL, &mut |record| {
+                let _ = records::decode(record, cap, &mut events, &mut side);
+                events.clear();
+            });
+            if read == 0 {
+                break;
+            }
+            left = left.saturating_sub(read);
+        }
+        self.resume_held(&side.held);
     }
 
     /// What the records just read ask of the tables: an exiting process closes its fds without
@@ -537,6 +602,12 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
         });
         self.more_records = read == MAX_RECORDS_PER_POLL;
         read
+    }
+}
+
+impl<T: KernelTables, H: Host> Drop for KernelCapture<T, H> {
+    fn drop(&mut self) {
+        self.release_held();
     }
 }
 

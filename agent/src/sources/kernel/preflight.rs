@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 
+const CAP_KILL: u32 = 5;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
@@ -96,4 +97,49 @@ pub fn tracepoint_exists(category: &str, name: &str) -> bool {
             .join(name)
             .is_dir()
     })
+}
+
+/// Where the kernel keeps a process's controlling terminal: the byte offsets of
+/// `task_struct.signal` and `signal_struct.tty`, from the kernel's BTF.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TerminalOffsets {
+    pub task_signal: u32,
+    pub signal_tty: u32,
+}
+
+/// What holding processes at exec needs: CAP_KILL to continue any process, and where the
+/// kernel keeps a process's controlling terminal (a process on a terminal is never held).
+pub fn check_hold_at_exec() -> anyhow::Result<TerminalOffsets> {
+    if effective_capabilities() & (1 << CAP_KILL) == 0 {
+        bail!("continuing another user's process needs CAP_KILL");
+    }
+    const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+    let btf = btf_rs::Btf::from_file(VMLINUX)
+        .map_err(|e| anyhow::anyhow!("reading the kernel's BTF at {VMLINUX}: {e}"))?;
+    Ok(TerminalOffsets {
+        task_signal: member_offset(&btf, "task_struct", "signal")?,
+        signal_tty: member_offset(&btf, "signal_struct", "tty")?,
+    })
+}
+
+/// The byte offset of `member` in the kernel's `structure`.
+fn member_offset(btf: &btf_rs::Btf, structure: &str, member: &str) -> anyhow::Result<u32> {
+    let types = btf
+        .resolve_types_by_name(structure)
+        .map_err(|e| anyhow::anyhow!("no struct {structure} in the kernel's BTF: {e}"))?;
+    for found in types {
+        let btf_rs::Type::Struct(found) = found else {
+            continue;
+        };
+        for field in &found.members {
+            if btf.resolve_name(field).is_ok_and(|name| name == member) {
+                anyhow::ensure!(
+                    field.bit_offset() % 8 == 0,
+                    "{structure}.{member} is a bit field"
+                );
+                return Ok(field.bit_offset() / 8);
+            }
+        }
+    }
+    bail!("no {structure}.{member} in the kernel's BTF")
 }

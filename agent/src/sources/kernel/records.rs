@@ -43,6 +43,8 @@ fn read<T: Copy>(bytes: &[u8]) -> Result<T, RecordError> {
 pub struct SideRecords {
     pub tls: Vec<Placed>,
     pub mapped: Vec<u32>,
+    /// Processes stopped at exec until probed, with when they were stopped.
+    pub held: Vec<(u32, u64)>,
 }
 
 /// Appends the events one record stands for (TLS records and mappings to `side`).
@@ -88,6 +90,9 @@ pub fn decode(
         k if k == RecordKind::LibraryMapped as u32 => {
             let mapped: ProcessRecord = read(record)?;
             side.mapped.push(mapped.pid);
+            if mapped.held != 0 {
+                side.held.push((mapped.pid, mapped.timestamp_ns));
+            }
         }
         k if k == RecordKind::ConnectionOpened as u32 => {
             let opened: ConnectionOpened = read(record)?;

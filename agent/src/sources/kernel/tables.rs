@@ -9,15 +9,15 @@ use std::{collections::BTreeMap, future::Future};
 use anyhow::Context;
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         UProbe,
         uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
     },
 };
 use mqtrace_common::{
-    COMM_LEN, COUNTER_SLOTS, Counter, MAX_RULES, SocketKey, SocketState, TLS_STREAM_IGNORED,
-    TlsKey, TlsStream, maps,
+    COMM_LEN, COUNTER_SLOTS, Config, Counter, MAX_RULES, SocketKey, SocketState,
+    TLS_STREAM_IGNORED, TlsKey, TlsStream, maps,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -61,6 +61,8 @@ pub trait KernelTables {
     fn set_cgroup_rule(&mut self, id: u64, value: Option<u8>) -> anyhow::Result<()>;
     /// The kernel's counters, summed over CPUs, by name.
     fn counters(&self) -> anyhow::Result<BTreeMap<&'static str, u64>>;
+    /// Holds no more processes at exec (at shutdown: nobody would continue them).
+    fn stop_holding(&mut self) -> anyhow::Result<()>;
     /// Hands at most `max` of the records waiting in the ring to `each`; returns how many.
     fn drain(&mut self, max: usize, each: &mut dyn FnMut(&[u8])) -> usize;
     /// Returns once records may be waiting: at once when `more` (the last drain stopped at
@@ -85,6 +87,8 @@ pub trait Host {
     fn mapped_files(&self, pid: u32) -> Vec<MappedFile>;
     /// The TLS functions `file` defines, with their file offsets.
     fn tls_functions(&self, file: &MappedFile) -> anyhow::Result<Vec<(TlsFunction, u64)>>;
+    /// Continues `pid`, which the kernel stopped at exec until probed.
+    fn resume(&self, pid: u32);
 }
 
 /// The loaded programs' maps and ring buffer.
@@ -275,6 +279,18 @@ impl KernelTables for EbpfTables {
         self.set_rule(maps::CGROUP_RULES, id, value)
     }
 
+    fn stop_holding(&mut self) -> anyhow::Result<()> {
+        let mut config: Array<_, Config> = Array::try_from(
+            self.ebpf
+                .map_mut(maps::CONFIG)
+                .context("CONFIG map missing")?,
+        )?;
+        let mut value = config.get(&0, 0)?;
+        value.hold_at_exec = 0;
+        config.set(0, value, 0)?;
+        Ok(())
+    }
+
     fn counters(&self) -> anyhow::Result<BTreeMap<&'static str, u64>> {
         let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(
             self.ebpf
@@ -364,6 +380,13 @@ impl Host for ProcHost {
             )
         })
     }
+
+    fn resume(&self, pid: u32) {
+        // SAFETY: kill(2) with a plain pid and signal. A process gone meanwhile is no error.
+        if unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) } != 0 {
+            tracing::debug!(pid, error = %std::io::Error::last_os_error(), "continuing a held process");
+        }
+    }
 }
 
 /// Tables and a host in memory, for the tests of the policy and of the daemon over it.
@@ -399,6 +422,8 @@ pub mod memory {
         pub tls_probes: Vec<(u32, String, TlsFunction)>,
         /// TLS connection objects whose plaintext is no longer copied.
         pub ignored_tls_objects: Vec<TlsKey>,
+        /// Processes are no longer held at exec.
+        pub holding_stopped: bool,
     }
 
     /// What the kernel programs do, as records in the ring and entries in the tables.
@@ -454,7 +479,12 @@ pub mod memory {
 
         /// `pid` mapped an executable file.
         pub fn map_library(&mut self, pid: u32) {
-            self.process_record(RecordKind::LibraryMapped, pid);
+            self.process_record(RecordKind::LibraryMapped, pid, false);
+        }
+
+        /// `pid` exec'd a program and the kernel stopped it until probed.
+        pub fn exec_held(&mut self, pid: u32) {
+            self.process_record(RecordKind::LibraryMapped, pid, true);
         }
 
         /// `pid`'s TLS library handed ciphertext starting with `prefix` to its BIO for `ssl`.
@@ -526,15 +556,17 @@ pub mod memory {
 
         /// `pid` exited.
         pub fn exit(&mut self, pid: u32) {
-            self.process_record(RecordKind::ProcessExited, pid);
+            self.process_record(RecordKind::ProcessExited, pid, false);
         }
 
-        fn process_record(&mut self, kind: RecordKind, pid: u32) {
+        fn process_record(&mut self, kind: RecordKind, pid: u32, held: bool) {
             self.ring.push_back(encoded(
                 &ProcessRecord {
                     kind: kind as u32,
                     pid,
                     timestamp_ns: super::super::monotonic_ns(),
+                    held: held as u32,
+                    _pad: 0,
                 },
                 &[],
             ));
@@ -632,6 +664,11 @@ pub mod memory {
             Ok(Counter::ALL.iter().map(|c| (c.name(), 0)).collect())
         }
 
+        fn stop_holding(&mut self) -> anyhow::Result<()> {
+            self.holding_stopped = true;
+            Ok(())
+        }
+
         fn drain(&mut self, max: usize, each: &mut dyn FnMut(&[u8])) -> usize {
             let mut read = 0;
             while read < max {
@@ -726,6 +763,10 @@ pub mod memory {
             self.lock().counters()
         }
 
+        fn stop_holding(&mut self) -> anyhow::Result<()> {
+            self.lock().stop_holding()
+        }
+
         fn drain(&mut self, max: usize, each: &mut dyn FnMut(&[u8])) -> usize {
             self.lock().drain(max, each)
         }
@@ -755,6 +796,8 @@ pub mod memory {
         pub closed_fds: Vec<(u32, i32)>,
         /// Executable files each process maps, with the TLS functions each defines.
         pub libraries: BTreeMap<u32, Vec<TlsLibrary>>,
+        /// Processes continued after a hold at exec, in order.
+        pub resumed: Mutex<Vec<u32>>,
     }
 
     impl Host for FakeHost {
@@ -803,6 +846,10 @@ pub mod memory {
                 .find(|library| library.file == *file)
                 .map(|library| library.functions.clone())
                 .context("no such file")
+        }
+
+        fn resume(&self, pid: u32) {
+            self.resumed.lock().unwrap().push(pid);
         }
     }
 }

@@ -424,3 +424,39 @@ fn tracing_all_a_programs_probes_serve_every_process_that_runs_it() {
     assert_eq!(capture.tables.tls_probes.len(), 4);
     assert_eq!(capture.tls_counters().probes, 4);
 }
+
+/// A process the kernel stopped at exec is continued once its program has been looked at:
+/// probed when it carries TLS, at once when it does not; each hold counted.
+#[test]
+fn a_process_held_at_exec_is_continued_once_probed() {
+    let mut host = host();
+    let plain = CLIENT + 1;
+    host.processes.insert(plain, Vec::new());
+    let mut capture = capture(false, host);
+    capture.set_selection(CLIENT, Selection::ByPid).unwrap();
+    capture.set_selection(plain, Selection::ByPid).unwrap();
+    // Each then execs a program: CLIENT's carries TLS.
+    let mut program = tls_library("/usr/local/bin/go-producer");
+    program.file.deleted = false;
+    program.file.executable = true;
+    capture.host.libraries.insert(CLIENT, vec![program]);
+    capture.tables.exec_held(CLIENT);
+    capture.tables.exec_held(plain);
+    events(&mut capture);
+    assert_eq!(*capture.host.resumed.lock().unwrap(), [CLIENT, plain]);
+    assert_eq!(
+        capture.tables.tls_probes.len(),
+        4,
+        "probed before continued"
+    );
+    assert_eq!(capture.tls_counters().capture.processes_held, 2);
+
+    // One still in the ring when the agent stops is continued, and no more are held.
+    capture.tables.exec_held(plain);
+    capture.release_held();
+    assert_eq!(
+        *capture.host.resumed.lock().unwrap(),
+        [CLIENT, plain, plain]
+    );
+    assert!(capture.tables.holding_stopped);
+}
