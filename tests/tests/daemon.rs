@@ -1274,3 +1274,47 @@ fn openssl_connections_are_bound_to_their_plaintext_or_counted_as_encrypted() {
     assert!(!log.contains("TLS libraries without symbols"), "{log}");
     assert!(!log.contains("\"sends\":1"), "nothing traced: {log}");
 }
+
+/// A Go program stripped of its symbols (`-ldflags=-s -w`, as release builds often are) has
+/// its TLS probed through Go's own function table (`.gopclntab`): both ends of its TLS echo
+/// bound to their plaintext, none counted as encrypted and not traced. Selected by its
+/// command name, it is held at exec until probed, so its first handshake is seen too.
+#[test]
+fn a_stripped_go_program_is_probed_through_its_function_table() {
+    let _turn = turn();
+    let program = mqtrace_tests::rocketmq::peers_root().join("bin/mq-go-tlsstrip");
+    let symbols = Command::new("readelf")
+        .args(["--section-headers", "--wide"])
+        .arg(&program)
+        .output()
+        .expect("readelf");
+    let sections = String::from_utf8_lossy(&symbols.stdout);
+    assert!(
+        sections.contains(".gopclntab") && !sections.contains(".symtab"),
+        "{} is stripped, its function table kept: {sections}",
+        program.display()
+    );
+    let agent = Agent::start("daemon-go-stripped", &["--comm", "mq-go-tlsstrip"]);
+    let echo = Command::new(&program)
+        .args(["--count", "20"])
+        .output()
+        .unwrap();
+    assert!(echo.status.success(), "{echo:?}");
+    let counters = || {
+        let metrics = agent.scrape();
+        let get = |name: &str| metrics.get(name).copied().unwrap_or(0.0);
+        (
+            get("mqtrace_agent_tls_connections_bound_total"),
+            get("mqtrace_pipeline_connections_tls_total"),
+            get("mqtrace_agent_tls_libraries_probed_total"),
+            get("mqtrace_agent_tls_processes_held_total"),
+        )
+    };
+    wait::holds(Duration::from_secs(10), wait::POLL, || counters().0 >= 2.0);
+    let (bound, dark, probed, held) = counters();
+    let status = agent.control_ok(&["status"]);
+    let log = agent.stop();
+    assert_eq!((bound, dark), (2.0, 0.0), "{status}\n{log}");
+    assert_eq!(probed, 1.0, "{status}");
+    assert!(held >= 1.0, "{status}");
+}

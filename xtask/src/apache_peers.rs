@@ -4,9 +4,9 @@
 //! C++ client (in the `rocketmq` package) under `tests/python/cpp-client`, from npm the ali-ons
 //! client under `tests/node/ali-ons`. Maven resolves each pom under `tests/java` to a classpath
 //! file in `<peers>/java` (`<name>.classpath`, jars in `~/.m2`); the Java applications are built
-//! into `<peers>/java/apps.jar`, the Go ones into `<peers>/bin/mq-go-remoting`, `mq-go-grpc` and
-//! `mq-go-tlsecho` (a TLS echo for the TLS capture benchmark);
-//! the Python application gets a virtual environment in `<peers>/python/cpp-client`, the Node.js
+//! into `<peers>/java/apps.jar`, the Go ones into `<peers>/bin/mq-go-remoting`, `mq-go-grpc`,
+//! `mq-go-tlsecho` (a TLS echo for the TLS capture benchmark) and `mq-go-tlsstrip` (the same,
+//! stripped of its symbols); the Python application gets a virtual environment in `<peers>/python/cpp-client`, the Node.js
 //! one its locked packages in `<peers>/node/ali-ons`. Redone when a source under them is newer
 //! than its output, reused otherwise.
 
@@ -37,11 +37,14 @@ const CLASSPATHS: &[(&str, &str)] = &[
     ),
 ];
 
-/// The Go test applications: their module folder under `tests/go`, and the binary's name.
-const GO_APPS: &[(&str, &str)] = &[
-    ("remoting", "mq-go-remoting"),
-    ("grpc", "mq-go-grpc"),
-    ("tlsecho", "mq-go-tlsecho"),
+/// The Go test applications: their module folder under `tests/go`, the binary's name, and
+/// the flags it is built with (the stripped echo: no symbol table, for the TLS probes found
+/// through Go's own function table).
+const GO_APPS: &[(&str, &str, &[&str])] = &[
+    ("remoting", "mq-go-remoting", &[]),
+    ("grpc", "mq-go-grpc", &[]),
+    ("tlsecho", "mq-go-tlsecho", &[]),
+    ("tlsecho", "mq-go-tlsstrip", &["-ldflags=-s -w"]),
 ];
 
 /// Resolves and builds whatever of Apache's peers is missing or stale.
@@ -157,7 +160,7 @@ fn go(peers: &Path) -> anyhow::Result<()> {
             "the Go test applications need Go 1.24 or later on PATH (or in /usr/local/go): \
              install it from go.dev",
         )?;
-    for (module, binary) in GO_APPS {
+    for (module, binary, flags) in GO_APPS {
         let sources = workspace_root().join("tests/go");
         let source = sources.join(module);
         let output = peers.join("bin").join(binary);
@@ -168,7 +171,9 @@ fn go(peers: &Path) -> anyhow::Result<()> {
                  from the Go module proxy"
             ));
             let status = Command::new(go)
-                .args(["build", "-o"])
+                .arg("build")
+                .args(*flags)
+                .arg("-o")
                 .arg(&output)
                 .arg(".")
                 .current_dir(&source)

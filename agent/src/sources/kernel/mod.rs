@@ -1,6 +1,7 @@
 //! The live source: eBPF programs on syscall tracepoints copy the payloads of tracked sockets of
 //! selected processes into a ring buffer, which this module reads.
 
+mod gopclntab;
 mod preflight;
 pub mod procfs;
 pub mod records;

@@ -4,7 +4,8 @@
 //! symbols or, for statically linked copies that keep them, the full symbol table (netty's
 //! tcnative BoringSSL exports none of them; its `.symtab` has them all); in a Go program, of
 //! `crypto/tls.(*Conn).Write` and `Read` and of each of their RET instructions (Go moves
-//! goroutine stacks, so a return probe's rewritten return address would break it). A library
+//! goroutine stacks, so a return probe's rewritten return address would break it), which a
+//! stripped Go program still names in Go's own function table, `.gopclntab`. A library
 //! unpacked to a temporary file and deleted once loaded (netty does this) is still reached
 //! through `/proc/PID/map_files`.
 
@@ -12,6 +13,8 @@ use std::{fs::File, path::PathBuf};
 
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadRef};
+
+use super::gopclntab::Pclntab;
 
 /// The functions probed, and the programs attached to each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -224,7 +227,8 @@ impl Drop for MappedFileBytes {
 }
 
 /// The probed functions an ELF file defines, with their file offsets: from `.dynsym`, then
-/// `.symtab` (local symbols included); for Go's, their RET instructions too.
+/// `.symtab` (local symbols included), or for Go's in a stripped program from Go's own
+/// function table; for Go's, their RET instructions too.
 pub fn tls_functions<'data>(elf: impl ReadRef<'data>) -> anyhow::Result<Vec<(TlsFunction, u64)>> {
     let file = object::File::parse(elf)?;
     let mut found = Vec::new();
@@ -236,23 +240,79 @@ pub fn tls_functions<'data>(elf: impl ReadRef<'data>) -> anyhow::Result<Vec<(Tls
         let Some(function) = TlsFunction::ALL.into_iter().find(|f| f.symbol() == name) else {
             continue;
         };
-        if found.iter().any(|&(f, _)| f == function) {
-            continue;
-        }
-        let Some(offset) = file_offset(&file, symbol.address()) else {
-            continue;
-        };
-        found.push((function, offset));
-        if matches!(function, TlsFunction::GoWrite | TlsFunction::GoRead) {
-            for ret in returns(&file, symbol.address(), symbol.size()) {
-                if let Some(offset) = file_offset(&file, ret) {
-                    found.push((TlsFunction::GoReturn, offset));
-                }
-            }
+        add_function(&file, &mut found, function, symbol.address(), symbol.size());
+    }
+    if !found
+        .iter()
+        .any(|&(f, _)| matches!(f, TlsFunction::GoWrite | TlsFunction::GoRead))
+    {
+        for (function, address, size) in go_functions_from_pclntab(&file) {
+            add_function(&file, &mut found, function, address, size);
         }
     }
     found.sort();
     Ok(found)
+}
+
+/// Adds `function`, at `address` and `size` bytes long, unless found already; for Go's, its
+/// RET instructions too.
+fn add_function<'data, R: ReadRef<'data>>(
+    file: &object::File<'data, R>,
+    found: &mut Vec<(TlsFunction, u64)>,
+    function: TlsFunction,
+    address: u64,
+    size: u64,
+) {
+    if found.iter().any(|&(f, _)| f == function) {
+        return;
+    }
+    let Some(offset) = file_offset(file, address) else {
+        return;
+    };
+    found.push((function, offset));
+    if matches!(function, TlsFunction::GoWrite | TlsFunction::GoRead) {
+        for ret in returns(file, address, size) {
+            if let Some(offset) = file_offset(file, ret) {
+                found.push((TlsFunction::GoReturn, offset));
+            }
+        }
+    }
+}
+
+/// Go's `Write` and `Read` (address, size) from `.gopclntab`, the function table a Go program
+/// keeps when stripped of its symbols (Go 1.25 and older named it `.data.rel.ro.gopclntab` in
+/// a PIE; linked externally, a PIE has it merged into `.data.rel.ro`, where it is not looked
+/// for).
+fn go_functions_from_pclntab<'data, R: ReadRef<'data>>(
+    file: &object::File<'data, R>,
+) -> Vec<(TlsFunction, u64, u64)> {
+    let Some(section) = file
+        .section_by_name(".gopclntab")
+        .or_else(|| file.section_by_name(".data.rel.ro.gopclntab"))
+    else {
+        return Vec::new();
+    };
+    let Some(table) = section.data().ok().and_then(Pclntab::parse) else {
+        return Vec::new();
+    };
+    let moduledata = file
+        .section_by_name(".go.module")
+        .and_then(|section| section.data().ok());
+    let Some(text_start) = table.text_start(section.address(), moduledata) else {
+        return Vec::new();
+    };
+    let go_functions = [TlsFunction::GoWrite, TlsFunction::GoRead];
+    let names = go_functions.map(TlsFunction::symbol);
+    table
+        .functions(text_start, &names)
+        .into_iter()
+        .filter_map(|found| {
+            let function = go_functions
+                .into_iter()
+                .find(|f| f.symbol() == found.name)?;
+            Some((function, found.address, found.size))
+        })
+        .collect()
 }
 
 /// The addresses of the RET instructions of the function at `address`, `size` bytes long.
