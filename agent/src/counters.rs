@@ -186,6 +186,18 @@ pub const COUNTERS: &[Declared] = &[
     )
     .said_once("TLS libraries without symbols: their encrypted connections are not traced"),
     counter(
+        "/agent/tls/dark_jsse",
+        "Connections begun with TLS in Java processes without a native TLS library: Java's own TLS (JSSE), out of the probes' reach.",
+    ),
+    counter(
+        "/agent/tls/dark_stripped_library",
+        "Connections begun with TLS in processes whose TLS library lacks the symbols probed (stripped).",
+    ),
+    counter(
+        "/agent/tls/dark_no_library",
+        "Connections begun with TLS in processes with no TLS library the agent reads (rustls; other libraries).",
+    ),
+    counter(
         "/agent/tls/processes_held",
         "Processes stopped as they exec'd a program new to the agent, until their TLS probes were placed.",
     ),
@@ -222,7 +234,7 @@ pub const COUNTERS: &[Declared] = &[
     ),
     counter(
         "/pipeline/connections_tls",
-        "Connections that began with a TLS ClientHello and whose plaintext was not captured: encrypted, not traced (Java's own TLS, JSSE; rustls; stripped libraries; of them, /agent/tls/connections_unbound in processes with TLS probes).",
+        "Connections that began with a TLS ClientHello and whose plaintext was not captured: encrypted, not traced (why: /agent/tls/dark_jsse, dark_stripped_library, dark_no_library, and connections_unbound in processes with TLS probes).",
     )
     .said_once(
         "encrypted connections not traced: their TLS library is not one the agent probes \

@@ -1346,6 +1346,14 @@ async fn a_jsse_client_stays_dark_and_the_brokers_side_is_traced() {
             counters["pipeline"]["connections_tls"].as_u64() >= Some(2),
             "the client's connections to the name server and the broker are dark: {counters}"
         );
+        // And said why: a Java process with no native TLS library.
+        let tls = &counters["agent"]["tls"];
+        assert!(tls["dark_jsse"].as_u64() >= Some(2), "{tls}");
+        assert_eq!(
+            (&tls["dark_stripped_library"], &tls["dark_no_library"]),
+            (&Value::from(0), &Value::from(0)),
+            "{tls}"
+        );
         // The broker's: every message stored, seen through its TLS library.
         let stores: Vec<&Value> = spans
             .iter()

@@ -29,7 +29,7 @@ use tokio::io::unix::AsyncFd;
 use crate::sources::{
     Connection, ConnectionId, EndCause, Origin, SeenAs, SourceEvent,
     capture::{Capture, KernelCounters},
-    tls::TlsBinder,
+    tls::{DarkReason, TlsBinder},
 };
 
 /// The compiled kernel programs, built by build.rs from `agent-ebpf`.
@@ -408,7 +408,13 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
                 },
             };
             if functions.is_empty() {
-                self.tls.libraries_without_symbols += u64::from(tls::stripped_library(&file));
+                if tls::stripped_library(&file) {
+                    self.tls.libraries_without_symbols += 1;
+                    self.binder
+                        .set_dark_reason(pid, Some(DarkReason::StrippedLibrary));
+                } else if tls::java_program(&file) {
+                    self.binder.set_dark_reason(pid, Some(DarkReason::Jsse));
+                }
                 continue;
             }
             let library = tls::TlsLibrary { file, functions };
@@ -485,6 +491,7 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
         }
         self.tls_retries.remove(&pid);
         self.binder.set_probed(pid, false);
+        self.binder.set_dark_reason(pid, None);
     }
 
     /// The TLS records read with `out[start..]`: new libraries probed, plaintext bound to

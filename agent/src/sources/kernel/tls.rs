@@ -115,6 +115,12 @@ pub fn stripped_library(file: &MappedFile) -> bool {
         && (name.starts_with("libssl") || name.contains("tcnative") || name.contains("boringssl"))
 }
 
+/// Whether a file is the program of a Java virtual machine, whose own TLS (JSSE) is Java code:
+/// out of the probes' reach unless the process also loads a native library for it (netty's).
+pub fn java_program(file: &MappedFile) -> bool {
+    file.executable && file.name.rsplit('/').next() == Some("java")
+}
+
 /// The executable file mappings of a `/proc/PID/maps` text, one per file; `program` is the
 /// path of the process's program (`/proc/PID/exe`).
 pub fn executable_files(pid: u32, maps: &str, program: Option<&str>) -> Vec<MappedFile> {

@@ -80,6 +80,22 @@ pub struct TlsCounters {
     /// library's version binds differently, or its probes came too late): handed on to be
     /// counted as encrypted and not traced.
     pub connections_unbound: u64,
+    /// Connections that began TLS (a ClientHello, either way) in processes without probes, by
+    /// why: Java's own TLS (JSSE, a Java process with no native TLS library)...
+    pub dark_jsse: u64,
+    /// ...a TLS library stripped of the symbols probed...
+    pub dark_stripped_library: u64,
+    /// ...no TLS library the agent reads (rustls, a library of another name or kind).
+    pub dark_no_library: u64,
+}
+
+/// Why a process's TLS connections cannot be read, as far as its mappings tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DarkReason {
+    /// A Java process with no native TLS library: its TLS is JSSE, Java code.
+    Jsse,
+    /// It maps a TLS library without the symbols probed.
+    StrippedLibrary,
 }
 
 type ObjectKey = (u32, u64);
@@ -105,6 +121,8 @@ pub struct TlsBinder {
     /// Processes with TLS probes: a connection of theirs that begins TLS is kept back until
     /// bound.
     probed: HashSet<u32>,
+    /// Processes without probes whose TLS is known to be out of reach, and why.
+    dark: HashMap<u32, DarkReason>,
     /// Connections kept back: their events so far, and their bytes.
     withheld: HashMap<ConnectionId, (Vec<SourceEvent>, usize)>,
     /// Objects whose plaintext is no longer followed (the stages after this one let their
@@ -122,6 +140,7 @@ impl Default for TlsBinder {
             by_connection: HashMap::new(),
             held: Bounded::new(MAX_HELD_OBJECTS, MAX_HELD_BYTES),
             probed: HashSet::new(),
+            dark: HashMap::new(),
             withheld: HashMap::new(),
             ignored: HashSet::new(),
             counters: TlsCounters::default(),
@@ -153,6 +172,33 @@ impl TlsBinder {
             self.probed.insert(pid);
         } else {
             self.probed.remove(&pid);
+        }
+    }
+
+    /// Why `pid`'s TLS connections cannot be read (None: no reason known, or they can).
+    pub fn set_dark_reason(&mut self, pid: u32, reason: Option<DarkReason>) {
+        match reason {
+            Some(reason) => self.dark.insert(pid, reason),
+            None => self.dark.remove(&pid),
+        };
+    }
+
+    /// A connection of a process without probes that begins TLS: counted by why it stays
+    /// dark. Only a first chunk is looked at.
+    fn count_dark(&mut self, chunk: &super::Chunk) {
+        if chunk.position != 0 || !begins_client_hello(&chunk.bytes) {
+            return;
+        }
+        let Some(pid) = self.connections.get(&chunk.connection).map(|c| c.pid) else {
+            return;
+        };
+        if self.probed.contains(&pid) {
+            return;
+        }
+        match self.dark.get(&pid) {
+            Some(DarkReason::Jsse) => self.counters.dark_jsse += 1,
+            Some(DarkReason::StrippedLibrary) => self.counters.dark_stripped_library += 1,
+            None => self.counters.dark_no_library += 1,
         }
     }
 
@@ -214,6 +260,7 @@ impl TlsBinder {
                     self.connections.remove(connection);
                 }
                 SourceEvent::ProcessExited { pid } => self.forget_process(*pid),
+                SourceEvent::Data(chunk) => self.count_dark(chunk),
                 _ => {}
             }
         }
@@ -273,6 +320,7 @@ impl TlsBinder {
                 return;
             }
             SourceEvent::Data(chunk) => {
+                self.count_dark(chunk);
                 if chunk.direction == Direction::Egress
                     && let Some(bound) = self.try_bind(chunk.connection, &chunk.bytes, out)
                 {
@@ -419,6 +467,7 @@ impl TlsBinder {
     fn forget_process(&mut self, pid: u32) {
         self.prefixes.remove(&pid);
         self.probed.remove(&pid);
+        self.dark.remove(&pid);
         self.connections.retain(|_, c| c.pid != pid);
         self.bound.retain(|&(p, _), _| p != pid);
         self.ignored.retain(|&(p, _)| p != pid);
@@ -446,6 +495,12 @@ fn payload_len(event: &SourceEvent) -> usize {
 /// A TLS handshake record (a client's or a server's hello): content type 22, version 3.x.
 fn begins_tls(bytes: &[u8]) -> bool {
     bytes.len() >= 3 && bytes[0] == 0x16 && bytes[1] == 0x03
+}
+
+/// A handshake record holding a ClientHello (handshake type 1): the start of a TLS connection
+/// seen from either end, once.
+fn begins_client_hello(bytes: &[u8]) -> bool {
+    begins_tls(bytes) && bytes.get(5) == Some(&1)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

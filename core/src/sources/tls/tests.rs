@@ -323,3 +323,48 @@ fn a_plaintext_stream_let_go_drops_its_objects_records() {
     assert!(out.is_empty() && bound.is_empty(), "{out:?}");
     assert!(binder.held.is_empty());
 }
+
+/// A connection that begins TLS in a process without probes is counted once, by why it stays
+/// dark: what the capture said of the process, else no library read.
+#[test]
+fn dark_connections_are_counted_by_why() {
+    let mut binder = TlsBinder::new();
+    let client_hello = [
+        &[0x16, 0x03, 0x01, 0x00, 0x40, 0x01][..],
+        &ciphertext(5)[6..],
+    ]
+    .concat();
+    let server_hello = [
+        &[0x16, 0x03, 0x03, 0x00, 0x40, 0x02][..],
+        &ciphertext(6)[6..],
+    ]
+    .concat();
+    let handshake = |id: u64| {
+        let id = ConnectionId(id);
+        vec![
+            opened(id),
+            data(id, Direction::Egress, 0, &client_hello),
+            data(id, Direction::Ingress, 0, &server_hello),
+            data(id, Direction::Egress, 70, &client_hello),
+        ]
+    };
+    let (out, _) = run(&mut binder, handshake(1), vec![]);
+    assert_eq!(out, handshake(1), "handed on as they are");
+    binder.set_dark_reason(PID, Some(DarkReason::Jsse));
+    run(&mut binder, handshake(2), vec![]);
+    run(&mut binder, handshake(3), vec![]);
+    binder.set_dark_reason(PID, Some(DarkReason::StrippedLibrary));
+    run(&mut binder, handshake(4), vec![]);
+    // With probes, a connection is the binder's own business (bound, or unbound).
+    binder.set_probed(PID, true);
+    run(&mut binder, handshake(5), vec![]);
+    let counters = binder.counters();
+    assert_eq!(
+        (
+            counters.dark_no_library,
+            counters.dark_jsse,
+            counters.dark_stripped_library
+        ),
+        (1, 2, 1)
+    );
+}
