@@ -63,6 +63,9 @@ enum Client {
     Cpp,
     /// ali-ons (remoting, pure JavaScript): sets no UNIQ_KEY.
     AliOns,
+    /// Apache's Node.js 5.x client (`rocketmq-client-nodejs`, gRPC over grpc-js; TLS from the
+    /// OpenSSL inside `node`).
+    NodeGrpc,
 }
 
 impl Client {
@@ -74,6 +77,7 @@ impl Client {
             Client::GoGrpc => "Go rocketmq-clients v5".into(),
             Client::Cpp => "C++ rocketmq-client-cpp (PyPI rocketmq 0.4.4)".into(),
             Client::AliOns => "Node.js ali-ons 3.12.0".into(),
+            Client::NodeGrpc => "Node.js rocketmq-client-nodejs 1.0.8".into(),
         }
     }
 
@@ -114,6 +118,10 @@ impl Client {
             Client::GoGrpc => go("mq-go-grpc"),
             Client::Cpp => script(cpp.join("venv/bin/python"), cpp.join("mq_cpp.py")),
             Client::AliOns => script("node".into(), ali_ons.join("mq-ali-ons.js")),
+            Client::NodeGrpc => script(
+                "node".into(),
+                peers_root().join("node/grpc5/mq-grpc5.js"),
+            ),
         }
     }
 }
@@ -929,11 +937,12 @@ async fn clients_through_the_cluster_mode_proxy_every_message_one_complete_trace
     .await;
 }
 
-/// The 5.x Java and Go clients with TLS on (their default) through the cluster-mode proxy: the
-/// Java client's plaintext read from the BoringSSL of its netty-tcnative (a library unpacked
-/// to /tmp and deleted once loaded), the Go client's from `crypto/tls`, the proxy's from its
-/// own tcnative; every message traced as over plaintext, each client span saying how; the
-/// same clients over plaintext beside them.
+/// The 5.x Java, Go and Node.js clients with TLS on (the Java and Go clients' default) through
+/// the cluster-mode proxy: the Java client's plaintext read from the BoringSSL of its
+/// netty-tcnative (a library unpacked to /tmp and deleted once loaded), the Go client's from
+/// `crypto/tls`, the Node.js client's from the OpenSSL inside `node` (memory BIOs), the proxy's
+/// from its own tcnative; every message traced as over plaintext, each client span saying how;
+/// the same clients over plaintext beside them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_clients_through_the_cluster_mode_proxy_traced_as_in_plaintext() {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -949,6 +958,8 @@ async fn tls_clients_through_the_cluster_mode_proxy_traced_as_in_plaintext() {
             (Client::JavaGrpc, Transport::Plain),
             (Client::GoGrpc, Transport::Tls),
             (Client::GoGrpc, Transport::Plain),
+            (Client::NodeGrpc, Transport::Tls),
+            (Client::NodeGrpc, Transport::Plain),
         ];
         let runs: Vec<Run> = cases
             .iter()
@@ -987,15 +998,15 @@ async fn tls_clients_through_the_cluster_mode_proxy_traced_as_in_plaintext() {
                 );
             }
         }
-        // The Java producer's and consumer's tcnative, the Go programs themselves, the
-        // proxy's tcnative (its gRPC port serves TLS): each TLS connection bound on both
-        // sides.
+        // The Java producer's and consumer's tcnative, the Go program, `node`, the proxy's
+        // tcnative (its gRPC port serves TLS): each TLS connection bound on both sides, at
+        // least one per client process and one per proxy end.
         assert!(
             tls["libraries_probed"].as_u64() >= Some(5),
             "{tls}\n{agent_log}"
         );
         assert!(
-            tls["connections_bound"].as_u64() >= Some(8),
+            tls["connections_bound"].as_u64() >= Some(12),
             "{tls}\n{agent_log}"
         );
         assert_eq!(tls["attach_failures"], 0, "{tls}\n{agent_log}");

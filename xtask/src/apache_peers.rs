@@ -2,12 +2,14 @@
 //! agent, and the test applications of `tests/java/apps` over Apache's Java clients; from the Go
 //! module proxy the test applications of `tests/go` over Apache's two Go clients; from PyPI the
 //! C++ client (in the `rocketmq` package) under `tests/python/cpp-client`, from npm the ali-ons
-//! client under `tests/node/ali-ons`. Maven resolves each pom under `tests/java` to a classpath
-//! file in `<peers>/java` (`<name>.classpath`, jars in `~/.m2`); the Java applications are built
-//! into `<peers>/java/apps.jar`, the Go ones into `<peers>/bin/mq-go-remoting`, `mq-go-grpc`,
+//! client under `tests/node/ali-ons` and Apache's Node.js 5.x client under `tests/node/grpc5`.
+//! Maven resolves each pom under `tests/java` to a classpath file in `<peers>/java`
+//! (`<name>.classpath`, jars in `~/.m2`); the Java applications are built into
+//! `<peers>/java/apps.jar`, the Go ones into `<peers>/bin/mq-go-remoting`, `mq-go-grpc`,
 //! `mq-go-tlsecho` (a TLS echo for the TLS capture benchmark) and `mq-go-tlsstrip` (the same,
-//! stripped of its symbols); the Python application gets a virtual environment in `<peers>/python/cpp-client`, the Node.js
-//! one its locked packages in `<peers>/node/ali-ons`. Redone when a source under them is newer
+//! stripped of its symbols); the Python application gets a virtual environment in
+//! `<peers>/python/cpp-client`, the Node.js ones their locked packages in `<peers>/node/<app>`.
+//! Redone when a source under them is newer
 //! than its output, reused otherwise.
 
 use std::{
@@ -110,14 +112,14 @@ fn python(peers: &Path) -> anyhow::Result<()> {
     )
 }
 
-/// The ali-ons client's test application: its script with the packages its lock file names.
+/// The Node.js test applications, each its script with the packages its lock file names:
+/// ali-ons (remoting) and Apache's 5.x client (rocketmq-client-nodejs, gRPC).
 fn node(peers: &Path) -> anyhow::Result<()> {
-    script_app(
-        peers,
-        "node/ali-ons",
-        "mq-ali-ons.js",
-        "npm",
-        |source, out| {
+    for (dir, script) in [
+        ("node/ali-ons", "mq-ali-ons.js"),
+        ("node/grpc5", "mq-grpc5.js"),
+    ] {
+        script_app(peers, dir, script, "npm", |source, out| {
             if !runs("node", "--version") || !runs("npm", "--version") {
                 crate::setup::apt_install(&["nodejs", "npm"])?;
             }
@@ -128,10 +130,11 @@ fn node(peers: &Path) -> anyhow::Result<()> {
                 Command::new("npm")
                     .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
                     .current_dir(out),
-                "npm ci (tests/node/ali-ons/package-lock.json)",
+                &format!("npm ci (tests/{dir}/package-lock.json)"),
             )
-        },
-    )
+        })?;
+    }
+    Ok(())
 }
 
 /// Runs `command`, failing with `what` and its output unless it succeeds.
