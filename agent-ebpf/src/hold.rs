@@ -25,7 +25,8 @@ use crate::maps::config;
 const SIGSTOP: u32 = 19;
 /// Offset of `__data_loc char[] filename` in `sched:sched_process_exec`.
 const FILENAME_LOC_OFFSET: usize = 8;
-/// Path bytes hashed: longer paths are told apart by their first 256 bytes and their cgroup.
+/// Path bytes read and hashed: longer paths are told apart by their first 255 bytes and their
+/// cgroup. The path is as given to exec (a relative `./server` is its own key).
 const PATH_WORDS: usize = 32;
 
 /// Programs already held once, by a hash of (cgroup, path): not held again.
@@ -34,20 +35,27 @@ static KNOWN_PROGRAMS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16_384
 
 /// Whether the process exec'ing now is to wait for its probes: holding is on and, tracing
 /// every process, its program is new in its cgroup (selected one by one, each process gets
-/// probes of its own, so each is held).
+/// probes of its own, so each is held). Some(its program's key, or 0 when not kept).
 #[inline(always)]
-pub fn wanted(ctx: &TracePointContext) -> bool {
-    let Some(config) = config() else {
-        return false;
-    };
+pub fn wanted(ctx: &TracePointContext) -> Option<u64> {
+    let config = config()?;
     if config.hold_at_exec == 0 || on_a_terminal(config) {
-        return false;
+        return None;
     }
     if config.trace_all == 0 {
-        return true;
+        return Some(0);
     }
+    let key = program_key(ctx);
     // BPF_NOEXIST: only the exec that adds the program holds.
-    KNOWN_PROGRAMS.insert(&program_key(ctx), &1, 1).is_ok()
+    KNOWN_PROGRAMS.insert(&key, &1, 1).ok().map(|_| key)
+}
+
+/// A program that was to be held but was not (no room in the ring): held at its next exec.
+#[inline(always)]
+pub fn forget(key: u64) {
+    if key != 0 {
+        let _ = KNOWN_PROGRAMS.remove(&key);
+    }
 }
 
 /// Whether the current process has a controlling terminal (`task->signal->tty`).
@@ -63,15 +71,17 @@ fn on_a_terminal(config: &Config) -> bool {
             return true;
         };
         let tty = (signal as *const u8).add(config.signal_tty_offset as usize) as *const u64;
-        bpf_probe_read_kernel(tty).is_ok_and(|tty| tty != 0)
+        // Unreadable: taken for a terminal, since a process is held only when sure.
+        bpf_probe_read_kernel(tty).map_or(true, |tty| tty != 0)
     }
 }
 
-/// Stops the current process; it runs again when user space continues it.
+/// Stops the current process (as it returns to user space); it runs again when user space
+/// continues it. False when the kernel refused (the host's init).
 #[inline(always)]
-pub fn stop_current() {
+pub fn stop_current() -> bool {
     // SAFETY: a helper with a plain integer argument; it signals the current process.
-    unsafe { bpf_send_signal(SIGSTOP) };
+    unsafe { bpf_send_signal(SIGSTOP) == 0 }
 }
 
 /// FNV-1a over the cgroup id and the exec'd path (NUL-padded to 256 bytes).

@@ -288,11 +288,12 @@ pub fn process_exec(ctx: TracePointContext) -> u32 {
         let _ = maps::SELECTED_PROCESSES.insert(pid, selection, 0);
     }
     if process_selected(pid) {
-        let held = hold::wanted(&ctx);
-        // Stopped only once user space is sure to hear of it: a record lost to a full ring
-        // would leave the process stopped for good.
-        if tls::report_mapped(pid, held) && held {
-            hold::stop_current();
+        let hold = hold::wanted(&ctx);
+        let held = tls::report_mapped(pid, hold.is_some());
+        if let Some(key) = hold
+            && !held
+        {
+            hold::forget(key);
         }
     }
     0

@@ -151,14 +151,18 @@ pub fn on_close(pid: u32, fd: i32) {
 }
 
 /// Tells user space of a process's exit (`RecordKind::ProcessExited`) or of a file it mapped
-/// (`RecordKind::LibraryMapped`), `held` at exec or not; `flags` say whether to wake the
-/// reader. False when the ring had no room (counted).
+/// (`RecordKind::LibraryMapped`); `flags` say whether to wake the reader. With `stop` the
+/// process is stopped until user space continues it: only once its record is sure to reach
+/// user space (a full ring would leave it stopped for good), and before the record is
+/// submitted (user space could continue it before the stop, which would then stay). Returns
+/// whether it was stopped.
 #[inline(always)]
-pub fn emit_process_record(kind: RecordKind, pid: u32, held: bool, flags: u64) -> bool {
+pub fn emit_process_record(kind: RecordKind, pid: u32, stop: bool, flags: u64) -> bool {
     let Some(mut entry): Option<RingBufEntry<ProcessRecord>> = RECORDS.reserve(0) else {
         count(Counter::RecordsLost, 1);
         return false;
     };
+    let held = stop && crate::hold::stop_current();
     entry.write(ProcessRecord {
         kind: kind as u32,
         pid,
@@ -168,5 +172,5 @@ pub fn emit_process_record(kind: RecordKind, pid: u32, held: bool, flags: u64) -
         _pad: 0,
     });
     entry.submit(flags);
-    true
+    held
 }

@@ -415,14 +415,14 @@ pub fn enter_mmap(ctx: TracePointContext) -> u32 {
 }
 
 /// Tells user space that `pid` mapped an executable file (a library, or at exec its program),
-/// and whether it is `held` until probed; false when the ring had no room. The first
+/// stopping it until probed if asked to (`stop`); returns whether it was stopped. The first
 /// connection may follow within milliseconds: the reader is woken now.
 #[inline(always)]
-pub fn report_mapped(pid: u32, held: bool) -> bool {
+pub fn report_mapped(pid: u32, stop: bool) -> bool {
     crate::sockets::emit_process_record(
         RecordKind::LibraryMapped,
         pid,
-        held,
+        stop,
         aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64,
     )
 }

@@ -188,23 +188,31 @@ pub const COUNTERS: &[Declared] = &[
     counter(
         "/agent/tls/dark_jsse",
         "Connections begun with TLS in Java processes without a native TLS library: Java's own TLS (JSSE), out of the probes' reach.",
-    ),
+    )
+    .status("TLS, not traced: Java's JSSE"),
     counter(
         "/agent/tls/dark_stripped_library",
         "Connections begun with TLS in processes whose TLS library lacks the symbols probed (stripped).",
-    ),
+    )
+    .status("TLS, not traced: library stripped"),
     counter(
         "/agent/tls/dark_no_library",
         "Connections begun with TLS in processes with no TLS library the agent reads (rustls; other libraries).",
-    ),
+    )
+    .status("TLS, not traced: no library read"),
     counter(
         "/agent/tls/processes_held",
         "Processes stopped as they exec'd a program new to the agent, until their TLS probes were placed.",
     ),
     counter(
-        "/agent/tls/held_microseconds",
+        "/agent/tls/held_seconds",
         "Time those processes waited for their probes, summed.",
     ),
+    counter(
+        "/agent/tls/resume_failures",
+        "Processes held at exec that the agent was not allowed to continue (send them SIGCONT); holding is switched off at the first.",
+    )
+    .problem("processes held at exec could not be continued (see the log)"),
     counter(
         "/agent/tls/attach_failures",
         "TLS libraries whose file could not be read or whose probes the kernel refused.",

@@ -106,7 +106,7 @@ pub fn app_with(release: Release, main: &str, jvm_options: &[String]) -> Command
 /// Runs a test application (Java or Go) to its end; fails, with the end of its stderr, unless it
 /// succeeded and ended with its `done` line. The JSON lines it printed, that line last.
 pub fn run_to_end(command: &mut Command) -> Vec<serde_json::Value> {
-    let out = command
+    let out = crate::process::without_terminal(command)
         .output()
         .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
     assert!(

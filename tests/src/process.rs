@@ -119,3 +119,19 @@ impl Drop for ScratchFile {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// Runs `command` in a session of its own, without the test's controlling terminal. A process
+/// on a terminal is never held at exec until probed, and the tests that rely on holding must
+/// pass wherever they are run from (CI has no terminal, a developer's shell has one). For
+/// processes that end by themselves: Ctrl-C on the terminal no longer reaches them.
+pub fn without_terminal(command: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid(2) is async-signal-safe, and the closure touches nothing else between
+    // fork and exec. It fails only for a group leader, which a fresh child is not.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        })
+    }
+}

@@ -118,10 +118,7 @@ impl Client {
             Client::GoGrpc => go("mq-go-grpc"),
             Client::Cpp => script(cpp.join("venv/bin/python"), cpp.join("mq_cpp.py")),
             Client::AliOns => script("node".into(), ali_ons.join("mq-ali-ons.js")),
-            Client::NodeGrpc => script(
-                "node".into(),
-                peers_root().join("node/grpc5/mq-grpc5.js"),
-            ),
+            Client::NodeGrpc => script("node".into(), peers_root().join("node/grpc5/mq-grpc5.js")),
         }
     }
 }

@@ -1176,55 +1176,74 @@ fn a_jvm_is_named_by_its_main_class_or_jar_without_otel_service_name() {
     );
 }
 
+/// openssl's `s_server` on a loopback port with a self-signed certificate, in a scratch folder
+/// removed (and the server stopped) when dropped.
+struct TlsServer {
+    port: u16,
+    _server: Owned,
+    dir: PathBuf,
+}
+
+impl TlsServer {
+    fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("mqtrace-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let made = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+            .args(["-keyout", "key.pem", "-out", "cert.pem"])
+            .current_dir(&dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = Command::new("openssl");
+        server
+            .args(["s_server", "-quiet", "-cert", "cert.pem", "-key", "key.pem"])
+            .args(["-accept", &format!("127.0.0.1:{port}")])
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let server = Owned(server.spawn().expect("openssl s_server"));
+        Self {
+            port,
+            _server: server,
+            dir,
+        }
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// openssl's own s_server and s_client over the system's libssl, both traced: each connection
 /// end is bound to its plaintext by the TLS probes, or (a client whose handshake beat its
 /// probes: each s_client is a new process) counted as encrypted and said once; none is lost
 /// track of, and nothing in them is taken for RocketMQ.
 #[test]
 fn openssl_connections_are_bound_to_their_plaintext_or_counted_as_encrypted() {
-    let dir = std::env::temp_dir().join(format!("mqtrace-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    struct RemoveDir(PathBuf);
-    impl Drop for RemoveDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = RemoveDir(dir.clone());
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-keyout", "key.pem", "-out", "cert.pem"])
-        .current_dir(&dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
     let agent = Agent::start("daemon-tls", &["--comm", "openssl"]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = Command::new("openssl");
-    server
-        .args(["s_server", "-quiet", "-cert", "cert.pem", "-key", "key.pem"])
-        .args(["-accept", &format!("127.0.0.1:{port}")])
-        .current_dir(&dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let _server = Owned(server.spawn().expect("openssl s_server"));
+    let server = TlsServer::start();
+    let port = server.port;
     // Two clients, each a full handshake, then end of input.
     for _ in 0..2 {
         let handshake = || {
@@ -1295,10 +1314,10 @@ fn a_stripped_go_program_is_probed_through_its_function_table() {
         program.display()
     );
     let agent = Agent::start("daemon-go-stripped", &["--comm", "mq-go-tlsstrip"]);
-    let echo = Command::new(&program)
-        .args(["--count", "20"])
-        .output()
-        .unwrap();
+    let echo =
+        mqtrace_tests::process::without_terminal(Command::new(&program).args(["--count", "20"]))
+            .output()
+            .unwrap();
     assert!(echo.status.success(), "{echo:?}");
     let counters = || {
         let metrics = agent.scrape();
@@ -1317,4 +1336,54 @@ fn a_stripped_go_program_is_probed_through_its_function_table() {
     assert_eq!((bound, dark), (2.0, 0.0), "{status}\n{log}");
     assert_eq!(probed, 1.0, "{status}");
     assert!(held >= 1.0, "{status}");
+}
+
+/// Python grpcio links BoringSSL in and strips it: nothing to probe. Its TLS connection is
+/// counted as dark for that reason, its library among those without symbols; nothing bound.
+/// The process maps the system's libssl too (Python's own `ssl`), which is probed: its
+/// connection, held back for a binding that never comes, is counted as the stripped
+/// library's when it ends.
+#[test]
+fn a_grpcio_client_is_dark_because_its_tls_library_is_stripped() {
+    let _turn = turn();
+    let agent = Agent::start("daemon-grpcio", &["--comm", "python"]);
+    let server = TlsServer::start();
+    let app = mqtrace_tests::rocketmq::peers_root().join("python/grpcio");
+    let address = format!("127.0.0.1:{}", server.port);
+    wait::until(
+        "s_server to listen",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            std::net::TcpStream::connect(&address)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        },
+    )
+    .unwrap();
+    let dialed = Command::new(app.join("venv/bin/python"))
+        .arg(app.join("dial.py"))
+        .arg(&address)
+        .output()
+        .unwrap();
+    assert!(dialed.status.success(), "{dialed:?}");
+    let counters = || {
+        let metrics = agent.scrape();
+        let get = |name: &str| metrics.get(name).copied().unwrap_or(0.0);
+        (
+            get("mqtrace_agent_tls_dark_stripped_library_total"),
+            get("mqtrace_agent_tls_libraries_without_symbols_total"),
+            get("mqtrace_agent_tls_connections_bound_total"),
+        )
+    };
+    wait::holds(Duration::from_secs(10), wait::POLL, || counters().0 >= 1.0);
+    let (dark, stripped, bound) = counters();
+    let status = agent.control_ok(&["status"]);
+    agent.stop();
+    assert!(dark >= 1.0 && stripped >= 1.0, "{status}");
+    assert_eq!(bound, 0.0, "{status}");
+    assert!(
+        status.contains("TLS, not traced: library stripped"),
+        "{status}"
+    );
 }

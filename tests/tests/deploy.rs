@@ -220,11 +220,13 @@ fn the_agent_traces_with_only_the_granted_capabilities() {
         "the agent runs with exactly the listed capabilities"
     );
 
-    let out = client()
-        .args(["produce", &broker.namesrv(), "CapsTopic", "10"])
-        .stderr(Stdio::null())
-        .output()
-        .unwrap();
+    let out = mqtrace_tests::process::without_terminal(
+        client()
+            .args(["produce", &broker.namesrv(), "CapsTopic", "10"])
+            .stderr(Stdio::null()),
+    )
+    .output()
+    .unwrap();
     assert!(out.status.success(), "producer failed");
     let produced = String::from_utf8_lossy(&out.stdout).lines().count();
     assert_eq!(produced, 10);

@@ -1,14 +1,15 @@
 //! Apache's own RocketMQ: from Maven Central the 5.x and 4.x servers, the OpenTelemetry Java
 //! agent, and the test applications of `tests/java/apps` over Apache's Java clients; from the Go
 //! module proxy the test applications of `tests/go` over Apache's two Go clients; from PyPI the
-//! C++ client (in the `rocketmq` package) under `tests/python/cpp-client`, from npm the ali-ons
+//! C++ client (in the `rocketmq` package) under `tests/python/cpp-client` and grpcio under
+//! `tests/python/grpcio`, from npm the ali-ons
 //! client under `tests/node/ali-ons` and Apache's Node.js 5.x client under `tests/node/grpc5`.
 //! Maven resolves each pom under `tests/java` to a classpath file in `<peers>/java`
 //! (`<name>.classpath`, jars in `~/.m2`); the Java applications are built into
 //! `<peers>/java/apps.jar`, the Go ones into `<peers>/bin/mq-go-remoting`, `mq-go-grpc`,
 //! `mq-go-tlsecho` (a TLS echo for the TLS capture benchmark) and `mq-go-tlsstrip` (the same,
-//! stripped of its symbols); the Python application gets a virtual environment in
-//! `<peers>/python/cpp-client`, the Node.js ones their locked packages in `<peers>/node/<app>`.
+//! stripped of its symbols); the Python applications get virtual environments in
+//! `<peers>/python/<app>`, the Node.js ones their locked packages in `<peers>/node/<app>`.
 //! Redone when a source under them is newer
 //! than its output, reused otherwise.
 
@@ -83,19 +84,19 @@ fn script_app(
     Ok(())
 }
 
-/// The C++ client's test application: its script beside a virtual environment holding the
-/// pinned `rocketmq` package (ctypes over the librocketmq.so the wheel bundles).
+/// The Python test applications, each its script beside a virtual environment holding its
+/// pinned packages: the C++ client's (PyPI `rocketmq`: ctypes over the librocketmq.so the
+/// wheel bundles) and grpcio's (its stripped BoringSSL, a TLS library the probes cannot read).
 fn python(peers: &Path) -> anyhow::Result<()> {
-    script_app(
-        peers,
-        "python/cpp-client",
-        "mq_cpp.py",
-        "PyPI",
-        |source, out| {
+    for (dir, script) in [
+        ("python/cpp-client", "mq_cpp.py"),
+        ("python/grpcio", "dial.py"),
+    ] {
+        script_app(peers, dir, script, "PyPI", |source, out| {
             let python = ["python3", "python"]
                 .into_iter()
                 .find(|p| runs(p, "--version"))
-                .context("the C++ client's test application needs Python 3 (python3 on PATH)")?;
+                .context("the Python test applications need Python 3 (python3 on PATH)")?;
             checked(
                 Command::new(python)
                     .args(["-m", "venv"])
@@ -106,10 +107,11 @@ fn python(peers: &Path) -> anyhow::Result<()> {
                 Command::new(out.join("venv/bin/pip"))
                     .args(["install", "-q", "-r"])
                     .arg(source.join("requirements.txt")),
-                "pip install -r tests/python/cpp-client/requirements.txt",
+                &format!("pip install -r tests/{dir}/requirements.txt"),
             )
-        },
-    )
+        })?;
+    }
+    Ok(())
 }
 
 /// The Node.js test applications, each its script with the packages its lock file names:

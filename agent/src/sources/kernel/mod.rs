@@ -132,6 +132,9 @@ pub struct KernelCapture<T: KernelTables = EbpfTables, H: Host = ProcHost> {
     /// again is read once.
     tls_files: Bounded<(String, u64), Vec<(tls::TlsFunction, u64)>>,
     tls: TlsCaptureCounters,
+    /// Processes stopped at exec and not continued yet, with when they were stopped: kept
+    /// here, not in a local, so that they are continued at shutdown whatever happened.
+    held: Vec<(u32, u64)>,
 }
 
 /// What the capture attached to one process's TLS libraries.
@@ -155,7 +158,7 @@ impl<L> Default for ProcessProbes<L> {
 }
 
 /// The capture's TLS counters; the binder's are beside them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct TlsCaptureCounters {
     /// Libraries of selected processes with their TLS plaintext probed.
     pub libraries_probed: u64,
@@ -166,8 +169,11 @@ pub struct TlsCaptureCounters {
     pub attach_failures: u64,
     /// Processes stopped at exec until probed ([`CaptureOptions::hold_at_exec`]).
     pub processes_held: u64,
-    /// How long they waited, summed.
-    pub held_microseconds: u64,
+    /// How long they waited, summed, in seconds.
+    pub held_seconds: f64,
+    /// Processes the agent could not continue (not allowed to signal them): holding is then
+    /// switched off.
+    pub resume_failures: u64,
 }
 
 impl KernelCapture {
@@ -209,7 +215,8 @@ impl KernelCapture {
             trace_all: options.trace_all as u32,
             agent_pid: std::process::id(),
             max_bytes_per_syscall: options.max_bytes_per_syscall,
-            hold_at_exec: terminal.is_some() as u32,
+            // Set once the capture can continue what it holds (the end of this function).
+            hold_at_exec: 0,
             task_signal_offset: terminal.map_or(0, |t| t.task_signal),
             signal_tty_offset: terminal.map_or(0, |t| t.signal_tty),
         };
@@ -227,7 +234,11 @@ impl KernelCapture {
             records: unsafe { AsyncFd::register(records) }
                 .context("registering the ring buffer with tokio")?,
         };
-        Ok(Self::over(tables, ProcHost, options))
+        let mut capture = Self::over(tables, ProcHost, options);
+        if terminal.is_some() {
+            capture.tables.set_holding(true)?;
+        }
+        Ok(capture)
     }
 }
 
@@ -252,6 +263,7 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
             tls_retries: HashMap::new(),
             tls_files: Bounded::new(1024, 1 << 20),
             tls: TlsCaptureCounters::default(),
+            held: Vec::new(),
         };
         if capture.options.trace_all {
             let me = capture.host.own_pid();
@@ -497,7 +509,8 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
     /// The TLS records read with `out[start..]`: new libraries probed, plaintext bound to
     /// its connections, and the connections bound no longer copied (only their close is).
     fn after_tls_records(&mut self, out: &mut Vec<SourceEvent>, start: usize) {
-        let side = std::mem::take(&mut self.side);
+        let mut side = std::mem::take(&mut self.side);
+        self.held.append(&mut side.held);
         let mut mapped = side.mapped;
         mapped.extend(self.tls_retries.keys().copied());
         mapped.sort_unstable();
@@ -505,7 +518,7 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
         for pid in mapped {
             self.probe_tls_libraries(pid);
         }
-        self.resume_held(&side.held);
+        self.resume_held();
         let mut bound = Vec::new();
         self.binder.bind(out, start, side.tls, &mut bound);
         for connection in bound {
@@ -516,27 +529,47 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
     }
 
     /// Continues the processes stopped at exec, now that they have been looked at (probed, or
-    /// found without TLS, or failed: they never wait longer).
-    fn resume_held(&mut self, held: &[(u32, u64)]) {
+    /// found without TLS, or failed: they never wait longer). One the agent may not signal
+    /// (a security module's rule) switches holding off: every later one would stay stopped.
+    fn resume_held(&mut self) {
         let now = self.host.now_ns();
-        for &(pid, since) in held {
-            self.host.resume(pid);
+        for (pid, since) in std::mem::take(&mut self.held) {
             let waited = now.saturating_sub(since) / 1000;
             self.tls.processes_held += 1;
-            self.tls.held_microseconds += waited;
-            tracing::debug!(pid, waited_us = waited, "process held at exec continued");
+            self.tls.held_seconds += waited as f64 / 1e6;
+            match self.host.resume(pid) {
+                Ok(()) => {
+                    tracing::debug!(pid, waited_us = waited, "process held at exec continued")
+                }
+                // Gone meanwhile (killed while stopped).
+                Err(error) if error.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(error) => {
+                    self.tls.resume_failures += 1;
+                    tracing::error!(
+                        pid,
+                        %error,
+                        "a process held at exec could not be continued: send it SIGCONT; \
+                         processes are no longer held"
+                    );
+                    if let Err(error) = self.tables.set_holding(false) {
+                        tracing::warn!(error = format!("{error:#}"), "holding not switched off");
+                    }
+                }
+            }
         }
     }
 
     /// At shutdown: holds no more processes at exec, and continues those whose records still
     /// wait in the ring (nobody else would).
     fn release_held(&mut self) {
-        if let Err(error) = self.tables.stop_holding() {
+        if let Err(error) = self.tables.set_holding(false) {
             tracing::warn!(
                 error = format!("{error:#}"),
                 "processes may still be held at exec"
             );
         }
+        // An exec that read the old setting finishes its record within microseconds.
+        std::thread::sleep(std::time::Duration::from_millis(10));
         let mut events = Vec::new();
         let mut side = records::SideRecords::default();
         let cap = self.options.max_bytes_per_syscall as u64;
@@ -553,7 +586,8 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
             }
             left = left.saturating_sub(read);
         }
-        self.resume_held(&side.held);
+        self.held.append(&mut side.held);
+        self.resume_held();
     }
 
     /// What the records just read ask of the tables: an exiting process closes its fds without

@@ -107,11 +107,30 @@ pub struct TerminalOffsets {
     pub signal_tty: u32,
 }
 
-/// What holding processes at exec needs: CAP_KILL to continue any process, and where the
-/// kernel keeps a process's controlling terminal (a process on a terminal is never held).
+/// What holding processes at exec needs: to see the host's processes under their own ids (the
+/// kernel stops them; the agent continues them by pid), CAP_KILL and no security module's rule
+/// against signalling them (tried on the host's init), and where the kernel keeps a process's
+/// controlling terminal (a process on a terminal is never held).
 pub fn check_hold_at_exec() -> anyhow::Result<TerminalOffsets> {
+    use std::os::unix::fs::MetadataExt;
+    // The initial pid namespace's inode number (PROC_PID_INIT_INO).
+    const INITIAL_PID_NAMESPACE: u64 = 0xEFFF_FFFC;
+    let namespace = std::fs::metadata("/proc/self/ns/pid")
+        .context("reading /proc/self/ns/pid")?
+        .ino();
+    if namespace != INITIAL_PID_NAMESPACE {
+        bail!("the agent runs in a pid namespace of its own (a container without hostPID)");
+    }
     if effective_capabilities() & (1 << CAP_KILL) == 0 {
         bail!("continuing another user's process needs CAP_KILL");
+    }
+    // SAFETY: kill(2) with signal 0 only checks that the signal may be sent.
+    if unsafe { libc::kill(1, 0) } != 0 {
+        bail!(
+            "signalling the host's processes is refused ({}): a security module's profile \
+             (AppArmor, SELinux) confines the agent",
+            std::io::Error::last_os_error()
+        );
     }
     const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
     let btf = btf_rs::Btf::from_file(VMLINUX)

@@ -61,8 +61,9 @@ pub trait KernelTables {
     fn set_cgroup_rule(&mut self, id: u64, value: Option<u8>) -> anyhow::Result<()>;
     /// The kernel's counters, summed over CPUs, by name.
     fn counters(&self) -> anyhow::Result<BTreeMap<&'static str, u64>>;
-    /// Holds no more processes at exec (at shutdown: nobody would continue them).
-    fn stop_holding(&mut self) -> anyhow::Result<()>;
+    /// Whether the kernel holds processes at exec until probed (`Config::hold_at_exec`): on
+    /// once the capture can continue them, off at shutdown.
+    fn set_holding(&mut self, on: bool) -> anyhow::Result<()>;
     /// Hands at most `max` of the records waiting in the ring to `each`; returns how many.
     fn drain(&mut self, max: usize, each: &mut dyn FnMut(&[u8])) -> usize;
     /// Returns once records may be waiting: at once when `more` (the last drain stopped at
@@ -88,7 +89,7 @@ pub trait Host {
     /// The TLS functions `file` defines, with their file offsets.
     fn tls_functions(&self, file: &MappedFile) -> anyhow::Result<Vec<(TlsFunction, u64)>>;
     /// Continues `pid`, which the kernel stopped at exec until probed.
-    fn resume(&self, pid: u32);
+    fn resume(&self, pid: u32) -> std::io::Result<()>;
 }
 
 /// The loaded programs' maps and ring buffer.
@@ -279,14 +280,14 @@ impl KernelTables for EbpfTables {
         self.set_rule(maps::CGROUP_RULES, id, value)
     }
 
-    fn stop_holding(&mut self) -> anyhow::Result<()> {
+    fn set_holding(&mut self, on: bool) -> anyhow::Result<()> {
         let mut config: Array<_, Config> = Array::try_from(
             self.ebpf
                 .map_mut(maps::CONFIG)
                 .context("CONFIG map missing")?,
         )?;
         let mut value = config.get(&0, 0)?;
-        value.hold_at_exec = 0;
+        value.hold_at_exec = on as u32;
         config.set(0, value, 0)?;
         Ok(())
     }
@@ -381,11 +382,12 @@ impl Host for ProcHost {
         })
     }
 
-    fn resume(&self, pid: u32) {
-        // SAFETY: kill(2) with a plain pid and signal. A process gone meanwhile is no error.
+    fn resume(&self, pid: u32) -> std::io::Result<()> {
+        // SAFETY: kill(2) with a plain pid and signal.
         if unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) } != 0 {
-            tracing::debug!(pid, error = %std::io::Error::last_os_error(), "continuing a held process");
+            return Err(std::io::Error::last_os_error());
         }
+        Ok(())
     }
 }
 
@@ -422,8 +424,8 @@ pub mod memory {
         pub tls_probes: Vec<(u32, String, TlsFunction)>,
         /// TLS connection objects whose plaintext is no longer copied.
         pub ignored_tls_objects: Vec<TlsKey>,
-        /// Processes are no longer held at exec.
-        pub holding_stopped: bool,
+        /// The kernel holds processes at exec.
+        pub holding: bool,
     }
 
     /// What the kernel programs do, as records in the ring and entries in the tables.
@@ -664,8 +666,8 @@ pub mod memory {
             Ok(Counter::ALL.iter().map(|c| (c.name(), 0)).collect())
         }
 
-        fn stop_holding(&mut self) -> anyhow::Result<()> {
-            self.holding_stopped = true;
+        fn set_holding(&mut self, on: bool) -> anyhow::Result<()> {
+            self.holding = on;
             Ok(())
         }
 
@@ -763,8 +765,8 @@ pub mod memory {
             self.lock().counters()
         }
 
-        fn stop_holding(&mut self) -> anyhow::Result<()> {
-            self.lock().stop_holding()
+        fn set_holding(&mut self, on: bool) -> anyhow::Result<()> {
+            self.lock().set_holding(on)
         }
 
         fn drain(&mut self, max: usize, each: &mut dyn FnMut(&[u8])) -> usize {
@@ -798,6 +800,8 @@ pub mod memory {
         pub libraries: BTreeMap<u32, Vec<TlsLibrary>>,
         /// Processes continued after a hold at exec, in order.
         pub resumed: Mutex<Vec<u32>>,
+        /// Processes the agent may not signal.
+        pub unsignalled: Vec<u32>,
     }
 
     impl Host for FakeHost {
@@ -848,8 +852,12 @@ pub mod memory {
                 .context("no such file")
         }
 
-        fn resume(&self, pid: u32) {
+        fn resume(&self, pid: u32) -> std::io::Result<()> {
             self.resumed.lock().unwrap().push(pid);
+            if self.unsignalled.contains(&pid) {
+                return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+            }
+            Ok(())
         }
     }
 }

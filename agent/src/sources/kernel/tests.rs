@@ -453,10 +453,26 @@ fn a_process_held_at_exec_is_continued_once_probed() {
 
     // One still in the ring when the agent stops is continued, and no more are held.
     capture.tables.exec_held(plain);
+    capture.tables.holding = true;
     capture.release_held();
     assert_eq!(
         *capture.host.resumed.lock().unwrap(),
         [CLIENT, plain, plain]
     );
-    assert!(capture.tables.holding_stopped);
+    assert!(!capture.tables.holding);
+}
+
+/// A held process the agent may not signal (a security module's rule) is said, counted, and
+/// switches holding off: every later one would stay stopped too.
+#[test]
+fn a_held_process_that_cannot_be_continued_switches_holding_off() {
+    let mut host = host();
+    host.unsignalled.push(CLIENT);
+    let mut capture = capture(false, host);
+    capture.tables.holding = true;
+    capture.set_selection(CLIENT, Selection::ByPid).unwrap();
+    capture.tables.exec_held(CLIENT);
+    events(&mut capture);
+    assert!(!capture.tables.holding);
+    assert_eq!(capture.tls_counters().capture.resume_failures, 1);
 }

@@ -99,20 +99,27 @@ pub struct TlsLibrary {
 }
 
 /// Whether a file's name says it may hold a TLS library: OpenSSL's and BoringSSL's libssl and
-/// libcrypto, netty-tcnative (shaded names included), any other "*ssl*".
+/// libcrypto, netty-tcnative (shaded names included), grpcio's `cygrpc`, any other "*ssl*".
 pub fn may_be_tls(name: &str) -> bool {
     let file = name.rsplit('/').next().unwrap_or(name).to_ascii_lowercase();
-    file.contains("ssl") || file.contains("libcrypto") || file.contains("tcnative")
+    file.contains("ssl")
+        || file.contains("libcrypto")
+        || file.contains("tcnative")
+        || file.starts_with("cygrpc.")
 }
 
 /// Whether a file without any probed function is a TLS library stripped of its symbols: a
-/// shared library named as libssl or netty-tcnative are (not libcrypto, which has no
-/// `SSL_write`; not a module that calls them, as CPython's `_ssl`; not a program).
+/// shared library named as libssl or netty-tcnative are, or Python grpcio's `cygrpc` module,
+/// which links BoringSSL in and is stripped (not libcrypto, which has no `SSL_write`; not a
+/// module that calls them, as CPython's `_ssl`; not a program).
 pub fn stripped_library(file: &MappedFile) -> bool {
     let name = file.name.rsplit('/').next().unwrap_or(&file.name);
     !file.executable
         && name.contains(".so")
-        && (name.starts_with("libssl") || name.contains("tcnative") || name.contains("boringssl"))
+        && (name.starts_with("libssl")
+            || name.contains("tcnative")
+            || name.contains("boringssl")
+            || name.starts_with("cygrpc."))
 }
 
 /// Whether a file is the program of a Java virtual machine, whose own TLS (JSSE) is Java code:
@@ -329,7 +336,11 @@ fn returns<'data, R: ReadRef<'data>>(
 ) -> Vec<u64> {
     let Some(code) = file
         .sections()
-        .find(|s| s.address() <= address && address + size <= s.address() + s.size())
+        .find(|s| {
+            // Checked: the address and size come from the file, which may be malformed.
+            let (end, limit) = (address.checked_add(size), s.address().checked_add(s.size()));
+            matches!((end, limit), (Some(end), Some(limit)) if s.address() <= address && end <= limit)
+        })
         .and_then(|section| section.data_range(address, size).ok().flatten())
     else {
         return Vec::new();
@@ -350,7 +361,8 @@ fn file_offset<'data, R: ReadRef<'data>>(
     file.segments().find_map(|segment| {
         let start = segment.address();
         let (offset, size) = segment.file_range();
-        (address >= start && address < start + size).then(|| address - start + offset)
+        let end = start.checked_add(size)?;
+        (address >= start && address < end).then(|| address - start + offset)
     })
 }
 
@@ -414,6 +426,34 @@ mod tests {
     }
 
     /// The system's libssl exports its functions: found with offsets inside the file.
+    /// What a file's name and kind say before its symbols are read, and what a file without
+    /// the functions probed is then taken for.
+    #[test]
+    fn tls_libraries_told_by_name_stripped_ones_and_java() {
+        let file = |name: &str, executable: bool| MappedFile {
+            identity: ("08:01".into(), 1),
+            name: name.into(),
+            deleted: false,
+            executable,
+            path: name.into(),
+        };
+        let grpcio = "/venv/lib/python3.11/site-packages/grpc/_cython/cygrpc.cpython-311-x86_64-linux-gnu.so";
+        for name in ["/usr/lib/libssl.so.3", "/usr/lib/libcrypto.so.3", grpcio] {
+            assert!(may_be_tls(name), "{name}");
+        }
+        assert!(!may_be_tls("/usr/lib/libz.so.1"));
+        assert!(stripped_library(&file("/usr/lib/libssl.so.3", false)));
+        assert!(stripped_library(&file(grpcio, false)));
+        assert!(!stripped_library(&file("/usr/lib/libcrypto.so.3", false)));
+        assert!(!stripped_library(&file(
+            "/usr/lib/python3.11/lib-dynload/_ssl.cpython-311.so",
+            false
+        )));
+        assert!(java_program(&file("/usr/lib/jvm/java-17/bin/java", true)));
+        assert!(!java_program(&file("/usr/lib/jvm/java-17/bin/java", false)));
+        assert!(!java_program(&file("/usr/bin/javac", true)));
+    }
+
     #[test]
     fn system_libssl_functions_from_dynamic_symbols() {
         let Some(path) = [

@@ -77,13 +77,14 @@ pub struct TlsCounters {
     /// Ciphertext prefixes forgotten before their write was seen.
     pub prefixes_forgotten: u64,
     /// Encrypted connections of processes with TLS probes that were never bound (their
-    /// library's version binds differently, or its probes came too late): handed on to be
+    /// library's version binds differently, or its probes came too late; in a process that
+    /// also maps a stripped TLS library, counted as that library's instead): handed on to be
     /// counted as encrypted and not traced.
     pub connections_unbound: u64,
     /// Connections that began TLS (a ClientHello, either way) in processes without probes, by
     /// why: Java's own TLS (JSSE, a Java process with no native TLS library)...
     pub dark_jsse: u64,
-    /// ...a TLS library stripped of the symbols probed...
+    /// ...a TLS library stripped of the symbols probed (beside probed ones too)...
     pub dark_stripped_library: u64,
     /// ...no TLS library the agent reads (rustls, a library of another name or kind).
     pub dark_no_library: u64,
@@ -181,6 +182,15 @@ impl TlsBinder {
             Some(reason) => self.dark.insert(pid, reason),
             None => self.dark.remove(&pid),
         };
+    }
+
+    /// A connection of a probed process let go unbound: its process's stripped library's, when
+    /// it maps one (Python grpcio beside the system's libssl), else unbound.
+    fn count_unbound(&mut self, pid: Option<u32>) {
+        match pid.and_then(|pid| self.dark.get(&pid)) {
+            Some(DarkReason::StrippedLibrary) => self.counters.dark_stripped_library += 1,
+            _ => self.counters.connections_unbound += 1,
+        }
     }
 
     /// A connection of a process without probes that begins TLS: counted by why it stays
@@ -349,10 +359,10 @@ impl TlsBinder {
                 cause,
                 ..
             } => {
-                self.connections.remove(connection);
+                let pid = self.connections.remove(connection).map(|c| c.pid);
                 // Never bound: what was kept back goes on, before its end.
                 if let Some((kept, _)) = self.withheld.remove(connection) {
-                    self.counters.connections_unbound += 1;
+                    self.count_unbound(pid);
                     out.extend(kept);
                 }
                 if let Some(object) = self.by_connection.remove(connection) {
@@ -384,7 +394,7 @@ impl TlsBinder {
                     .collect();
                 for id in kept {
                     if let Some((events, _)) = self.withheld.remove(&id) {
-                        self.counters.connections_unbound += 1;
+                        self.count_unbound(Some(*pid));
                         out.extend(events);
                     }
                 }
@@ -457,7 +467,7 @@ impl TlsBinder {
         if *kept_bytes > MAX_WITHHELD_BYTES
             && let Some((kept, _)) = self.withheld.remove(&connection)
         {
-            self.counters.connections_unbound += 1;
+            self.count_unbound(self.connections.get(&connection).map(|c| c.pid));
             out.extend(kept);
         }
     }

@@ -355,16 +355,25 @@ fn dark_connections_are_counted_by_why() {
     run(&mut binder, handshake(3), vec![]);
     binder.set_dark_reason(PID, Some(DarkReason::StrippedLibrary));
     run(&mut binder, handshake(4), vec![]);
-    // With probes, a connection is the binder's own business (bound, or unbound).
+    // With probes, a connection waits for its binding; let go unbound, it is the stripped
+    // library's (grpcio's BoringSSL in a Python process that also maps the system's libssl).
     binder.set_probed(PID, true);
     run(&mut binder, handshake(5), vec![]);
+    let closed = SourceEvent::Closed {
+        connection: ConnectionId(5),
+        final_positions: None,
+        timestamp_ns: 3,
+        cause: EndCause::Closed,
+    };
+    run(&mut binder, vec![closed], vec![]);
     let counters = binder.counters();
     assert_eq!(
         (
             counters.dark_no_library,
             counters.dark_jsse,
-            counters.dark_stripped_library
+            counters.dark_stripped_library,
+            counters.connections_unbound
         ),
-        (1, 2, 1)
+        (1, 2, 2, 0)
     );
 }
