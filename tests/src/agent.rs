@@ -226,6 +226,12 @@ impl Agent {
     }
 
     /// `GET /metrics`, as name → value.
+    /// The values of the metrics `names` from one scrape, 0 for one not exposed.
+    pub fn metrics<const N: usize>(&self, names: [&str; N]) -> [f64; N] {
+        let metrics = self.scrape();
+        names.map(|name| metrics.get(name).copied().unwrap_or(0.0))
+    }
+
     pub fn scrape(&self) -> BTreeMap<String, f64> {
         self.metrics_text()
             .lines()

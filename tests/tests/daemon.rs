@@ -1271,18 +1271,16 @@ fn openssl_connections_are_bound_to_their_plaintext_or_counted_as_encrypted() {
     // (both `openssl`, both traced). The server was probed before any client came: its ends
     // are bound.
     let ends = || {
-        let metrics = agent.scrape();
-        let get = |name: &str| metrics.get(name).copied().unwrap_or(0.0);
-        (
-            get("mqtrace_agent_tls_connections_bound_total"),
-            get("mqtrace_pipeline_connections_tls_total"),
-        )
+        agent.metrics([
+            "mqtrace_agent_tls_connections_bound_total",
+            "mqtrace_pipeline_connections_tls_total",
+        ])
     };
     wait::holds(Duration::from_secs(10), wait::POLL, || {
-        let (bound, dark) = ends();
+        let [bound, dark] = ends();
         bound + dark >= 4.0
     });
-    let (bound, dark) = ends();
+    let [bound, dark] = ends();
     let status = agent.control_ok(&["status"]);
     assert!(bound >= 2.0 && bound + dark == 4.0, "{status}");
     let log = agent.stop();
@@ -1320,17 +1318,15 @@ fn a_stripped_go_program_is_probed_through_its_function_table() {
             .unwrap();
     assert!(echo.status.success(), "{echo:?}");
     let counters = || {
-        let metrics = agent.scrape();
-        let get = |name: &str| metrics.get(name).copied().unwrap_or(0.0);
-        (
-            get("mqtrace_agent_tls_connections_bound_total"),
-            get("mqtrace_pipeline_connections_tls_total"),
-            get("mqtrace_agent_tls_libraries_probed_total"),
-            get("mqtrace_agent_tls_processes_held_total"),
-        )
+        agent.metrics([
+            "mqtrace_agent_tls_connections_bound_total",
+            "mqtrace_pipeline_connections_tls_total",
+            "mqtrace_agent_tls_libraries_probed_total",
+            "mqtrace_agent_tls_processes_held_total",
+        ])
     };
-    wait::holds(Duration::from_secs(10), wait::POLL, || counters().0 >= 2.0);
-    let (bound, dark, probed, held) = counters();
+    wait::holds(Duration::from_secs(10), wait::POLL, || counters()[0] >= 2.0);
+    let [bound, dark, probed, held] = counters();
     let status = agent.control_ok(&["status"]);
     let log = agent.stop();
     assert_eq!((bound, dark), (2.0, 0.0), "{status}\n{log}");
@@ -1368,16 +1364,14 @@ fn a_grpcio_client_is_dark_because_its_tls_library_is_stripped() {
         .unwrap();
     assert!(dialed.status.success(), "{dialed:?}");
     let counters = || {
-        let metrics = agent.scrape();
-        let get = |name: &str| metrics.get(name).copied().unwrap_or(0.0);
-        (
-            get("mqtrace_agent_tls_dark_stripped_library_total"),
-            get("mqtrace_agent_tls_libraries_without_symbols_total"),
-            get("mqtrace_agent_tls_connections_bound_total"),
-        )
+        agent.metrics([
+            "mqtrace_agent_tls_dark_stripped_library_total",
+            "mqtrace_agent_tls_libraries_without_symbols_total",
+            "mqtrace_agent_tls_connections_bound_total",
+        ])
     };
-    wait::holds(Duration::from_secs(10), wait::POLL, || counters().0 >= 1.0);
-    let (dark, stripped, bound) = counters();
+    wait::holds(Duration::from_secs(10), wait::POLL, || counters()[0] >= 1.0);
+    let [dark, stripped, bound] = counters();
     let status = agent.control_ok(&["status"]);
     agent.stop();
     assert!(dark >= 1.0 && stripped >= 1.0, "{status}");
