@@ -273,7 +273,13 @@ pub fn process_exit(_ctx: TracePointContext) -> u32 {
     if pid == pid_tgid as u32
         && (maps::config().is_some_and(|c| c.trace_all != 0) || maps::selection(pid).is_some())
     {
-        sockets::emit_process_record(mqtrace_common::RecordKind::ProcessExited, pid, false, 0);
+        sockets::emit_process_record(
+            mqtrace_common::RecordKind::ProcessExited,
+            pid,
+            false,
+            false,
+            0,
+        );
     }
     0
 }
@@ -289,7 +295,7 @@ pub fn process_exec(ctx: TracePointContext) -> u32 {
     }
     if process_selected(pid) {
         let hold = hold::wanted(&ctx);
-        let held = tls::report_mapped(pid, hold.is_some());
+        let held = tls::report_mapped(pid, true, hold.is_some());
         if let Some(key) = hold
             && !held
         {

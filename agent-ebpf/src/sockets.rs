@@ -157,7 +157,7 @@ pub fn on_close(pid: u32, fd: i32) {
 /// submitted (user space could continue it before the stop, which would then stay). Returns
 /// whether it was stopped.
 #[inline(always)]
-pub fn emit_process_record(kind: RecordKind, pid: u32, stop: bool, flags: u64) -> bool {
+pub fn emit_process_record(kind: RecordKind, pid: u32, exec: bool, stop: bool, flags: u64) -> bool {
     let Some(mut entry): Option<RingBufEntry<ProcessRecord>> = RECORDS.reserve(0) else {
         count(Counter::RecordsLost, 1);
         return false;
@@ -169,7 +169,7 @@ pub fn emit_process_record(kind: RecordKind, pid: u32, stop: bool, flags: u64) -
         // SAFETY: a helper without arguments.
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
         held: held as u32,
-        _pad: 0,
+        exec: exec as u32,
     });
     entry.submit(flags);
     held

@@ -409,19 +409,20 @@ pub fn enter_mmap(ctx: TracePointContext) -> u32 {
     }
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if process_selected(pid) {
-        report_mapped(pid, false);
+        report_mapped(pid, false, false);
     }
     0
 }
 
-/// Tells user space that `pid` mapped an executable file (a library, or at exec its program),
-/// stopping it until probed if asked to (`stop`); returns whether it was stopped. The first
-/// connection may follow within milliseconds: the reader is woken now.
+/// Tells user space that `pid` mapped an executable file (a library, or at `exec` its
+/// program), stopping it until probed if asked to (`stop`); returns whether it was stopped.
+/// The first connection may follow within milliseconds: the reader is woken now.
 #[inline(always)]
-pub fn report_mapped(pid: u32, stop: bool) -> bool {
+pub fn report_mapped(pid: u32, exec: bool, stop: bool) -> bool {
     crate::sockets::emit_process_record(
         RecordKind::LibraryMapped,
         pid,
+        exec,
         stop,
         aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64,
     )

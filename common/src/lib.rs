@@ -250,7 +250,8 @@ pub struct ProcessRecord {
     /// 1: the process was stopped at exec ([`Config::hold_at_exec`]) and waits for user space
     /// to probe it and continue it.
     pub held: u32,
-    pub _pad: u32,
+    /// 1: a [`RecordKind::LibraryMapped`] written as the process exec'd a program.
+    pub exec: u32,
 }
 
 /// Bytes of ciphertext a [`TlsCiphertext`] record keeps: the record header and enough of the

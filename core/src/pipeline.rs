@@ -144,7 +144,12 @@ impl Pipeline {
                 self.correlator.forget_process(*pid);
             }
             // Read the process's resource while it surely runs: a short-lived client may be
-            // gone (its environment with it) by the time its first span is made.
+            // gone (its environment with it) by the time its first span is made. At exec its
+            // program, and so its resource, is new.
+            SourceEvent::ProcessStarted { pid } => {
+                self.resources.forget(*pid);
+                self.resources.of(*pid);
+            }
             SourceEvent::Opened(connection) => {
                 self.resources.of(connection.pid);
             }

@@ -845,10 +845,16 @@ impl PodLike {
 
     /// `raw-producer` started inside the pod: in its cgroup before it execs (so that a
     /// cgroup rule selects it), chrooted into the pod's root, with the downward API's
-    /// variables; it runs on until its stdin closes, as a pod's service does (a process that
-    /// exits within milliseconds of its sends may be gone, its environment with it, before
-    /// the agent reads it).
-    fn producer(&self, name: &str, topic: &str, count: usize) -> std::process::Child {
+    /// variables and `env`; with `hold`, it runs on until its stdin closes, as a pod's service
+    /// does, else it exits after its sends, as a job does.
+    fn producer(
+        &self,
+        name: &str,
+        topic: &str,
+        count: usize,
+        hold: bool,
+        env: &[(&str, &str)],
+    ) -> std::process::Child {
         use std::os::{fd::AsRawFd, unix::process::CommandExt};
         let procs = std::fs::OpenOptions::new()
             .write(true)
@@ -856,11 +862,13 @@ impl PodLike {
             .unwrap();
         let fd = procs.as_raw_fd();
         let mut command = Command::new(env!("CARGO_BIN_EXE_raw-producer"));
+        command.arg("--root").arg(&self.root);
+        if hold {
+            command.arg("--hold");
+        }
         command
-            .arg("--root")
-            .arg(&self.root)
-            .arg("--hold")
             .args(["127.0.0.1:10911", topic, &count.to_string()])
+            .envs(env.iter().copied())
             .env("HOSTNAME", name)
             .env("POD_NAMESPACE", "from-downward-api")
             .stdin(Stdio::piped())
@@ -987,7 +995,7 @@ fn pods_with_a_fifo_or_a_symlink_at_the_namespace_path_neither_stall_nor_leak_ho
     let producers: Vec<_> = pods
         .iter()
         .enumerate()
-        .map(|(i, pod)| Owned(pod.producer(&hostname(i), topic, per_pod)))
+        .map(|(i, pod)| Owned(pod.producer(&hostname(i), topic, per_pod, true, &[])))
         .collect();
     // /healthz answers within a second, and healthy, all the while.
     let mut probes = 0;
@@ -1380,4 +1388,61 @@ fn a_grpcio_client_is_dark_because_its_tls_library_is_stripped() {
         status.contains("TLS, not traced: library stripped"),
         "{status}"
     );
+}
+
+/// A producer that lives milliseconds (it connects, sends one message and exits, as a
+/// CronJob's or a script's does) keeps its identity: who it is is read as it execs, while it
+/// is held there until probed, not when its span is made, when its /proc is gone.
+#[test]
+fn a_producer_that_lives_milliseconds_keeps_its_service_name_and_pod() {
+    let _turn = turn();
+    let broker = Broker::start("127.0.0.1").unwrap();
+    let topic = "ShortLived";
+    broker.make_topic(topic);
+    let pod = PodLike::create(7);
+    let name = "nightly-report-29061840-x7k2p";
+    let run = || {
+        let started = Instant::now();
+        let mut producer = Owned(pod.producer(
+            name,
+            topic,
+            1,
+            false,
+            &[("OTEL_SERVICE_NAME", "nightly-report")],
+        ));
+        let status = producer.0.wait().unwrap();
+        assert!(status.success(), "raw-producer failed");
+        started.elapsed()
+    };
+    // Untraced, for the record: how long such a process lives here.
+    let untraced: Vec<Duration> = (0..3).map(|_| run()).collect();
+    let output_file = ScratchFile::new("mqtrace-short-lived.jsonl");
+    let output = &output_file.0;
+    let agent = Agent::start(
+        "daemon-short-lived",
+        &[
+            "--cgroup",
+            &format!("/{}", PodLike::TOP),
+            "--output",
+            output.to_str().unwrap(),
+        ],
+    );
+    let traced = run();
+    wait::holds(Duration::from_secs(10), wait::POLL, || {
+        !sent_ids_in(output).is_empty()
+    });
+    let log = agent.stop();
+    let spans = read_span_file(output);
+    let send = spans
+        .iter()
+        .find(|s| s["kind"] == "PRODUCER")
+        .unwrap_or_else(|| panic!("no send span\n{log}"));
+    let resource = &send["resource"];
+    println!(
+        "the producer lived {untraced:?} untraced, {traced:?} traced (held at exec); its \
+         span's resource: {resource}"
+    );
+    assert_eq!(resource["service.name"], "nightly-report", "{resource}");
+    assert_eq!(resource["k8s.pod.name"], name, "{resource}");
+    assert_eq!(resource["k8s.pod.uid"], pod.uid.as_str(), "{resource}");
 }

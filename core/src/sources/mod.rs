@@ -106,6 +106,11 @@ pub enum SourceEvent {
         timestamp_ns: u64,
         cause: EndCause,
     },
+    /// A traced process exec'd a program: who it is (its resource) can be read now, while it
+    /// surely runs (a short-lived one may be gone by the time its first span is made).
+    ProcessStarted {
+        pid: u32,
+    },
     ProcessExited {
         pid: u32,
     },
@@ -118,7 +123,7 @@ impl SourceEvent {
             Self::Opened(connection) => Some(connection.id),
             Self::Data(chunk) => Some(chunk.connection),
             Self::Gap { connection, .. } | Self::Closed { connection, .. } => Some(*connection),
-            Self::ProcessExited { .. } => None,
+            Self::ProcessStarted { .. } | Self::ProcessExited { .. } => None,
         }
     }
 }

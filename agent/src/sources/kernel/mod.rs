@@ -132,8 +132,11 @@ pub struct KernelCapture<T: KernelTables = EbpfTables, H: Host = ProcHost> {
     /// again is read once.
     tls_files: Bounded<(String, u64), Vec<(tls::TlsFunction, u64)>>,
     tls: TlsCaptureCounters,
-    /// Processes stopped at exec and not continued yet, with when they were stopped: kept
-    /// here, not in a local, so that they are continued at shutdown whatever happened.
+    /// Processes stopped at exec and not continued yet, with when they were stopped: probed,
+    /// they are continued at the next read, once the stages after this one have handled the
+    /// events of this one (their `ProcessStarted` read who they are while they could not
+    /// exit); kept here, not in a local, so that they are continued at shutdown whatever
+    /// happened.
     held: Vec<(u32, u64)>,
 }
 
@@ -518,7 +521,6 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
         for pid in mapped {
             self.probe_tls_libraries(pid);
         }
-        self.resume_held();
         let mut bound = Vec::new();
         self.binder.bind(out, start, side.tls, &mut bound);
         for connection in bound {
@@ -529,7 +531,8 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
     }
 
     /// Continues the processes stopped at exec, now that they have been looked at (probed, or
-    /// found without TLS, or failed: they never wait longer). One the agent may not signal
+    /// found without TLS, or failed: they never wait longer than one read) and their start
+    /// handed on. One the agent may not signal
     /// (a security module's rule) switches holding off: every later one would stay stopped.
     fn resume_held(&mut self) {
         let now = self.host.now_ns();
@@ -659,6 +662,7 @@ impl<T: KernelTables, H: Host> Capture for KernelCapture<T, H> {
     }
 
     fn drain_now(&mut self, out: &mut Vec<SourceEvent>) {
+        self.resume_held();
         out.append(&mut self.pending);
         let start = out.len();
         while self.drain_records(out) == MAX_RECORDS_PER_POLL {}
@@ -813,6 +817,7 @@ impl<T: KernelTables, H: Host> Capture for KernelCapture<T, H> {
 
     /// Waits until records are available and appends their events to `out`.
     async fn next_events(&mut self, out: &mut Vec<SourceEvent>) -> anyhow::Result<()> {
+        self.resume_held();
         if !self.pending.is_empty() {
             out.append(&mut self.pending);
             return Ok(());

@@ -90,6 +90,9 @@ pub fn decode(
         k if k == RecordKind::LibraryMapped as u32 => {
             let mapped: ProcessRecord = read(record)?;
             side.mapped.push(mapped.pid);
+            if mapped.exec != 0 {
+                out.push(SourceEvent::ProcessStarted { pid: mapped.pid });
+            }
             if mapped.held != 0 {
                 side.held.push((mapped.pid, mapped.timestamp_ns));
             }

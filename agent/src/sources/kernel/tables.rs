@@ -568,7 +568,7 @@ pub mod memory {
                     pid,
                     timestamp_ns: super::super::monotonic_ns(),
                     held: held as u32,
-                    _pad: 0,
+                    exec: held as u32,
                 },
                 &[],
             ));

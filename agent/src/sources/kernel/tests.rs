@@ -435,6 +435,7 @@ fn a_process_held_at_exec_is_continued_once_probed() {
     let mut capture = capture(false, host);
     capture.set_selection(CLIENT, Selection::ByPid).unwrap();
     capture.set_selection(plain, Selection::ByPid).unwrap();
+    events(&mut capture); // their connections picked up
     // Each then execs a program: CLIENT's carries TLS.
     let mut program = tls_library("/usr/local/bin/go-producer");
     program.file.deleted = false;
@@ -442,13 +443,19 @@ fn a_process_held_at_exec_is_continued_once_probed() {
     capture.host.libraries.insert(CLIENT, vec![program]);
     capture.tables.exec_held(CLIENT);
     capture.tables.exec_held(plain);
+    // Probed at once; still held while the stages after the capture read who each is.
+    assert_eq!(
+        events(&mut capture),
+        [
+            SourceEvent::ProcessStarted { pid: CLIENT },
+            SourceEvent::ProcessStarted { pid: plain }
+        ]
+    );
+    assert_eq!(capture.tables.tls_probes.len(), 4);
+    assert!(capture.host.resumed.lock().unwrap().is_empty());
+    // Continued at the next read.
     events(&mut capture);
     assert_eq!(*capture.host.resumed.lock().unwrap(), [CLIENT, plain]);
-    assert_eq!(
-        capture.tables.tls_probes.len(),
-        4,
-        "probed before continued"
-    );
     assert_eq!(capture.tls_counters().capture.processes_held, 2);
 
     // One still in the ring when the agent stops is continued, and no more are held.
@@ -472,6 +479,7 @@ fn a_held_process_that_cannot_be_continued_switches_holding_off() {
     capture.tables.holding = true;
     capture.set_selection(CLIENT, Selection::ByPid).unwrap();
     capture.tables.exec_held(CLIENT);
+    events(&mut capture);
     events(&mut capture);
     assert!(!capture.tables.holding);
     assert_eq!(capture.tls_counters().capture.resume_failures, 1);
