@@ -77,6 +77,8 @@ fuzz_target!(|data: &[u8]| {
                     EndCause::NotFollowed,
                 ][usize::from(op >> 5) % 3],
             },
+            // A process's exec or its exit, by the op's top bit.
+            5 if op & 0x80 != 0 => SourceEvent::ProcessStarted { pid },
             5 => SourceEvent::ProcessExited { pid },
             6 => {
                 pipeline.expire(clock.saturating_mul(u64::from(op)), &mut out);
