@@ -39,6 +39,12 @@ pub static RECORDS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
+/// Records the ring had no room for, over all CPUs (COUNTERS keeps them per CPU, for the
+/// totals): data and close records carry this count as they are written, so that user space
+/// knows where in the stream records went missing, not only how many.
+#[map(name = "LOST_RECORDS")]
+pub static LOST_RECORDS: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Where a data record is assembled before it is copied into the ring buffer at its exact
 /// length: reserving a full chunk for every small write would waste the ring.
 #[map(name = "SCRATCH")]
@@ -110,6 +116,25 @@ pub fn selection(pid: u32) -> Option<u8> {
     SELECTED_PROCESSES
         .get_ptr(pid)
         .map(|value| unsafe { *value })
+}
+
+/// The ring had no room for a record.
+#[inline(always)]
+pub fn record_lost() {
+    count(Counter::RecordsLost, 1);
+    if let Some(total) = LOST_RECORDS.get_ptr_mut(0) {
+        // SAFETY: a live, aligned u64 map value.
+        unsafe { fetch_add(total, 1) };
+    }
+}
+
+/// Records lost so far, for the record being written.
+#[inline(always)]
+pub fn records_lost() -> u64 {
+    // SAFETY: a live, aligned u64 map value, read once.
+    LOST_RECORDS
+        .get_ptr(0)
+        .map_or(0, |total| unsafe { core::ptr::read_volatile(total) })
 }
 
 #[inline(always)]

@@ -104,7 +104,7 @@ pub fn on_open_exit(active: &ActiveSyscall, ret: i64) {
         return;
     }
     let Some(mut entry): Option<RingBufEntry<ConnectionOpened>> = RECORDS.reserve(0) else {
-        count(Counter::RecordsLost, 1);
+        crate::maps::record_lost();
         return;
     };
     entry.write(ConnectionOpened {
@@ -134,12 +134,12 @@ pub fn on_close(pid: u32, fd: i32) {
     };
     let _ = SOCKETS.remove(key);
     let Some(mut entry): Option<RingBufEntry<ConnectionClosed>> = RECORDS.reserve(0) else {
-        count(Counter::RecordsLost, 1);
+        crate::maps::record_lost();
         return;
     };
     entry.write(ConnectionClosed {
         kind: RecordKind::ConnectionClosed as u32,
-        _pad: 0,
+        records_lost: crate::maps::records_lost() as u32,
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
         connection_id: state.connection_id,
         pid,
@@ -159,7 +159,7 @@ pub fn on_close(pid: u32, fd: i32) {
 #[inline(always)]
 pub fn emit_process_record(kind: RecordKind, pid: u32, exec: bool, stop: bool, flags: u64) -> bool {
     let Some(mut entry): Option<RingBufEntry<ProcessRecord>> = RECORDS.reserve(0) else {
-        count(Counter::RecordsLost, 1);
+        crate::maps::record_lost();
         return false;
     };
     let held = stop && crate::hold::stop_current();

@@ -369,7 +369,7 @@ fn report_ciphertext(pid: u32, ssl: u64, data: u64, length: i64) {
         return;
     }
     let Some(mut entry): Option<RingBufEntry<TlsCiphertext>> = RECORDS.reserve(0) else {
-        count(Counter::RecordsLost, 1);
+        crate::maps::record_lost();
         return;
     };
     let record = entry.as_mut_ptr();

@@ -80,7 +80,7 @@ pub fn copy_stream(stream: &Stream, buf: u64, len: u64, vectored: bool, moved: u
         kind: stream.kind as u32,
         direction: stream.syscall.direction() as u8,
         syscall: stream.syscall as u8,
-        _pad: 0,
+        records_lost: 0,
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
         connection_id: stream.connection_id,
         pid: (pid_tgid >> 32) as u32,
@@ -239,6 +239,7 @@ fn emit(src: u64, len: usize, chunk_offset: u64) -> bool {
     }
     record.header.copied_len = len as u32;
     record.header.chunk_offset = chunk_offset;
+    record.header.records_lost = crate::maps::records_lost() as u16;
     // SAFETY: a user pointer read through the helper into a bounded slice of the scratch map.
     if unsafe { bpf_probe_read_user_buf(src as *const u8, &mut record.payload[..len]) }.is_err() {
         count(Counter::UserReadFailures, 1);
@@ -259,7 +260,7 @@ fn emit(src: u64, len: usize, chunk_offset: u64) -> bool {
         count(Counter::BytesCopied, len as u64);
     } else {
         // The bytes are gone but the walk goes on: later records still carry their positions.
-        count(Counter::RecordsLost, 1);
+        crate::maps::record_lost();
     }
     true
 }

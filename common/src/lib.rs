@@ -173,7 +173,9 @@ pub struct DataHeader {
     pub kind: u32,
     pub direction: u8,
     pub syscall: u8,
-    pub _pad: u16,
+    /// The ring's lost records so far (all CPUs), its low 16 bits: a change from the record
+    /// before says records went missing in between.
+    pub records_lost: u16,
     pub timestamp_ns: u64,
     pub connection_id: u64,
     pub pid: u32,
@@ -229,7 +231,8 @@ pub struct ConnectionOpened {
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionClosed {
     pub kind: u32,
-    pub _pad: u32,
+    /// As [`DataHeader::records_lost`], its low 32 bits.
+    pub records_lost: u32,
     pub timestamp_ns: u64,
     pub connection_id: u64,
     pub pid: u32,

@@ -153,6 +153,8 @@ impl Pipeline {
             SourceEvent::Opened(connection) => {
                 self.resources.of(connection.pid);
             }
+            // In order: the commands decoded so far came before the loss.
+            SourceEvent::RecordsLost { total } => self.correlator.records_lost_before(*total),
             _ => {}
         }
         self.streams.push(event, &mut self.stream_events);

@@ -283,3 +283,17 @@ impl Drop for Agent {
         let _ = std::fs::remove_file(self.socket.with_extension("rules.json"));
     }
 }
+
+/// The last value of counter `name` (its last path segment, e.g. `processes_held`) in an
+/// agent's log: the counters of its stopping line; 0 when absent.
+pub fn counter_in_log(log: &str, name: &str) -> u64 {
+    let key = format!("\"{name}\":");
+    log.rfind(&key)
+        .and_then(|at| {
+            log[at + key.len()..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}

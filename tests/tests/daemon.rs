@@ -1456,3 +1456,53 @@ fn a_producer_that_lives_milliseconds_keeps_its_service_name_and_pod() {
         assert_eq!(resource["k8s.pod.uid"], pod.uid.as_str(), "{resource}");
     }
 }
+
+/// The agent's own loss is never taken for the application's failure: with a 4 KiB ring,
+/// thousands of sends lose records by the thousand while the broker answers every one OK,
+/// and no send span says ERROR (one whose answer may have been among the records lost says
+/// UNSET, and why). Five runs.
+#[test]
+fn records_lost_to_a_small_ring_never_make_an_error_span() {
+    let _turn = turn();
+    let broker = Broker::start("127.0.0.1").unwrap();
+    let namesrv = broker.namesrv();
+    let topic = "SmallRing";
+    broker.make_topic(topic);
+    let sends = 4000;
+    for run in 0..5 {
+        let output = ScratchFile::new(&format!("mqtrace-small-ring-{run}.jsonl"));
+        let agent = Agent::start(
+            "daemon-small-ring",
+            &[
+                "--comm",
+                "mq-client",
+                "--ring-buffer-bytes",
+                "4096",
+                "--output",
+                output.0.to_str().unwrap(),
+            ],
+        );
+        let sent = produce(&namesrv, topic, sends);
+        assert_eq!(sent.len(), sends, "every send answered OK");
+        let log = agent.stop();
+        let lost = mqtrace_tests::agent::counter_in_log(&log, "records_lost_ring_full");
+        let spans = read_span_file(&output.0);
+        let producer_spans: Vec<&serde_json::Value> =
+            spans.iter().filter(|s| s["kind"] == "PRODUCER").collect();
+        let errors: Vec<&&serde_json::Value> = producer_spans
+            .iter()
+            .filter(|s| s["status"] == "ERROR")
+            .collect();
+        let unseen = producer_spans
+            .iter()
+            .filter(|s| s["attributes"]["mqtrace.response.unseen"].is_string())
+            .count();
+        println!(
+            "run {run}: {lost} records lost, {} send spans, {unseen} unseen, {} errors",
+            producer_spans.len(),
+            errors.len()
+        );
+        assert!(lost > 0, "the ring lost nothing: no test\n{log}");
+        assert!(errors.is_empty(), "{errors:#?}");
+    }
+}

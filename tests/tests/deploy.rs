@@ -246,12 +246,7 @@ fn the_agent_traces_with_only_the_granted_capabilities() {
     assert_eq!(sends, produced, "a send span per message\n{log}");
     // The client, selected by its command name, was held at exec until looked at, and
     // continued: CAP_KILL is among the capabilities.
-    let held: u64 = log
-        .rsplit("\"processes_held\":")
-        .next()
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let held = mqtrace_tests::agent::counter_in_log(&log, "processes_held");
     assert!(held >= 1, "the client held at exec\n{log}");
 }
 

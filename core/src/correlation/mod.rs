@@ -123,7 +123,7 @@ pub struct CorrelationMemory {
 struct Pending {
     request: DecodedCommand,
     deadline_ns: u64,
-    /// The capture's lost-record count when the request was made.
+    /// Records lost before the request, as the stream said it (in order with the request).
     lost_at: u64,
     /// Its connection's gaps in the response's direction when the request was made.
     gaps_at: u64,
@@ -163,8 +163,12 @@ pub struct Correlator {
     timeout_ns: u64,
     /// Requests waiting for their response, oldest first, within their memory share.
     pending: Bounded<PendingKey, Pending>,
-    /// Records the capture has lost so far, as last told.
-    capture_lost: u64,
+    /// Records lost so far as the stream says it: told in order with the commands, so that a
+    /// request knows which losses came after it.
+    lost_in_stream: u64,
+    /// Records lost so far as the capture's counters last said (out of order with the
+    /// commands; may be ahead of the stream, for losses no later record has told of yet).
+    lost_reported: u64,
     /// Gaps so far per connection and direction: a request made before a gap in its
     /// response's direction may have lost its response in it (counted here, O(1) per gap,
     /// and compared with the request's own count when it ends).
@@ -192,7 +196,8 @@ impl Correlator {
             clock_offset_ns,
             timeout_ns,
             pending: Bounded::new(MAX_PENDING, Shares::default().pending),
-            capture_lost: 0,
+            lost_in_stream: 0,
+            lost_reported: 0,
             gaps: crate::FastMap::default(),
             clients: Seen::new(&Shares::default()),
             broker: Seen::new(&Shares::default()),
@@ -236,10 +241,16 @@ impl Correlator {
         ns.saturating_add_signed(self.clock_offset_ns)
     }
 
-    /// The capture has lost `total` records since it started: requests waiting now may have
-    /// lost their response with them.
+    /// The capture has lost `total` records since it started, as its counters say: requests
+    /// waiting now may have lost their response with them.
     pub fn capture_lost(&mut self, total: u64) {
-        self.capture_lost = self.capture_lost.max(total);
+        self.lost_reported = self.lost_reported.max(total);
+    }
+
+    /// The capture had lost `total` records since it started before the commands that follow:
+    /// requests waiting now may have lost their response with them, those made later not.
+    pub fn records_lost_before(&mut self, total: u64) {
+        self.lost_in_stream = self.lost_in_stream.max(total);
     }
 
     pub fn push(&mut self, command: DecodedCommand, out: &mut Vec<MessageEvent>) {
@@ -293,7 +304,7 @@ impl Correlator {
         let pending = Pending {
             request: command,
             deadline_ns,
-            lost_at: self.capture_lost,
+            lost_at: self.lost_in_stream,
             gaps_at,
         };
         // The oldest go first, one by one, until the new one fits.
@@ -341,10 +352,15 @@ impl Correlator {
     }
 
     /// Why the agent may have missed `pending`'s response: a gap since the request.
+    /// Why a request's response may have gone unseen: a gap in its stream, or records the
+    /// capture lost since it was made.
     fn missed(&self, pending: &Pending) -> Option<Unseen> {
         let request = &pending.request;
         let gaps = self.gaps_of(request.connection, request.command.direction);
-        (gaps > pending.gaps_at).then_some(Unseen::CaptureGap)
+        let lost = self.lost_in_stream.max(self.lost_reported);
+        (gaps > pending.gaps_at)
+            .then_some(Unseen::CaptureGap)
+            .or((lost > pending.lost_at).then_some(Unseen::CaptureLost))
     }
 
     /// Consumer lag per group and queue, where known.
@@ -398,9 +414,7 @@ impl Correlator {
         self.lags.expire(now_ns);
         for key in self.keys_where(|_, p| p.deadline_ns <= now_ns) {
             let pending = self.pending.remove(&key).expect("listed");
-            let missed = self
-                .missed(&pending)
-                .or((self.capture_lost > pending.lost_at).then_some(Unseen::CaptureLost));
+            let missed = self.missed(&pending);
             if missed.is_none() {
                 self.counters.timeouts += 1;
             }

@@ -705,6 +705,30 @@ fn a_response_the_agent_may_have_missed_is_not_an_error() {
     }
 }
 
+/// Records the ring lost, told in order with the stream: a connection that closes after a loss
+/// that came after its request may have lost the response there (unseen, not an error); a
+/// loss before the request says nothing of its response (an error).
+#[test]
+fn a_close_after_lost_records_is_unseen_one_after_an_earlier_loss_an_error() {
+    let mut harness = Harness::new(DecoderConfig::default());
+    let id = harness.open(1, 0, Origin::Connect);
+    harness.frame(id, UP, &single_send(1, "L1"));
+    harness.event(SourceEvent::RecordsLost { total: 3 });
+    harness.end(id, EndCause::Closed);
+    let (spans, pipeline) = harness.finish();
+    assert_unseen(&spans, &pipeline, "capture_lost");
+    assert_eq!(pipeline.counters().correlation.closed_unanswered, 0);
+
+    let mut harness = Harness::new(DecoderConfig::default());
+    let id = harness.open(1, 0, Origin::Connect);
+    harness.event(SourceEvent::RecordsLost { total: 3 });
+    harness.frame(id, UP, &single_send(1, "L2"));
+    harness.end(id, EndCause::Closed);
+    let (spans, pipeline) = harness.finish();
+    assert_eq!(spans[0].status, Status::Error);
+    assert_eq!(pipeline.counters().correlation.closed_unanswered, 1);
+}
+
 #[test]
 fn a_connection_closed_before_the_answer_with_nothing_missed_is_an_error() {
     let mut harness = Harness::new(DecoderConfig::default());

@@ -114,6 +114,11 @@ pub enum SourceEvent {
     ProcessExited {
         pid: u32,
     },
+    /// The capture had lost `total` records (its ring full) by the time of the events that
+    /// follow: a request before it may have lost its response, one after it not.
+    RecordsLost {
+        total: u64,
+    },
 }
 
 impl SourceEvent {
@@ -123,7 +128,9 @@ impl SourceEvent {
             Self::Opened(connection) => Some(connection.id),
             Self::Data(chunk) => Some(chunk.connection),
             Self::Gap { connection, .. } | Self::Closed { connection, .. } => Some(*connection),
-            Self::ProcessStarted { .. } | Self::ProcessExited { .. } => None,
+            Self::ProcessStarted { .. } | Self::ProcessExited { .. } | Self::RecordsLost { .. } => {
+                None
+            }
         }
     }
 }

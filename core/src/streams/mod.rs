@@ -123,7 +123,7 @@ impl Streams {
                 timestamp_ns,
                 cause,
             } => self.close(connection, final_positions, timestamp_ns, cause, out),
-            SourceEvent::ProcessStarted { .. } => {}
+            SourceEvent::ProcessStarted { .. } | SourceEvent::RecordsLost { .. } => {}
             SourceEvent::ProcessExited { pid } => {
                 let ids: Vec<ConnectionId> = self
                     .connections

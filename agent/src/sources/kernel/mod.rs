@@ -512,9 +512,10 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
     /// The TLS records read with `out[start..]`: new libraries probed, plaintext bound to
     /// its connections, and the connections bound no longer copied (only their close is).
     fn after_tls_records(&mut self, out: &mut Vec<SourceEvent>, start: usize) {
-        let mut side = std::mem::take(&mut self.side);
-        self.held.append(&mut side.held);
-        let mut mapped = side.mapped;
+        // The lost-record count stays: it is carried from read to read.
+        let tls = std::mem::take(&mut self.side.tls);
+        self.held.append(&mut self.side.held);
+        let mut mapped = std::mem::take(&mut self.side.mapped);
         mapped.extend(self.tls_retries.keys().copied());
         mapped.sort_unstable();
         mapped.dedup();
@@ -522,7 +523,7 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
             self.probe_tls_libraries(pid);
         }
         let mut bound = Vec::new();
-        self.binder.bind(out, start, side.tls, &mut bound);
+        self.binder.bind(out, start, tls, &mut bound);
         for connection in bound {
             if let Some(key) = self.socket_of(&connection) {
                 self.tables.set_socket_flags(&key, SOCKET_PAYLOAD_IGNORED);

@@ -45,6 +45,30 @@ pub struct SideRecords {
     pub mapped: Vec<u32>,
     /// Processes stopped at exec until probed, with when they were stopped.
     pub held: Vec<(u32, u64)>,
+    /// The ring's lost records, as the records read so far carry the count.
+    pub lost: LostRecords,
+}
+
+/// The ring's lost-record count as data and close records carry it (its low bits), made whole
+/// again: a rise says records went missing just before the record that shows it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LostRecords {
+    total: u64,
+}
+
+impl LostRecords {
+    /// Notes the count a record carries, `bits` wide, and says a rise since the records before
+    /// with a `RecordsLost` event. A count behind (a record from another CPU that read it just
+    /// before a loss, and reached the ring just after) changes nothing.
+    fn note(&mut self, low: u64, bits: u32, out: &mut Vec<SourceEvent>) {
+        let mask = (1u64 << bits) - 1;
+        let rise = low.wrapping_sub(self.total) & mask;
+        if rise == 0 || rise > mask / 2 {
+            return;
+        }
+        self.total += rise;
+        out.push(SourceEvent::RecordsLost { total: self.total });
+    }
 }
 
 /// Appends the events one record stands for (TLS records and mappings to `side`).
@@ -59,10 +83,13 @@ pub fn decode(
     let kind: u32 = read(record)?;
     match kind {
         k if k == RecordKind::Data as u32 => {
+            let header: DataHeader = read(record)?;
+            side.lost.note(u64::from(header.records_lost), 16, out);
             data_events(record, max_bytes_per_syscall, &mut |event| out.push(event))?;
         }
         k if k == RecordKind::TlsData as u32 => {
             let header: DataHeader = read(record)?;
+            side.lost.note(u64::from(header.records_lost), 16, out);
             let before = out.len();
             data_events(record, max_bytes_per_syscall, &mut |event| {
                 side.tls.push(Placed {
@@ -125,6 +152,7 @@ pub fn decode(
         }
         k if k == RecordKind::ConnectionClosed as u32 => {
             let closed: ConnectionClosed = read(record)?;
+            side.lost.note(u64::from(closed.records_lost), 32, out);
             out.push(SourceEvent::Closed {
                 connection: ConnectionId(closed.connection_id),
                 final_positions: Some([closed.egress_pos, closed.ingress_pos]),
@@ -202,7 +230,7 @@ mod tests {
             kind: RecordKind::Data as u32,
             direction: Direction::Ingress as u8,
             syscall: mqtrace_common::Syscall::Read as u8,
-            _pad: 0,
+            records_lost: 0,
             timestamp_ns: 7,
             connection_id: 3,
             pid: 10,
@@ -275,5 +303,37 @@ mod tests {
         short_payload.truncate(short_payload.len() - 1);
         assert!(decode(&short_payload, 4, &mut out, &mut SideRecords::default()).is_err());
         assert!(out.is_empty());
+    }
+
+    /// The lost-record count carried by records, made whole: each rise said once, in order,
+    /// across the 16-bit wrap; a count behind (another CPU's record) says nothing.
+    #[test]
+    fn lost_records_are_said_where_the_count_rises() {
+        let mut lost = LostRecords::default();
+        let mut out = Vec::new();
+        let counts = [
+            (0, 16),
+            (2, 16),
+            (2, 32),
+            (1, 16),
+            (0x7000, 16),
+            (0xe000, 16),
+            (0xfff0, 16),
+            (0xffe0, 16),
+        ];
+        for (low, bits) in counts {
+            lost.note(low, bits, &mut out);
+        }
+        // Over 2^16: the low bits wrap.
+        lost.note(3, 16, &mut out);
+        lost.note(0x1_0004, 32, &mut out);
+        let totals: Vec<u64> = out
+            .iter()
+            .map(|event| match event {
+                SourceEvent::RecordsLost { total } => *total,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(totals, [2, 0x7000, 0xe000, 0xfff0, 0x1_0003, 0x1_0004]);
     }
 }

@@ -541,7 +541,7 @@ pub mod memory {
                     kind: kind as u32,
                     direction: syscall.direction() as u8,
                     syscall: syscall as u8,
-                    _pad: 0,
+                    records_lost: 0,
                     timestamp_ns: super::super::monotonic_ns(),
                     connection_id,
                     pid,
