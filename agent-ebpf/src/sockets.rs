@@ -133,13 +133,15 @@ pub fn on_close(pid: u32, fd: i32) {
         return;
     };
     let _ = SOCKETS.remove(key);
+    // Read before the reservation: a loss after it must not be told as before this close.
+    let records_lost = crate::maps::records_lost() as u32;
     let Some(mut entry): Option<RingBufEntry<ConnectionClosed>> = RECORDS.reserve(0) else {
         crate::maps::record_lost();
         return;
     };
     entry.write(ConnectionClosed {
         kind: RecordKind::ConnectionClosed as u32,
-        records_lost: crate::maps::records_lost() as u32,
+        records_lost,
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
         connection_id: state.connection_id,
         pid,

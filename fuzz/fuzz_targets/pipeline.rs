@@ -84,6 +84,8 @@ fuzz_target!(|data: &[u8]| {
                 pipeline.expire(clock.saturating_mul(u64::from(op)), &mut out);
                 continue;
             }
+            // Records lost, as the stream tells it or as the counters do, by the top bit.
+            7 if op & 0x80 != 0 => SourceEvent::RecordsLost { total: clock },
             7 => {
                 pipeline.capture_lost(clock);
                 continue;

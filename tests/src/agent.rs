@@ -225,13 +225,13 @@ impl Agent {
             .unwrap_or_else(|e| panic!("{e:#}: {:?}\n{}", self.scrape(), self.log_text()));
     }
 
-    /// `GET /metrics`, as name → value.
     /// The values of the metrics `names` from one scrape, 0 for one not exposed.
     pub fn metrics<const N: usize>(&self, names: [&str; N]) -> [f64; N] {
         let metrics = self.scrape();
         names.map(|name| metrics.get(name).copied().unwrap_or(0.0))
     }
 
+    /// `GET /metrics`, as name → value.
     pub fn scrape(&self) -> BTreeMap<String, f64> {
         self.metrics_text()
             .lines()

@@ -1503,6 +1503,7 @@ fn records_lost_to_a_small_ring_never_make_an_error_span() {
             errors.len()
         );
         assert!(lost > 0, "the ring lost nothing: no test\n{log}");
+        assert!(!producer_spans.is_empty(), "no send traced: no test\n{log}");
         assert!(errors.is_empty(), "{errors:#?}");
     }
 }

@@ -198,6 +198,11 @@ pub async fn serve(
             _ = stats.tick() => tracing::info!(counters = %daemon.counters()?, "stats"),
             () = &mut stop => break,
         }
+        if !events.is_empty() {
+            // Losses no record has told of yet: connections ended without a close record (a
+            // process's exit, a sweep) must not take a lost answer for none.
+            daemon.pipeline.capture_lost(daemon.capture.records_lost()?);
+        }
         for event in events.drain(..) {
             daemon.pipeline.push(event, &mut outputs);
         }

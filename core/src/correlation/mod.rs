@@ -351,7 +351,6 @@ impl Correlator {
             .unwrap_or(0)
     }
 
-    /// Why the agent may have missed `pending`'s response: a gap since the request.
     /// Why a request's response may have gone unseen: a gap in its stream, or records the
     /// capture lost since it was made.
     fn missed(&self, pending: &Pending) -> Option<Unseen> {

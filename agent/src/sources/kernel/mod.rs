@@ -132,12 +132,14 @@ pub struct KernelCapture<T: KernelTables = EbpfTables, H: Host = ProcHost> {
     /// again is read once.
     tls_files: Bounded<(String, u64), Vec<(tls::TlsFunction, u64)>>,
     tls: TlsCaptureCounters,
-    /// Processes stopped at exec and not continued yet, with when they were stopped: probed,
-    /// they are continued at the next read, once the stages after this one have handled the
-    /// events of this one (their `ProcessStarted` read who they are while they could not
-    /// exit); kept here, not in a local, so that they are continued at shutdown whatever
-    /// happened.
+    /// Processes stopped at exec and probed, with when they were stopped, whose start has not
+    /// been handed out yet (read into `pending`, say)...
     held: Vec<(u32, u64)>,
+    /// ...and those whose start has: continued at the next read, once the stages after this
+    /// one have handled it (their `ProcessStarted` read who they are while they could not
+    /// exit). Kept here, not in locals, so that they are continued at shutdown whatever
+    /// happened.
+    to_resume: Vec<(u32, u64)>,
 }
 
 /// What the capture attached to one process's TLS libraries.
@@ -267,6 +269,7 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
             tls_files: Bounded::new(1024, 1 << 20),
             tls: TlsCaptureCounters::default(),
             held: Vec::new(),
+            to_resume: Vec::new(),
         };
         if capture.options.trace_all {
             let me = capture.host.own_pid();
@@ -327,8 +330,10 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
     /// Queues the end of these connections for user space, after the records already in the
     /// ring (which still belong to them).
     fn end_connections(&mut self, closed: Vec<ConnectionId>, cause: EndCause) {
+        // Read into what waits to be handed out: processes held meanwhile stay held until
+        // their start has been handed out with it.
         let mut events = std::mem::take(&mut self.pending);
-        self.drain_now(&mut events);
+        self.read_now(&mut events);
         let timestamp_ns = self.host.now_ns();
         events.extend(closed.into_iter().map(|connection| SourceEvent::Closed {
             connection,
@@ -537,7 +542,7 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
     /// (a security module's rule) switches holding off: every later one would stay stopped.
     fn resume_held(&mut self) {
         let now = self.host.now_ns();
-        for (pid, since) in std::mem::take(&mut self.held) {
+        for (pid, since) in std::mem::take(&mut self.to_resume) {
             let waited = now.saturating_sub(since) / 1000;
             self.tls.processes_held += 1;
             self.tls.held_seconds += waited as f64 / 1e6;
@@ -561,6 +566,21 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
                 }
             }
         }
+    }
+
+    /// Reads what the ring holds now into `out` (after what waits to be handed out), with what
+    /// the records ask of the tables; continues nobody.
+    fn read_now(&mut self, out: &mut Vec<SourceEvent>) {
+        out.append(&mut self.pending);
+        let start = out.len();
+        while self.drain_records(out) == MAX_RECORDS_PER_POLL {}
+        self.after_records(out, start);
+    }
+
+    /// The events read so far have gone to the stages after this one: the processes held
+    /// among them are continued at the next read.
+    fn handed_out(&mut self) {
+        self.to_resume.append(&mut self.held);
     }
 
     /// At shutdown: holds no more processes at exec, and continues those whose records still
@@ -591,6 +611,7 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
             left = left.saturating_sub(read);
         }
         self.held.append(&mut side.held);
+        self.handed_out();
         self.resume_held();
     }
 
@@ -664,10 +685,8 @@ impl<T: KernelTables, H: Host> Capture for KernelCapture<T, H> {
 
     fn drain_now(&mut self, out: &mut Vec<SourceEvent>) {
         self.resume_held();
-        out.append(&mut self.pending);
-        let start = out.len();
-        while self.drain_records(out) == MAX_RECORDS_PER_POLL {}
-        self.after_records(out, start);
+        self.read_now(out);
+        self.handed_out();
     }
 
     fn non_tcp_sockets(&self) -> u64 {
@@ -821,6 +840,7 @@ impl<T: KernelTables, H: Host> Capture for KernelCapture<T, H> {
         self.resume_held();
         if !self.pending.is_empty() {
             out.append(&mut self.pending);
+            self.handed_out();
             return Ok(());
         }
         let start = out.len();
@@ -831,6 +851,7 @@ impl<T: KernelTables, H: Host> Capture for KernelCapture<T, H> {
             }
         }
         self.after_records(out, start);
+        self.handed_out();
         Ok(())
     }
 

@@ -58,12 +58,13 @@ pub struct LostRecords {
 
 impl LostRecords {
     /// Notes the count a record carries, `bits` wide, and says a rise since the records before
-    /// with a `RecordsLost` event. A count behind (a record from another CPU that read it just
-    /// before a loss, and reached the ring just after) changes nothing.
+    /// with a `RecordsLost` event. A count a little behind (a record from another CPU that read
+    /// it just before a loss, and reached the ring just after) changes nothing.
     fn note(&mut self, low: u64, bits: u32, out: &mut Vec<SourceEvent>) {
+        const BEHIND: u64 = 1024;
         let mask = (1u64 << bits) - 1;
         let rise = low.wrapping_sub(self.total) & mask;
-        if rise == 0 || rise > mask / 2 {
+        if rise == 0 || rise > mask - BEHIND {
             return;
         }
         self.total += rise;

@@ -484,3 +484,21 @@ fn a_held_process_that_cannot_be_continued_switches_holding_off() {
     assert!(!capture.tables.holding);
     assert_eq!(capture.tls_counters().capture.resume_failures, 1);
 }
+
+/// An exec read early, while connections are ended (a sweep, a deselection), waits with the
+/// events read then: its process is continued only once those events have been handed on
+/// and the next read comes.
+#[test]
+fn a_process_held_at_exec_read_early_waits_for_its_start_to_be_handed_on() {
+    let mut capture = capture(false, host());
+    capture.set_selection(CLIENT, Selection::ByPid).unwrap();
+    events(&mut capture);
+    capture.tables.exec_held(CLIENT);
+    capture.sweep_stale_sockets().unwrap();
+    assert!(capture.host.resumed.lock().unwrap().is_empty());
+    let handed = events(&mut capture);
+    assert!(handed.contains(&SourceEvent::ProcessStarted { pid: CLIENT }));
+    assert!(capture.host.resumed.lock().unwrap().is_empty());
+    events(&mut capture);
+    assert_eq!(*capture.host.resumed.lock().unwrap(), [CLIENT]);
+}
