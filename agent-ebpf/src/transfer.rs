@@ -80,7 +80,9 @@ pub fn copy_stream(stream: &Stream, buf: u64, len: u64, vectored: bool, moved: u
         kind: stream.kind as u32,
         direction: stream.syscall.direction() as u8,
         syscall: stream.syscall as u8,
-        records_lost: 0,
+        // Once per syscall, not per chunk: a loss among its chunks shows at the next syscall's
+        // record, which only places it later (more cautious).
+        records_lost: crate::maps::records_lost() as u16,
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
         connection_id: stream.connection_id,
         pid: (pid_tgid >> 32) as u32,
@@ -239,7 +241,6 @@ fn emit(src: u64, len: usize, chunk_offset: u64) -> bool {
     }
     record.header.copied_len = len as u32;
     record.header.chunk_offset = chunk_offset;
-    record.header.records_lost = crate::maps::records_lost() as u16;
     // SAFETY: a user pointer read through the helper into a bounded slice of the scratch map.
     if unsafe { bpf_probe_read_user_buf(src as *const u8, &mut record.payload[..len]) }.is_err() {
         count(Counter::UserReadFailures, 1);
