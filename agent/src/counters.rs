@@ -30,6 +30,20 @@ pub struct AgentCounters {
     pub malformed_records: u64,
     pub non_tcp_sockets: u64,
     pub tls: TlsCounterTree,
+    pub handover: HandoverCounters,
+}
+
+/// An agent started while another ran (an upgrade): which requests each traced.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HandoverCounters {
+    /// 1 once this agent took over from a running one.
+    pub taken_over: u64,
+    /// 1 once this agent handed over to a newer one.
+    pub handed_over: u64,
+    /// Running agents that refused to hand over (another version): both traced meanwhile.
+    pub refused: u64,
+    /// Its own requests still unanswered when this agent, handed over, had to stop.
+    pub unfinished_at_stop: u64,
 }
 
 /// TLS plaintext capture: the probes on processes' TLS libraries and the binding of their
@@ -239,6 +253,25 @@ pub const COUNTERS: &[Declared] = &[
     counter(
         "/agent/tls/prefixes_forgotten",
         "Ciphertext prefixes forgotten before the socket write carrying them was seen.",
+    ),
+    counter(
+        "/agent/handover/taken_over",
+        "1 once this agent took over from a running one (an upgrade): that one traced the requests made before.",
+    )
+    .status("took over from a running agent"),
+    counter(
+        "/agent/handover/handed_over",
+        "1 once this agent handed over to a newer one: it traces only the requests made before, to their end.",
+    )
+    .status("handed over to a newer agent"),
+    counter(
+        "/agent/handover/refused",
+        "Running agents that could not hand over (another hand-over version, or not answering in time): both traced everything until the old one stopped, so messages of that time may be traced twice.",
+    )
+    .problem("a running agent could not hand over: messages may be traced twice until it stops"),
+    counter(
+        "/agent/handover/unfinished_at_stop",
+        "Requests an agent that had handed over still waited on when it had to stop: ended as agent_stopped.",
     ),
     counter(
         "/pipeline/connections_tls",
@@ -503,6 +536,10 @@ pub const COUNTERS: &[Declared] = &[
     counter(
         "/pipeline/correlation/settles_unresolved",
         "Settlements whose message this host never saw received.",
+    ),
+    counter(
+        "/pipeline/correlation/left_to_other_agent",
+        "Requests made while another agent owned the traffic (before this one took over, or after it handed over): that agent traced them.",
     ),
     counter(
         "/pipeline/correlation/pending_evicted",

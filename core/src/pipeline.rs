@@ -208,6 +208,22 @@ impl Pipeline {
         self.correlator.capture_lost(total);
     }
 
+    /// Another agent traced requests made before `from_ns` (the sources' clock): their events
+    /// are its own (see [`Correlator::take_over_at`](crate::correlation::Correlator)).
+    pub fn take_over_at(&mut self, from_ns: u64) {
+        self.correlator.take_over_at(from_ns);
+    }
+
+    /// Another agent traces requests made from `from_ns` on.
+    pub fn hand_over_at(&mut self, from_ns: u64) {
+        self.correlator.hand_over_at(from_ns);
+    }
+
+    /// Requests waiting whose events are this agent's to make.
+    pub fn waiting_owned(&self) -> usize {
+        self.correlator.waiting_owned()
+    }
+
     /// What turns source timestamps into Unix time from now on: the wall clock is stepped and
     /// slewed (NTP) while the monotonic clock of the records is not, so a live capture renews it.
     pub fn set_clock_offset(&mut self, clock_offset_ns: i64) {

@@ -57,20 +57,34 @@ impl Agent {
     /// As `start`, with these environment variables (OTEL_EXPORTER_OTLP_*, ...).
     pub fn start_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let bin = mqtrace_bin();
-        Self::launch(name, &[bin.to_str().unwrap()], args, env)
+        Self::launch(name, &[bin.to_str().unwrap()], args, env, None)
+    }
+
+    /// As `start`, on the control socket of `running`: a newer agent that takes over from it
+    /// (returns once the socket is its own).
+    pub fn start_successor(name: &str, running: &Agent, args: &[&str]) -> Self {
+        let bin = mqtrace_bin();
+        let socket = Some(running.socket.clone());
+        Self::launch(name, &[bin.to_str().unwrap()], args, &[], socket)
     }
 
     /// As `start`, through a wrapper that execs the binary (`command` ends with its path), e.g.
     /// `setpriv ... -- /path/to/mqtrace`.
     pub fn start_wrapped(name: &str, command: &[&str], args: &[&str]) -> Self {
-        Self::launch(name, command, args, &[])
+        Self::launch(name, command, args, &[], None)
     }
 
-    fn launch(name: &str, command: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
+    fn launch(
+        name: &str,
+        command: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+        socket: Option<PathBuf>,
+    ) -> Self {
         let dir = std::env::temp_dir();
         let stem = format!("mqtrace-{name}-{}", std::process::id());
         let log = dir.join(format!("{stem}.log"));
-        let socket = dir.join(format!("{stem}.sock"));
+        let socket = socket.unwrap_or_else(|| dir.join(format!("{stem}.sock")));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(command[0])
             .args(&command[1..])
@@ -96,9 +110,11 @@ impl Agent {
         agent
     }
 
-    /// Waits until the daemon answers on its control socket, which it does once its probes
-    /// are attached and its loop runs; returns where it serves its metrics.
+    /// Waits until the daemon answers on its control socket (itself, not an agent it takes
+    /// over from), which it does once its probes are attached and its loop runs; returns where
+    /// it serves its metrics.
     fn await_ready(&mut self) -> SocketAddr {
+        let pid = self.pid();
         let answered = wait::until(
             "the agent to answer on its control socket",
             Duration::from_secs(30),
@@ -118,6 +134,9 @@ impl Agent {
                     return Err(String::from_utf8_lossy(&out.stderr).into_owned());
                 }
                 let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                if status["pid"] != pid {
+                    return Err(format!("another agent answers: {}", status["pid"]));
+                }
                 Ok(status["metrics_address"]
                     .as_str()
                     .and_then(|a| a.parse().ok())

@@ -10,7 +10,7 @@ use std::{
 };
 
 use mqtrace_tests::{
-    agent::{Agent, mqtrace_bin},
+    agent::{Agent, final_counters, mqtrace_bin},
     process::{Driven, ScratchFile},
     rocketmq::{Broker, Owned, client, client_path},
     spancheck::read_span_file,
@@ -1506,4 +1506,193 @@ fn records_lost_to_a_small_ring_never_make_an_error_span() {
         assert!(!producer_spans.is_empty(), "no send traced: no test\n{log}");
         assert!(errors.is_empty(), "{errors:#?}");
     }
+}
+
+/// Message ids with a send span in each of `outputs`, and span ids found more than once over
+/// all of them.
+fn sends_per_agent(outputs: &[&Path]) -> (Vec<BTreeSet<String>>, Vec<String>) {
+    let mut span_ids = BTreeSet::new();
+    let mut twice = Vec::new();
+    for output in outputs {
+        for span in read_span_file(output) {
+            let id = span["span_id"].as_str().unwrap_or_default().to_string();
+            if !span_ids.insert(id.clone()) {
+                twice.push(id);
+            }
+        }
+    }
+    let sent = outputs.iter().map(|output| sent_ids_in(output)).collect();
+    (sent, twice)
+}
+
+/// 20,000 messages at 1,000/s from a real producer, the agent changed 8 s in: (message ids
+/// sent, per agent the ids it traced, span ids twice). `change` stops or starts agents.
+fn traffic_across(
+    namesrv: &str,
+    topic: &str,
+    outputs: &[&Path],
+    change: impl FnOnce(),
+) -> (Vec<String>, Vec<BTreeSet<String>>, Vec<String>) {
+    let mut producer = client();
+    producer
+        .args(["produce", namesrv, topic, "20000", "--rate", "1000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut producer = Owned(producer.spawn().unwrap());
+    let stdout = producer.0.stdout.take().unwrap();
+    // Read meanwhile: 20,000 lines would fill the pipe.
+    let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    std::thread::sleep(Duration::from_secs(8));
+    change();
+    let status = producer.0.wait().unwrap();
+    assert!(status.success(), "producer failed");
+    let sent = ids(&reader
+        .join()
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect::<Vec<_>>());
+    assert_eq!(sent.len(), 20_000, "every send answered");
+    let (traced, twice) = sends_per_agent(outputs);
+    (sent, traced, twice)
+}
+
+#[test]
+fn an_upgrade_mid_traffic_loses_no_message_and_traces_none_twice() {
+    let _turn = turn();
+    let broker = Broker::start("127.0.0.1").unwrap();
+    let namesrv = broker.namesrv();
+    let topic = "Upgrade";
+    broker.make_topic(topic);
+    let outputs = [
+        ScratchFile::new("mqtrace-upgrade-old.jsonl"),
+        ScratchFile::new("mqtrace-upgrade-new.jsonl"),
+    ];
+    let args = |output: &ScratchFile| {
+        [
+            "--comm".to_string(),
+            "mq-client".into(),
+            "--output".into(),
+            output.0.to_string_lossy().into_owned(),
+        ]
+    };
+    let [old_args, new_args] = [args(&outputs[0]), args(&outputs[1])];
+    let old_args: Vec<&str> = old_args.iter().map(String::as_str).collect();
+    let new_args: Vec<&str> = new_args.iter().map(String::as_str).collect();
+
+    // A newer agent started while the old one runs, the old one stopped 3 s later.
+    let old = Agent::start("upgrade-old", &old_args);
+    let mut logs = (String::new(), None);
+    let (sent, _, twice) = traffic_across(&namesrv, topic, &[&outputs[0].0, &outputs[1].0], || {
+        let new = Agent::start_successor("upgrade-new", &old, &new_args);
+        std::thread::sleep(Duration::from_secs(3));
+        logs.0 = old.stop();
+        logs.1 = Some(new);
+    });
+    let new = logs.1.take().unwrap();
+    let expected: Vec<String> = sent.clone();
+    let union = || {
+        let (traced, _) = sends_per_agent(&[&outputs[0].0, &outputs[1].0]);
+        traced[0]
+            .union(&traced[1])
+            .cloned()
+            .collect::<BTreeSet<String>>()
+    };
+    // The newer agent writes its last spans within its flush.
+    let _ = wait::until(
+        "every send traced",
+        Duration::from_secs(15),
+        wait::POLL,
+        || {
+            let traced = union();
+            let missing = expected.iter().filter(|id| !traced.contains(*id)).count();
+            wait::done_or(missing == 0, || format!("{missing} missing"))
+        },
+    );
+    let new_log = new.stop();
+    let (traced, twice_after) = sends_per_agent(&[&outputs[0].0, &outputs[1].0]);
+    let missing: Vec<&String> = sent
+        .iter()
+        .filter(|id| !traced[0].contains(*id) && !traced[1].contains(*id))
+        .collect();
+    let both: Vec<&String> = traced[0].intersection(&traced[1]).collect();
+    println!(
+        "hand-over: {} sent; old agent traced {}, new agent {}; {} missing, {} traced by both, \
+         {} span ids twice",
+        sent.len(),
+        traced[0].len(),
+        traced[1].len(),
+        missing.len(),
+        both.len(),
+        twice_after.len()
+    );
+    let old_counters = final_counters(&logs.0);
+    let new_counters = final_counters(&new_log);
+    assert_eq!(
+        old_counters["agent"]["handover"]["handed_over"], 1,
+        "{}",
+        logs.0
+    );
+    assert_eq!(
+        new_counters["agent"]["handover"]["taken_over"], 1,
+        "{new_log}"
+    );
+    assert!(
+        traced[0].len() > 2_000 && traced[1].len() > 2_000,
+        "each agent traced its part"
+    );
+    assert!(
+        missing.is_empty(),
+        "{} missing: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(
+        both.is_empty(),
+        "{} traced twice: {:?}",
+        both.len(),
+        &both[..both.len().min(10)]
+    );
+    assert!(
+        twice.is_empty() && twice_after.is_empty(),
+        "{twice_after:?}"
+    );
+
+    // Beside it, a plain restart: the old agent stopped, then a new one started.
+    let outputs = [
+        ScratchFile::new("mqtrace-restart-first.jsonl"),
+        ScratchFile::new("mqtrace-restart-second.jsonl"),
+    ];
+    let [first_args, second_args] = [args(&outputs[0]), args(&outputs[1])];
+    let first_args: Vec<&str> = first_args.iter().map(String::as_str).collect();
+    let second_args: Vec<&str> = second_args.iter().map(String::as_str).collect();
+    let first = Agent::start("restart-first", &first_args);
+    let (mut second, mut gap) = (None, Duration::ZERO);
+    let (sent, traced, twice) =
+        traffic_across(&namesrv, topic, &[&outputs[0].0, &outputs[1].0], || {
+            let stopping = Instant::now();
+            first.stop();
+            second = Some(Agent::start("restart-second", &second_args));
+            gap = stopping.elapsed();
+        });
+    let second = second.unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    second.stop();
+    let missing = sent
+        .iter()
+        .filter(|id| !traced[0].contains(*id) && !traced[1].contains(*id))
+        .count();
+    println!(
+        "plain restart: {} sent; {} missing ({:.2} s from the old agent's stop to the new one \
+         answering), {} span ids twice",
+        sent.len(),
+        missing,
+        gap.as_secs_f64(),
+        twice.len()
+    );
+    assert!(
+        missing > 0,
+        "a plain restart leaves a gap: the hand-over is what closes it"
+    );
+    assert!(twice.is_empty(), "{twice:?}");
 }

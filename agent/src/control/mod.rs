@@ -40,12 +40,29 @@ impl std::fmt::Display for Target {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
-    Enable { target: Target },
-    Disable { target: Target },
+    Enable {
+        target: Target,
+    },
+    Disable {
+        target: Target,
+    },
     List,
     Status,
-    Trace { query: Query },
+    Trace {
+        query: Query,
+    },
+    /// A newer agent (`successor_pid`) traces requests made from `from_ns` (CLOCK_MONOTONIC)
+    /// on; the running one traces those made before, to their end. `protocol`: what both must
+    /// mean by that ([`HANDOVER_PROTOCOL`]).
+    HandOver {
+        protocol: u32,
+        successor_pid: u32,
+        from_ns: u64,
+    },
 }
+
+/// The meaning of a hand-over both agents must share; raised when it changes.
+pub const HANDOVER_PROTOCOL: u32 = 1;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "response", rename_all = "snake_case")]
@@ -62,6 +79,11 @@ pub enum Response {
     Status(Status),
     Journeys {
         journeys: Vec<Journey>,
+    },
+    /// The running agent now traces only requests made before the hand-over.
+    HandedOver {
+        pid: u32,
+        version: String,
     },
     Error {
         message: String,

@@ -24,22 +24,40 @@ pub struct Pending {
     pub reply: oneshot::Sender<Response>,
 }
 
-/// The bound socket; the file is removed when this is dropped.
+/// The bound socket; the file is removed when this is dropped, unless a newer agent has put
+/// its own in its place.
 pub struct ControlSocket {
     path: PathBuf,
+    /// The bound file's (device, inode).
+    file: (u64, u64),
 }
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if file_id(&self.path).is_some_and(|file| file == self.file) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::symlink_metadata(path).ok()?;
+    Some((metadata.dev(), metadata.ino()))
+}
+
+/// Whether a daemon answers on `path`.
+pub fn answers(path: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
 /// Binds `path` (mode 0600, or 0660 with `group`) and starts serving; requests arrive on the
-/// returned channel. Refuses to take over the socket of a daemon that still answers.
+/// returned channel. Takes over the socket of a daemon that still answers only when
+/// `replace_running` (it has handed over to this one), else refuses.
 pub fn serve(
     path: &Path,
     group: Option<&str>,
+    replace_running: bool,
 ) -> anyhow::Result<(ControlSocket, mpsc::Receiver<Pending>)> {
     let gid = group.map(group_id).transpose()?;
     if let Some(dir) = path.parent() {
@@ -48,21 +66,22 @@ pub fn serve(
         })?;
     }
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        if !replace_running && answers(path) {
             bail!(
                 "another mqtrace daemon is running: its control socket {} answers (stop it, or \
                  give this one another --control-socket)",
                 path.display()
             );
         }
-        // Left by a daemon that did not stop cleanly.
+        // Left by a daemon that did not stop cleanly, or by one that handed over.
         std::fs::remove_file(path)
-            .with_context(|| format!("removing the stale control socket {}", path.display()))?;
+            .with_context(|| format!("removing the old control socket {}", path.display()))?;
     }
     let listener = UnixListener::bind(path)
         .with_context(|| format!("binding the control socket {}", path.display()))?;
     let socket = ControlSocket {
         path: path.to_path_buf(),
+        file: file_id(path).context("the control socket just bound")?,
     };
     let mode = if gid.is_some() { 0o660 } else { 0o600 };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;

@@ -1,6 +1,7 @@
 //! The live daemon: kernel capture → pipeline → exporters, steered while it runs over the
 //! control socket, its counters on `/metrics`, its problems in the log.
 
+mod handover;
 mod span_thread;
 
 use anyhow::Context;
@@ -12,16 +13,17 @@ use std::{
 
 use mqtrace_common::{Counter, Selection};
 
+use handover::Predecessor;
 use span_thread::SpanThread;
 
 use crate::{
     control::{
-        Request, Response, Status, Target,
+        HANDOVER_PROTOCOL, Request, Response, Status, Target,
         rules::{Rules, SavedRule, mode_name},
         server,
     },
     correlation::Unseen,
-    counters::{AgentCounters, CounterTree},
+    counters::{AgentCounters, CounterTree, HandoverCounters},
     decoder::DecoderConfig,
     exporters::{SpanSinks, otlp::OtlpConfig},
     host::resources::HostResources,
@@ -82,6 +84,9 @@ struct Daemon<C> {
     state_file: PathBuf,
     started: Instant,
     metrics_address: SocketAddr,
+    handover: HandoverCounters,
+    /// The newer agent this one handed over to.
+    successor: Option<u32>,
 }
 
 /// Runs the daemon on the kernel's capture until Ctrl-C or SIGTERM.
@@ -125,8 +130,13 @@ pub async fn serve(
         Ok(_) => {}
         Err(error) => tracing::warn!("{error:#}"),
     }
-    let (_socket, mut requests) =
-        server::serve(&options.control_socket, options.control_group.as_deref())?;
+    // Before this agent's control socket replaces the running one's.
+    let predecessor = handover::ask_running(&options.control_socket);
+    let (_socket, mut requests) = server::serve(
+        &options.control_socket,
+        options.control_group.as_deref(),
+        !matches!(predecessor, Predecessor::None),
+    )?;
     let metrics = Snapshot::default();
     let health = Health::new(options.health_stall);
     health.beat();
@@ -155,7 +165,10 @@ pub async fn serve(
         stale_sockets_swept: 0,
         last_sweep: (Instant::now(), 0),
         metrics_address: metrics_server.address,
+        handover: HandoverCounters::default(),
+        successor: None,
     };
+    daemon.took_over(predecessor);
     let what = if options.trace_all {
         "all processes".to_string()
     } else if options.startup.is_empty() {
@@ -198,20 +211,11 @@ pub async fn serve(
             _ = stats.tick() => tracing::info!(counters = %daemon.counters()?, "stats"),
             () = &mut stop => break,
         }
-        if !events.is_empty() {
-            // Losses no record has told of yet: connections ended without a close record (a
-            // process's exit, a sweep) must not take a lost answer for none.
-            daemon.pipeline.capture_lost(daemon.capture.records_lost()?);
-        }
-        for event in events.drain(..) {
-            daemon.pipeline.push(event, &mut outputs);
-        }
-        export(&mut outputs, &daemon.spans);
-        for connection in daemon.pipeline.take_rejected() {
-            // Not RocketMQ, or the broker's side: the kernel stops copying it.
-            daemon.capture.stop_copying(&connection)?;
-        }
+        daemon.handle(&mut events, &mut outputs)?;
         health.beat();
+    }
+    if daemon.successor.is_some() {
+        daemon.finish_owned(&mut events, &mut outputs).await?;
     }
     // What the kernel captured before the stop is still traced; requests still waiting then
     // will not be answered now: end them, then flush.
@@ -235,6 +239,115 @@ pub async fn serve(
 }
 
 impl<C: Capture> Daemon<C> {
+    /// Events captured go through the pipeline, the events made to the span thread.
+    fn handle(
+        &mut self,
+        events: &mut Vec<crate::sources::SourceEvent>,
+        outputs: &mut Vec<Output>,
+    ) -> anyhow::Result<()> {
+        if !events.is_empty() {
+            // Losses no record has told of yet: connections ended without a close record (a
+            // process's exit, a sweep) must not take a lost answer for none.
+            self.pipeline.capture_lost(self.capture.records_lost()?);
+        }
+        for event in events.drain(..) {
+            self.pipeline.push(event, outputs);
+        }
+        export(outputs, &self.spans);
+        for connection in self.pipeline.take_rejected() {
+            // Not RocketMQ, or the broker's side: the kernel stops copying it.
+            self.capture.stop_copying(&connection)?;
+        }
+        Ok(())
+    }
+
+    /// What the agent running when this one started agreed to, in force and said.
+    fn took_over(&mut self, predecessor: Predecessor) {
+        match predecessor {
+            Predecessor::None => {}
+            Predecessor::HandedOver {
+                pid,
+                version,
+                from_ns,
+            } => {
+                self.pipeline.take_over_at(from_ns);
+                self.handover.taken_over = 1;
+                tracing::info!(
+                    pid,
+                    %version,
+                    "took over from the running agent: it traces the requests made before, \
+                     this one those made from now on"
+                );
+            }
+            Predecessor::Refused(reason) => {
+                self.handover.refused += 1;
+                tracing::warn!(
+                    %reason,
+                    "the running agent did not hand over: both trace everything until it \
+                     stops, so messages sent meanwhile may be traced twice"
+                );
+            }
+        }
+    }
+
+    /// A newer agent traces the requests made from `from_ns` on; this one those before.
+    fn hand_over(
+        &mut self,
+        protocol: u32,
+        successor_pid: u32,
+        from_ns: u64,
+    ) -> anyhow::Result<Response> {
+        if protocol != HANDOVER_PROTOCOL {
+            anyhow::bail!(
+                "this agent (version {}) hands over by protocol {HANDOVER_PROTOCOL}, not \
+                 {protocol}",
+                env!("CARGO_PKG_VERSION")
+            );
+        }
+        if let Some(pid) = self.successor {
+            anyhow::bail!("this agent has handed over to pid {pid} already");
+        }
+        self.pipeline.hand_over_at(from_ns);
+        // The newer agent holds new processes until its probes are placed; this one would
+        // continue them before.
+        if let Err(error) = self.capture.stop_holding() {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "processes may still be held at exec"
+            );
+        }
+        self.successor = Some(successor_pid);
+        self.handover.handed_over = 1;
+        tracing::info!(
+            successor_pid,
+            "handed over to a newer agent: tracing only the requests made before; stop this \
+             one (it waits for those first)"
+        );
+        Ok(Response::HandedOver {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        })
+    }
+
+    /// Handed over and stopping: reads on until the requests this agent owns are answered, or
+    /// for at most [`handover::DRAIN_LIMIT`].
+    async fn finish_owned(
+        &mut self,
+        events: &mut Vec<crate::sources::SourceEvent>,
+        outputs: &mut Vec<Output>,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + handover::DRAIN_LIMIT;
+        while self.pipeline.waiting_owned() > 0 {
+            tokio::select! {
+                result = self.capture.next_events(events) => result?,
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+            self.handle(events, outputs)?;
+        }
+        self.handover.unfinished_at_stop = self.pipeline.waiting_owned() as u64;
+        Ok(())
+    }
+
     /// Sweeps the socket table every SWEEP_INTERVAL, and at once when it was found full.
     fn sweep_if_due(&mut self) -> anyhow::Result<()> {
         let full = self.capture.counters()?.get(Counter::SocketTableFull);
@@ -264,6 +377,11 @@ impl<C: Capture> Daemon<C> {
             Request::Trace { query } => Ok(Response::Journeys {
                 journeys: self.spans.journeys(&query),
             }),
+            Request::HandOver {
+                protocol,
+                successor_pid,
+                from_ns,
+            } => self.hand_over(protocol, successor_pid, from_ns),
         };
         result.unwrap_or_else(|error| Response::Error {
             message: format!("{error:#}"),
@@ -307,6 +425,7 @@ impl<C: Capture> Daemon<C> {
                 malformed_records: self.capture.malformed_records(),
                 non_tcp_sockets: self.capture.non_tcp_sockets(),
                 tls: self.capture.tls_counters(),
+                handover: self.handover.clone(),
             },
             kernel: self.capture.counters()?.0,
             pipeline,

@@ -13,7 +13,7 @@ use mqtrace_common::{Origin, Selection, SocketKey};
 
 use super::{DaemonOptions, serve};
 use crate::{
-    control::{Request, Response, Target, client},
+    control::{HANDOVER_PROTOCOL, Request, Response, Target, client},
     decoder::{
         RequestCode, ResponseCode,
         encode::{properties, request_frame, response_frame},
@@ -276,10 +276,16 @@ impl Stream {
 
 /// A send of one message to topic "orders" with key "order-1", and its answer.
 fn send_and_answer() -> (Vec<u8>, Vec<u8>) {
-    let props = properties(&[("UNIQ_KEY", "7F0000010001"), ("KEYS", "order-1")]);
+    send_and_answer_of(1, "7F0000010001")
+}
+
+/// A send (request `opaque`) of message `id` to topic "orders" with key "order-1", and its
+/// answer.
+fn send_and_answer_of(opaque: i32, id: &str) -> (Vec<u8>, Vec<u8>) {
+    let props = properties(&[("UNIQ_KEY", id), ("KEYS", "order-1")]);
     let send = request_frame(
         RequestCode::SendMessage,
-        1,
+        opaque,
         &[
             ("producerGroup", "pg"),
             ("topic", "orders"),
@@ -290,7 +296,7 @@ fn send_and_answer() -> (Vec<u8>, Vec<u8>) {
     );
     let answer = response_frame(
         ResponseCode::Success,
-        1,
+        opaque,
         &[
             ("msgId", "OFFSETID"),
             ("queueId", "0"),
@@ -418,4 +424,94 @@ fn healthz_fails_while_the_pipeline_is_stuck_and_recovers_after() {
         "not before the stall ended"
     );
     daemon.stop().unwrap();
+}
+
+/// The message ids of the send spans in `output`.
+fn sent_ids(output: &Path) -> Vec<String> {
+    std::fs::read_to_string(output)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .map(|span| span["attributes"]["messaging.message.id"].to_string())
+        .collect()
+}
+
+fn counters(daemon: &Running) -> serde_json::Value {
+    let Response::Status(status) = daemon.ask(Request::Status).unwrap() else {
+        panic!("a status")
+    };
+    status.counters
+}
+
+#[test]
+fn a_newer_daemon_takes_over_each_request_is_traced_by_one_of_them() {
+    let (old_dir, new_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pid = std::process::id();
+    let old_options = options(old_dir.path());
+    let old_output = old_options.output.clone().unwrap();
+    let old = Running::start(old_options, &[pid]);
+    let mut old_view = Stream::open(&old, 1, pid, Origin::Connect);
+    let (first, first_answer) = send_and_answer_of(1, "7F00000100000001");
+    old_view.bytes(&old, Direction::Egress, &first);
+
+    // The newer agent, on the same control socket, joins the connection mid-stream.
+    let mut new_options = options(new_dir.path());
+    new_options.control_socket = old.socket.clone();
+    let new_output = new_options.output.clone().unwrap();
+    let new = Running::start(new_options, &[pid]);
+    // The old agent answers on the socket until the newer one has replaced it.
+    new.wait_for("the newer agent on the socket", || {
+        counters(&new)["agent"]["handover"]["taken_over"] == 1
+    });
+    let mut new_view = Stream::open(&new, 1, pid, Origin::Connect);
+    new_view.positions = old_view.positions;
+    let (second, second_answer) = send_and_answer_of(2, "7F00000100000002");
+    for (daemon, view) in [(&old, &mut old_view), (&new, &mut new_view)] {
+        view.bytes(daemon, Direction::Ingress, &first_answer);
+        view.bytes(daemon, Direction::Egress, &second);
+        view.bytes(daemon, Direction::Ingress, &second_answer);
+    }
+    new.wait_for("the second send's span", || {
+        sent_ids(&new_output).len() == 1
+    });
+    old.wait_for("the first send's span", || sent_ids(&old_output).len() == 1);
+    old.stop().unwrap();
+    assert_eq!(sent_ids(&old_output), ["\"7F00000100000001\""]);
+    assert!(
+        new.socket.exists(),
+        "the old agent left the newer one's control socket in place"
+    );
+    let counted = counters(&new);
+    assert_eq!(
+        counted["pipeline"]["correlation"]["sends"], 1,
+        "{counted:#}"
+    );
+    new.stop().unwrap();
+    assert_eq!(sent_ids(&new_output), ["\"7F00000100000002\""]);
+}
+
+#[test]
+fn an_agent_that_handed_over_refuses_a_second_successor_and_another_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Running::start(options(dir.path()), &[]);
+    let hand_over = |protocol| Request::HandOver {
+        protocol,
+        successor_pid: 1,
+        from_ns: 0,
+    };
+    let refused = daemon.ask(hand_over(HANDOVER_PROTOCOL + 1)).unwrap_err();
+    assert!(
+        format!("{refused:#}").contains(&format!("hands over by protocol {HANDOVER_PROTOCOL}")),
+        "{refused:#}"
+    );
+    assert!(matches!(
+        daemon.ask(hand_over(HANDOVER_PROTOCOL)),
+        Ok(Response::HandedOver { .. })
+    ));
+    let refused = daemon.ask(hand_over(HANDOVER_PROTOCOL)).unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("handed over to pid 1 already"),
+        "{refused:#}"
+    );
+    assert_eq!(counters(&daemon)["agent"]["handover"]["handed_over"], 1);
 }

@@ -72,6 +72,9 @@ pub trait Capture {
         Ok(self.counters()?.get(Counter::RecordsLost))
     }
 
+    /// Holds no more processes at exec (a newer agent, which traces them, holds them now).
+    fn stop_holding(&mut self) -> anyhow::Result<()>;
+
     /// Connected sockets let go of at once because they are not TCP.
     fn non_tcp_sockets(&self) -> u64;
 

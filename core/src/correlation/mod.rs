@@ -106,6 +106,9 @@ pub struct CorrelationCounters {
     pub settles_unresolved: u64,
     /// Requests forgotten, oldest first, beyond the count or memory share of those waiting.
     pub pending_evicted: u64,
+    /// Requests made while another agent owned the host's traffic (before this one took over
+    /// from it, or after this one handed over to it): that agent makes their events.
+    pub left_to_other_agent: u64,
     /// Received messages forgotten (their settlements then go unresolved), oldest first.
     pub received_evicted: u64,
     /// Sent messages forgotten (a later retry of one is then a send of its own), oldest first.
@@ -183,6 +186,10 @@ pub struct Correlator {
     /// Processes seen forwarding what clients sent them (relays, sidecars, proxies).
     forwarders: HashSet<u32>,
     lags: lag::Lags,
+    /// The requests whose events this agent makes, by when they were made (the sources'
+    /// clock): all, unless it took over from another agent or handed over to one. The other
+    /// agent makes the rest; every request is seen whole by one of them.
+    owned: std::ops::Range<u64>,
     counters: CorrelationCounters,
 }
 
@@ -205,8 +212,33 @@ impl Correlator {
             served: crate::FastMap::default(),
             forwarders: HashSet::new(),
             lags: lag::Lags::default(),
+            owned: 0..u64::MAX,
             counters: CorrelationCounters::default(),
         }
+    }
+
+    /// Another agent made the events of requests made before `from_ns` (the sources' clock):
+    /// it saw them whole, this one perhaps not.
+    pub fn take_over_at(&mut self, from_ns: u64) {
+        self.owned.start = from_ns;
+    }
+
+    /// Another agent makes the events of requests made from `from_ns` on: this one sees what
+    /// it still owns to the end, the other sees those whole.
+    pub fn hand_over_at(&mut self, from_ns: u64) {
+        self.owned.end = from_ns;
+    }
+
+    /// Requests waiting whose events are this agent's to make.
+    pub fn waiting_owned(&self) -> usize {
+        self.pending
+            .iter()
+            .filter(|(_, pending)| self.owns(pending))
+            .count()
+    }
+
+    fn owns(&self, pending: &Pending) -> bool {
+        self.owned.contains(&pending.request.command.start_ns)
     }
 
     /// Keeps within these shares of the memory budget.
@@ -386,6 +418,7 @@ impl Correlator {
             let pending = self.pending.remove(&key).expect("listed");
             let end = match self.missed(&pending).or(Unseen::of(cause)) {
                 Some(reason) => Unanswered::Unseen(reason),
+                None if !self.owns(&pending) => Unanswered::Closed,
                 None => {
                     let long_poll = pending
                         .request
@@ -414,7 +447,7 @@ impl Correlator {
         for key in self.keys_where(|_, p| p.deadline_ns <= now_ns) {
             let pending = self.pending.remove(&key).expect("listed");
             let missed = self.missed(&pending);
-            if missed.is_none() {
+            if missed.is_none() && self.owns(&pending) {
                 self.counters.timeouts += 1;
             }
             let end = missed.map_or(Unanswered::TimedOut, Unanswered::Unseen);

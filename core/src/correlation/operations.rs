@@ -43,6 +43,10 @@ impl Correlator {
             self.counters.serving_process_requests += 1;
             return;
         }
+        // Another agent's request still passes through the indexes (a later settlement or
+        // retry of its message is this agent's), but makes no events here.
+        let owned = self.owned.contains(&request.command.start_ns);
+        let (made_before, counted_before) = (out.len(), (!owned).then(|| self.counters.clone()));
         let step = self.step(&request, response.as_ref(), unanswered);
         // The response's messages move into the events: not cloned, one by one.
         let (pulled, result) = match response.map(|r| r.operation) {
@@ -77,6 +81,11 @@ impl Correlator {
             }
             Operation::EndTransaction(tx) => self.transaction_ended(tx, step, out),
             _ => {}
+        }
+        if let Some(counted) = counted_before {
+            self.counters = counted;
+            self.counters.left_to_other_agent += 1;
+            out.truncate(made_before);
         }
     }
 

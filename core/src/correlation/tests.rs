@@ -729,6 +729,47 @@ fn a_close_after_lost_records_is_unseen_one_after_an_earlier_loss_an_error() {
     assert_eq!(pipeline.counters().correlation.closed_unanswered, 1);
 }
 
+/// Two agents see the same connection across a hand-over at `at_ns`: the old one makes the
+/// events of requests made before it, the new one those made from it on, each seen whole.
+#[test]
+fn across_a_hand_over_each_request_is_traced_by_one_agent() {
+    // Frames at 1, 2, ... ms: S2's request at 3 ms is answered after the hand-over at 3.5 ms.
+    let at_ns = 3_500_000;
+    let run = |old: bool| {
+        let mut harness = Harness::new(DecoderConfig::default());
+        if old {
+            harness.pipeline.hand_over_at(at_ns);
+        } else {
+            harness.pipeline.take_over_at(at_ns);
+        }
+        let id = harness.open(1, 0, Origin::Connect);
+        let mut waiting = Vec::new();
+        for (opaque, key) in [(1, "S1"), (2, "S2"), (3, "S3")] {
+            harness.frame(id, UP, &single_send(opaque, key));
+            waiting.push(harness.pipeline.waiting_owned());
+            harness.frame(id, DOWN, &ok_response(opaque, &[("msgId", key)]));
+        }
+        let (spans, pipeline) = harness.finish();
+        let keys: Vec<String> = spans
+            .iter()
+            .map(|s| match attr(s, "messaging.message.id") {
+                Some(Value::String(key)) => key.to_string(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        (keys, waiting, pipeline.counters().correlation)
+    };
+    let (old_keys, old_waiting, old) = run(true);
+    let (new_keys, new_waiting, new) = run(false);
+    assert_eq!(old_keys, ["S1", "S2"]);
+    assert_eq!(new_keys, ["S3"]);
+    // The old agent waits for S2 at its end; the new one for none of the old one's.
+    assert_eq!(old_waiting, [1, 1, 0]);
+    assert_eq!(new_waiting, [0, 0, 1]);
+    assert_eq!((old.sends, old.left_to_other_agent), (2, 1));
+    assert_eq!((new.sends, new.left_to_other_agent), (1, 2));
+}
+
 #[test]
 fn a_connection_closed_before_the_answer_with_nothing_missed_is_an_error() {
     let mut harness = Harness::new(DecoderConfig::default());

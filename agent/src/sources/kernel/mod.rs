@@ -689,6 +689,10 @@ impl<T: KernelTables, H: Host> Capture for KernelCapture<T, H> {
         self.handed_out();
     }
 
+    fn stop_holding(&mut self) -> anyhow::Result<()> {
+        self.tables.set_holding(false)
+    }
+
     fn non_tcp_sockets(&self) -> u64 {
         self.non_tcp_sockets
     }
