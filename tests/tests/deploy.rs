@@ -452,3 +452,588 @@ fn a_real_prometheus_scrapes_the_agent_and_the_rules_and_dashboard_name_real_met
     .unwrap();
     agent.stop();
 }
+
+// The Helm chart, deploy/helm/mqtrace: linted, rendered and validated with a real helm, and its
+// default rendering held to deploy/kubernetes object for object.
+
+/// The helm the chart is checked with, built from its Go module (helm's releases are not on the
+/// package registries this runs next to; the Go module proxy is).
+const HELM_MODULE: &str = "helm.sh/helm/v4";
+const HELM_VERSION: &str = "v4.3.2";
+const CHART: &str = "deploy/helm/mqtrace";
+/// The release name and namespace that give deploy/kubernetes' names.
+const RELEASE: &str = "mqtrace";
+const NAMESPACE: &str = "mqtrace";
+/// Every option the chart has off by default.
+const ALL_OPTIONS: &str =
+    "podMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true";
+/// The labels Helm's release bookkeeping adds to every object's metadata, with their values
+/// for RELEASE; nothing else in a default rendering may differ from deploy/kubernetes.
+const HELM_LABELS: &[(&str, &str)] = &[
+    ("helm.sh/chart", "mqtrace-0.1.0"),
+    ("app.kubernetes.io/managed-by", "Helm"),
+    ("app.kubernetes.io/instance", RELEASE),
+];
+
+fn go() -> PathBuf {
+    let installed = Path::new("/usr/local/go/bin/go");
+    if installed.exists() {
+        installed.to_path_buf()
+    } else {
+        PathBuf::from("go")
+    }
+}
+
+/// Builds helm into the user's cache once (`go install` from the module proxy, with the Go
+/// that is installed: GOTOOLCHAIN=local) and returns its path. The binary is built into a
+/// directory of its own and moved into place, so that an interrupted build is never taken for
+/// a finished one.
+fn helm() -> PathBuf {
+    static HELM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    HELM.get_or_init(|| {
+        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+        let dir = home
+            .join(".cache/mqtrace")
+            .join(format!("helm-{HELM_VERSION}"));
+        let bin = dir.join("helm");
+        if !bin.exists() {
+            let staging = home.join(".cache/mqtrace").join(format!(
+                "helm-{HELM_VERSION}.partial-{}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&staging);
+            std::fs::create_dir_all(&staging).unwrap();
+            let started = std::time::Instant::now();
+            let out = Command::new(go())
+                .args(["install", &format!("{HELM_MODULE}/cmd/helm@{HELM_VERSION}")])
+                .env("GOBIN", &staging)
+                .env("GOTOOLCHAIN", "local")
+                // The user's flags (a -mod=vendor, say) have no say over a module@version build.
+                .env("GOFLAGS", "")
+                .current_dir(&staging)
+                .output()
+                .expect("Go (/usr/local/go/bin/go or go on PATH) to build helm");
+            assert!(
+                out.status.success(),
+                "go install {HELM_MODULE}/cmd/helm@{HELM_VERSION}: {}",
+                show(&out)
+            );
+            eprintln!(
+                "built helm {HELM_VERSION} in {:.0?} into {}",
+                started.elapsed(),
+                dir.display()
+            );
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::rename(staging.join("helm"), &bin).unwrap();
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        // The binary is the module version asked for, not a stale one.
+        let out = Command::new(go())
+            .args(["version", "-m"])
+            .arg(&bin)
+            .output()
+            .unwrap();
+        assert!(
+            show(&out).contains(&format!("{HELM_MODULE}\t{HELM_VERSION}")),
+            "{}: {}",
+            bin.display(),
+            show(&out)
+        );
+        bin
+    })
+    .clone()
+}
+
+/// helm in the repository; lint and template read no cluster.
+fn run_helm(args: &[&str]) -> Output {
+    Command::new(helm())
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap()
+}
+
+/// `helm template` of the chart as RELEASE in NAMESPACE, with `extra` arguments.
+fn helm_template(extra: &[&str]) -> String {
+    let mut args = vec!["template", RELEASE, CHART, "--namespace", NAMESPACE];
+    args.extend_from_slice(extra);
+    let out = run_helm(&args);
+    assert!(out.status.success(), "helm {args:?}: {}", show(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The YAML documents of `text` as JSON values, read by PyYAML (which kubernetes-validate
+/// brings into its directory), empty documents left out.
+fn yaml_documents(text: &str) -> Vec<serde_json::Value> {
+    use std::io::Write;
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml\n\
+             json.dump([d for d in yaml.safe_load_all(sys.stdin) if d is not None], sys.stdout)",
+        ])
+        .env("PYTHONPATH", kubernetes_validate())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(text.as_bytes()).unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "PyYAML: {}\n{text}", show(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+type Objects = std::collections::BTreeMap<(String, String), serde_json::Value>;
+
+/// Objects by kind and name; a kind and name twice is an error.
+fn by_kind_and_name(documents: Vec<serde_json::Value>) -> Objects {
+    let mut objects = Objects::new();
+    for object in documents {
+        let key = (
+            object["kind"].as_str().unwrap().to_string(),
+            object["metadata"]["name"].as_str().unwrap().to_string(),
+        );
+        assert!(
+            objects.insert(key.clone(), object).is_none(),
+            "{key:?} twice"
+        );
+    }
+    objects
+}
+
+fn object<'a>(objects: &'a Objects, kind: &str, name: &str) -> &'a serde_json::Value {
+    objects
+        .get(&(kind.to_string(), name.to_string()))
+        .unwrap_or_else(|| panic!("no {kind} {name} in {:?}", objects.keys()))
+}
+
+/// The object as deploy/kubernetes would have it: Helm's labels taken off its metadata (each
+/// one checked to be there, with its value) and the config checksum off a pod template.
+fn without_helm(mut object: serde_json::Value) -> serde_json::Value {
+    let what = format!("{} {}", object["kind"], object["metadata"]["name"]);
+    let labels = object["metadata"]["labels"]
+        .as_object_mut()
+        .unwrap_or_else(|| panic!("{what} has no labels"));
+    for (label, value) in HELM_LABELS {
+        assert_eq!(
+            labels.remove(*label).as_ref().and_then(|v| v.as_str()),
+            Some(*value),
+            "{what}: label {label}"
+        );
+    }
+    if labels.is_empty() {
+        object["metadata"].as_object_mut().unwrap().remove("labels");
+    }
+    // (pointer_mut, not indexing, which would add the path to objects without a pod template)
+    if let Some(annotations) = object
+        .pointer_mut("/spec/template/metadata/annotations")
+        .and_then(|a| a.as_object_mut())
+    {
+        let checksum = annotations
+            .remove("checksum/config")
+            .unwrap_or_else(|| panic!("{what}: no checksum/config on the pods"));
+        let checksum = checksum.as_str().unwrap();
+        assert!(
+            checksum.len() == 64 && checksum.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{what}: checksum/config {checksum}"
+        );
+    }
+    object
+}
+
+fn pretty(value: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(value).unwrap()
+}
+
+/// The DaemonSet pods' checksum/config annotation in a rendering.
+fn config_checksum(rendered: &str) -> String {
+    let objects = by_kind_and_name(yaml_documents(rendered));
+    object(&objects, "DaemonSet", RELEASE)["spec"]["template"]["metadata"]["annotations"]
+        ["checksum/config"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The ConfigMap's mqtrace.toml in a rendering.
+fn rendered_config(rendered: &str) -> String {
+    let objects = by_kind_and_name(yaml_documents(rendered));
+    object(&objects, "ConfigMap", &format!("{RELEASE}-config"))["data"]["mqtrace.toml"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(bytes).unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn helm_chart_lints_strictly_with_and_without_the_options() {
+    for extra in [&[][..], &["--set", ALL_OPTIONS][..]] {
+        let mut args = vec!["lint", "--strict", CHART];
+        args.extend_from_slice(extra);
+        let out = run_helm(&args);
+        assert!(out.status.success(), "helm {args:?}: {}", show(&out));
+        assert!(
+            show(&out).contains("1 chart(s) linted, 0 chart(s) failed")
+                && !show(&out).contains("[WARNING]")
+                && !show(&out).contains("[ERROR]"),
+            "helm {args:?}: {}",
+            show(&out)
+        );
+    }
+    // values.schema.json holds the values to their types and names: what lint, install and
+    // upgrade refuse.
+    for (set, refusal) in [
+        (
+            "podMonitor.enabled=yes",
+            "at '/podMonitor/enabled': got string, want boolean",
+        ),
+        ("image.tag=5", "at '/image/tag': got number, want string"),
+        (
+            "podMonitr.enabled=true",
+            "additional properties 'podMonitr' not allowed",
+        ),
+        ("updateStrategy.type=Recreate", "/updateStrategy/type"),
+    ] {
+        let out = run_helm(&["lint", "--strict", CHART, "--set", set]);
+        assert!(!out.status.success(), "--set {set}: {}", show(&out));
+        assert!(show(&out).contains(refusal), "--set {set}: {}", show(&out));
+    }
+    // The chart's appVersion, the image's default tag, is the agent's version (the workspace's).
+    let chart =
+        yaml_documents(&std::fs::read_to_string(repo().join(CHART).join("Chart.yaml")).unwrap());
+    assert_eq!(chart[0]["apiVersion"], "v2");
+    assert_eq!(chart[0]["name"], "mqtrace");
+    assert_eq!(chart[0]["version"], "0.1.0");
+    assert_eq!(chart[0]["appVersion"], env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn helm_renderings_validate_against_the_api_schemas() {
+    let dir = std::env::temp_dir().join(format!("mqtrace-helm-render-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let builtin = [
+        "namespace/mqtrace",
+        "serviceaccount/mqtrace",
+        "configmap/mqtrace-config",
+        "daemonset/mqtrace",
+    ];
+    for (name, extra, passed) in [
+        ("default", &[][..], &builtin[..]),
+        (
+            "all-options",
+            &["--set", ALL_OPTIONS][..],
+            &[&builtin[..], &["configmap/mqtrace-dashboard"]].concat()[..],
+        ),
+    ] {
+        let file = dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, helm_template(extra)).unwrap();
+        for version in ["1.29.0", "1.37.0"] {
+            let out = validate(&[&file], version);
+            let text = show(&out);
+            assert!(out.status.success(), "{name}, Kubernetes {version}: {text}");
+            assert!(
+                !text.contains("ERROR"),
+                "{name}, Kubernetes {version}: {text}"
+            );
+            for resource in passed {
+                assert!(
+                    text.contains(&format!("passed for resource {resource} ")),
+                    "{name}, Kubernetes {version}: {resource}: {text}"
+                );
+            }
+            // Every object is one of those, or one of the Prometheus Operator's, which the
+            // Kubernetes schemas do not have: the validator skips those with a warning, so they
+            // are checked against deploy/prometheus below instead.
+            let objects = text
+                .lines()
+                .filter(|l| l.starts_with("INFO ") || l.starts_with("WARN "))
+                .count();
+            let custom = if name == "default" { 0 } else { 2 };
+            assert_eq!(
+                objects,
+                passed.len() + custom,
+                "{name}, Kubernetes {version}: {text}"
+            );
+            for kind in ["PodMonitor", "PrometheusRule"] {
+                assert_eq!(
+                    text.contains(&format!(
+                        "Couldn't find schema for kind {kind} with api version monitoring.coreos.com/v1"
+                    )),
+                    custom > 0,
+                    "{name}, Kubernetes {version}: {text}"
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // The custom resources are deploy/prometheus' PodMonitor and its rules wrapped in a
+    // PrometheusRule; the dashboard ConfigMap carries deploy/grafana's file for Grafana's
+    // sidecar.
+    let objects = by_kind_and_name(yaml_documents(&helm_template(&["--set", ALL_OPTIONS])));
+    let podmonitor = yaml_documents(
+        &std::fs::read_to_string(repo().join("deploy/prometheus/podmonitor.yaml")).unwrap(),
+    )
+    .remove(0);
+    assert_eq!(
+        without_helm(object(&objects, "PodMonitor", RELEASE).clone()),
+        podmonitor,
+        "the chart's PodMonitor is deploy/prometheus/podmonitor.yaml"
+    );
+    let rules = yaml_documents(
+        &std::fs::read_to_string(repo().join("deploy/prometheus/mqtrace-rules.yaml")).unwrap(),
+    )
+    .remove(0);
+    let rule = without_helm(object(&objects, "PrometheusRule", RELEASE).clone());
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(
+        rule["metadata"]["labels"],
+        serde_json::json!({"app.kubernetes.io/name": "mqtrace"})
+    );
+    assert_eq!(
+        rule["spec"],
+        serde_json::json!({"groups": rules["groups"]}),
+        "the PrometheusRule holds deploy/prometheus/mqtrace-rules.yaml's groups"
+    );
+    assert_eq!(rules["groups"][0]["rules"].as_array().unwrap().len(), 6);
+    let dashboard = object(&objects, "ConfigMap", &format!("{RELEASE}-dashboard"));
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(dashboard["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(
+        dashboard["data"]["mqtrace-dashboard.json"]
+            .as_str()
+            .unwrap(),
+        std::fs::read_to_string(repo().join("deploy/grafana/mqtrace-dashboard.json")).unwrap(),
+        "the dashboard ConfigMap holds deploy/grafana/mqtrace-dashboard.json as it is"
+    );
+    // Without the options, none of them.
+    let default = by_kind_and_name(yaml_documents(&helm_template(&[])));
+    for (kind, name) in [
+        ("PodMonitor", RELEASE.to_string()),
+        ("PrometheusRule", RELEASE.to_string()),
+        ("ConfigMap", format!("{RELEASE}-dashboard")),
+    ] {
+        assert!(
+            !default.contains_key(&(kind.to_string(), name.clone())),
+            "{kind} {name}"
+        );
+    }
+}
+
+#[test]
+fn helm_default_rendering_equals_the_kustomize_base() {
+    // deploy/kubernetes' kustomization only lists mqtrace.yaml, with no transformer: its
+    // output is that file's objects.
+    let kustomization = yaml_documents(
+        &std::fs::read_to_string(repo().join("deploy/kubernetes/kustomization.yaml")).unwrap(),
+    );
+    assert_eq!(
+        kustomization,
+        vec![serde_json::json!({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": ["mqtrace.yaml"],
+        })]
+    );
+    let kustomize = by_kind_and_name(yaml_documents(
+        &std::fs::read_to_string(repo().join("deploy/kubernetes/mqtrace.yaml")).unwrap(),
+    ));
+    let chart: Objects = by_kind_and_name(yaml_documents(&helm_template(&[])))
+        .into_iter()
+        .map(|(key, object)| (key, without_helm(object)))
+        .collect();
+    assert_eq!(
+        chart.keys().collect::<Vec<_>>(),
+        kustomize.keys().collect::<Vec<_>>(),
+        "the same objects"
+    );
+    for (key, object) in &kustomize {
+        assert!(
+            chart[key] == *object,
+            "{key:?} differs:\nchart:\n{}\nkustomize:\n{}",
+            pretty(&chart[key]),
+            pretty(object)
+        );
+    }
+}
+
+#[test]
+fn helm_release_name_and_namespace_reach_every_object() {
+    // Another release in another namespace: every object named after it and placed in it, and
+    // the references between them (volume, ServiceAccount, selectors) still meeting.
+    let rendered = {
+        let out = run_helm(&[
+            "template",
+            "tracing",
+            CHART,
+            "--namespace",
+            "observability",
+            "--set",
+            ALL_OPTIONS,
+        ]);
+        assert!(out.status.success(), "{}", show(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let objects = by_kind_and_name(yaml_documents(&rendered));
+    let names: Vec<(&str, &str)> = objects
+        .keys()
+        .map(|(kind, name)| (kind.as_str(), name.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("ConfigMap", "tracing-mqtrace-config"),
+            ("ConfigMap", "tracing-mqtrace-dashboard"),
+            ("DaemonSet", "tracing-mqtrace"),
+            ("Namespace", "observability"),
+            ("PodMonitor", "tracing-mqtrace"),
+            ("PrometheusRule", "tracing-mqtrace"),
+            ("ServiceAccount", "tracing-mqtrace"),
+        ]
+    );
+    for ((kind, name), object) in &objects {
+        if kind != "Namespace" {
+            assert_eq!(
+                object["metadata"]["namespace"], "observability",
+                "{kind} {name}"
+            );
+        }
+        assert_eq!(
+            object["metadata"]["labels"]["app.kubernetes.io/instance"], "tracing",
+            "{kind} {name}"
+        );
+    }
+    let daemonset = object(&objects, "DaemonSet", "tracing-mqtrace");
+    let pod = &daemonset["spec"]["template"];
+    assert_eq!(pod["spec"]["serviceAccountName"], "tracing-mqtrace");
+    assert_eq!(
+        pod["spec"]["volumes"][0]["configMap"]["name"],
+        "tracing-mqtrace-config"
+    );
+    assert_eq!(
+        daemonset["spec"]["selector"]["matchLabels"],
+        pod["metadata"]["labels"]
+    );
+    assert_eq!(
+        object(&objects, "PodMonitor", "tracing-mqtrace")["spec"]["selector"]["matchLabels"],
+        pod["metadata"]["labels"]
+    );
+
+    // In a namespace made beforehand, with an existing ServiceAccount: neither rendered.
+    let objects = by_kind_and_name(yaml_documents(&helm_template(&[
+        "--set",
+        "namespace.create=false,serviceAccount.create=false,serviceAccount.name=tracer",
+    ])));
+    assert!(
+        !objects
+            .keys()
+            .any(|(kind, _)| kind == "Namespace" || kind == "ServiceAccount")
+    );
+    assert_eq!(
+        object(&objects, "DaemonSet", RELEASE)["spec"]["template"]["spec"]["serviceAccountName"],
+        "tracer"
+    );
+}
+
+#[test]
+fn helm_config_change_rolls_the_pods() {
+    let default = helm_template(&[]);
+    // The checksum is the ConfigMap as rendered: Helm prints each template's text after its
+    // Source line.
+    let configmap = helm_template(&["--show-only", "templates/configmap.yaml"]);
+    let text = configmap
+        .split_once("# Source: mqtrace/templates/configmap.yaml\n")
+        .unwrap()
+        .1;
+    let text = format!("{}\n", text.trim_end_matches('\n'));
+    assert_eq!(config_checksum(&default), sha256(text.as_bytes()), "{text}");
+
+    // The default config is one the agent accepts, serving metrics on the port the pods
+    // declare and are probed and scraped on.
+    let config = rendered_config(&default);
+    let parsed = mqtrace::config::FileConfig::parse(&config).unwrap();
+    assert_eq!(parsed.metrics_address.unwrap().port(), 9464, "{config}");
+    assert_eq!(parsed.all, Some(true));
+
+    // Another config: another checksum, so `helm upgrade` replaces the pods.
+    let values =
+        std::env::temp_dir().join(format!("mqtrace-helm-values-{}.yaml", std::process::id()));
+    let changed = config.replace("journal_messages = 20000", "journal_messages = 50000");
+    assert_ne!(changed, config);
+    std::fs::write(
+        &values,
+        format!(
+            "config: |\n{}",
+            changed
+                .lines()
+                .map(|l| format!("  {l}\n"))
+                .collect::<String>()
+        ),
+    )
+    .unwrap();
+    let rendered = helm_template(&["--values", values.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&values);
+    assert_eq!(rendered_config(&rendered), changed);
+    assert_eq!(
+        mqtrace::config::FileConfig::parse(&changed)
+            .unwrap()
+            .journal_messages,
+        Some(50000)
+    );
+    assert_ne!(config_checksum(&rendered), config_checksum(&default));
+    // A change elsewhere leaves the checksum as it was (the pods roll for it anyway, their spec
+    // changing).
+    let retagged = helm_template(&["--set", "image.tag=0.1.1"]);
+    assert!(retagged.contains("image: mqtrace:0.1.1"));
+    assert_eq!(config_checksum(&retagged), config_checksum(&default));
+}
+
+#[test]
+fn helm_chart_copies_of_the_rules_and_dashboard_equal_the_originals() {
+    // Helm reads no file outside the chart: these are copies, kept byte for byte.
+    for (copy, original) in [
+        (
+            "files/mqtrace-rules.yaml",
+            "deploy/prometheus/mqtrace-rules.yaml",
+        ),
+        (
+            "files/mqtrace-dashboard.json",
+            "deploy/grafana/mqtrace-dashboard.json",
+        ),
+    ] {
+        let copy = repo().join(CHART).join(copy);
+        assert!(
+            std::fs::read(&copy).unwrap() == std::fs::read(repo().join(original)).unwrap(),
+            "{} differs from {original}: cp {original} {}",
+            copy.display(),
+            copy.display()
+        );
+    }
+    let files: Vec<String> = std::fs::read_dir(repo().join(CHART).join("files"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+}
