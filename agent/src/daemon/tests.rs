@@ -515,3 +515,31 @@ fn an_agent_that_handed_over_refuses_a_second_successor_and_another_protocol() {
     );
     assert_eq!(counters(&daemon)["agent"]["handover"]["handed_over"], 1);
 }
+
+#[test]
+fn a_running_agent_that_cannot_hand_over_is_counted_and_its_socket_taken() {
+    use std::io::{BufRead, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let options = options(dir.path());
+    // An agent of a version without hand-over: it answers every request it does not know so.
+    let listener = std::os::unix::net::UnixListener::bind(&options.control_socket).unwrap();
+    let old = std::thread::spawn(move || {
+        loop {
+            let (stream, _) = listener.accept().unwrap();
+            let mut request = String::new();
+            let _ = std::io::BufReader::new(&stream).read_line(&mut request);
+            let _ = (&stream).write_all(
+                b"{\"response\":\"error\",\"message\":\"not a request mqtrace understands\"}\n",
+            );
+            if request.contains("\"request\":\"hand_over\"") {
+                return request;
+            }
+        }
+    });
+    let new = Running::start(options, &[]);
+    let request = old.join().unwrap();
+    assert!(request.contains("\"protocol\":1"), "{request}");
+    let counted = counters(&new);
+    assert_eq!(counted["agent"]["handover"]["refused"], 1, "{counted:#}");
+    assert_eq!(counted["agent"]["handover"]["taken_over"], 0, "{counted:#}");
+}
