@@ -1387,3 +1387,102 @@ async fn a_jsse_client_stays_dark_and_the_brokers_side_is_traced() {
     .await
     .unwrap();
 }
+
+/// What a Java team running Apache RocketMQ 5 sees across an upgrade of the agent: the 5.x
+/// gRPC client over TLS through the cluster-mode proxy, its producer and consumer at work, a
+/// newer agent started beside the running one, which is stopped 3 s later: every message has
+/// one complete trace made of the two agents' spans, none twice, the broker's view included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_upgrade_mid_traffic_over_tls_through_the_proxy_loses_no_span() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    tokio::task::spawn_blocking(|| {
+        let cluster = Cluster::start(Release::V5, Topology::ProxyCluster).unwrap();
+        let (old, old_output) = tracing_agent("apache5-upgrade-old");
+        let new_output = ScratchFile::new("apache5-upgrade-new-spans.jsonl");
+        let topic = "UpgradeGrpcTls";
+        cluster.make_topic(topic, "NORMAL").unwrap();
+        let group = format!("{topic}Group");
+        cluster.make_group(&group, false).unwrap();
+        let endpoint = cluster.grpc_endpoint();
+        let count = "3000";
+        let mut consumer = Client::JavaGrpc.command(true, "GrpcSimpleConsumer");
+        consumer.args(["--endpoint", &endpoint, "--topic", topic, "--group", &group]);
+        consumer.args(["--expect", count, "--tls"]);
+        let mut producer = Client::JavaGrpc.command(false, "");
+        producer.args(["--endpoint", &endpoint, "--topic", topic, "--count", count]);
+        producer.args(["--mode", "normal", "--rate", "200", "--tls"]);
+        let consumer = std::thread::spawn(move || run_client(consumer));
+        let producer = std::thread::spawn(move || run_client(producer));
+        // Mid-traffic (the JVMs start within seconds; 3,000 messages take 15 s at 200/s).
+        std::thread::sleep(std::time::Duration::from_secs(9));
+        let new = Agent::start_successor(
+            "apache5-upgrade-new",
+            &old,
+            &["--all", "--output", new_output.0.to_str().unwrap()],
+        );
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let old_log = old.stop();
+        let produced = producer.join().unwrap();
+        let consumed = consumer.join().unwrap();
+        let new_log = new.stop();
+        let run = Run {
+            name: "Java gRPC 5.x over TLS, the agent upgraded mid-traffic".into(),
+            topic: topic.into(),
+            sent: ids(&produced),
+            deliveries: group_deliveries(consumed.iter().map(|line| grpc_delivery(topic, line))),
+            each_message_also: Vec::new(),
+        };
+        assert_eq!(run.sent.len(), 3000, "every send answered");
+        let (old_spans, new_spans) = (read_span_file(&old_output.0), read_span_file(&new_output.0));
+        let by_old: BTreeSet<&str> = old_spans
+            .iter()
+            .filter(|s| s["kind"] == "PRODUCER")
+            .map(|s| attr(s, "messaging.message.id"))
+            .collect();
+        println!(
+            "upgrade: {} sent; spans by the old agent {}, by the new {}; sends traced by the old {}",
+            run.sent.len(),
+            old_spans.len(),
+            new_spans.len(),
+            run.sent.iter().filter(|id| by_old.contains(id.as_str())).count()
+        );
+        let old_counters = mqtrace_tests::agent::final_counters(&old_log);
+        let new_counters = mqtrace_tests::agent::final_counters(&new_log);
+        println!(
+            "old agent: {}; new agent: {}, TLS {}",
+            old_counters["agent"]["handover"],
+            new_counters["agent"]["handover"],
+            new_counters["agent"]["tls"]
+        );
+        assert_eq!(old_counters["agent"]["handover"]["handed_over"], 1);
+        assert_eq!(new_counters["agent"]["handover"]["taken_over"], 1);
+        assert!(
+            !new_spans.is_empty() && !by_old.is_empty(),
+            "each agent traced its part"
+        );
+        // The newer agent reads the TLS connections open before it started.
+        assert!(
+            new_counters["agent"]["tls"]["connections_bound"].as_u64() >= Some(2),
+            "{}",
+            new_counters["agent"]["tls"]
+        );
+        let spans: Vec<Value> = old_spans.into_iter().chain(new_spans).collect();
+        // The client spans are the clients' own, read through their TLS library: not the
+        // proxy's requests to the broker taken for a client's.
+        for span in spans.iter().filter(|s| {
+            s["kind"] != "SERVER" && attr(s, "messaging.destination.name") == topic
+        }) {
+            let service = span["resource"]["service.name"].as_str().unwrap_or_default();
+            assert!(
+                ["mqtrace.apps.GrpcProducer", "mqtrace.apps.GrpcSimpleConsumer"]
+                    .contains(&service)
+                    && attr(span, "mqtrace.capture") == "tls-uprobe",
+                "{span}"
+            );
+        }
+        let logs = format!("old agent:\n{old_log}\nnew agent:\n{new_log}");
+        assert_traced(&[run], &spans, &logs, cluster.broker_pid());
+    })
+    .await
+    .unwrap();
+}

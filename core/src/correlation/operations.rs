@@ -7,7 +7,7 @@ use super::{
     Correlator, Counted, MessageEvent, MessageLabels, Outcome, ReceiveEvent, SendEvent,
     SettleEvent, Settlement, Step, Unanswered,
     index::Received,
-    message_key::{received_message_key, sent_message_key},
+    message_key::{received_message_key, sent_message_key, settled_message_key},
 };
 use crate::{
     decoder::{
@@ -192,7 +192,17 @@ impl Correlator {
             _ if !ack.message_ids.is_empty() => ack
                 .message_ids
                 .iter()
-                .map(|id| received.by_any_id(id))
+                .map(|id| {
+                    // A message received before this agent saw its connection (it started,
+                    // or took over, in between) is still named by its ID, without labels.
+                    received.by_any_id(id).or_else(|| {
+                        Some(Rc::new(Received {
+                            key: settled_message_key(id).into(),
+                            labels: MessageLabels::default(),
+                            reconsume_times: None,
+                        }))
+                    })
+                })
                 .collect(),
             (Some(topic), Some(queue), Some(offset)) => {
                 vec![received.by_position(topic, queue, offset)]

@@ -1314,6 +1314,38 @@ fn a_gap_in_what_the_broker_wrote_leaves_its_answer_unseen() {
     assert_eq!(spans[0].kind, SpanKind::Server);
 }
 
+/// A 5.x consumer acks a message it received before this agent saw its connection (it started,
+/// or took over from another, in between): the ack still settles the message by its ID.
+#[test]
+fn a_grpc_ack_of_a_message_received_unseen_settles_it_by_its_id() {
+    use crate::decoder::grpc::{
+        encode::{self as grpc, Conversation},
+        proto,
+    };
+    let mut harness = Harness::new(DecoderConfig::default());
+    let mut consumer = Conversation::new();
+    let ack = proto::AckMessageRequest {
+        group: grpc::resource("workers"),
+        topic: grpc::resource("orders"),
+        entries: vec![proto::AckMessageEntry {
+            message_id: "U1".into(),
+            receipt_handle: "rh".into(),
+        }],
+    };
+    consumer.request(1, "AckMessage", &ack);
+    let status = proto::StatusResponse { status: grpc::ok() };
+    consumer.response(1, &[grpc::grpc(&status)], "0");
+    let receiver = harness.open(1, 13, Origin::Connect);
+    harness.frame(receiver, UP, &consumer.client);
+    harness.frame(receiver, DOWN, &consumer.server);
+    let (spans, pipeline) = harness.finish();
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    assert_eq!(spans[0].name, "ack orders");
+    assert_eq!(spans[0].trace_id, TraceId::for_message("U1"));
+    assert_eq!(spans[0].parent_span_id, Some(SpanId::for_send("U1")));
+    assert_eq!(pipeline.counters().correlation.settles_unresolved, 0);
+}
+
 /// A RocketMQ 5 client sends through a proxy (gRPC in, remoting out) and acks over gRPC; a
 /// remoting consumer pulls the same message: one trace, the proxy in it nowhere.
 #[test]

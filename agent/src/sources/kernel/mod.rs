@@ -335,13 +335,27 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
         let mut events = std::mem::take(&mut self.pending);
         self.read_now(&mut events);
         let timestamp_ns = self.host.now_ns();
-        events.extend(closed.into_iter().map(|connection| SourceEvent::Closed {
-            connection,
-            final_positions: None,
-            timestamp_ns,
-            cause,
-        }));
         self.pending = events;
+        self.queue(
+            closed
+                .into_iter()
+                .map(|connection| SourceEvent::Closed {
+                    connection,
+                    final_positions: None,
+                    timestamp_ns,
+                    cause,
+                })
+                .collect(),
+        );
+    }
+
+    /// Queues events user space made (sockets found in /proc, connections it ended) to be
+    /// handed out first, through the TLS binder as the ring's are: it must know a connection
+    /// open before the agent started to bind it, and end a bound one's plaintext with it.
+    fn queue(&mut self, mut events: Vec<SourceEvent>) {
+        let mut bound = Vec::new();
+        self.binder.bind(&mut events, 0, Vec::new(), &mut bound);
+        self.pending.append(&mut events);
     }
 
     /// Adds the established TCP sockets `pid` has now to the kernel's socket table.
@@ -365,7 +379,7 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
                 continue; // already tracked (connected during the scan) or table full
             }
             self.pids_with_sockets.insert(pid);
-            self.pending.push(SourceEvent::Opened(Connection {
+            self.queue(vec![SourceEvent::Opened(Connection {
                 id: ConnectionId(id),
                 pid,
                 fd: socket.fd,
@@ -374,7 +388,7 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
                 peer: Some(socket.peer),
                 timestamp_ns: self.host.now_ns(),
                 seen_as: SeenAs::Plain,
-            }));
+            })]);
         }
         Ok(())
     }

@@ -398,6 +398,42 @@ fn a_tls_library_loaded_later_is_probed_and_its_plaintext_bound_to_the_socket() 
     assert_eq!(capture.tls_counters().probes, 0);
 }
 
+/// A TLS connection open before the agent started (an upgrade, a restart: gRPC clients keep
+/// theirs for hours) is bound by the ciphertext written on it, as a new one is: the binder
+/// knows the connections found in /proc too.
+#[test]
+fn a_tls_connection_open_before_the_agent_started_is_bound() {
+    let mut host = host();
+    host.libraries.insert(
+        CLIENT,
+        vec![tls_library("/tmp/libnetty_tcnative_linux_x86_64123.so")],
+    );
+    let mut capture = capture(true, host);
+    assert_eq!(opened_ids(&events(&mut capture)).len(), 2);
+    let id = capture.tables.sockets[&SocketKey { pid: CLIENT, fd: 3 }].connection_id;
+    let ssl = 0x7f55_0000_2000;
+    let record = [&[0x17, 0x03, 0x03, 0x00, 0x40][..], &[0x5a; 40]].concat();
+    capture.tables.tls_ciphertext(CLIENT, ssl, &record);
+    capture
+        .tables
+        .transfer((CLIENT, 3, id), Direction::Egress, 0, &record);
+    capture
+        .tables
+        .tls_plaintext((CLIENT, ssl), Direction::Egress, 0, b"frame");
+    let out = events(&mut capture);
+    assert_eq!(
+        capture.tls_counters().binding.connections_bound,
+        1,
+        "{out:?}"
+    );
+    let plaintext = crate::sources::tls::plaintext_id(ConnectionId(id));
+    assert!(
+        out.iter().any(|e| matches!(e, SourceEvent::Data(chunk)
+            if chunk.connection == plaintext && chunk.bytes.as_ref() == b"frame")),
+        "{out:?}"
+    );
+}
+
 /// Tracing every process, a program's probes serve each process that runs it: attached once,
 /// counted for each.
 #[test]

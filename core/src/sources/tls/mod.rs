@@ -18,7 +18,7 @@ use bytes::Bytes;
 
 use mqtrace_protocol::Bounded;
 
-use super::{Connection, ConnectionId, Direction, SeenAs, SourceEvent};
+use super::{Connection, ConnectionId, Direction, Origin, SeenAs, SourceEvent};
 
 /// Bit set in the id of a connection's plaintext stream: the ciphertext connection's id with
 /// this bit (kernel ids count up from 1; sockets found in /proc have bit 63).
@@ -339,11 +339,12 @@ impl TlsBinder {
                 }
                 if self.withheld.contains_key(&chunk.connection)
                     || (chunk.position == 0
-                        && begins_tls(&chunk.bytes)
-                        && self
-                            .connections
-                            .get(&chunk.connection)
-                            .is_some_and(|c| self.probed.contains(&c.pid)))
+                        && self.connections.get(&chunk.connection).is_some_and(|c| {
+                            self.probed.contains(&c.pid)
+                                && (begins_tls(&chunk.bytes)
+                                    || (c.origin == Origin::Existing
+                                        && continues_tls(&chunk.bytes)))
+                        }))
                 {
                     self.withhold(event, out);
                     return;
@@ -505,6 +506,12 @@ fn payload_len(event: &SourceEvent) -> usize {
 /// A TLS handshake record (a client's or a server's hello): content type 22, version 3.x.
 fn begins_tls(bytes: &[u8]) -> bool {
     bytes.len() >= 3 && bytes[0] == 0x16 && bytes[1] == 0x03
+}
+
+/// Any TLS record (change cipher spec, alert, handshake, application data; version 3.x): how
+/// the bytes of a connection open before the agent started go on, when it is encrypted.
+fn continues_tls(bytes: &[u8]) -> bool {
+    bytes.len() >= 5 && (0x14..=0x17).contains(&bytes[0]) && bytes[1] == 0x03 && bytes[2] <= 0x04
 }
 
 /// A handshake record holding a ClientHello (handshake type 1): the start of a TLS connection

@@ -291,6 +291,63 @@ fn a_servers_connection_waits_for_its_binding() {
     assert_eq!(binder.counters().connections_unbound, 1);
 }
 
+/// A connection already encrypted when the agent started (a newer agent taking over, a
+/// restart: gRPC clients keep theirs for hours) goes on with application data, not a hello:
+/// in a probed process it too is kept back until a write binds it, not handed on to be taken
+/// for something other than RocketMQ and let go.
+#[test]
+fn a_connection_encrypted_before_the_agent_started_waits_for_its_binding() {
+    let mut binder = TlsBinder::new();
+    binder.set_probed(PID, true);
+    let SourceEvent::Opened(mut existing) = opened(CIPHER) else {
+        unreachable!()
+    };
+    existing.origin = Origin::Existing;
+    let (read, written) = (ciphertext(10), ciphertext(11));
+    let (out, bound) = run(
+        &mut binder,
+        vec![
+            SourceEvent::Opened(existing.clone()),
+            data(CIPHER, Direction::Ingress, 0, &read),
+            data(CIPHER, Direction::Egress, 0, &written),
+        ],
+        vec![
+            placed_before(plaintext(SSL, Direction::Ingress, 0, b"response"), 2),
+            placed_before(prefix_of(SSL, &written), 2),
+        ],
+    );
+    assert_eq!(bound, vec![CIPHER]);
+    assert_eq!(out.len(), 3, "{out:#?}");
+    assert_eq!(
+        out[2],
+        data(plaintext_id(CIPHER), Direction::Ingress, 0, b"response")
+    );
+
+    // Plain bytes of such a connection go on at once, as do a connection's made after the
+    // start that carry no hello.
+    let plain = ConnectionId(8);
+    existing.id = plain;
+    let request = data(
+        plain,
+        Direction::Egress,
+        0,
+        b"\x00\x00\x00\x20 remoting frame",
+    );
+    let (out, _) = run(
+        &mut binder,
+        vec![SourceEvent::Opened(existing), request.clone()],
+        vec![],
+    );
+    assert_eq!(out[1], request);
+    let later = ConnectionId(9);
+    let (out, _) = run(
+        &mut binder,
+        vec![opened(later), data(later, Direction::Ingress, 0, &read)],
+        vec![],
+    );
+    assert_eq!(out.len(), 2, "not kept back: {out:#?}");
+}
+
 /// The stages after the binder let a plaintext stream go (the server's side of a connection,
 /// say): its object's later records are dropped, not handed on for a connection already
 /// ended, and its ciphertext connection is named to be let go too.
