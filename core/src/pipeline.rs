@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     correlation::{
@@ -89,6 +89,15 @@ pub struct PipelineCounters {
     pub journal: JournalCounters,
     /// Per consumer group and queue: messages stored, not yet committed (gauges, labelled).
     pub consumer_lag: Vec<QueueLag>,
+}
+
+/// Processes that accept RocketMQ connections (brokers, proxies, relays) and those among them
+/// seen forwarding what their clients send, by pid: what an agent handing over tells the
+/// newer one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServingProcesses {
+    pub serving: Vec<u32>,
+    pub forwarding: Vec<u32>,
 }
 
 pub struct Pipeline {
@@ -222,6 +231,21 @@ impl Pipeline {
     /// Requests waiting whose events are this agent's to make.
     pub fn waiting_owned(&self) -> usize {
         self.correlator.waiting_owned()
+    }
+
+    /// The servers and forwarders among the processes seen.
+    pub fn serving_processes(&self) -> ServingProcesses {
+        ServingProcesses {
+            serving: self.decoders.serving_pids(),
+            forwarding: self.correlator.forwarding_pids(),
+        }
+    }
+
+    /// What another agent learnt of the processes' roles: this one would learn it only from
+    /// the traffic it sees, and take a proxy's requests for a client's meanwhile.
+    pub fn learn_serving_processes(&mut self, known: &ServingProcesses) {
+        self.decoders.learn_serving(&known.serving);
+        self.correlator.learn_forwarding(&known.forwarding);
     }
 
     /// What turns source timestamps into Unix time from now on: the wall clock is stepped and

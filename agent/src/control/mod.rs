@@ -80,10 +80,13 @@ pub enum Response {
     Journeys {
         journeys: Vec<Journey>,
     },
-    /// The running agent now traces only requests made before the hand-over.
+    /// The running agent now traces only requests made before the hand-over; `known`: the
+    /// processes it saw serving and forwarding RocketMQ connections.
     HandedOver {
         pid: u32,
         version: String,
+        #[serde(default)]
+        known: crate::pipeline::ServingProcesses,
     },
     Error {
         message: String,

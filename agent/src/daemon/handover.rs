@@ -8,6 +8,7 @@ use std::{path::Path, time::Duration};
 
 use crate::{
     control::{HANDOVER_PROTOCOL, Request, Response, client, server},
+    pipeline::ServingProcesses,
     sources::kernel::monotonic_ns,
 };
 
@@ -25,6 +26,7 @@ pub enum Predecessor {
         pid: u32,
         version: String,
         from_ns: u64,
+        known: ServingProcesses,
     },
     /// It could not hand over (another protocol, or no answer): both trace everything.
     Refused(String),
@@ -43,10 +45,15 @@ pub fn ask_running(socket: &Path) -> Predecessor {
         from_ns,
     };
     match client::send(socket, &request) {
-        Ok(Response::HandedOver { pid, version }) => Predecessor::HandedOver {
+        Ok(Response::HandedOver {
+            pid,
+            version,
+            known,
+        }) => Predecessor::HandedOver {
             pid,
             version,
             from_ns,
+            known,
         },
         Ok(other) => Predecessor::Refused(format!("it answered {other:?}")),
         Err(error) => Predecessor::Refused(format!("{error:#}")),

@@ -269,12 +269,15 @@ impl<C: Capture> Daemon<C> {
                 pid,
                 version,
                 from_ns,
+                known,
             } => {
                 self.pipeline.take_over_at(from_ns);
+                self.pipeline.learn_serving_processes(&known);
                 self.handover.taken_over = 1;
                 tracing::info!(
                     pid,
                     %version,
+                    serving = ?known.serving,
                     "took over from the running agent: it traces the requests made before, \
                      this one those made from now on"
                 );
@@ -326,6 +329,7 @@ impl<C: Capture> Daemon<C> {
         Ok(Response::HandedOver {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").into(),
+            known: self.pipeline.serving_processes(),
         })
     }
 

@@ -404,6 +404,18 @@ impl Correlator {
         self.forwarders.remove(&pid);
     }
 
+    /// Processes seen forwarding what their clients send.
+    pub fn forwarding_pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.forwarders.iter().copied().collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// These processes forward what their clients send, as another agent saw.
+    pub fn learn_forwarding(&mut self, pids: &[u32]) {
+        self.forwarders.extend(pids);
+    }
+
     /// The agent no longer follows `connection`: requests still waiting on it end, as
     /// unanswered when it closed with the agent seeing everything, else as unseen.
     pub fn ended(

@@ -770,6 +770,29 @@ fn across_a_hand_over_each_request_is_traced_by_one_agent() {
     assert_eq!((new.sends, new.left_to_other_agent), (1, 2));
 }
 
+/// A newer agent learns from the one handing over which processes serve (a proxy): their
+/// requests to the broker are never taken for a client's, even before it sees them serve.
+#[test]
+fn a_proxy_known_from_the_agent_handing_over_makes_no_client_spans() {
+    let mut old = Harness::new(DecoderConfig::default());
+    let accepted = old.open(2, 9, Origin::Accept);
+    old.frame(accepted, DOWN, &single_send(1, "R1"));
+    let known = old.pipeline.serving_processes();
+    assert_eq!(known.serving, [9]);
+    let forwarded = |learn: bool| {
+        let mut new = Harness::new(DecoderConfig::default());
+        if learn {
+            new.pipeline.learn_serving_processes(&known);
+        }
+        let upstream = new.open(3, 9, Origin::Connect);
+        new.frame(upstream, UP, &single_send(1, "R2"));
+        new.frame(upstream, DOWN, &ok_response(1, &[("msgId", "OFF")]));
+        new.finish().0.len()
+    };
+    assert_eq!(forwarded(false), 1, "taken for a client's send");
+    assert_eq!(forwarded(true), 0);
+}
+
 #[test]
 fn a_connection_closed_before_the_answer_with_nothing_missed_is_an_error() {
     let mut harness = Harness::new(DecoderConfig::default());

@@ -497,6 +497,18 @@ impl Decoders {
         self.servers.len()
     }
 
+    /// Their pids.
+    pub fn serving_pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.servers.iter().copied().collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// These processes accept RocketMQ connections, as another agent saw.
+    pub fn learn_serving(&mut self, pids: &[u32]) {
+        self.servers.extend(pids);
+    }
+
     /// Connections that turned out not to be RocketMQ, or to be seen from the broker's side,
     /// since the last call: the capture can stop copying them.
     pub fn take_rejected(&mut self) -> Vec<Connection> {
