@@ -44,6 +44,9 @@ pub struct HandoverCounters {
     pub refused: u64,
     /// Its own requests still unanswered when this agent, handed over, had to stop.
     pub unfinished_at_stop: u64,
+    /// Times the agent this one handed over to exited while this one ran: it traced
+    /// everything again.
+    pub taken_back: u64,
 }
 
 /// TLS plaintext capture: the probes on processes' TLS libraries and the binding of their
@@ -269,6 +272,11 @@ pub const COUNTERS: &[Declared] = &[
         "Running agents that could not hand over (another hand-over version, or not answering in time): both traced everything until the old one stopped, so messages of that time may be traced twice.",
     )
     .problem("a running agent could not hand over: messages may be traced twice until it stops"),
+    counter(
+        "/agent/handover/taken_back",
+        "Times the newer agent this one handed over to exited while this one ran: this one traces every request again; what the newer one had not finished is lost.",
+    )
+    .problem("the newer agent this one handed over to exited: this one traces everything again"),
     counter(
         "/agent/handover/unfinished_at_stop",
         "Requests an agent that had handed over still waited on when it had to stop: ended as agent_stopped.",

@@ -16,8 +16,17 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Sends one request to the daemon at `socket`; an `Error` response becomes an error.
 pub fn send(socket: &Path, request: &Request) -> anyhow::Result<Response> {
+    send_within(socket, request, ANSWER_TIMEOUT)
+}
+
+/// As [`send`], waiting at most `timeout` for the answer.
+pub fn send_within(
+    socket: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> anyhow::Result<Response> {
     let mut stream = UnixStream::connect(socket).map_err(|e| connect_error(socket, e))?;
-    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+    stream.set_read_timeout(Some(timeout))?;
     let mut line = serde_json::to_string(request)?;
     line.push('\n');
     stream.write_all(line.as_bytes())?;

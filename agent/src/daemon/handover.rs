@@ -16,6 +16,9 @@ use crate::{
 /// longest a broker holds a long poll (15 s for a pull, 20-30 s for 5.x receives).
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(35);
 
+/// How long the running agent may take to answer: it answers between two batches of events.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What the agent running when this one started agreed to.
 #[derive(Debug)]
 pub enum Predecessor {
@@ -44,7 +47,7 @@ pub fn ask_running(socket: &Path) -> Predecessor {
         successor_pid: std::process::id(),
         from_ns,
     };
-    match client::send(socket, &request) {
+    match client::send_within(socket, &request, ANSWER_TIMEOUT) {
         Ok(Response::HandedOver {
             pid,
             version,

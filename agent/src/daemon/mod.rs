@@ -85,8 +85,9 @@ struct Daemon<C> {
     started: Instant,
     metrics_address: SocketAddr,
     handover: HandoverCounters,
-    /// The newer agent this one handed over to.
-    successor: Option<u32>,
+    /// The newer agent this one handed over to, and whether this one sees it in its /proc
+    /// (the same pid namespace) to notice when it exits.
+    successor: Option<(u32, bool)>,
 }
 
 /// Runs the daemon on the kernel's capture until Ctrl-C or SIGTERM.
@@ -200,6 +201,7 @@ pub async fn serve(
             }
             _ = expiry.tick() => {
                 daemon.sweep_if_due()?;
+                daemon.check_successor();
                 daemon.pipeline.capture_lost(daemon.capture.records_lost()?);
                 // Spans carry Unix time as the wall clock says it now, not as it did at start.
                 daemon.pipeline.set_clock_offset(unix_minus_monotonic_ns());
@@ -307,19 +309,19 @@ impl<C: Capture> Daemon<C> {
                 env!("CARGO_PKG_VERSION")
             );
         }
-        if let Some(pid) = self.successor {
+        if let Some((pid, _)) = self.successor {
             anyhow::bail!("this agent has handed over to pid {pid} already");
         }
         self.pipeline.hand_over_at(from_ns);
         // The newer agent holds new processes until its probes are placed; this one would
         // continue them before.
-        if let Err(error) = self.capture.stop_holding() {
+        if let Err(error) = self.capture.hold_at_exec(false) {
             tracing::warn!(
                 error = format!("{error:#}"),
                 "processes may still be held at exec"
             );
         }
-        self.successor = Some(successor_pid);
+        self.successor = Some((successor_pid, process_visible(successor_pid)));
         self.handover.handed_over = 1;
         tracing::info!(
             successor_pid,
@@ -331,6 +333,31 @@ impl<C: Capture> Daemon<C> {
             version: env!("CARGO_PKG_VERSION").into(),
             known: self.pipeline.serving_processes(),
         })
+    }
+
+    /// The agent this one handed over to has exited (it failed, or was stopped): this one
+    /// traces every request again, those it still waits on included.
+    fn check_successor(&mut self) {
+        let Some((pid, true)) = self.successor else {
+            return;
+        };
+        if process_visible(pid) {
+            return;
+        }
+        self.successor = None;
+        self.pipeline.hand_over_at(u64::MAX);
+        if let Err(error) = self.capture.hold_at_exec(true) {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "processes are not held at exec"
+            );
+        }
+        self.handover.taken_back += 1;
+        tracing::warn!(
+            pid,
+            "the agent this one handed over to has exited: this one traces every request again \
+             (what that agent had not finished is lost)"
+        );
     }
 
     /// Handed over and stopping: reads on until the requests this agent owns are answered, or
@@ -458,6 +485,11 @@ fn save_rules(path: &Path, rules: &[SavedRule]) -> anyhow::Result<()> {
     std::fs::write(&temporary, serde_json::to_vec_pretty(rules)?)
         .and_then(|()| std::fs::rename(&temporary, path))
         .with_context(|| format!("keeping the rules in {}", path.display()))
+}
+
+/// Whether `pid` runs in this agent's pid namespace.
+fn process_visible(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Hands the pipeline's message events to the span thread.

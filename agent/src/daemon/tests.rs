@@ -543,3 +543,33 @@ fn a_running_agent_that_cannot_hand_over_is_counted_and_its_socket_taken() {
     assert_eq!(counted["agent"]["handover"]["refused"], 1, "{counted:#}");
     assert_eq!(counted["agent"]["handover"]["taken_over"], 0, "{counted:#}");
 }
+
+#[test]
+fn an_agent_whose_successor_exits_traces_everything_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = options(dir.path());
+    let output = options.output.clone().unwrap();
+    let pid = std::process::id();
+    let daemon = Running::start(options, &[pid]);
+    let successor = Sleeper::start();
+    let handed = daemon.ask(Request::HandOver {
+        protocol: HANDOVER_PROTOCOL,
+        successor_pid: successor.pid(),
+        from_ns: 0,
+    });
+    assert!(
+        matches!(handed, Ok(Response::HandedOver { .. })),
+        "{handed:?}"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(counters(&daemon)["agent"]["handover"]["taken_back"], 0);
+    drop(successor);
+    daemon.wait_for("the agent to take back what it handed over", || {
+        counters(&daemon)["agent"]["handover"]["taken_back"] == 1
+    });
+    let mut stream = Stream::open(&daemon, 1, pid, Origin::Connect);
+    let (send, answer) = send_and_answer();
+    stream.bytes(&daemon, Direction::Egress, &send);
+    stream.bytes(&daemon, Direction::Ingress, &answer);
+    daemon.wait_for("the send's span", || sent_ids(&output).len() == 1);
+}

@@ -72,8 +72,9 @@ pub trait Capture {
         Ok(self.counters()?.get(Counter::RecordsLost))
     }
 
-    /// Holds no more processes at exec (a newer agent, which traces them, holds them now).
-    fn stop_holding(&mut self) -> anyhow::Result<()>;
+    /// Holds processes at exec again (where it did at its start), or no more (a newer agent,
+    /// which traces them, holds them now).
+    fn hold_at_exec(&mut self, on: bool) -> anyhow::Result<()>;
 
     /// Connected sockets let go of at once because they are not TCP.
     fn non_tcp_sockets(&self) -> u64;

@@ -140,6 +140,9 @@ pub struct KernelCapture<T: KernelTables = EbpfTables, H: Host = ProcHost> {
     /// exit). Kept here, not in locals, so that they are continued at shutdown whatever
     /// happened.
     to_resume: Vec<(u32, u64)>,
+    /// Whether processes may be held at exec: the kernel and the agent's rights allow it, and
+    /// no process failed to be continued.
+    holding_allowed: bool,
 }
 
 /// What the capture attached to one process's TLS libraries.
@@ -241,6 +244,7 @@ impl KernelCapture {
         };
         let mut capture = Self::over(tables, ProcHost, options);
         if terminal.is_some() {
+            capture.holding_allowed = true;
             capture.tables.set_holding(true)?;
         }
         Ok(capture)
@@ -270,6 +274,7 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
             tls: TlsCaptureCounters::default(),
             held: Vec::new(),
             to_resume: Vec::new(),
+            holding_allowed: false,
         };
         if capture.options.trace_all {
             let me = capture.host.own_pid();
@@ -568,6 +573,7 @@ impl<T: KernelTables, H: Host> KernelCapture<T, H> {
                 Err(error) if error.raw_os_error() == Some(libc::ESRCH) => {}
                 Err(error) => {
                     self.tls.resume_failures += 1;
+                    self.holding_allowed = false;
                     tracing::error!(
                         pid,
                         %error,
@@ -703,8 +709,8 @@ impl<T: KernelTables, H: Host> Capture for KernelCapture<T, H> {
         self.handed_out();
     }
 
-    fn stop_holding(&mut self) -> anyhow::Result<()> {
-        self.tables.set_holding(false)
+    fn hold_at_exec(&mut self, on: bool) -> anyhow::Result<()> {
+        self.tables.set_holding(on && self.holding_allowed)
     }
 
     fn non_tcp_sockets(&self) -> u64 {
