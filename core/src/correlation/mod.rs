@@ -406,9 +406,7 @@ impl Correlator {
 
     /// Processes seen forwarding what their clients send.
     pub fn forwarding_pids(&self) -> Vec<u32> {
-        let mut pids: Vec<u32> = self.forwarders.iter().copied().collect();
-        pids.sort_unstable();
-        pids
+        self.forwarders.iter().copied().collect()
     }
 
     /// These processes forward what their clients send, as another agent saw.

@@ -499,9 +499,7 @@ impl Decoders {
 
     /// Their pids.
     pub fn serving_pids(&self) -> Vec<u32> {
-        let mut pids: Vec<u32> = self.servers.iter().copied().collect();
-        pids.sort_unstable();
-        pids
+        self.servers.iter().copied().collect()
     }
 
     /// These processes accept RocketMQ connections, as another agent saw.
