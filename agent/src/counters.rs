@@ -274,7 +274,7 @@ pub const COUNTERS: &[Declared] = &[
     .problem("a running agent could not hand over: messages may be traced twice until it stops"),
     counter(
         "/agent/handover/taken_back",
-        "Times the newer agent this one handed over to exited while this one ran: this one traces every request again; what the newer one had not finished is lost.",
+        "Times the newer agent this one handed over to exited while this one ran: this one traces the requests made from then on; what the newer one had not finished is lost.",
     )
     .problem("the newer agent this one handed over to exited: this one traces everything again"),
     counter(

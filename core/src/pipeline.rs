@@ -228,6 +228,18 @@ impl Pipeline {
         self.correlator.hand_over_at(from_ns);
     }
 
+    /// The agent this one handed over to is gone: requests made from `from_ns` on are this
+    /// one's again.
+    pub fn take_back_at(&mut self, from_ns: u64) {
+        self.correlator.take_back_at(from_ns);
+    }
+
+    /// Whether the agent this one took over from still runs (it settles the messages it saw
+    /// received).
+    pub fn set_predecessor_running(&mut self, running: bool) {
+        self.correlator.set_predecessor_running(running);
+    }
+
     /// Requests waiting whose events are this agent's to make.
     pub fn waiting_owned(&self) -> usize {
         self.correlator.waiting_owned()

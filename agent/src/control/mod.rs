@@ -80,12 +80,13 @@ pub enum Response {
     Journeys {
         journeys: Vec<Journey>,
     },
-    /// The running agent now traces only requests made before the hand-over; `known`: the
-    /// processes it saw serving and forwarding RocketMQ connections.
+    /// The running agent now traces only requests made before `from_ns` (the moment asked
+    /// for, or the later one at which it took the request in); `known`: the processes it saw
+    /// serving and forwarding RocketMQ connections.
     HandedOver {
         pid: u32,
         version: String,
-        #[serde(default)]
+        from_ns: u64,
         known: crate::pipeline::ServingProcesses,
     },
     Error {

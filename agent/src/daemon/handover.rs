@@ -16,8 +16,9 @@ use crate::{
 /// longest a broker holds a long poll (15 s for a pull, 20-30 s for 5.x receives).
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(35);
 
-/// How long the running agent may take to answer: it answers between two batches of events.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the running agent may take to answer: it answers between two batches of events
+/// (and refuses a request older than this: its asker has given up on it).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the agent running when this one started agreed to.
 #[derive(Debug)]
@@ -51,11 +52,12 @@ pub fn ask_running(socket: &Path) -> Predecessor {
         Ok(Response::HandedOver {
             pid,
             version,
+            from_ns: agreed,
             known,
         }) => Predecessor::HandedOver {
             pid,
             version,
-            from_ns,
+            from_ns: agreed.max(from_ns),
             known,
         },
         Ok(other) => Predecessor::Refused(format!("it answered {other:?}")),

@@ -85,6 +85,8 @@ struct Daemon<C> {
     started: Instant,
     metrics_address: SocketAddr,
     handover: HandoverCounters,
+    /// The agent this one took over from, while it runs (and this one sees it in its /proc).
+    predecessor: Option<u32>,
     /// The newer agent this one handed over to, and whether this one sees it in its /proc
     /// (the same pid namespace) to notice when it exits.
     successor: Option<(u32, bool)>,
@@ -131,13 +133,6 @@ pub async fn serve(
         Ok(_) => {}
         Err(error) => tracing::warn!("{error:#}"),
     }
-    // Before this agent's control socket replaces the running one's.
-    let predecessor = handover::ask_running(&options.control_socket);
-    let (_socket, mut requests) = server::serve(
-        &options.control_socket,
-        options.control_group.as_deref(),
-        !matches!(predecessor, Predecessor::None),
-    )?;
     let metrics = Snapshot::default();
     let health = Health::new(options.health_stall);
     health.beat();
@@ -156,10 +151,19 @@ pub async fn serve(
         .detach_spans()
         .context("the pipeline's span stage is taken already")?;
     let sinks = SpanSinks::new(options.output.as_deref(), options.otlp.clone())?;
+    let spans = SpanThread::spawn(stage, sinks)?;
+    // Last, once nothing else can fail: a running agent asked to hand over traces no more of
+    // what this one would then miss. This agent's control socket replaces that one's.
+    let predecessor = handover::ask_running(&options.control_socket);
+    let (_socket, mut requests) = server::serve(
+        &options.control_socket,
+        options.control_group.as_deref(),
+        !matches!(predecessor, Predecessor::None),
+    )?;
     let mut daemon = Daemon {
         capture,
         pipeline,
-        spans: SpanThread::spawn(stage, sinks)?,
+        spans,
         rules,
         state_file: options.state_file.clone(),
         started: Instant::now(),
@@ -168,6 +172,7 @@ pub async fn serve(
         metrics_address: metrics_server.address,
         handover: HandoverCounters::default(),
         successor: None,
+        predecessor: None,
     };
     daemon.took_over(predecessor);
     let what = if options.trace_all {
@@ -202,6 +207,7 @@ pub async fn serve(
             _ = expiry.tick() => {
                 daemon.sweep_if_due()?;
                 daemon.check_successor();
+                daemon.check_predecessor();
                 daemon.pipeline.capture_lost(daemon.capture.records_lost()?);
                 // Spans carry Unix time as the wall clock says it now, not as it did at start.
                 daemon.pipeline.set_clock_offset(unix_minus_monotonic_ns());
@@ -275,6 +281,10 @@ impl<C: Capture> Daemon<C> {
             } => {
                 self.pipeline.take_over_at(from_ns);
                 self.pipeline.learn_serving_processes(&known);
+                if process_visible(pid) {
+                    self.predecessor = Some(pid);
+                    self.pipeline.set_predecessor_running(true);
+                }
                 self.handover.taken_over = 1;
                 tracing::info!(
                     pid,
@@ -312,6 +322,13 @@ impl<C: Capture> Daemon<C> {
         if let Some((pid, _)) = self.successor {
             anyhow::bail!("this agent has handed over to pid {pid} already");
         }
+        // Requests this agent has already traced may have begun after `from_ns`: it hands
+        // over from now, which the newer agent, capturing since before `from_ns`, then takes.
+        let now = monotonic_ns();
+        if now.saturating_sub(from_ns) > handover::ANSWER_TIMEOUT.as_nanos() as u64 {
+            anyhow::bail!("the hand-over was asked for too long ago: its asker has given up");
+        }
+        let from_ns = from_ns.max(now);
         self.pipeline.hand_over_at(from_ns);
         // The newer agent holds new processes until its probes are placed; this one would
         // continue them before.
@@ -331,12 +348,13 @@ impl<C: Capture> Daemon<C> {
         Ok(Response::HandedOver {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").into(),
+            from_ns,
             known: self.pipeline.serving_processes(),
         })
     }
 
     /// The agent this one handed over to has exited (it failed, or was stopped): this one
-    /// traces every request again, those it still waits on included.
+    /// traces the requests made from now on again.
     fn check_successor(&mut self) {
         let Some((pid, true)) = self.successor else {
             return;
@@ -345,7 +363,8 @@ impl<C: Capture> Daemon<C> {
             return;
         }
         self.successor = None;
-        self.pipeline.hand_over_at(u64::MAX);
+        // What it began before it exited was its own: it may have ended those, as unseen.
+        self.pipeline.take_back_at(monotonic_ns());
         if let Err(error) = self.capture.hold_at_exec(true) {
             tracing::warn!(
                 error = format!("{error:#}"),
@@ -355,9 +374,18 @@ impl<C: Capture> Daemon<C> {
         self.handover.taken_back += 1;
         tracing::warn!(
             pid,
-            "the agent this one handed over to has exited: this one traces every request again \
-             (what that agent had not finished is lost)"
+            "the agent this one handed over to has exited: this one traces the requests made \
+             from now on (what that agent had not finished is lost)"
         );
+    }
+
+    /// The agent this one took over from has exited: messages it saw received and this one
+    /// did not are settled here now, by their ID where the settlement names it.
+    fn check_predecessor(&mut self) {
+        if self.predecessor.is_some_and(|pid| !process_visible(pid)) {
+            self.predecessor = None;
+            self.pipeline.set_predecessor_running(false);
+        }
     }
 
     /// Handed over and stopping: reads on until the requests this agent owns are answered, or
@@ -371,8 +399,11 @@ impl<C: Capture> Daemon<C> {
         while self.pipeline.waiting_owned() > 0 {
             tokio::select! {
                 result = self.capture.next_events(events) => result?,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
                 () = tokio::time::sleep_until(deadline) => break,
             }
+            // A request past its timeout ends here as it would have running.
+            self.pipeline.expire(monotonic_ns(), outputs);
             self.handle(events, outputs)?;
         }
         self.handover.unfinished_at_stop = self.pipeline.waiting_owned() as u64;

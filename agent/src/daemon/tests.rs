@@ -22,7 +22,7 @@ use crate::{
     sources::{
         Direction,
         kernel::{
-            CaptureOptions, KernelCapture,
+            CaptureOptions, KernelCapture, monotonic_ns,
             tables::memory::{FakeHost, SharedTables},
         },
     },
@@ -497,8 +497,19 @@ fn an_agent_that_handed_over_refuses_a_second_successor_and_another_protocol() {
     let hand_over = |protocol| Request::HandOver {
         protocol,
         successor_pid: 1,
-        from_ns: 0,
+        from_ns: monotonic_ns(),
     };
+    // Asked for long ago: its asker has given up waiting, and traces everything itself.
+    let stale = Request::HandOver {
+        protocol: HANDOVER_PROTOCOL,
+        successor_pid: 1,
+        from_ns: monotonic_ns() - 6_000_000_000,
+    };
+    let refused = daemon.ask(stale).unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("asked for too long ago"),
+        "{refused:#}"
+    );
     let refused = daemon.ask(hand_over(HANDOVER_PROTOCOL + 1)).unwrap_err();
     assert!(
         format!("{refused:#}").contains(&format!("hands over by protocol {HANDOVER_PROTOCOL}")),
@@ -555,7 +566,7 @@ fn an_agent_whose_successor_exits_traces_everything_again() {
     let handed = daemon.ask(Request::HandOver {
         protocol: HANDOVER_PROTOCOL,
         successor_pid: successor.pid(),
-        from_ns: 0,
+        from_ns: monotonic_ns(),
     });
     assert!(
         matches!(handed, Ok(Response::HandedOver { .. })),

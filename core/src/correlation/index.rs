@@ -23,6 +23,9 @@ pub struct Received {
     pub key: Rc<str>,
     pub labels: MessageLabels,
     pub reconsume_times: Option<i32>,
+    /// Whether this agent owned the receipt (see `Correlator::take_over_at`): the agent that
+    /// did makes the message's settlements.
+    pub owned: bool,
 }
 
 /// (topic, queue id, queue offset).
@@ -69,7 +72,7 @@ impl ReceivedIndex {
         }
     }
 
-    pub fn insert(&mut self, key: &str, message: &MessageMeta, group: Option<&str>) {
+    pub fn insert(&mut self, key: &str, message: &MessageMeta, group: Option<&str>, owned: bool) {
         let labels = MessageLabels::of(message);
         // The reception, its key in each map, and the group and topic again.
         let bytes = 3 * key.len()
@@ -83,6 +86,7 @@ impl ReceivedIndex {
             key: key.clone(),
             labels,
             reconsume_times: message.reconsume_times,
+            owned,
         });
         let position = match (&message.topic, message.queue_id, message.queue_offset) {
             (Some(t), Some(q), Some(o)) => Some((shared_text(&mut self.last_topic, t), q, o)),

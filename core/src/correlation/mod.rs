@@ -190,6 +190,14 @@ pub struct Correlator {
     /// clock): all, unless it took over from another agent or handed over to one. The other
     /// agent makes the rest; every request is seen whole by one of them.
     owned: std::ops::Range<u64>,
+    /// From when this agent owns every request again: the one it handed over to exited.
+    taken_back_at: Option<u64>,
+    /// The agent this one took over from still runs: it settles the messages it saw received,
+    /// which this one must not settle by their ID alone.
+    predecessor_running: bool,
+    /// Settlements made by the request being completed, kept apart from its other events:
+    /// they go by their message's receipt, not by who owns the request.
+    settled: Vec<MessageEvent>,
     counters: CorrelationCounters,
 }
 
@@ -213,6 +221,9 @@ impl Correlator {
             forwarders: HashSet::new(),
             lags: lag::Lags::default(),
             owned: 0..u64::MAX,
+            taken_back_at: None,
+            predecessor_running: false,
+            settled: Vec::new(),
             counters: CorrelationCounters::default(),
         }
     }
@@ -229,6 +240,22 @@ impl Correlator {
         self.owned.end = from_ns;
     }
 
+    /// The agent this one handed over to is gone: requests made from `from_ns` on are this
+    /// one's again (those before it were that agent's, which may have traced them).
+    pub fn take_back_at(&mut self, from_ns: u64) {
+        self.taken_back_at = Some(from_ns);
+    }
+
+    /// Whether the agent this one took over from still runs.
+    pub fn set_predecessor_running(&mut self, running: bool) {
+        self.predecessor_running = running;
+    }
+
+    /// Whether the events of a request made at `start_ns` are this agent's to make.
+    fn owns_made_at(&self, start_ns: u64) -> bool {
+        self.owned.contains(&start_ns) || self.taken_back_at.is_some_and(|at| start_ns >= at)
+    }
+
     /// Requests waiting whose events are this agent's to make.
     pub fn waiting_owned(&self) -> usize {
         self.pending
@@ -238,7 +265,7 @@ impl Correlator {
     }
 
     fn owns(&self, pending: &Pending) -> bool {
-        self.owned.contains(&pending.request.command.start_ns)
+        self.owns_made_at(pending.request.command.start_ns)
     }
 
     /// Keeps within these shares of the memory budget.
@@ -551,6 +578,8 @@ enum Unanswered {
 /// When a request ran, how it ended, and where: what every event of it shares.
 #[derive(Clone)]
 struct Step {
+    /// Whether this agent owns the request (see [`Correlator::take_over_at`]).
+    owned: bool,
     start: u64,
     end: u64,
     /// `end` by the sources' clock.

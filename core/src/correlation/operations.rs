@@ -45,9 +45,10 @@ impl Correlator {
         }
         // Another agent's request still passes through the indexes (a later settlement or
         // retry of its message is this agent's), but makes no events here.
-        let owned = self.owned.contains(&request.command.start_ns);
+        let owned = self.owns_made_at(request.command.start_ns);
         let (made_before, counted_before) = (out.len(), (!owned).then(|| self.counters.clone()));
         let step = self.step(&request, response.as_ref(), unanswered);
+        let broker_side = step.endpoint.is_broker();
         // The response's messages move into the events: not cloned, one by one.
         let (pulled, result) = match response.map(|r| r.operation) {
             Some(Operation::Pulled(pulled)) => (Some(pulled), None),
@@ -64,11 +65,11 @@ impl Correlator {
                     self.received_messages(pulled.messages, group, via, &step, out);
                 }
             }
-            Operation::Ack(ack) => self.acked(ack, Settlement::Ack, step, out),
+            Operation::Ack(ack) => self.acked(ack, Settlement::Ack, step),
             Operation::ChangeInvisibleTime(ack) => {
-                self.acked(ack, Settlement::ChangeInvisibleTime, step, out)
+                self.acked(ack, Settlement::ChangeInvisibleTime, step)
             }
-            Operation::SendBack(back) => self.sent_back(back, step, out),
+            Operation::SendBack(back) => self.sent_back(back, step),
             Operation::UpdateConsumerOffset(update) => {
                 if let (Some(group), Some(topic), Some(queue), Some(commit)) = (
                     &update.consumer_group,
@@ -76,7 +77,7 @@ impl Correlator {
                     update.queue_id,
                     update.commit_offset,
                 ) {
-                    self.offset_committed(group, topic, queue, commit, &step, out);
+                    self.offset_committed(group, topic, queue, commit, &step);
                 }
             }
             Operation::EndTransaction(tx) => self.transaction_ended(tx, step, out),
@@ -87,6 +88,13 @@ impl Correlator {
             self.counters.left_to_other_agent += 1;
             out.truncate(made_before);
         }
+        let settled = self.settled.len() as u64;
+        *if broker_side {
+            &mut self.counters.broker_reports
+        } else {
+            &mut self.counters.settles
+        } += settled;
+        out.append(&mut self.settled);
     }
 
     /// When the request ran, how it ended and where.
@@ -117,6 +125,7 @@ impl Correlator {
             .map_or(request.command.end_ns, |r| r.command.end_ns)
             .max(request.command.end_ns);
         Step {
+            owned: self.owns_made_at(request.command.start_ns),
             start: self.unix(request.command.start_ns),
             end: self.unix(end_ns),
             end_ns,
@@ -174,19 +183,14 @@ impl Correlator {
             pull.queue_id,
             pull.commit_offset,
         ) {
-            self.offset_committed(group, topic, queue, commit, step, out);
+            self.offset_committed(group, topic, queue, commit, step);
         }
     }
 
     /// An ack or a change of invisible time: gRPC names the messages; remoting, where they
     /// sit.
-    fn acked(
-        &mut self,
-        ack: &AckRequest,
-        settlement: Settlement,
-        step: Step,
-        out: &mut Vec<MessageEvent>,
-    ) {
+    fn acked(&mut self, ack: &AckRequest, settlement: Settlement, step: Step) {
+        let by_id = !self.predecessor_running;
         let received = &self.seen(&step).received;
         let found: Vec<Option<Rc<Received>>> = match (&ack.topic, ack.queue_id, ack.offset) {
             _ if !ack.message_ids.is_empty() => ack
@@ -194,13 +198,18 @@ impl Correlator {
                 .iter()
                 .map(|id| {
                     // A message received before this agent saw its connection (it started,
-                    // or took over, in between) is still named by its ID, without labels.
+                    // or took over, in between) is still named by its ID, without labels;
+                    // unless the agent it took over from, which may have seen it received,
+                    // still runs: that one settles it.
                     received.by_any_id(id).or_else(|| {
-                        Some(Rc::new(Received {
-                            key: settled_message_key(id).into(),
-                            labels: MessageLabels::default(),
-                            reconsume_times: None,
-                        }))
+                        (!id.is_empty() && by_id).then(|| {
+                            Rc::new(Received {
+                                key: settled_message_key(id).into(),
+                                labels: MessageLabels::default(),
+                                reconsume_times: None,
+                                owned: step.owned,
+                            })
+                        })
                     })
                 })
                 .collect(),
@@ -212,11 +221,11 @@ impl Correlator {
         for received in found {
             let (group, topic) = (ack.consumer_group.clone(), ack.topic.clone());
             let step = step.clone();
-            self.settle(received.as_deref(), settlement, group, topic, step, out);
+            self.settle(received.as_deref(), settlement, group, topic, step);
         }
     }
 
-    fn sent_back(&mut self, back: &SendBack, step: Step, out: &mut Vec<MessageEvent>) {
+    fn sent_back(&mut self, back: &SendBack, step: Step) {
         let received = &self.seen(&step).received;
         let found = back
             .origin_msg_id
@@ -237,7 +246,7 @@ impl Correlator {
             _ => (Settlement::SendBack, back.origin_topic.clone()),
         };
         let group = back.consumer_group.clone();
-        self.settle(found.as_deref(), settlement, group, topic, step, out);
+        self.settle(found.as_deref(), settlement, group, topic, step);
     }
 
     /// A transaction committed or rolled back: its message is named by ID alone.
@@ -367,7 +376,9 @@ impl Correlator {
                 self.counters.messages_without_id += 1;
                 continue;
             };
-            self.seen(step).received.insert(&key, &message, group);
+            self.seen(step)
+                .received
+                .insert(&key, &message, group, step.owned);
             self.count(step, Counted::Receive);
             out.push(MessageEvent::Receive(ReceiveEvent {
                 key,
@@ -382,15 +393,7 @@ impl Correlator {
         }
     }
 
-    fn offset_committed(
-        &mut self,
-        group: &str,
-        topic: &str,
-        queue: i32,
-        commit: i64,
-        step: &Step,
-        out: &mut Vec<MessageEvent>,
-    ) {
+    fn offset_committed(&mut self, group: &str, topic: &str, queue: i32, commit: i64, step: &Step) {
         self.lags
             .committed(group, topic, queue, commit, step.end_ns);
         let passed = self
@@ -408,7 +411,6 @@ impl Correlator {
                 Some(group.to_string()),
                 Some(topic.to_string()),
                 step,
-                out,
             );
         }
     }
@@ -420,14 +422,17 @@ impl Correlator {
         group: Option<String>,
         topic: Option<String>,
         step: Step,
-        out: &mut Vec<MessageEvent>,
     ) {
         let Some(received) = received else {
             self.counters.settles_unresolved += 1;
             return;
         };
-        self.count(&step, Counted::Settle);
-        out.push(MessageEvent::Settle(SettleEvent {
+        if !received.owned {
+            // Received while another agent owned the traffic: that one settles it.
+            self.counters.left_to_other_agent += 1;
+            return;
+        }
+        self.settled.push(MessageEvent::Settle(SettleEvent {
             key: received.key.to_string(),
             settlement,
             consumer_group: group,

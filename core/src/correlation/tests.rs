@@ -770,6 +770,54 @@ fn across_a_hand_over_each_request_is_traced_by_one_agent() {
     assert_eq!((new.sends, new.left_to_other_agent), (1, 2));
 }
 
+/// A message pulled before a hand-over and committed after it: the agent that owned its
+/// receipt (and saw it whole) settles it, the other agent not, though it owns the commit.
+#[test]
+fn across_a_hand_over_a_settlement_goes_with_its_messages_receipt() {
+    let store: SocketAddr = BROKER.parse().unwrap();
+    let stored = stored_message(
+        false,
+        store,
+        0,
+        300,
+        "T",
+        &properties(&[("UNIQ_KEY", "H0")]),
+        b"b",
+    );
+    // Frames at 1, 2, ... ms: the pull and its answer before the hand-over at 2.5 ms, the
+    // commit after it.
+    let at_ns = 2_500_000;
+    let run = |old: bool| {
+        let mut harness = Harness::new(DecoderConfig::default());
+        if old {
+            harness.pipeline.hand_over_at(at_ns);
+        } else {
+            harness.pipeline.take_over_at(at_ns);
+        }
+        let id = harness.open(1, 0, Origin::Connect);
+        harness.frame(id, UP, &pull(1, "T", "3", "-1"));
+        harness.frame(
+            id,
+            DOWN,
+            &response_frame(ResponseCode::Success, 1, &[], &stored),
+        );
+        harness.frame(id, UP, &offset_commit(2, "1"));
+        harness.frame(
+            id,
+            DOWN,
+            &response_frame(ResponseCode::Success, 2, &[], b""),
+        );
+        let (spans, pipeline) = harness.finish();
+        let names: Vec<String> = spans.iter().map(|s| s.name.clone()).collect();
+        (names, pipeline.counters().correlation.settles)
+    };
+    assert_eq!(
+        run(true),
+        (vec!["receive T".into(), "commit_offset T".into()], 1)
+    );
+    assert_eq!(run(false), (Vec::<String>::new(), 0));
+}
+
 /// A newer agent learns from the one handing over which processes serve (a proxy): their
 /// requests to the broker are never taken for a client's, even before it sees them serve.
 #[test]
