@@ -81,6 +81,18 @@ impl Harness {
         id
     }
 
+    /// The pipeline of the agent that hands over at `at_ns` (`old`), or of the one that
+    /// takes over then.
+    fn across_a_hand_over(old: bool, at_ns: u64) -> Self {
+        let mut harness = Self::new(DecoderConfig::default());
+        if old {
+            harness.pipeline.hand_over_at(at_ns);
+        } else {
+            harness.pipeline.take_over_at(at_ns);
+        }
+        harness
+    }
+
     fn frame(&mut self, id: ConnectionId, direction: Direction, bytes: &[u8]) {
         self.clock_ns += 1_000_000;
         let position = &mut self.positions.entry(id).or_default()[direction as usize];
@@ -736,12 +748,7 @@ fn across_a_hand_over_each_request_is_traced_by_one_agent() {
     // Frames at 1, 2, ... ms: S2's request at 3 ms is answered after the hand-over at 3.5 ms.
     let at_ns = 3_500_000;
     let run = |old: bool| {
-        let mut harness = Harness::new(DecoderConfig::default());
-        if old {
-            harness.pipeline.hand_over_at(at_ns);
-        } else {
-            harness.pipeline.take_over_at(at_ns);
-        }
+        let mut harness = Harness::across_a_hand_over(old, at_ns);
         let id = harness.open(1, 0, Origin::Connect);
         let mut waiting = Vec::new();
         for (opaque, key) in [(1, "S1"), (2, "S2"), (3, "S3")] {
@@ -788,12 +795,7 @@ fn across_a_hand_over_a_settlement_goes_with_its_messages_receipt() {
     // commit after it.
     let at_ns = 2_500_000;
     let run = |old: bool| {
-        let mut harness = Harness::new(DecoderConfig::default());
-        if old {
-            harness.pipeline.hand_over_at(at_ns);
-        } else {
-            harness.pipeline.take_over_at(at_ns);
-        }
+        let mut harness = Harness::across_a_hand_over(old, at_ns);
         let id = harness.open(1, 0, Origin::Connect);
         harness.frame(id, UP, &pull(1, "T", "3", "-1"));
         harness.frame(
