@@ -274,7 +274,8 @@ impl Agent {
         let every = Duration::from_millis(100);
         wait::until(
             "the agent to stop on SIGTERM",
-            Duration::from_secs(30),
+            // One that handed over waits up to 35 s for what it owns (a long poll).
+            Duration::from_secs(60),
             every,
             exited,
         )

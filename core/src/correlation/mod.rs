@@ -256,11 +256,15 @@ impl Correlator {
         self.owned.contains(&start_ns) || self.taken_back_at.is_some_and(|at| start_ns >= at)
     }
 
-    /// Requests waiting whose events are this agent's to make.
+    /// Requests waiting whose events are this agent's to make: those that make any (a
+    /// heartbeat, a route query or a 5.x client's telemetry stream, open for its life, make
+    /// none).
     pub fn waiting_owned(&self) -> usize {
         self.pending
             .iter()
-            .filter(|(_, pending)| self.owns(pending))
+            .filter(|(_, pending)| {
+                self.owns(pending) && operations::makes_events(&pending.request.operation)
+            })
             .count()
     }
 

@@ -447,6 +447,21 @@ impl Correlator {
     }
 }
 
+/// Whether a request of this kind makes message events (what [`Correlator::complete`] reads).
+pub(super) fn makes_events(operation: &Operation) -> bool {
+    matches!(
+        operation,
+        Operation::Send(_)
+            | Operation::Pull(_)
+            | Operation::Pop(_)
+            | Operation::Ack(_)
+            | Operation::ChangeInvisibleTime(_)
+            | Operation::SendBack(_)
+            | Operation::UpdateConsumerOffset(_)
+            | Operation::EndTransaction(_)
+    )
+}
+
 /// A send to `%RETRY%group` or `%DLQ%group` is a consumer settling a message, not a producer.
 fn settlement_of_resend(topic: &str) -> Option<Settlement> {
     if topic.starts_with("%RETRY%") {
