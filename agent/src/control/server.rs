@@ -46,6 +46,12 @@ fn file_id(path: &Path) -> Option<(u64, u64)> {
     Some((metadata.dev(), metadata.ino()))
 }
 
+/// Where this process binds its control socket before renaming it to `path`.
+fn beside(path: &Path) -> PathBuf {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!(".{name}.{}", std::process::id()))
+}
+
 /// Whether a daemon answers on `path`.
 pub fn answers(path: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(path).is_ok()
@@ -65,30 +71,42 @@ pub fn serve(
             format!("creating the control socket's directory {}", dir.display())
         })?;
     }
-    if path.exists() {
-        if !replace_running && answers(path) {
-            bail!(
-                "another mqtrace daemon is running: its control socket {} answers (stop it, or \
-                 give this one another --control-socket)",
-                path.display()
-            );
-        }
-        // Left by a daemon that did not stop cleanly, or by one that handed over.
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing the old control socket {}", path.display()))?;
+    if !replace_running && answers(path) {
+        bail!(
+            "another mqtrace daemon is running: its control socket {} answers (stop it, or \
+             give this one another --control-socket)",
+            path.display()
+        );
     }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("binding the control socket {}", path.display()))?;
+    // Bound beside the path, given its mode, then renamed over it: whoever asks meanwhile
+    // (the CLI, a readiness probe) reaches the old socket or this one, never no socket and
+    // never one with the default mode. A file left at `path` by a daemon that did not stop
+    // cleanly, or by one that handed over, is replaced the same way.
+    let bound_at = beside(path);
+    let _ = std::fs::remove_file(&bound_at);
+    let listener = UnixListener::bind(&bound_at)
+        .with_context(|| format!("binding the control socket {}", bound_at.display()))?;
+    let file = file_id(&bound_at).context("the control socket just bound")?;
+    let mode = if gid.is_some() { 0o660 } else { 0o600 };
+    let placed = std::fs::set_permissions(&bound_at, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", bound_at.display()))
+        .and_then(|()| match gid {
+            Some(gid) => chown(&bound_at, None, Some(gid))
+                .with_context(|| format!("giving {} to group {gid}", bound_at.display())),
+            None => Ok(()),
+        })
+        .and_then(|()| {
+            std::fs::rename(&bound_at, path)
+                .with_context(|| format!("placing the control socket at {}", path.display()))
+        });
+    if let Err(error) = placed {
+        let _ = std::fs::remove_file(&bound_at);
+        return Err(error);
+    }
     let socket = ControlSocket {
         path: path.to_path_buf(),
-        file: file_id(path).context("the control socket just bound")?,
+        file,
     };
-    let mode = if gid.is_some() { 0o660 } else { 0o600 };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    if let Some(gid) = gid {
-        chown(path, None, Some(gid))
-            .with_context(|| format!("giving {} to group {gid}", path.display()))?;
-    }
     let (tx, rx) = mpsc::channel(16);
     let mut admission = Admission::new("control");
     tokio::spawn(async move {
@@ -177,4 +195,53 @@ fn group_id(group: &str) -> anyhow::Result<u32> {
                 .flatten()
         })
         .with_context(|| format!("no group named {group:?} in /etc/group (--control-group)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_socket_taken_over_answers_throughout_with_its_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let (first, _first_requests) = serve(&path, None, false).unwrap();
+        let Err(refused) = serve(&path, None, false) else {
+            panic!("a second daemon served the same socket")
+        };
+        assert!(format!("{refused:#}").contains("another mqtrace daemon is running"));
+
+        let replaced = std::sync::Arc::new(AtomicBool::new(false));
+        let asker = std::thread::spawn({
+            let (path, replaced) = (path.clone(), replaced.clone());
+            move || {
+                let mut asked = 0;
+                while !replaced.load(Ordering::Relaxed) || asked < 1000 {
+                    assert!(answers(&path), "no socket at attempt {asked}");
+                    asked += 1;
+                }
+                asked
+            }
+        });
+        let mut sockets = vec![first];
+        for _ in 0..20 {
+            let (socket, _requests) = serve(&path, None, true).unwrap();
+            sockets.push(socket);
+        }
+        replaced.store(true, Ordering::Relaxed);
+        assert!(asker.join().unwrap() >= 1000);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Each replaced daemon leaves the newest one's file in place; the newest removes it.
+        let newest = sockets.pop().unwrap();
+        drop(sockets);
+        assert!(answers(&path));
+        drop(newest);
+        assert!(!path.exists());
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
 }
