@@ -18,7 +18,7 @@ use bytes::Bytes;
 
 use mqtrace_protocol::Bounded;
 
-use super::{Connection, ConnectionId, Direction, Origin, SeenAs, SourceEvent};
+use super::{Connection, ConnectionId, Direction, EndCause, Origin, SeenAs, SourceEvent};
 
 /// Bit set in the id of a connection's plaintext stream: the ciphertext connection's id with
 /// this bit (kernel ids count up from 1; sockets found in /proc have bit 63).
@@ -365,6 +365,13 @@ impl TlsBinder {
                 if let Some((kept, _)) = self.withheld.remove(connection) {
                     self.count_unbound(pid);
                     out.extend(kept);
+                }
+                if *cause == EndCause::NotFollowed && self.by_connection.contains_key(connection) {
+                    // The stages after this one let go of its ciphertext, judged before it was
+                    // bound (its first bytes came before its process's probes): only that ends.
+                    // The connection is open, its plaintext goes on.
+                    out.push(event);
+                    return;
                 }
                 if let Some(object) = self.by_connection.remove(connection) {
                     self.bound.remove(&object);

@@ -164,6 +164,43 @@ fn ciphertext_found_in_a_socket_write_binds_the_plaintext_to_that_connection() {
 }
 
 #[test]
+fn ciphertext_let_go_before_its_binding_ends_alone() {
+    // A process whose first TLS bytes came before its probes: the stages after this one saw
+    // its ciphertext, took it for something else and let it go, as the binding came.
+    let mut binder = TlsBinder::new();
+    let hello = ciphertext(1);
+    let (_, bound) = run(
+        &mut binder,
+        vec![opened(CIPHER), data(CIPHER, Direction::Egress, 0, &hello)],
+        vec![placed_before(prefix_of(SSL, &hello), 1)],
+    );
+    assert_eq!(bound, vec![CIPHER]);
+    let let_go = SourceEvent::Closed {
+        connection: CIPHER,
+        final_positions: None,
+        timestamp_ns: 3,
+        cause: EndCause::NotFollowed,
+    };
+    let (out, _) = run(
+        &mut binder,
+        vec![let_go.clone()],
+        vec![plaintext(SSL, Direction::Egress, 0, b"PRI * HTTP/2.0")],
+    );
+    let plain = plaintext_id(CIPHER);
+    assert_eq!(
+        out,
+        vec![data(plain, Direction::Egress, 0, b"PRI * HTTP/2.0"), let_go]
+    );
+    // Its plaintext goes on after, until the connection closes.
+    let (out, _) = run(
+        &mut binder,
+        vec![],
+        vec![plaintext(SSL, Direction::Ingress, 0, b"settings")],
+    );
+    assert_eq!(out, vec![data(plain, Direction::Ingress, 0, b"settings")]);
+}
+
+#[test]
 fn plaintext_before_its_binding_is_held_and_handed_on_in_order() {
     let mut binder = TlsBinder::new();
     let record = ciphertext(3);
