@@ -10,6 +10,10 @@
 //! otlp_endpoint = "http://otel-collector:4317"
 //! otlp_protocol = "grpc"           # or "http/protobuf"
 //! otlp_certificate = "/etc/mqtrace/collector-ca.pem"   # CA of an https:// collector
+//! rocketmq_trace_namesrv = "namesrv:9876"   # also write RocketMQ's own message trace there
+//! rocketmq_trace_topic = "RMQ_SYS_TRACE_TOPIC"
+//! rocketmq_trace_region = "DefaultRegion"
+//! rocketmq_trace_view = "client"   # or "broker": the brokers' view (agents on broker hosts)
 //! request_timeout = 30
 //! flush_timeout = 5
 //! stats_interval = 10
@@ -46,6 +50,10 @@ pub struct FileConfig {
     pub otlp_endpoint: Option<String>,
     pub otlp_protocol: Option<String>,
     pub otlp_certificate: Option<PathBuf>,
+    pub rocketmq_trace_namesrv: Option<String>,
+    pub rocketmq_trace_topic: Option<String>,
+    pub rocketmq_trace_region: Option<String>,
+    pub rocketmq_trace_view: Option<crate::exporters::rocketmq_trace::View>,
     pub request_timeout: Option<u64>,
     pub flush_timeout: Option<u64>,
     pub stats_interval: Option<u64>,

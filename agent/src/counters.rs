@@ -629,6 +629,43 @@ pub const COUNTERS: &[Declared] = &[
         "OTLP export requests that failed (each retried until its spans are dropped).",
     ),
     counter(
+        "/export/rocketmq_trace/records",
+        "RocketMQ trace records (Pub, SubBefore, SubAfter, EndTransaction) made from spans.",
+    ),
+    counter(
+        "/export/rocketmq_trace/records_written",
+        "RocketMQ trace records in trace messages the broker stored.",
+    )
+    .status("RocketMQ trace records written"),
+    counter(
+        "/export/rocketmq_trace/trace_messages",
+        "Trace messages the broker stored.",
+    ),
+    counter(
+        "/export/rocketmq_trace/records_left_to_clients",
+        "RocketMQ trace records not written: their client writes its own trace.",
+    ),
+    counter(
+        "/export/rocketmq_trace/dropped_queue_full",
+        "RocketMQ trace records dropped because their queue was full (the trace topic could \
+         not be written).",
+    )
+    .problem("RocketMQ trace records dropped: the trace topic could not be written")
+    .status("RocketMQ trace records dropped"),
+    counter(
+        "/export/rocketmq_trace/dropped_at_stop",
+        "RocketMQ trace records still waiting when the agent stopped and its flush deadline \
+         passed.",
+    ),
+    counter(
+        "/export/rocketmq_trace/send_failures",
+        "Trace messages the name server or broker did not take (each retried).",
+    ),
+    gauge(
+        "/export/rocketmq_trace/queued_bytes",
+        "Bytes of the RocketMQ trace records waiting to be written.",
+    ),
+    counter(
         "/export/write_errors",
         "Spans that could not be written to the --output file (a full disk, an I/O error).",
     )
@@ -669,6 +706,7 @@ pub fn every_part() -> serde_json::Value {
         },
         export: ExportCounters {
             otlp: Some(Default::default()),
+            rocketmq_trace: Some(Default::default()),
             ..Default::default()
         },
         ..Default::default()

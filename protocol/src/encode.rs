@@ -1,5 +1,6 @@
 //! Encoders for RocketMQ frames, as the wire reference lays them out: test vectors for the
-//! decoder's tests, the benchmarks, and the load generator. Not used on the decoding path.
+//! decoder's tests, the benchmarks, the load generator, and the agent's RocketMQ trace
+//! producer. Not used on the decoding path.
 
 use std::net::{IpAddr, SocketAddr};
 

@@ -27,7 +27,7 @@ use std::collections::VecDeque;
 pub use bounded::{Bounded, Held};
 pub use codes::{RequestCode, ResponseCode};
 use framer::Framer;
-pub use header::{Header, SerializeType};
+pub use header::{FrameHead, HEAD_LEN, Header, SerializeType};
 pub use message::{MessageMeta, Properties};
 pub use recognize::{Recognition, recognize};
 use serde::Serialize;

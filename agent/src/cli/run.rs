@@ -10,7 +10,10 @@ use crate::{
     config::FileConfig,
     control::{DEFAULT_SOCKET, Target},
     daemon::{self, DaemonOptions},
-    exporters::otlp::{self, OtlpConfig, OtlpLayer, Protocol},
+    exporters::{
+        otlp::{self, OtlpConfig, OtlpLayer, Protocol},
+        rocketmq_trace::{RocketmqTraceConfig, View},
+    },
     journeys::DEFAULT_MAX_MESSAGES,
 };
 
@@ -83,6 +86,27 @@ pub struct RunArgs {
     /// otlp_certificate.
     #[arg(long, value_name = "FILE")]
     otlp_certificate: Option<PathBuf>,
+    /// Also write RocketMQ's own message trace (what RocketMQ Dashboard's message trace shows)
+    /// to the trace topic of the cluster whose name servers these are (`host:port`, several
+    /// separated by `;`): Pub, SubBefore, SubAfter and EndTransaction records for every
+    /// message traced, from any client, in TraceDataEncoder's format. A client that writes
+    /// its own trace (enableTrace) is left to it: a remoting client's records wait 7 s
+    /// to tell, then go in batches.
+    #[arg(long, value_name = "NAMESRV")]
+    rocketmq_trace_namesrv: Option<String>,
+    /// The trace topic [default: RMQ_SYS_TRACE_TOPIC, which brokers started with
+    /// traceTopicEnable=true create].
+    #[arg(long, value_name = "TOPIC")]
+    rocketmq_trace_topic: Option<String>,
+    /// The region written in each record [default: DefaultRegion].
+    #[arg(long, value_name = "REGION")]
+    rocketmq_trace_region: Option<String>,
+    /// Whose spans become records: `client` (the clients' own steps: run the agent on the
+    /// application hosts) or `broker` (the brokers' view: an agent on the broker hosts alone
+    /// fills the console). Choose one per cluster, or the console shows each step twice
+    /// [default: client].
+    #[arg(long, value_name = "VIEW")]
+    rocketmq_trace_view: Option<View>,
     /// A request without a response after this long ends as an error span ("timeout"); long
     /// polls get their own suspend time on top [default: 30].
     #[arg(long, value_name = "SECONDS")]
@@ -207,6 +231,27 @@ fn resolve(args: RunArgs) -> anyhow::Result<DaemonOptions> {
             queue_bytes: memory.export,
             ..OtlpConfig::new(otlp.protocol, endpoint)
         }),
+        rocketmq_trace: args
+            .rocketmq_trace_namesrv
+            .or(file.rocketmq_trace_namesrv)
+            .map(|name_servers| {
+                let default = RocketmqTraceConfig::new(&name_servers);
+                RocketmqTraceConfig {
+                    topic: args
+                        .rocketmq_trace_topic
+                        .or(file.rocketmq_trace_topic)
+                        .unwrap_or(default.topic),
+                    region: args
+                        .rocketmq_trace_region
+                        .or(file.rocketmq_trace_region)
+                        .unwrap_or(default.region),
+                    view: args
+                        .rocketmq_trace_view
+                        .or(file.rocketmq_trace_view)
+                        .unwrap_or(default.view),
+                    ..default
+                }
+            }),
         request_timeout: Duration::from_secs(
             args.request_timeout.or(file.request_timeout).unwrap_or(30),
         ),

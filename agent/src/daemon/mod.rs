@@ -25,7 +25,7 @@ use crate::{
     correlation::Unseen,
     counters::{AgentCounters, CounterTree, HandoverCounters},
     decoder::DecoderConfig,
-    exporters::{SpanSinks, otlp::OtlpConfig},
+    exporters::{Destinations, SpanSinks, otlp::OtlpConfig, rocketmq_trace::RocketmqTraceConfig},
     host::resources::HostResources,
     logs::{ProblemLog, log_problems},
     memory::Shares,
@@ -55,6 +55,8 @@ pub struct DaemonOptions {
     pub stats_interval: Duration,
     pub output: Option<PathBuf>,
     pub otlp: Option<OtlpConfig>,
+    /// RocketMQ's own message trace, written to its trace topic.
+    pub rocketmq_trace: Option<RocketmqTraceConfig>,
     pub request_timeout: Duration,
     pub flush_timeout: Duration,
     pub metrics_address: SocketAddr,
@@ -150,7 +152,13 @@ pub async fn serve(
     let stage = pipeline
         .detach_spans()
         .context("the pipeline's span stage is taken already")?;
-    let sinks = SpanSinks::new(options.output.as_deref(), options.otlp.clone())?;
+    let sinks = SpanSinks::new(
+        options.output.as_deref(),
+        Destinations {
+            otlp: options.otlp.clone(),
+            rocketmq_trace: options.rocketmq_trace.clone(),
+        },
+    )?;
     let spans = SpanThread::spawn(stage, sinks)?;
     // Last, once nothing else can fail: a running agent asked to hand over traces no more of
     // what this one would then miss. This agent's control socket replaces that one's.

@@ -168,8 +168,11 @@ mod tests {
             Pipeline::new(DecoderConfig::default(), 0, CaptureResources::new(&capture));
         let stage = pipeline.detach_spans().unwrap();
         assert!(pipeline.detach_spans().is_none(), "taken once");
-        let mut thread =
-            SpanThread::spawn(stage, SpanSinks::new(Some(&output), None).unwrap()).unwrap();
+        let mut thread = SpanThread::spawn(
+            stage,
+            SpanSinks::new(Some(&output), Default::default()).unwrap(),
+        )
+        .unwrap();
         let mut out = Vec::new();
         let hand_over = |out: &mut Vec<Output>| {
             thread.send(out.drain(..).map(|o| match o {

@@ -37,6 +37,7 @@ fn options(dir: &Path) -> DaemonOptions {
         stats_interval: Duration::from_secs(3600),
         output: Some(dir.join("spans.jsonl")),
         otlp: None,
+        rocketmq_trace: None,
         request_timeout: Duration::from_secs(30),
         flush_timeout: Duration::from_secs(1),
         metrics_address: free_port(),

@@ -1,7 +1,9 @@
-//! Where spans go: a JSON-lines file, the terminal, an OTLP collector.
+//! Where spans go: a JSON-lines file, the terminal, an OTLP collector, RocketMQ's own trace
+//! topic.
 
 pub mod json;
 pub mod otlp;
+pub mod rocketmq_trace;
 
 use std::{
     fs::{File, OpenOptions},
@@ -70,22 +72,38 @@ pub struct ExportCounters {
     /// Spans the --output file did not take (a full disk, an I/O error): the daemon goes on.
     pub write_errors: u64,
     pub otlp: Option<otlp::OtlpCounters>,
+    pub rocketmq_trace: Option<rocketmq_trace::RocketmqTraceCounters>,
 }
 
-/// Every configured destination of spans: an OTLP collector and/or a JSON-lines file; the
-/// terminal when there is neither.
+/// Where spans go besides the file.
+#[derive(Clone, Debug, Default)]
+pub struct Destinations {
+    pub otlp: Option<otlp::OtlpConfig>,
+    pub rocketmq_trace: Option<rocketmq_trace::RocketmqTraceConfig>,
+}
+
+/// Every configured destination of spans: an OTLP collector, a JSON-lines file, RocketMQ's
+/// trace topic; the terminal when there is neither file nor collector.
 pub struct SpanSinks {
     file: Option<JsonLines>,
     otlp: Option<otlp::OtlpExporter>,
+    rocketmq_trace: Option<rocketmq_trace::RocketmqTraceExporter>,
     spans_written: u64,
     write_errors: u64,
 }
 
 impl SpanSinks {
-    pub fn new(output: Option<&Path>, otlp: Option<otlp::OtlpConfig>) -> anyhow::Result<Self> {
+    /// Starts the exporters' tasks: must run inside a tokio runtime when there are any.
+    pub fn new(output: Option<&Path>, destinations: Destinations) -> anyhow::Result<Self> {
         Ok(Self {
             file: output.map(JsonLines::append).transpose()?,
-            otlp: otlp.map(otlp::OtlpExporter::start).transpose()?,
+            otlp: destinations
+                .otlp
+                .map(otlp::OtlpExporter::start)
+                .transpose()?,
+            rocketmq_trace: destinations
+                .rocketmq_trace
+                .map(rocketmq_trace::RocketmqTraceExporter::start),
             spans_written: 0,
             write_errors: 0,
         })
@@ -99,6 +117,9 @@ impl SpanSinks {
                 Ok(()) => self.spans_written += 1,
                 Err(_) => self.write_errors += 1,
             }
+        }
+        if let Some(rocketmq_trace) = self.rocketmq_trace.as_mut() {
+            rocketmq_trace.send(&span);
         }
         match &self.otlp {
             Some(otlp) => otlp.send(span),
@@ -122,6 +143,10 @@ impl SpanSinks {
             spans_written: self.spans_written,
             write_errors: self.write_errors,
             otlp: self.otlp.as_ref().map(otlp::OtlpExporter::counters),
+            rocketmq_trace: self
+                .rocketmq_trace
+                .as_ref()
+                .map(rocketmq_trace::RocketmqTraceExporter::counters),
         }
     }
 
@@ -131,14 +156,25 @@ impl SpanSinks {
         deadline: std::time::Duration,
     ) -> anyhow::Result<ExportCounters> {
         self.flush();
-        let otlp = match self.otlp.take() {
-            Some(otlp) => Some(otlp.shutdown(deadline).await),
-            None => None,
+        // Both within the one deadline.
+        let otlp = async {
+            match self.otlp.take() {
+                Some(otlp) => Some(otlp.shutdown(deadline).await),
+                None => None,
+            }
         };
+        let rocketmq_trace = async {
+            match self.rocketmq_trace.take() {
+                Some(exporter) => Some(exporter.shutdown(deadline).await),
+                None => None,
+            }
+        };
+        let (otlp, rocketmq_trace) = tokio::join!(otlp, rocketmq_trace);
         Ok(ExportCounters {
             spans_written: self.spans_written,
             write_errors: self.write_errors,
             otlp,
+            rocketmq_trace,
         })
     }
 }
@@ -166,7 +202,8 @@ mod tests {
             SpanKind, Status,
             identity::{SpanId, TraceId},
         };
-        let mut sinks = SpanSinks::new(Some(Path::new("/dev/full")), None).unwrap();
+        let mut sinks =
+            SpanSinks::new(Some(Path::new("/dev/full")), Destinations::default()).unwrap();
         let span = Span {
             trace_id: TraceId::for_message("A"),
             span_id: SpanId::for_send("A"),
