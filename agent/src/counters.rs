@@ -653,6 +653,12 @@ pub const COUNTERS: &[Declared] = &[
     .problem("RocketMQ trace records dropped: the trace topic could not be written")
     .status("RocketMQ trace records dropped"),
     counter(
+        "/export/rocketmq_trace/dropped_refused",
+        "RocketMQ trace records in trace messages the broker refused for good (too large, no \
+         permission).",
+    )
+    .problem("RocketMQ trace records dropped: the broker refused them"),
+    counter(
         "/export/rocketmq_trace/dropped_at_stop",
         "RocketMQ trace records still waiting when the agent stopped and its flush deadline \
          passed.",

@@ -1060,34 +1060,8 @@ async fn mqtrace_agrees_with_rocketmqs_own_trace_records() {
         let cluster = Cluster::start(Release::V5, Topology::Direct).unwrap();
         let (agent, output) = tracing_agent("apache5-native-trace");
         let namesrv = cluster.namesrv();
-        let topic = "NativeTrace";
-        let group = "NativeTraceGroup";
-        cluster.make_topic(topic, "NORMAL").unwrap();
-        cluster.make_group(group, false).unwrap();
-        let count = MESSAGES.to_string();
-        let client = Client::JavaRemoting(Release::V5);
-        let mut producer = client.command(false, "");
-        producer.args([
-            "--namesrv", &namesrv, "--topic", topic, "--group", "native_trace_producer",
-            "--count", &count, "--mode", "sync", "--trace",
-        ]);
-        let produced = run_client(producer);
-        let mut consumer = client.command(true, "RemotingConsumer");
-        consumer.args([
-            "--namesrv", &namesrv, "--topic", topic, "--group", group, "--expect", &count,
-            "--fail-first", "1", "--timeout-s", "90", "--trace", "--retry-delay-level", "1",
-            "--poll-namesrv-ms", "1000", "--rebalance-ms", "1000",
-        ]);
-        run_client(consumer);
-        let sent = ids(&produced);
-        let records = run_client({
-            let mut query = app(Release::V5, "TraceQuery");
-            query.args([
-                "--namesrv", &namesrv, "--msg-id", &sent.join(","), "--expect-types",
-                "Pub,SubBefore,SubAfter", "--wait-s", "60",
-            ]);
-            query
-        });
+        let sent = run_clients_with_their_own_trace(&cluster, "NativeTrace");
+        let records = trace_records(&namesrv, &sent);
         let agent_log = agent.stop();
         let spans = read_span_file(&output.0);
         let table = compare_with_trace_records(&sent, &records, &spans);
@@ -1127,6 +1101,222 @@ async fn mqtrace_agrees_with_rocketmqs_own_trace_records() {
     })
     .await
     .unwrap();
+}
+
+/// RocketMQ's own message trace, written by the agent (`--rocketmq-trace-namesrv`) for clients
+/// with no trace flag: the Java, Go and Rust remoting clients' messages each have their Pub,
+/// SubBefore and SubAfter records, found by message id as RocketMQ Dashboard finds them and
+/// read by RocketMQ's own decoder, saying what mqtrace's spans say; a Java client that writes
+/// its own trace is left to it (no record twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_writes_rocketmqs_own_trace_for_clients_without_it() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    tokio::task::spawn_blocking(|| {
+        let cluster = Cluster::start(Release::V5, Topology::Direct).unwrap();
+        let namesrv = cluster.namesrv();
+        let output = ScratchFile::new("apache5-rocketmq-trace-spans.jsonl");
+        let agent = Agent::start(
+            "apache5-rocketmq-trace",
+            &[
+                "--all",
+                "--output",
+                output.0.to_str().unwrap(),
+                "--rocketmq-trace-namesrv",
+                &namesrv,
+            ],
+        );
+        let server = "Apache 5.5.0 broker";
+        let runs = [
+            remoting_run(
+                &cluster,
+                &namesrv,
+                Client::JavaRemoting(Release::V5),
+                "sync",
+                server,
+            ),
+            remoting_run(&cluster, &namesrv, Client::GoRemoting, "sync", server),
+            rust_run(&cluster, &namesrv, server),
+        ];
+        let own = run_clients_with_their_own_trace(&cluster, "OwnTrace");
+        // Every record the agent made written (or left to its client) before anything is
+        // looked up: a record it wrote twice would otherwise come after the look-up.
+        let counters = wait_until_written(&agent);
+        println!("RocketMQ trace counters: {counters}");
+        let sent: Vec<String> = runs.iter().flat_map(|run| run.sent.clone()).collect();
+        let records = trace_records(&namesrv, &sent);
+        let own_records = trace_records(&namesrv, &own);
+        let agent_log = agent.stop();
+        let spans = read_span_file(&output.0);
+
+        for record in &records {
+            assert_eq!(record["writer"], "mqtrace", "{record}");
+        }
+        for record in &own_records {
+            assert_eq!(record["writer"], "client", "written twice: {record}");
+        }
+        // Each message once published, and per delivery a SubBefore and its SubAfter.
+        for run in &runs {
+            for id in &run.sent {
+                let of = |kind: &str| -> Vec<&Value> {
+                    records
+                        .iter()
+                        .filter(|r| text(r, "msgId") == id && text(r, "type") == kind)
+                        .collect()
+                };
+                assert_eq!(of("Pub").len(), 1, "{}: {id}", run.name);
+                let receives = spans
+                    .iter()
+                    .filter(|s| {
+                        attr(s, "messaging.message.id") == id
+                            && text(s, "name").starts_with("receive ")
+                    })
+                    .count();
+                let deliveries = run.deliveries.get(id).map_or(0, Vec::len);
+                assert!(receives >= 1, "{}: {id} never received", run.name);
+                assert_eq!(receives, deliveries, "{}: {id}", run.name);
+                let (befores, afters) = (of("SubBefore"), of("SubAfter"));
+                assert_eq!(befores.len(), receives, "{}: {id}", run.name);
+                assert_eq!(afters.len(), receives, "{}: {id}", run.name);
+                for after in afters {
+                    assert!(
+                        befores.iter().any(|b| b["requestId"] == after["requestId"]),
+                        "{}: a SubAfter without its SubBefore: {after}",
+                        run.name
+                    );
+                }
+            }
+        }
+        let table = compare_with_trace_records(&sent, &records, &spans);
+        for row in &table {
+            println!("agent's trace records: {row}");
+            assert!(row.agree == row.total, "{row}\nagent log:\n{agent_log}");
+        }
+        assert!(table.iter().any(|row| row.name == "consumer group"));
+        assert_eq!(counters["dropped_queue_full"], 0, "{counters}");
+        // The traced client's Pub, SubBefore and SubAfter records, all left to it.
+        let own_steps = spans
+            .iter()
+            .filter(|s| own.iter().any(|id| id == attr(s, "messaging.message.id")))
+            .filter(|s| s["kind"] != "SERVER")
+            .filter(|s| {
+                let name = text(s, "name");
+                name.starts_with("send ") || name.starts_with("receive ")
+            })
+            .count();
+        assert!(
+            own_steps >= 2 * MESSAGES,
+            "{own_steps} steps of the traced client"
+        );
+        assert!(
+            counters["records_left_to_clients"].as_u64() >= Some(own_steps as u64),
+            "the traced client's {own_steps} sends and receives left to it: {counters}"
+        );
+        for kind in ["Pub", "SubBefore", "SubAfter"] {
+            assert!(
+                own_records.iter().any(|r| r["type"] == kind),
+                "the traced client's own {kind} records: {own_records:?}"
+            );
+        }
+        assert!(
+            counters["records_written"].as_u64() >= Some(records.len() as u64),
+            "{counters}"
+        );
+    })
+    .await
+    .unwrap();
+}
+
+/// Waits (at most a minute) until the agent's RocketMQ trace records are all written, left to
+/// their clients or dropped, with none waiting; its counters then.
+fn wait_until_written(agent: &Agent) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let status: Value = serde_json::from_str(&agent.control_ok(&["status", "--json"])).unwrap();
+        let counters = status["counters"]["export"]["rocketmq_trace"].clone();
+        let n = |key: &str| counters[key].as_u64().unwrap_or(0);
+        let settled = n("records_written")
+            + n("records_left_to_clients")
+            + n("dropped_queue_full")
+            + n("dropped_refused");
+        if n("queued_bytes") == 0 && settled == n("records") && n("records") > 0 {
+            return counters;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "RocketMQ trace records still waiting after a minute: {counters}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// Apache's Java remoting producer and push consumer (failing each first delivery) with their
+/// own trace on, on a new topic; the ids sent.
+fn run_clients_with_their_own_trace(cluster: &Cluster, topic: &str) -> Vec<String> {
+    let namesrv = cluster.namesrv();
+    let group = format!("{topic}Group");
+    cluster.make_topic(topic, "NORMAL").unwrap();
+    cluster.make_group(&group, false).unwrap();
+    let count = MESSAGES.to_string();
+    let client = Client::JavaRemoting(Release::V5);
+    let mut producer = client.command(false, "");
+    producer.args([
+        "--namesrv",
+        &namesrv,
+        "--topic",
+        topic,
+        "--group",
+        "native_trace_producer",
+        "--count",
+        &count,
+        "--mode",
+        "sync",
+        "--trace",
+    ]);
+    let produced = run_client(producer);
+    let mut consumer = client.command(true, "RemotingConsumer");
+    consumer.args([
+        "--namesrv",
+        &namesrv,
+        "--topic",
+        topic,
+        "--group",
+        &group,
+        "--expect",
+        &count,
+        "--fail-first",
+        "1",
+        "--timeout-s",
+        "90",
+        "--trace",
+        "--retry-delay-level",
+        "1",
+        "--poll-namesrv-ms",
+        "1000",
+        "--rebalance-ms",
+        "1000",
+    ]);
+    run_client(consumer);
+    ids(&produced)
+}
+
+/// The trace records of messages `ids` in `RMQ_SYS_TRACE_TOPIC`, found and decoded the way
+/// RocketMQ Dashboard does (by key, with TraceDataEncoder), once each has Pub, SubBefore and
+/// SubAfter records (at most a minute).
+fn trace_records(namesrv: &str, ids: &[String]) -> Vec<Value> {
+    run_client({
+        let mut query = app(Release::V5, "TraceQuery");
+        query.args([
+            "--namesrv",
+            namesrv,
+            "--msg-id",
+            &ids.join(","),
+            "--expect-types",
+            "Pub,SubBefore,SubAfter",
+            "--wait-s",
+            "60",
+        ]);
+        query
+    })
 }
 
 /// One field's agreement between RocketMQ's trace records and mqtrace's spans.
@@ -1185,6 +1375,8 @@ fn compare_with_trace_records(
     };
     let record_text = |record: &Value, key: &str| -> String {
         match &record[key] {
+            // What Java's encoder writes for a text the message does not have.
+            Value::String(text) if text == "null" => String::new(),
             Value::String(text) => text.clone(),
             Value::Null => String::new(),
             other => other.to_string(),

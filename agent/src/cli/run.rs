@@ -72,8 +72,8 @@ pub struct RunArgs {
     /// Export spans over OTLP to this collector (e.g. http://127.0.0.1:4317 for gRPC,
     /// http://127.0.0.1:4318 for HTTP, which gets /v1/traces appended; https:// for TLS).
     /// Else OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (used as given), OTEL_EXPORTER_OTLP_ENDPOINT or
-    /// the file's otlp_endpoint. Without any endpoint and without --output, spans are printed,
-    /// one line each. Request headers (tenant, API key): OTEL_EXPORTER_OTLP_(TRACES_)HEADERS,
+    /// the file's otlp_endpoint. Without any endpoint, --output or RocketMQ trace, spans are
+    /// printed, one line each. Request headers (tenant, API key): OTEL_EXPORTER_OTLP_(TRACES_)HEADERS,
     /// `key1=value1,key2=value2`.
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
@@ -249,6 +249,7 @@ fn resolve(args: RunArgs) -> anyhow::Result<DaemonOptions> {
                         .rocketmq_trace_view
                         .or(file.rocketmq_trace_view)
                         .unwrap_or(default.view),
+                    queue_bytes: memory.export as u64,
                     ..default
                 }
             }),

@@ -123,7 +123,9 @@ impl SpanSinks {
         }
         match &self.otlp {
             Some(otlp) => otlp.send(span),
-            None if self.file.is_none() => println!("{}", span_line(&span)),
+            None if self.file.is_none() && self.rocketmq_trace.is_none() => {
+                println!("{}", span_line(&span))
+            }
             None => {}
         }
     }

@@ -14,7 +14,7 @@ pub mod producer;
 pub mod records;
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -31,15 +31,17 @@ use records::{Made, Record, RecordMaker};
 /// How long a remoting client's record waits before it is sent: a client writing its own
 /// trace is known by then (Java's sends every 20 records or 5 s).
 pub const HOLD: Duration = Duration::from_secs(7);
-/// Records waiting (held, batched or being retried), at most, in bytes.
-const MAX_QUEUED_BYTES: u64 = 32 << 20;
 /// A trace message carries at most this many records, this much body and these keys (the
 /// broker refuses properties beyond 32 KiB).
 const RECORDS_PER_MESSAGE: usize = 100;
 const BODY_PER_MESSAGE: usize = 64 << 10;
 const KEYS_PER_MESSAGE: usize = 16 << 10;
-/// Processes remembered as writing their own trace.
+/// How long other records wait, for company in a trace message.
+const BATCH_WAIT: Duration = Duration::from_millis(500);
+/// Processes remembered as writing their own trace, each until it has sent no trace message
+/// for [`OWN_TRACE_FORGOTTEN`] (its pid may be another process's by then).
 const OWN_TRACE_PROCESSES: usize = 4096;
+const OWN_TRACE_FORGOTTEN: Duration = Duration::from_secs(600);
 /// Waits between attempts while the trace topic cannot be written.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(10);
@@ -53,6 +55,9 @@ pub struct RocketmqTraceConfig {
     pub view: View,
     /// The producer group the agent's trace messages are sent as.
     pub group: String,
+    /// Records waiting (held, batched or being retried), at most, in bytes: the export share
+    /// of the memory budget.
+    pub queue_bytes: u64,
 }
 
 impl RocketmqTraceConfig {
@@ -67,6 +72,7 @@ impl RocketmqTraceConfig {
             region: Self::DEFAULT_REGION.to_string(),
             view: View::Client,
             group: Self::DEFAULT_GROUP.to_string(),
+            queue_bytes: 64 << 20,
         }
     }
 }
@@ -84,6 +90,8 @@ pub struct RocketmqTraceCounters {
     pub dropped_queue_full: u64,
     /// Attempts to send a trace message that failed (each retried).
     pub send_failures: u64,
+    /// Records in trace messages the broker refused for good (too large, no permission).
+    pub dropped_refused: u64,
     /// Records still waiting when the agent stopped and its flush deadline passed.
     pub dropped_at_stop: u64,
     /// Bytes of the records waiting (a gauge).
@@ -98,6 +106,7 @@ struct Counters {
     records_left_to_clients: AtomicU64,
     dropped_queue_full: AtomicU64,
     send_failures: AtomicU64,
+    dropped_refused: AtomicU64,
     dropped_at_stop: AtomicU64,
     queued_bytes: AtomicU64,
 }
@@ -110,8 +119,7 @@ enum Item {
 pub struct RocketmqTraceExporter {
     maker: RecordMaker,
     tx: mpsc::UnboundedSender<Item>,
-    /// Processes already told to the task as writing their own trace.
-    own_trace: mqtrace_protocol::Bounded<u32, ()>,
+    queue_bytes: u64,
     counters: Arc<Counters>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -127,7 +135,7 @@ impl RocketmqTraceExporter {
         Self {
             maker: RecordMaker::new(&config.region, &config.topic, config.view),
             tx,
-            own_trace: mqtrace_protocol::Bounded::with_capacity_limit(OWN_TRACE_PROCESSES),
+            queue_bytes: config.queue_bytes,
             counters,
             task,
         }
@@ -138,7 +146,7 @@ impl RocketmqTraceExporter {
             Made::Record(record) => {
                 self.counters.records.fetch_add(1, Ordering::Relaxed);
                 let bytes = record_bytes(&record);
-                if self.counters.queued_bytes.load(Ordering::Relaxed) + bytes > MAX_QUEUED_BYTES {
+                if self.counters.queued_bytes.load(Ordering::Relaxed) + bytes > self.queue_bytes {
                     self.counters
                         .dropped_queue_full
                         .fetch_add(1, Ordering::Relaxed);
@@ -147,13 +155,19 @@ impl RocketmqTraceExporter {
                 self.counters
                     .queued_bytes
                     .fetch_add(bytes, Ordering::Relaxed);
-                let _ = self.tx.send(Item::Record(record));
-            }
-            Made::OwnTrace(pid) => {
-                if !self.own_trace.contains_key(&pid) {
-                    self.own_trace.insert(pid, (), 0);
-                    let _ = self.tx.send(Item::OwnTrace(pid));
+                if self.tx.send(Item::Record(record)).is_err() {
+                    // The task is gone (it ended on a panic): nothing waits.
+                    self.counters
+                        .queued_bytes
+                        .fetch_sub(bytes, Ordering::Relaxed);
+                    self.counters
+                        .dropped_at_stop
+                        .fetch_add(1, Ordering::Relaxed);
                 }
+            }
+            // One per trace message the client sends: a fraction of its records.
+            Made::OwnTrace(pid) => {
+                let _ = self.tx.send(Item::OwnTrace(pid));
             }
             Made::Nothing => {}
         }
@@ -178,11 +192,15 @@ impl RocketmqTraceExporter {
         }
         counters.queued_bytes.store(0, Ordering::Relaxed);
         let c = counters.snapshot();
-        let left = c
-            .records
-            .saturating_sub(c.records_written + c.records_left_to_clients + c.dropped_queue_full);
+        let left = c.records.saturating_sub(
+            c.records_written
+                + c.records_left_to_clients
+                + c.dropped_queue_full
+                + c.dropped_refused
+                + c.dropped_at_stop,
+        );
         if left > 0 {
-            counters.dropped_at_stop.store(left, Ordering::Relaxed);
+            counters.dropped_at_stop.fetch_add(left, Ordering::Relaxed);
             tracing::warn!(
                 records = left,
                 "RocketMQ trace records not written before the flush deadline"
@@ -201,6 +219,7 @@ impl Counters {
             records_left_to_clients: self.records_left_to_clients.load(Ordering::Relaxed),
             dropped_queue_full: self.dropped_queue_full.load(Ordering::Relaxed),
             send_failures: self.send_failures.load(Ordering::Relaxed),
+            dropped_refused: self.dropped_refused.load(Ordering::Relaxed),
             dropped_at_stop: self.dropped_at_stop.load(Ordering::Relaxed),
             queued_bytes: self.queued_bytes.load(Ordering::Relaxed),
         }
@@ -212,28 +231,93 @@ fn record_bytes(record: &Record) -> u64 {
     (record.text.len() + record.keys.iter().map(|k| k.len() + 24).sum::<usize>() + 64) as u64
 }
 
-/// What the sending task keeps: records waiting in arrival order, and the processes that
-/// write their own trace.
-#[derive(Default)]
+/// What the sending task keeps: the records waiting, in two queues by how long each waits
+/// (so that one kind never waits behind the other), and the processes that write their own
+/// trace.
 struct Waiting {
-    records: VecDeque<(Instant, Record)>,
-    own_trace: HashSet<u32>,
+    held: VecDeque<(Instant, Record)>,
+    prompt: VecDeque<(Instant, Record)>,
+    own_trace: HashMap<u32, Instant>,
+    counters: Arc<Counters>,
 }
 
 impl Waiting {
+    fn new(counters: Arc<Counters>) -> Self {
+        Self {
+            held: VecDeque::new(),
+            prompt: VecDeque::new(),
+            own_trace: HashMap::new(),
+            counters,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.held.is_empty() && self.prompt.is_empty()
+    }
+
     /// Takes an item in; false once the channel has closed.
     fn take(&mut self, item: Option<Item>) -> bool {
         match item {
-            Some(Item::Record(record)) => self.records.push_back((Instant::now(), record)),
-            Some(Item::OwnTrace(pid)) => {
-                if self.own_trace.len() >= OWN_TRACE_PROCESSES {
-                    self.own_trace.clear();
+            Some(Item::Record(record)) => {
+                if record
+                    .pid
+                    .is_some_and(|pid| self.own_trace.contains_key(&pid))
+                {
+                    self.leave_to_client(&record);
+                } else if record.may_be_doubled {
+                    self.held.push_back((Instant::now(), record));
+                } else {
+                    self.prompt.push_back((Instant::now(), record));
                 }
-                self.own_trace.insert(pid);
+            }
+            Some(Item::OwnTrace(pid)) => {
+                if self.own_trace.insert(pid, Instant::now()).is_none() {
+                    // Newly known: what waits of it is the client's to write.
+                    let mut held = std::mem::take(&mut self.held);
+                    held.retain(|(_, record)| {
+                        let left = record.pid == Some(pid);
+                        if left {
+                            self.leave_to_client(record);
+                        }
+                        !left
+                    });
+                    self.held = held;
+                    if self.own_trace.len() > OWN_TRACE_PROCESSES {
+                        self.own_trace
+                            .retain(|_, seen| seen.elapsed() < OWN_TRACE_FORGOTTEN);
+                    }
+                    if self.own_trace.len() > OWN_TRACE_PROCESSES {
+                        self.own_trace.clear();
+                    }
+                }
             }
             None => return false,
         }
         true
+    }
+
+    fn leave_to_client(&self, record: &Record) {
+        self.counters
+            .records_left_to_clients
+            .fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .queued_bytes
+            .fetch_sub(record_bytes(record), Ordering::Relaxed);
+    }
+
+    /// The queue whose oldest records have waited long enough (all of them once `closing`),
+    /// and how many of them have.
+    fn ready(&mut self, closing: bool) -> Option<(&mut VecDeque<(Instant, Record)>, usize)> {
+        for (queue, wait) in [(&mut self.held, HOLD), (&mut self.prompt, BATCH_WAIT)] {
+            let ready = queue
+                .iter()
+                .take_while(|(at, _)| closing || at.elapsed() >= wait)
+                .count();
+            if ready > 0 {
+                return Some((queue, ready));
+            }
+        }
+        None
     }
 }
 
@@ -244,58 +328,59 @@ async fn run(
     mut producer: producer::TraceProducer,
     counters: Arc<Counters>,
 ) {
-    let mut waiting = Waiting::default();
+    let mut waiting = Waiting::new(counters.clone());
     let mut retry_in = RETRY_FIRST;
     let mut open = true;
     let mut more_ready = false;
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         if open && !more_ready {
             tokio::select! {
                 item = rx.recv() => open = waiting.take(item),
                 _ = tick.tick() => {}
             }
-        } else if !open && waiting.records.is_empty() {
+            // Everything that came meanwhile, at once.
+            while open && let Ok(item) = rx.try_recv() {
+                open = waiting.take(Some(item));
+            }
+        } else if !open && waiting.is_empty() {
             return;
         }
-        // Leave out what clients write themselves, then send what has waited long enough.
-        let own_trace = &waiting.own_trace;
-        waiting.records.retain(|(_, record)| {
-            let left = record.pid.is_some_and(|pid| own_trace.contains(&pid));
-            if left {
-                counters
-                    .records_left_to_clients
-                    .fetch_add(1, Ordering::Relaxed);
-                counters
-                    .queued_bytes
-                    .fetch_sub(record_bytes(record), Ordering::Relaxed);
-            }
-            !left
-        });
-        let ready = waiting
-            .records
-            .iter()
-            .take_while(|(at, record)| !open || !record.may_be_doubled || at.elapsed() >= HOLD)
-            .count();
         more_ready = false;
-        if ready == 0 {
+        let Some((queue, ready)) = waiting.ready(!open) else {
             continue;
+        };
+        let batch = batch_of(queue.iter().take(ready).map(|(_, r)| r));
+        let sent = producer.send(batch.body.as_bytes(), &batch.keys).await;
+        let refused = sent
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.downcast_ref::<producer::Refused>().is_some());
+        if sent.is_ok() || refused {
+            more_ready = ready > batch.records;
+            let bytes: u64 = queue
+                .drain(..batch.records)
+                .map(|(_, record)| record_bytes(&record))
+                .sum();
+            counters.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         }
-        let batch = batch_of(waiting.records.iter().take(ready).map(|(_, r)| r));
-        match producer.send(batch.body.as_bytes(), &batch.keys).await {
+        match sent {
             Ok(()) => {
                 retry_in = RETRY_FIRST;
-                more_ready = ready > batch.records;
-                let sent: u64 = waiting
-                    .records
-                    .drain(..batch.records)
-                    .map(|(_, record)| record_bytes(&record))
-                    .sum();
-                counters.queued_bytes.fetch_sub(sent, Ordering::Relaxed);
                 counters
                     .records_written
                     .fetch_add(batch.records as u64, Ordering::Relaxed);
                 counters.trace_messages.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) if refused => {
+                counters
+                    .dropped_refused
+                    .fetch_add(batch.records as u64, Ordering::Relaxed);
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    records = batch.records,
+                    "RocketMQ trace records refused by the broker for good: dropped"
+                );
             }
             Err(error) => {
                 let failures = counters.send_failures.fetch_add(1, Ordering::Relaxed) + 1;

@@ -24,8 +24,34 @@ const ROUTE_TTL: Duration = Duration::from_secs(30);
 /// Answers larger than this are not a name server's or broker's to a trace producer.
 const MAX_ANSWER: u32 = 16 << 20;
 
+/// The topic whose route names the brokers that create topics on first use, and how many
+/// queues they give a topic so created (`defaultTopicQueueNums`).
+const AUTO_CREATE_TOPIC: &str = "TBW102";
+const AUTO_CREATE_QUEUES: u32 = 4;
+
 /// The property that tells a trace message the agent wrote from one a client wrote.
 pub const WRITER_PROPERTY: &str = "MQTRACE_AGENT";
+
+/// A broker's refusal that sending again cannot change: the message is malformed or too
+/// large (MESSAGE_ILLEGAL 13), or the producer may not write the topic (NO_PERMISSION 16).
+#[derive(Debug)]
+pub struct Refused {
+    pub broker: String,
+    pub code: i32,
+    pub remark: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "broker {} refused the trace message: code {} ({})",
+            self.broker, self.code, self.remark
+        )
+    }
+}
+
+impl std::error::Error for Refused {}
 
 /// Where the trace topic's messages go, from its route.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,10 +71,11 @@ pub struct TraceProducer {
     link: Link,
 }
 
-/// The one connection open (to a name server or a broker), and its requests' numbering.
+/// The connections open (to name servers and brokers), by address, and the requests'
+/// numbering.
 #[derive(Default)]
 struct Link {
-    connection: Option<(String, TcpStream)>,
+    connections: std::collections::HashMap<String, TcpStream>,
     opaque: i32,
 }
 
@@ -79,42 +106,70 @@ impl TraceProducer {
         let queue = self.queues[self.next % self.queues.len()].clone();
         self.next = self.next.wrapping_add(1);
         let result = self.send_to(&queue, body, keys).await;
-        if result.is_err() {
-            // Another broker (or a fresh route) next time.
+        if result
+            .as_ref()
+            .is_err_and(|e| e.downcast_ref::<Refused>().is_none())
+        {
+            // A fresh route next time (the broker may be gone from it).
             self.routed_at = None;
-            self.link.connection = None;
         }
         result
     }
 
+    /// The trace topic's queues; where it does not exist yet, the queues of the brokers that
+    /// create topics on first use (TBW102's route, as the Java producer does), which create it.
     async fn route(&mut self) -> anyhow::Result<()> {
+        let queues = match self.route_of(&self.topic.clone()).await? {
+            Some(queues) => queues,
+            None => self
+                .route_of(AUTO_CREATE_TOPIC)
+                .await?
+                .map(|queues| {
+                    queues
+                        .into_iter()
+                        .filter(|q| q.queue_id < AUTO_CREATE_QUEUES)
+                        .collect()
+                })
+                .with_context(|| {
+                    format!(
+                        "the trace topic {} does not exist and no broker creates topics (start \
+                         the brokers with traceTopicEnable=true, or create it)",
+                        self.topic
+                    )
+                })?,
+        };
+        if queues.is_empty() {
+            bail!("{} has no writable queue on a master broker", self.topic);
+        }
+        self.queues = queues;
+        self.routed_at = Some(std::time::Instant::now());
+        Ok(())
+    }
+
+    /// `topic`'s writable queues from the first name server that answers; None where the
+    /// topic does not exist.
+    async fn route_of(&mut self, topic: &str) -> anyhow::Result<Option<Vec<Queue>>> {
         let mut last_error = None;
+        let mut not_there = false;
         for server in self.name_servers.clone() {
             let answer = self
                 .link
                 .request(
                     &server,
                     RequestCode::GetRouteinfoByTopic,
-                    &[("topic", &self.topic)],
+                    &[("topic", topic)],
                     &[],
                 )
                 .await;
             match answer {
                 Ok((header, body)) if header.code == ResponseCode::Success.code() => {
-                    self.queues = writable_queues(&body)
-                        .with_context(|| format!("the route of {} from {server}", self.topic))?;
-                    if self.queues.is_empty() {
-                        bail!("{} has no writable queue on a master broker", self.topic);
-                    }
-                    self.routed_at = Some(std::time::Instant::now());
-                    return Ok(());
+                    return writable_queues(&body)
+                        .map(Some)
+                        .with_context(|| format!("the route of {topic} from {server}"));
                 }
+                // Another name server may know it (one restarted since).
                 Ok((header, _)) if header.code == ResponseCode::TopicNotExist.code() => {
-                    bail!(
-                        "the trace topic {} does not exist (start the brokers with \
-                         traceTopicEnable=true, or create it)",
-                        self.topic
-                    )
+                    not_there = true;
                 }
                 Ok((header, _)) => {
                     last_error = Some(anyhow::anyhow!(
@@ -126,7 +181,11 @@ impl TraceProducer {
                 Err(error) => last_error = Some(error),
             }
         }
-        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no name server given")))
+        match last_error {
+            _ if not_there => Ok(None),
+            Some(error) => Err(error),
+            None => bail!("no name server given"),
+        }
     }
 
     async fn send_to(&mut self, queue: &Queue, body: &[u8], keys: &str) -> anyhow::Result<()> {
@@ -140,7 +199,7 @@ impl TraceProducer {
         let ext = [
             ("producerGroup", self.group.as_str()),
             ("topic", self.topic.as_str()),
-            ("defaultTopic", "TBW102"),
+            ("defaultTopic", AUTO_CREATE_TOPIC),
             ("defaultTopicQueueNums", "4"),
             ("queueId", &queue_id),
             ("sysFlag", "0"),
@@ -158,13 +217,16 @@ impl TraceProducer {
             .await?;
         // Stored; FLUSH_DISK_TIMEOUT 10, FLUSH_SLAVE_TIMEOUT 12 and SLAVE_NOT_AVAILABLE 11
         // stored it too (the Java client counts them as sent).
+        let refused = Refused {
+            broker: queue.address.clone(),
+            code: header.code,
+            remark: header.remark.unwrap_or_default(),
+        };
         match header.code {
             0 | 10..=12 => Ok(()),
-            code => bail!(
-                "broker {} refused the trace message: code {code} ({})",
-                queue.address,
-                header.remark.unwrap_or_default()
-            ),
+            13 | 16 => Err(refused.into()),
+            // Busy, flushing, not available: sent again.
+            _ => bail!("{refused}"),
         }
     }
 }
@@ -181,15 +243,15 @@ impl Link {
         self.opaque = self.opaque.wrapping_add(1);
         let opaque = self.opaque;
         let frame = request_frame(code, opaque, ext, body);
-        if self.connection.as_ref().is_none_or(|(at, _)| at != address) {
+        if !self.connections.contains_key(address) {
             let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(address))
                 .await
                 .with_context(|| format!("connecting to {address}: timed out"))?
                 .with_context(|| format!("connecting to {address}"))?;
             stream.set_nodelay(true)?;
-            self.connection = Some((address.to_string(), stream));
+            self.connections.insert(address.to_string(), stream);
         }
-        let (_, stream) = self.connection.as_mut().expect("connected above");
+        let stream = self.connections.get_mut(address).expect("connected above");
         let exchange = async {
             stream.write_all(&frame).await?;
             loop {
@@ -203,11 +265,11 @@ impl Link {
         match tokio::time::timeout(TIMEOUT, exchange).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(error)) => {
-                self.connection = None;
+                self.connections.remove(address);
                 Err(error.context(format!("asking {address}")))
             }
             Err(_) => {
-                self.connection = None;
+                self.connections.remove(address);
                 bail!("{address} did not answer within {TIMEOUT:?}")
             }
         }

@@ -67,10 +67,14 @@ pub enum Made {
 
 /// Deliveries remembered until their settlement: pairs SubBefore and SubAfter.
 const DELIVERIES_REMEMBERED: usize = 65_536;
+/// A message's keys beyond this are left out of its trace message's keys (the broker refuses
+/// properties beyond 32 KiB): it is still found by its id.
+const MAX_KEYS_INDEXED: usize = 4096;
 
 struct Delivery {
     request_id: String,
     consumed_from_ms: u64,
+    reconsume_times: i64,
 }
 
 /// Makes records of spans; remembers each delivery until it is settled.
@@ -78,14 +82,13 @@ pub struct RecordMaker {
     region: String,
     trace_topic: String,
     view: View,
-    /// (consumer group, message id) → its latest delivery.
-    deliveries: Bounded<(String, String), Delivery>,
+    deliveries: OpenDeliveries,
 }
 
 impl RecordMaker {
     pub fn new(region: &str, trace_topic: &str, view: View) -> Self {
         Self {
-            region: region.to_string(),
+            region: field(Some(region)).into_owned(),
             trace_topic: trace_topic.to_string(),
             view,
             deliveries: Bounded::with_capacity_limit(DELIVERIES_REMEMBERED),
@@ -101,9 +104,11 @@ impl RecordMaker {
             _ => None,
         });
         let broker_side = span.kind == SpanKind::Server;
+        let operation = span.name.split(' ').next().unwrap_or_default();
         if topic == self.trace_topic {
-            return match (broker_side, pid) {
-                (false, Some(pid)) => Made::OwnTrace(pid),
+            // A client's own trace producer at work (a process reading the topic is not).
+            return match (broker_side, operation, pid) {
+                (false, "send", Some(pid)) => Made::OwnTrace(pid),
                 _ => Made::Nothing,
             };
         }
@@ -114,23 +119,28 @@ impl RecordMaker {
         else {
             return Made::Nothing;
         };
-        let operation = span.name.split(' ').next().unwrap_or_default();
         let keys = keys(span);
+        let fields = Fields {
+            region: &self.region,
+            topic: field(Some(topic)),
+            msg_id: field(Some(msg_id)),
+            keys: field(keys.as_deref()),
+        };
         let text = match operation {
-            "send" | "store" => self.publish(span, topic, msg_id, &keys),
-            "receive" | "deliver" => self.delivery(span, msg_id, &keys),
+            "send" | "store" => publish(span, &fields),
+            "receive" | "deliver" => delivery(&mut self.deliveries, span, &fields),
             "ack" | "commit_offset" | "nack" | "send_back" | "dead_letter" => {
-                self.settlement(span, operation, msg_id, &keys)
+                settlement(&mut self.deliveries, span, operation, &fields)
             }
-            "commit" | "rollback" => self.end_transaction(span, operation, topic, msg_id, &keys),
+            "commit" | "rollback" => end_transaction(span, operation, &fields),
             _ => None,
         };
         let Some(text) = text else {
             return Made::Nothing;
         };
-        let mut trace_keys = vec![msg_id.to_string()];
-        if let Some(keys) = keys {
-            trace_keys.push(keys);
+        let mut trace_keys = vec![fields.msg_id.into_owned()];
+        if let Some(keys) = keys.filter(|k| k.len() <= MAX_KEYS_INDEXED) {
+            trace_keys.push(field(Some(&keys)).into_owned());
         }
         Made::Record(Record {
             pid: pid.filter(|_| !broker_side),
@@ -139,109 +149,155 @@ impl RecordMaker {
             keys: trace_keys,
         })
     }
+}
 
-    fn publish(
-        &self,
-        span: &Span,
-        topic: &str,
-        msg_id: &str,
-        keys: &Option<String>,
-    ) -> Option<String> {
-        let group = text(span, names::MESSAGING_ROCKETMQ_CLIENT_GROUP);
-        let mut record = String::with_capacity(256);
-        let _ = write!(
-            record,
-            "Pub\x01{}\x01{}\x01{}\x01{topic}\x01{msg_id}\x01{}\x01{}\x01{}\x01{}\x01{}\x01{}\x01{}\x01{}\x02",
-            millis(span.start_unix_nano),
-            self.region,
-            or_null(group),
-            or_null(text(span, names::MESSAGING_ROCKETMQ_MESSAGE_TAG)),
-            or_null(keys.as_deref()),
-            or_null(store_host(span).as_deref()),
-            int(span, names::MESSAGING_MESSAGE_BODY_SIZE).unwrap_or(0),
-            cost_ms(span.start_unix_nano, span.end_unix_nano),
-            message_type(span),
-            or_null(text(span, names::MQTRACE_OFFSET_MSG_ID)),
-            span.status != Status::Error,
-        );
-        Some(record)
+/// Each (consumer group, message id)'s deliveries not settled yet, oldest first.
+type OpenDeliveries = Bounded<(String, String), Vec<Delivery>>;
+
+/// SubBefore: the message handed to the consumer, its consumption begins.
+fn delivery(deliveries: &mut OpenDeliveries, span: &Span, f: &Fields) -> Option<String> {
+    let group = text(span, names::MESSAGING_CONSUMER_GROUP_NAME).filter(|g| !g.is_empty())?;
+    let request_id = span.span_id.hex();
+    let consumed_from_ms = millis(span.end_unix_nano);
+    let reconsume_times = int(span, names::MQTRACE_RECONSUME_TIMES).unwrap_or(0);
+    let record = format!(
+        "SubBefore\x01{consumed_from_ms}\x01{}\x01{}\x01{request_id}\x01{}\x01{reconsume_times}\x01{}\x02",
+        f.region,
+        field(Some(group)),
+        f.msg_id,
+        f.keys,
+    );
+    let key = (group.to_string(), f.msg_id.to_string());
+    let delivery = Delivery {
+        request_id,
+        consumed_from_ms,
+        reconsume_times,
+    };
+    match deliveries.get_mut(&key) {
+        Some(open) => open.push(delivery),
+        None => {
+            deliveries.insert(key, vec![delivery], 0);
+        }
     }
+    Some(record)
+}
 
-    /// SubBefore: the message handed to the consumer, its consumption begins.
-    fn delivery(&mut self, span: &Span, msg_id: &str, keys: &Option<String>) -> Option<String> {
-        let group = text(span, names::MESSAGING_CONSUMER_GROUP_NAME)?;
-        let request_id = span.span_id.hex();
-        let consumed_from_ms = millis(span.end_unix_nano);
-        let record = format!(
-            "SubBefore\x01{consumed_from_ms}\x01{}\x01{group}\x01{request_id}\x01{msg_id}\x01{}\x01{}\x02",
-            self.region,
-            int(span, names::MQTRACE_RECONSUME_TIMES).unwrap_or(0),
-            or_null(keys.as_deref()),
-        );
-        self.deliveries.insert(
-            (group.to_string(), msg_id.to_string()),
-            Delivery {
-                request_id,
-                consumed_from_ms,
-            },
-            0,
-        );
-        Some(record)
-    }
-
-    /// SubAfter: how the consumption ended, paired with its delivery's SubBefore by request
-    /// id; a settlement of a delivery not seen gets its own id (the console shows it alone).
-    fn settlement(
-        &mut self,
-        span: &Span,
-        operation: &str,
-        msg_id: &str,
-        keys: &Option<String>,
-    ) -> Option<String> {
-        let group = text(span, names::MESSAGING_CONSUMER_GROUP_NAME)?;
-        let settled_at_ms = millis(span.start_unix_nano);
-        let (request_id, cost) = match self
-            .deliveries
-            .remove(&(group.to_string(), msg_id.to_string()))
-        {
-            Some(delivery) => (
-                delivery.request_id,
-                settled_at_ms.saturating_sub(delivery.consumed_from_ms),
-            ),
-            None => (span.span_id.hex(), 0),
+/// SubAfter: how a consumption ended, paired with its delivery's SubBefore by request id
+/// (the delivery of the same retry times; the oldest open where the settlement does not say). An offset commit passing
+/// a delivery already settled (sent back) makes none: the Java client writes one SubAfter
+/// per consumption. An ack or send-back of a delivery not seen stands alone.
+fn settlement(
+    deliveries: &mut OpenDeliveries,
+    span: &Span,
+    operation: &str,
+    f: &Fields,
+) -> Option<String> {
+    let group = text(span, names::MESSAGING_CONSUMER_GROUP_NAME).filter(|g| !g.is_empty())?;
+    let settled_at_ms = millis(span.start_unix_nano);
+    let key = (group.to_string(), f.msg_id.to_string());
+    let reconsume_times = int(span, names::MQTRACE_RECONSUME_TIMES);
+    let delivery = deliveries.get_mut(&key).and_then(|open| {
+        let index = match reconsume_times {
+            Some(times) => open.iter().position(|d| d.reconsume_times == times)?,
+            None => (!open.is_empty()).then_some(0)?,
         };
-        let success = matches!(operation, "ack" | "commit_offset") && span.status != Status::Error;
-        // ConsumeReturnType: SUCCESS 0, FAILED 4.
-        let context_code = if success { 0 } else { 4 };
-        Some(format!(
-            "SubAfter\x01{request_id}\x01{msg_id}\x01{cost}\x01{success}\x01{}\x01{context_code}\x01{settled_at_ms}\x01{group}\x02",
-            or_null(keys.as_deref()),
-        ))
+        Some(open.remove(index))
+    });
+    if deliveries.get(&key).is_some_and(Vec::is_empty) {
+        deliveries.remove(&key);
     }
+    let (request_id, cost) = match delivery {
+        Some(delivery) => (
+            delivery.request_id,
+            settled_at_ms.saturating_sub(delivery.consumed_from_ms),
+        ),
+        None if operation == "commit_offset" => return None,
+        None => (span.span_id.hex(), 0),
+    };
+    let success = matches!(operation, "ack" | "commit_offset") && span.status != Status::Error;
+    // ConsumeReturnType: SUCCESS 0, FAILED 4.
+    let context_code = if success { 0 } else { 4 };
+    Some(format!(
+        "SubAfter\x01{request_id}\x01{}\x01{cost}\x01{success}\x01{}\x01{context_code}\x01{settled_at_ms}\x01{}\x02",
+        f.msg_id,
+        f.keys,
+        field(Some(group)),
+    ))
+}
 
-    fn end_transaction(
-        &self,
-        span: &Span,
-        operation: &str,
-        topic: &str,
-        msg_id: &str,
-        keys: &Option<String>,
-    ) -> Option<String> {
-        let state = if operation == "commit" {
-            "COMMIT_MESSAGE"
-        } else {
-            "ROLLBACK_MESSAGE"
-        };
-        // MessageType: Trans_msg_Commit 2 (a rollback too: the half message's end).
-        Some(format!(
-            "EndTransaction\x01{}\x01{}\x01{}\x01{topic}\x01{msg_id}\x01{}\x01{}\x01{}\x012\x01{msg_id}\x01{state}\x01false\x02",
-            millis(span.start_unix_nano),
-            self.region,
-            or_null(text(span, names::MESSAGING_ROCKETMQ_CLIENT_GROUP)),
-            or_null(text(span, names::MESSAGING_ROCKETMQ_MESSAGE_TAG)),
-            or_null(keys.as_deref()),
-            or_null(store_host(span).as_deref()),
-        ))
+/// The texts every record of a span has, each made a field.
+struct Fields<'a> {
+    region: &'a str,
+    topic: std::borrow::Cow<'a, str>,
+    msg_id: std::borrow::Cow<'a, str>,
+    keys: std::borrow::Cow<'a, str>,
+}
+
+/// Pub: a message stored. A send that failed makes none (the Java client writes none for a
+/// send that threw; its retry has its own).
+fn publish(span: &Span, f: &Fields) -> Option<String> {
+    if span.status == Status::Error {
+        return None;
+    }
+    let mut record = String::with_capacity(256);
+    let _ = write!(
+        record,
+        "Pub\x01{}\x01{}\x01{}\x01{}\x01{}\x01{}\x01{}\x01{}\x01{}\x01{}\x01{}\x01{}\x01true\x02",
+        millis(span.start_unix_nano),
+        f.region,
+        field(text(span, names::MESSAGING_ROCKETMQ_CLIENT_GROUP)),
+        f.topic,
+        f.msg_id,
+        field(text(span, names::MESSAGING_ROCKETMQ_MESSAGE_TAG)),
+        f.keys,
+        field(store_host(span).as_deref()),
+        int(span, names::MESSAGING_MESSAGE_BODY_SIZE)
+            .unwrap_or(0)
+            .max(0),
+        cost_ms(span.start_unix_nano, span.end_unix_nano),
+        message_type(span),
+        field(text(span, names::MQTRACE_OFFSET_MSG_ID)),
+    );
+    Some(record)
+}
+
+/// EndTransaction: a transactional producer's commit or rollback (its group is the settling
+/// group of the span).
+fn end_transaction(span: &Span, operation: &str, f: &Fields) -> Option<String> {
+    let state = if operation == "commit" {
+        "COMMIT_MESSAGE"
+    } else {
+        "ROLLBACK_MESSAGE"
+    };
+    let group = text(span, names::MESSAGING_CONSUMER_GROUP_NAME)
+        .or_else(|| text(span, names::MESSAGING_ROCKETMQ_CLIENT_GROUP));
+    // MessageType: Trans_msg_Commit 2 (a rollback too: the half message's end).
+    Some(format!(
+        "EndTransaction\x01{}\x01{}\x01{}\x01{}\x01{}\x01{}\x01{}\x01{}\x012\x01{}\x01{state}\x01false\x02",
+        millis(span.start_unix_nano),
+        f.region,
+        field(group),
+        f.topic,
+        f.msg_id,
+        field(text(span, names::MESSAGING_ROCKETMQ_MESSAGE_TAG)),
+        f.keys,
+        field(store_host(span).as_deref()),
+        f.msg_id,
+    ))
+}
+
+/// A text as a record's field: `null` when missing or empty (Java writes a null so, and its
+/// decoder's split drops an empty last field), the separators `\x01` and `\x02` (and other
+/// control characters) as spaces.
+fn field(text: Option<&str>) -> std::borrow::Cow<'_, str> {
+    match text {
+        None | Some("") => "null".into(),
+        Some(text) if text.chars().any(char::is_control) => text
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect::<String>()
+            .into(),
+        Some(text) => text.into(),
     }
 }
 
@@ -270,10 +326,6 @@ fn keys(span: &Span) -> Option<String> {
         Value::String(keys) if !keys.is_empty() => Some(keys.to_string()),
         _ => None,
     }
-}
-
-fn or_null(text: Option<&str>) -> &str {
-    text.filter(|t| !t.is_empty()).unwrap_or("null")
 }
 
 fn millis(unix_nano: u64) -> u64 {

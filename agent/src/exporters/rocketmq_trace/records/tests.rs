@@ -121,27 +121,34 @@ fn a_send_is_a_pub_record() {
 }
 
 #[test]
-fn missing_texts_are_null_and_a_refused_send_failed() {
+fn missing_texts_are_null_separators_spaces_and_a_refused_send_no_record() {
     let mut maker = RecordMaker::new("r", "RMQ_SYS_TRACE_TOPIC", View::Client);
-    let mut refused = span(
+    let bare = span(
         "send Orders",
         SpanKind::Producer,
         &[
             (names::MESSAGING_DESTINATION_NAME, "Orders".into()),
             (names::MESSAGING_MESSAGE_ID, MSG.into()),
+            (names::MESSAGING_ROCKETMQ_MESSAGE_TAG, "".into()),
+            (
+                names::MESSAGING_ROCKETMQ_MESSAGE_KEYS,
+                Value::Strings(vec!["a\x01b".into(), "c\x02".into()]),
+            ),
             (names::MESSAGING_ROCKETMQ_MESSAGE_TYPE, "fifo".into()),
         ],
     );
-    refused.status = Status::Error;
-    let pub_record = record(maker.make(&refused));
-    let fields = fields(&pub_record);
+    let pub_record = record(maker.make(&bare));
     assert_eq!(
-        fields[3..],
+        fields(&pub_record)[3..],
         [
-            "null", "Orders", MSG, "null", "null", "null", "0", "12", "4", "null", "false"
+            "null", "Orders", MSG, "null", "a b c ", "null", "0", "12", "4", "null", "true"
         ]
     );
-    assert_eq!(pub_record.keys, [MSG]);
+    assert_eq!(pub_record.keys, [MSG, "a b c "]);
+    // The Java client writes no Pub for a send that failed: its retry has its own.
+    let mut refused = send();
+    refused.status = Status::Error;
+    assert_eq!(maker.make(&refused), Made::Nothing);
 }
 
 #[test]
@@ -189,6 +196,28 @@ fn a_delivery_and_its_settlement_pair_by_request_id() {
 }
 
 #[test]
+fn an_offset_commit_passing_a_sent_back_delivery_makes_no_second_sub_after() {
+    let mut maker = RecordMaker::new("r", "RMQ_SYS_TRACE_TOPIC", View::Client);
+    let request_id = |made: Made| fields(&record(made))[4].to_string();
+    let first = request_id(maker.make(&consumed("receive Orders", 0)));
+    let sent_back = record(maker.make(&consumed("send_back Orders", 0)));
+    assert_eq!(fields(&sent_back)[1], first);
+    assert_eq!(fields(&sent_back)[4], "false");
+    let mut again = consumed("receive %RETRY%shop_consumer", 1);
+    again.span_id = SpanId::for_step("receive", MSG, &["again"]);
+    let second = request_id(maker.make(&again));
+    // The commit of the first delivery's offset comes after the redelivery: nothing to pair.
+    assert_eq!(
+        maker.make(&consumed("commit_offset Orders", 0)),
+        Made::Nothing
+    );
+    let committed = record(maker.make(&consumed("commit_offset %RETRY%shop_consumer", 1)));
+    assert_eq!(fields(&committed)[1], second);
+    assert_eq!(fields(&committed)[4], "true");
+    assert_ne!(first, second);
+}
+
+#[test]
 fn the_trace_topics_sends_tell_a_client_writes_its_own() {
     let mut maker = RecordMaker::new("r", "RMQ_SYS_TRACE_TOPIC", View::Client);
     let mut trace_send = send();
@@ -197,6 +226,13 @@ fn the_trace_topics_sends_tell_a_client_writes_its_own() {
         "RMQ_SYS_TRACE_TOPIC".into(),
     );
     assert_eq!(maker.make(&trace_send), Made::OwnTrace(4242));
+    // A process that reads the trace topic is not writing its own.
+    let mut reading = consumed("receive RMQ_SYS_TRACE_TOPIC", 0);
+    reading.attributes.insert(
+        names::MESSAGING_DESTINATION_NAME.into(),
+        "RMQ_SYS_TRACE_TOPIC".into(),
+    );
+    assert_eq!(maker.make(&reading), Made::Nothing);
 }
 
 #[test]
@@ -224,8 +260,20 @@ fn each_view_takes_its_own_side() {
 #[test]
 fn a_transactions_end_and_other_spans() {
     let mut maker = RecordMaker::new("r", "RMQ_SYS_TRACE_TOPIC", View::Client);
-    let mut commit = send();
-    commit.name = "commit Orders".into();
+    // As the producer's end of a transaction is settled: its group the settling one.
+    let mut commit = consumed("commit Orders", 0);
+    for (key, value) in [
+        (names::MESSAGING_CONSUMER_GROUP_NAME, "shop_producer".into()),
+        (names::MESSAGING_ROCKETMQ_MESSAGE_TAG, "TagA".into()),
+        (
+            names::MESSAGING_ROCKETMQ_MESSAGE_KEYS,
+            Value::Strings(vec!["order-1".into(), "user-7".into()]),
+        ),
+        (names::SERVER_ADDRESS, "127.0.0.1".into()),
+        (names::SERVER_PORT, Value::Int(10911)),
+    ] {
+        commit.attributes.insert(key.into(), value);
+    }
     let end = record(maker.make(&commit));
     assert_eq!(
         fields(&end)[..],

@@ -89,6 +89,8 @@ public final class TraceQuery {
                     String body = new String(m.getBody(), StandardCharsets.UTF_8);
                     for (Out.Obj o : TraceRecords.decode(body, msgId)) {
                         o.put("traceMsgId", m.getMsgId()).put("traceStoreTimestamp", m.getStoreTimestamp());
+                        // mqtrace marks the trace messages it writes; a client's own carry no mark
+                        o.put("writer", m.getUserProperty("MQTRACE_AGENT") != null ? "mqtrace" : "client");
                         if (withBody) {
                             // the whole trace message body, base64: TraceDecode's input format
                             o.put("traceBody", java.util.Base64.getEncoder().encodeToString(m.getBody()));
