@@ -1148,50 +1148,10 @@ async fn the_agent_writes_rocketmqs_own_trace_for_clients_without_it() {
         let agent_log = agent.stop();
         let spans = read_span_file(&output.0);
 
-        for record in &records {
-            assert_eq!(record["writer"], "mqtrace", "{record}");
-        }
+        assert_agents_records(Side::Clients, &runs, &records, &spans, &agent_log);
         for record in &own_records {
             assert_eq!(record["writer"], "client", "written twice: {record}");
         }
-        // Each message once published, and per delivery a SubBefore and its SubAfter.
-        for run in &runs {
-            for id in &run.sent {
-                let of = |kind: &str| -> Vec<&Value> {
-                    records
-                        .iter()
-                        .filter(|r| text(r, "msgId") == id && text(r, "type") == kind)
-                        .collect()
-                };
-                assert_eq!(of("Pub").len(), 1, "{}: {id}", run.name);
-                let receives = spans
-                    .iter()
-                    .filter(|s| {
-                        attr(s, "messaging.message.id") == id
-                            && text(s, "name").starts_with("receive ")
-                    })
-                    .count();
-                let deliveries = run.deliveries.get(id).map_or(0, Vec::len);
-                assert!(receives >= 1, "{}: {id} never received", run.name);
-                assert_eq!(receives, deliveries, "{}: {id}", run.name);
-                let (befores, afters) = (of("SubBefore"), of("SubAfter"));
-                assert_eq!(befores.len(), receives, "{}: {id}", run.name);
-                assert_eq!(afters.len(), receives, "{}: {id}", run.name);
-                for after in afters {
-                    assert!(
-                        befores.iter().any(|b| b["requestId"] == after["requestId"]),
-                        "{}: a SubAfter without its SubBefore: {after}",
-                        run.name
-                    );
-                }
-            }
-        }
-        let table = compare_with_trace_records(&sent, &records, &spans);
-        for row in &table {
-            println!("agent's trace records: {row}");
-            assert!(row.agree == row.total, "{row}\nagent log:\n{agent_log}");
-        }
-        assert!(table.iter().any(|row| row.name == "consumer group"));
         assert_eq!(counters["dropped_queue_full"], 0, "{counters}");
         // The traced client's Pub, SubBefore and SubAfter records, all left to it.
         let own_steps = spans
@@ -1221,6 +1181,114 @@ async fn the_agent_writes_rocketmqs_own_trace_for_clients_without_it() {
             counters["records_written"].as_u64() >= Some(records.len() as u64),
             "{counters}"
         );
+    })
+    .await
+    .unwrap();
+}
+
+/// The agent's records of `runs`' messages, from the spans of `side`: each message published
+/// once, a SubBefore and its SubAfter per delivery, every field as the spans say.
+fn assert_agents_records(
+    side: Side,
+    runs: &[Run],
+    records: &[Value],
+    spans: &[Value],
+    agent_log: &str,
+) {
+    for record in records {
+        assert_eq!(record["writer"], "mqtrace", "{record}");
+    }
+    let receive_name = match side {
+        Side::Clients => "receive ",
+        Side::Broker => "deliver ",
+    };
+    for run in runs {
+        for id in &run.sent {
+            let of = |kind: &str| -> Vec<&Value> {
+                records
+                    .iter()
+                    .filter(|r| text(r, "msgId") == id && text(r, "type") == kind)
+                    .collect()
+            };
+            assert_eq!(of("Pub").len(), 1, "{}: {id}", run.name);
+            let receives = spans
+                .iter()
+                .filter(|s| {
+                    attr(s, "messaging.message.id") == id
+                        && text(s, "name").starts_with(receive_name)
+                })
+                .count();
+            let deliveries = run.deliveries.get(id).map_or(0, Vec::len);
+            assert!(receives >= 1, "{}: {id} never received", run.name);
+            assert_eq!(receives, deliveries, "{}: {id}", run.name);
+            let (befores, afters) = (of("SubBefore"), of("SubAfter"));
+            assert_eq!(befores.len(), receives, "{}: {id}", run.name);
+            assert_eq!(afters.len(), receives, "{}: {id}", run.name);
+            for after in afters {
+                assert!(
+                    befores.iter().any(|b| b["requestId"] == after["requestId"]),
+                    "{}: a SubAfter without its SubBefore: {after}",
+                    run.name
+                );
+            }
+        }
+    }
+    let sent: Vec<String> = runs.iter().flat_map(|run| run.sent.clone()).collect();
+    let table = compare_side_with_trace_records(side, &sent, records, spans);
+    for row in &table {
+        println!("agent's trace records: {row}");
+        assert!(row.agree == row.total, "{row}\nagent log:\n{agent_log}");
+    }
+    assert!(table.iter().any(|row| row.name == "consumer group"));
+}
+
+/// RocketMQ's own message trace from an agent on the broker host alone (`--pid` of the broker,
+/// `--rocketmq-trace-view broker`): the broker's view fills the trace of the Java, Go and Rust
+/// clients' messages, no agent beside the clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_on_the_broker_host_alone_writes_rocketmqs_own_trace() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    tokio::task::spawn_blocking(|| {
+        let cluster = Cluster::start(Release::V5, Topology::Direct).unwrap();
+        let namesrv = cluster.namesrv();
+        let output = ScratchFile::new("apache5-rocketmq-trace-broker-spans.jsonl");
+        let agent = Agent::start(
+            "apache5-rocketmq-trace-broker",
+            &[
+                "--pid",
+                &cluster.broker_pid().to_string(),
+                "--output",
+                output.0.to_str().unwrap(),
+                "--rocketmq-trace-namesrv",
+                &namesrv,
+                "--rocketmq-trace-view",
+                "broker",
+            ],
+        );
+        let server = "Apache 5.5.0 broker";
+        let runs = [
+            remoting_run(
+                &cluster,
+                &namesrv,
+                Client::JavaRemoting(Release::V5),
+                "sync",
+                server,
+            ),
+            remoting_run(&cluster, &namesrv, Client::GoRemoting, "sync", server),
+            rust_run(&cluster, &namesrv, server),
+        ];
+        let counters = wait_until_written(&agent);
+        println!("RocketMQ trace counters: {counters}");
+        let sent: Vec<String> = runs.iter().flat_map(|run| run.sent.clone()).collect();
+        let records = trace_records(&namesrv, &sent);
+        let agent_log = agent.stop();
+        let spans = read_span_file(&output.0);
+        assert!(
+            spans.iter().all(|s| s["kind"] == "SERVER"),
+            "the broker's spans only"
+        );
+        assert_agents_records(Side::Broker, &runs, &records, &spans, &agent_log);
+        assert_eq!(counters["dropped_queue_full"], 0, "{counters}");
     })
     .await
     .unwrap();
@@ -1337,9 +1405,34 @@ impl std::fmt::Display for FieldRow {
     }
 }
 
+/// Whose spans trace records are compared with: the clients' (send, receive), or the broker's
+/// (store, deliver).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Clients,
+    Broker,
+}
+
+/// `7F00000100002A9F…` → `127.0.0.1:10911`: the store host an offsetMsgId begins with.
+fn offset_msg_id_host(id: &str) -> String {
+    let byte = |i: usize| u8::from_str_radix(&id[2 * i..2 * i + 2], 16).unwrap();
+    let port = u32::from_str_radix(&id[8..16], 16).unwrap();
+    format!("{}.{}.{}.{}:{port}", byte(0), byte(1), byte(2), byte(3))
+}
+
 /// Compares each message's Pub record with its send span, and its SubBefore/SubAfter records
-/// with its receive spans (one per delivery, in order of retry times).
+/// with its receive spans (one per delivery, in order of retry times): the clients' spans.
 fn compare_with_trace_records(
+    sent: &[String],
+    records: &[Value],
+    spans: &[Value],
+) -> Vec<FieldRow> {
+    compare_side_with_trace_records(Side::Clients, sent, records, spans)
+}
+
+/// As [`compare_with_trace_records`], with the spans of `side`.
+fn compare_side_with_trace_records(
+    side: Side,
     sent: &[String],
     records: &[Value],
     spans: &[Value],
@@ -1385,15 +1478,22 @@ fn compare_with_trace_records(
     for id in sent {
         let mine: Vec<&Value> = spans
             .iter()
-            .filter(|s| attr(s, "messaging.message.id") == id && s["kind"] != "SERVER")
+            .filter(|s| {
+                attr(s, "messaging.message.id") == id
+                    && (s["kind"] == "SERVER") == (side == Side::Broker)
+            })
             .collect();
+        let (send_name, receive_name) = match side {
+            Side::Clients => ("send ", "receive "),
+            Side::Broker => ("store ", "deliver "),
+        };
         let of = |kind: &str| -> Vec<&Value> {
             records
                 .iter()
                 .filter(|r| text(r, "msgId") == id && text(r, "type") == kind)
                 .collect()
         };
-        let send = mine.iter().find(|s| s["kind"] == "PRODUCER");
+        let send = mine.iter().find(|s| text(s, "name").starts_with(send_name));
         for record in of("Pub") {
             add(
                 "message id",
@@ -1411,11 +1511,14 @@ fn compare_with_trace_records(
                 "store host",
                 id,
                 record_text(record, "storeHost"),
-                format!(
-                    "{}:{}",
-                    span_text(send, "server.address"),
-                    span_text(send, "server.port")
-                ),
+                match side {
+                    Side::Clients => format!(
+                        "{}:{}",
+                        span_text(send, "server.address"),
+                        span_text(send, "server.port")
+                    ),
+                    Side::Broker => offset_msg_id_host(&span_text(send, "mqtrace.offset_msg_id")),
+                },
             );
             add(
                 "tags",
@@ -1452,7 +1555,7 @@ fn compare_with_trace_records(
         // Deliveries in order of retry times: the receive spans, and what settled each.
         let mut receives: Vec<&&Value> = mine
             .iter()
-            .filter(|s| text(s, "name").starts_with("receive "))
+            .filter(|s| text(s, "name").starts_with(receive_name))
             .collect();
         receives.sort_by_key(|s| s["attributes"]["mqtrace.reconsume_times"].as_i64());
         let mut befores = of("SubBefore");
