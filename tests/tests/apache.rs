@@ -1294,6 +1294,45 @@ async fn an_agent_on_the_broker_host_alone_writes_rocketmqs_own_trace() {
     .unwrap();
 }
 
+/// What a Java team on RocketMQ 5 sees in RocketMQ's own message trace: Apache's Java and Go
+/// 5.x gRPC clients with TLS on, through the cluster-mode proxy, traced by the agent (client
+/// view): every message's Pub, SubBefore and SubAfter, though these clients write no such
+/// trace themselves; the proxy's requests to the broker make none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_clients_through_the_proxy_get_rocketmqs_own_trace() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    tokio::task::spawn_blocking(|| {
+        let cluster = Cluster::start(Release::V5, Topology::ProxyCluster).unwrap();
+        let namesrv = cluster.namesrv();
+        let output = ScratchFile::new("apache5-rocketmq-trace-grpc-spans.jsonl");
+        let agent = Agent::start(
+            "apache5-rocketmq-trace-grpc",
+            &[
+                "--all",
+                "--output",
+                output.0.to_str().unwrap(),
+                "--rocketmq-trace-namesrv",
+                &namesrv,
+            ],
+        );
+        let server = "Apache 5.5.0 proxy, cluster mode";
+        let runs = [Client::JavaGrpc, Client::GoGrpc].map(|client| {
+            grpc_run_over(&cluster, client, "normal", "simple", server, Transport::Tls)
+        });
+        let counters = wait_until_written(&agent);
+        println!("RocketMQ trace counters: {counters}");
+        let sent: Vec<String> = runs.iter().flat_map(|run| run.sent.clone()).collect();
+        let records = trace_records(&namesrv, &sent);
+        let agent_log = agent.stop();
+        let spans = read_span_file(&output.0);
+        assert_agents_records(Side::Clients, &runs, &records, &spans, &agent_log);
+        assert_eq!(counters["dropped_queue_full"], 0, "{counters}");
+        assert_eq!(counters["records_left_to_clients"], 0, "{counters}");
+    })
+    .await
+    .unwrap();
+}
+
 /// Waits (at most a minute) until the agent's RocketMQ trace records are all written, left to
 /// their clients or dropped, with none waiting; its counters then.
 fn wait_until_written(agent: &Agent) -> Value {
