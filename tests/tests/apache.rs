@@ -1145,6 +1145,7 @@ async fn the_agent_writes_rocketmqs_own_trace_for_clients_without_it() {
         let sent: Vec<String> = runs.iter().flat_map(|run| run.sent.clone()).collect();
         let records = trace_records(&namesrv, &sent);
         let own_records = trace_records(&namesrv, &own);
+        assert_journeys_agree_with_records(&agent, &sent, &records);
         let agent_log = agent.stop();
         let spans = read_span_file(&output.0);
 
@@ -1240,6 +1241,51 @@ fn assert_agents_records(
         assert!(row.agree == row.total, "{row}\nagent log:\n{agent_log}");
     }
     assert!(table.iter().any(|row| row.name == "consumer group"));
+}
+
+/// `mqtrace trace` and the records the agent wrote show a message's same steps: its send and
+/// each Pub, each receive and SubBefore, each failed consumption (sent back) and failed
+/// SubAfter, and a settlement for each succeeded one.
+fn assert_journeys_agree_with_records(agent: &Agent, sent: &[String], records: &[Value]) {
+    for id in sent {
+        let journeys: Value =
+            serde_json::from_str(&agent.control_ok(&["trace", "--msg-id", id, "--json"])).unwrap();
+        let steps: Vec<&str> = journeys[0]["steps"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{id}: {journeys}"))
+            .iter()
+            .filter_map(|step| step["action"].as_str())
+            .collect();
+        let count_steps = |actions: &[&str]| steps.iter().filter(|s| actions.contains(s)).count();
+        let count_records = |kind: &str, success: Option<bool>| {
+            records
+                .iter()
+                .filter(|r| text(r, "msgId") == id && text(r, "type") == kind)
+                .filter(|r| success.is_none_or(|ok| r["success"] == ok))
+                .count()
+        };
+        assert_eq!(
+            count_steps(&["send"]),
+            count_records("Pub", None),
+            "{id}: {steps:?}"
+        );
+        assert_eq!(
+            count_steps(&["receive"]),
+            count_records("SubBefore", None),
+            "{id}: {steps:?}"
+        );
+        let failed = ["settle send_back", "settle nack", "settle dead_letter"];
+        assert_eq!(
+            count_steps(&failed),
+            count_records("SubAfter", Some(false)),
+            "{id}: {steps:?}"
+        );
+        let succeeded = count_records("SubAfter", Some(true));
+        assert!(
+            succeeded >= 1 && succeeded <= count_steps(&["settle ack", "settle commit_offset"]),
+            "{id}: {succeeded} consumptions succeeded: {steps:?}"
+        );
+    }
 }
 
 /// RocketMQ's own message trace from an agent on the broker host alone (`--pid` of the broker,
