@@ -1114,36 +1114,14 @@ async fn the_agent_writes_rocketmqs_own_trace_for_clients_without_it() {
     tokio::task::spawn_blocking(|| {
         let cluster = Cluster::start(Release::V5, Topology::Direct).unwrap();
         let namesrv = cluster.namesrv();
-        let output = ScratchFile::new("apache5-rocketmq-trace-spans.jsonl");
-        let agent = Agent::start(
-            "apache5-rocketmq-trace",
-            &[
-                "--all",
-                "--output",
-                output.0.to_str().unwrap(),
-                "--rocketmq-trace-namesrv",
-                &namesrv,
-            ],
-        );
+        let (agent, output) = rocketmq_trace_agent("apache5-rocketmq-trace", &cluster, &["--all"]);
         let server = "Apache 5.5.0 broker";
-        let runs = [
-            remoting_run(
-                &cluster,
-                &namesrv,
-                Client::JavaRemoting(Release::V5),
-                "sync",
-                server,
-            ),
-            remoting_run(&cluster, &namesrv, Client::GoRemoting, "sync", server),
-            rust_run(&cluster, &namesrv, server),
-        ];
+        let runs = remoting_clients_without_trace(&cluster, server);
         let own = run_clients_with_their_own_trace(&cluster, "OwnTrace");
         // Every record the agent made written (or left to its client) before anything is
         // looked up: a record it wrote twice would otherwise come after the look-up.
-        let counters = wait_until_written(&agent);
-        println!("RocketMQ trace counters: {counters}");
+        let (counters, records) = written_records(&agent, &namesrv, &runs);
         let sent: Vec<String> = runs.iter().flat_map(|run| run.sent.clone()).collect();
-        let records = trace_records(&namesrv, &sent);
         let own_records = trace_records(&namesrv, &own);
         assert_journeys_agree_with_records(&agent, &sent, &records);
         let agent_log = agent.stop();
@@ -1297,36 +1275,19 @@ async fn an_agent_on_the_broker_host_alone_writes_rocketmqs_own_trace() {
     tokio::task::spawn_blocking(|| {
         let cluster = Cluster::start(Release::V5, Topology::Direct).unwrap();
         let namesrv = cluster.namesrv();
-        let output = ScratchFile::new("apache5-rocketmq-trace-broker-spans.jsonl");
-        let agent = Agent::start(
+        let (agent, output) = rocketmq_trace_agent(
             "apache5-rocketmq-trace-broker",
+            &cluster,
             &[
                 "--pid",
                 &cluster.broker_pid().to_string(),
-                "--output",
-                output.0.to_str().unwrap(),
-                "--rocketmq-trace-namesrv",
-                &namesrv,
                 "--rocketmq-trace-view",
                 "broker",
             ],
         );
         let server = "Apache 5.5.0 broker";
-        let runs = [
-            remoting_run(
-                &cluster,
-                &namesrv,
-                Client::JavaRemoting(Release::V5),
-                "sync",
-                server,
-            ),
-            remoting_run(&cluster, &namesrv, Client::GoRemoting, "sync", server),
-            rust_run(&cluster, &namesrv, server),
-        ];
-        let counters = wait_until_written(&agent);
-        println!("RocketMQ trace counters: {counters}");
-        let sent: Vec<String> = runs.iter().flat_map(|run| run.sent.clone()).collect();
-        let records = trace_records(&namesrv, &sent);
+        let runs = remoting_clients_without_trace(&cluster, server);
+        let (counters, records) = written_records(&agent, &namesrv, &runs);
         let agent_log = agent.stop();
         let spans = read_span_file(&output.0);
         assert!(
@@ -1340,35 +1301,28 @@ async fn an_agent_on_the_broker_host_alone_writes_rocketmqs_own_trace() {
     .unwrap();
 }
 
-/// What a Java team on RocketMQ 5 sees in RocketMQ's own message trace: Apache's Java and Go
-/// 5.x gRPC clients with TLS on, through the cluster-mode proxy, traced by the agent (client
-/// view): every message's Pub, SubBefore and SubAfter, though these clients write no such
-/// trace themselves; the proxy's requests to the broker make none.
+/// What a team on RocketMQ 5 sees in RocketMQ's own message trace: Apache's Java and Go 5.x
+/// gRPC clients (the Go one with TLS on) through the cluster-mode proxy, traced by the agent
+/// (client view): every message's Pub, SubBefore and SubAfter, though these clients write no
+/// such trace themselves; the proxy's requests to the broker make none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_clients_through_the_proxy_get_rocketmqs_own_trace() {
+async fn grpc_clients_through_the_proxy_get_rocketmqs_own_trace() {
     let _turn = ONE_AT_A_TIME.lock().await;
     tokio::task::spawn_blocking(|| {
         let cluster = Cluster::start(Release::V5, Topology::ProxyCluster).unwrap();
         let namesrv = cluster.namesrv();
-        let output = ScratchFile::new("apache5-rocketmq-trace-grpc-spans.jsonl");
-        let agent = Agent::start(
-            "apache5-rocketmq-trace-grpc",
-            &[
-                "--all",
-                "--output",
-                output.0.to_str().unwrap(),
-                "--rocketmq-trace-namesrv",
-                &namesrv,
-            ],
-        );
+        let (agent, output) =
+            rocketmq_trace_agent("apache5-rocketmq-trace-grpc", &cluster, &["--all"]);
         let server = "Apache 5.5.0 proxy, cluster mode";
-        let runs = [Client::JavaGrpc, Client::GoGrpc].map(|client| {
-            grpc_run_over(&cluster, client, "normal", "simple", server, Transport::Tls)
+        // The Java client's TLS capture is the TLS tests' (above); here its records.
+        let runs = [
+            (Client::JavaGrpc, Transport::Plain),
+            (Client::GoGrpc, Transport::Tls),
+        ]
+        .map(|(client, transport)| {
+            grpc_run_over(&cluster, client, "normal", "simple", server, transport)
         });
-        let counters = wait_until_written(&agent);
-        println!("RocketMQ trace counters: {counters}");
-        let sent: Vec<String> = runs.iter().flat_map(|run| run.sent.clone()).collect();
-        let records = trace_records(&namesrv, &sent);
+        let (counters, records) = written_records(&agent, &namesrv, &runs);
         let agent_log = agent.stop();
         let spans = read_span_file(&output.0);
         assert_agents_records(Side::Clients, &runs, &records, &spans, &agent_log);
@@ -1377,6 +1331,47 @@ async fn tls_clients_through_the_proxy_get_rocketmqs_own_trace() {
     })
     .await
     .unwrap();
+}
+
+/// The Java, Go and Rust remoting clients with no trace flag, each producing and consuming
+/// (the Java and Go push consumers failing each first delivery) on `cluster`.
+fn remoting_clients_without_trace(cluster: &Cluster, server: &str) -> [Run; 3] {
+    let namesrv = cluster.namesrv();
+    [
+        remoting_run(
+            cluster,
+            &namesrv,
+            Client::JavaRemoting(Release::V5),
+            "sync",
+            server,
+        ),
+        remoting_run(cluster, &namesrv, Client::GoRemoting, "sync", server),
+        rust_run(cluster, &namesrv, server),
+    ]
+}
+
+/// Once the agent has written all it made (see [`wait_until_written`]): its counters, and the
+/// trace records of `runs`' messages.
+fn written_records(agent: &Agent, namesrv: &str, runs: &[Run]) -> (Value, Vec<Value>) {
+    let counters = wait_until_written(agent);
+    println!("RocketMQ trace counters: {counters}");
+    let sent: Vec<String> = runs.iter().flat_map(|run| run.sent.clone()).collect();
+    (counters, trace_records(namesrv, &sent))
+}
+
+/// An agent writing RocketMQ's own trace to `cluster` besides its spans to a scratch file,
+/// selecting what `args` say (`--all`, or a `--pid` and the broker's view).
+fn rocketmq_trace_agent(name: &str, cluster: &Cluster, args: &[&str]) -> (Agent, ScratchFile) {
+    let output = ScratchFile::new(&format!("{name}-spans.jsonl"));
+    let namesrv = cluster.namesrv();
+    let mut all = vec![
+        "--output",
+        output.0.to_str().unwrap(),
+        "--rocketmq-trace-namesrv",
+        &namesrv,
+    ];
+    all.extend_from_slice(args);
+    (Agent::start(name, &all), output)
 }
 
 /// Waits (at most a minute) until the agent's RocketMQ trace records are all written, left to

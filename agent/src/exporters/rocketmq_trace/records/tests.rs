@@ -35,29 +35,33 @@ fn span(name: &str, kind: SpanKind, attributes: &[(&'static str, Value)]) -> Spa
     }
 }
 
+/// A send of message MSG to Orders, with these attributes besides.
+fn send_with(attributes: &[(&'static str, Value)]) -> Span {
+    let mut all = vec![
+        (names::MESSAGING_DESTINATION_NAME, "Orders".into()),
+        (names::MESSAGING_MESSAGE_ID, MSG.into()),
+    ];
+    all.extend_from_slice(attributes);
+    span("send Orders", SpanKind::Producer, &all)
+}
+
 fn send() -> Span {
-    span(
-        "send Orders",
-        SpanKind::Producer,
-        &[
-            (names::MESSAGING_DESTINATION_NAME, "Orders".into()),
-            (names::MESSAGING_MESSAGE_ID, MSG.into()),
-            (names::MESSAGING_ROCKETMQ_MESSAGE_TAG, "TagA".into()),
-            (
-                names::MESSAGING_ROCKETMQ_MESSAGE_KEYS,
-                Value::Strings(vec!["order-1".into(), "user-7".into()]),
-            ),
-            (names::MESSAGING_ROCKETMQ_MESSAGE_TYPE, "normal".into()),
-            (
-                names::MESSAGING_ROCKETMQ_CLIENT_GROUP,
-                "shop_producer".into(),
-            ),
-            (names::MESSAGING_MESSAGE_BODY_SIZE, Value::Int(64)),
-            (names::MQTRACE_OFFSET_MSG_ID, OFFSET.into()),
-            (names::SERVER_ADDRESS, "127.0.0.1".into()),
-            (names::SERVER_PORT, Value::Int(10911)),
-        ],
-    )
+    send_with(&[
+        (names::MESSAGING_ROCKETMQ_MESSAGE_TAG, "TagA".into()),
+        (
+            names::MESSAGING_ROCKETMQ_MESSAGE_KEYS,
+            Value::Strings(vec!["order-1".into(), "user-7".into()]),
+        ),
+        (names::MESSAGING_ROCKETMQ_MESSAGE_TYPE, "normal".into()),
+        (
+            names::MESSAGING_ROCKETMQ_CLIENT_GROUP,
+            "shop_producer".into(),
+        ),
+        (names::MESSAGING_MESSAGE_BODY_SIZE, Value::Int(64)),
+        (names::MQTRACE_OFFSET_MSG_ID, OFFSET.into()),
+        (names::SERVER_ADDRESS, "127.0.0.1".into()),
+        (names::SERVER_PORT, Value::Int(10911)),
+    ])
 }
 
 fn consumed(name: &str, reconsume_times: i64) -> Span {
@@ -123,20 +127,14 @@ fn a_send_is_a_pub_record() {
 #[test]
 fn missing_texts_are_null_separators_spaces_and_a_refused_send_no_record() {
     let mut maker = RecordMaker::new("r", "RMQ_SYS_TRACE_TOPIC", View::Client);
-    let bare = span(
-        "send Orders",
-        SpanKind::Producer,
-        &[
-            (names::MESSAGING_DESTINATION_NAME, "Orders".into()),
-            (names::MESSAGING_MESSAGE_ID, MSG.into()),
-            (names::MESSAGING_ROCKETMQ_MESSAGE_TAG, "".into()),
-            (
-                names::MESSAGING_ROCKETMQ_MESSAGE_KEYS,
-                Value::Strings(vec!["a\x01b".into(), "c\x02".into()]),
-            ),
-            (names::MESSAGING_ROCKETMQ_MESSAGE_TYPE, "fifo".into()),
-        ],
-    );
+    let bare = send_with(&[
+        (names::MESSAGING_ROCKETMQ_MESSAGE_TAG, "".into()),
+        (
+            names::MESSAGING_ROCKETMQ_MESSAGE_KEYS,
+            Value::Strings(vec!["a\x01b".into(), "c\x02".into()]),
+        ),
+        (names::MESSAGING_ROCKETMQ_MESSAGE_TYPE, "fifo".into()),
+    ]);
     let pub_record = record(maker.make(&bare));
     assert_eq!(
         fields(&pub_record)[3..],
